@@ -1,0 +1,16 @@
+//! walrelay: streams committed PostgreSQL changes to RabbitMQ through logical decoding, at least once.
+//!
+//! Layout (one module per domain concept; see `docs/architecture.md` for the data flow):
+//! - [`lsn`]: WAL positions.
+//! - [`pgoutput`]: pure decoder of the pgoutput protocol, with the relation cache.
+//! - [`value`]: renders column values exactly as PostgreSQL's `to_jsonb()` does.
+//! - [`event`]: the change event envelope consumers receive, and its JSON encoding.
+//! - [`checkpoint`]: the ack tracker that decides which LSN may be confirmed to PostgreSQL.
+//! - [`source`]: our replication connection (TLS, auth, framing, slot and publication setup).
+//! - [`sink`]: the RabbitMQ publisher (confirms, `mandatory`, bounded in-flight window).
+//! - [`pipeline`]: wires source and sink into sessions, reconnects, shuts down cleanly.
+//! - [`config`]: the TOML file and environment overrides, validated into typed values.
+
+pub mod checkpoint;
+pub mod lsn;
+pub mod pgoutput;
