@@ -12,5 +12,7 @@
 //! - [`config`]: the TOML file and environment overrides, validated into typed values.
 
 pub mod checkpoint;
+pub mod event;
 pub mod lsn;
 pub mod pgoutput;
+pub mod value;

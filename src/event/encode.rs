@@ -1,0 +1,122 @@
+//! Writes an event body as compact JSON, field by field, without an intermediate tree: column
+//! values are already JSON fragments from the `value` module.
+
+use crate::pgoutput::{Datum, Relation, TupleData};
+use crate::value::{TypeRegistry, ValueError, write_json_string, write_value};
+
+use super::time::format_pg_timestamp;
+use super::{Op, TxContext};
+
+/// A JSON object under construction.
+pub struct Body {
+    out: String,
+}
+
+impl Body {
+    /// Opens the object with the fields every event has.
+    pub fn start(id: &str, op: Op, relation: Option<(&str, &str)>, tx: &TxContext) -> Body {
+        let mut b = Body { out: String::with_capacity(256) };
+        b.out.push('{');
+        b.key("id");
+        write_json_string(&mut b.out, id);
+        b.raw_field("op", &format!("\"{}\"", op.as_str()));
+        match relation {
+            Some((schema, table)) => {
+                b.string_field("schema", schema);
+                b.string_field("table", table);
+            }
+            None => {
+                b.null_field("schema");
+                b.null_field("table");
+            }
+        }
+        b.string_field("commit_lsn", &tx.commit_lsn.to_string());
+        match tx.xid {
+            Some(xid) => b.raw_field("xid", &xid.to_string()),
+            None => b.null_field("xid"),
+        }
+        match tx.commit_time_us {
+            Some(t) => b.string_field("commit_time", &format_pg_timestamp(t)),
+            None => b.null_field("commit_time"),
+        }
+        b
+    }
+
+    fn key(&mut self, name: &str) {
+        if !self.out.ends_with('{') {
+            self.out.push(',');
+        }
+        write_json_string(&mut self.out, name);
+        self.out.push(':');
+    }
+
+    pub fn raw_field(&mut self, name: &str, json: &str) {
+        self.key(name);
+        self.out.push_str(json);
+    }
+
+    pub fn null_field(&mut self, name: &str) {
+        self.raw_field(name, "null");
+    }
+
+    pub fn string_field(&mut self, name: &str, value: &str) {
+        self.key(name);
+        write_json_string(&mut self.out, value);
+    }
+
+    pub fn string_list(&mut self, name: &str, values: &[&str]) {
+        self.key(name);
+        self.out.push('[');
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            write_json_string(&mut self.out, v);
+        }
+        self.out.push(']');
+    }
+
+    /// Writes a row image as an object of column name → value. With `only_keys`, only replica
+    /// identity columns. Unchanged TOAST values are left out (they are listed separately).
+    /// On a bad value, returns the column name with the error.
+    pub fn row(
+        &mut self,
+        name: &str,
+        rel: &Relation,
+        tuple: &TupleData<'_>,
+        only_keys: bool,
+        types: &TypeRegistry,
+    ) -> Result<(), (String, ValueError)> {
+        self.key(name);
+        self.out.push('{');
+        let mut first = true;
+        for (col, datum) in rel.columns.iter().zip(&tuple.columns) {
+            if only_keys && !col.is_key {
+                continue;
+            }
+            if matches!(datum, Datum::UnchangedToast) {
+                continue;
+            }
+            if !first {
+                self.out.push(',');
+            }
+            first = false;
+            write_json_string(&mut self.out, &col.name);
+            self.out.push(':');
+            match datum {
+                Datum::Null => self.out.push_str("null"),
+                Datum::Text(bytes) => write_value(&mut self.out, types.kind(col.type_oid), bytes)
+                    .map_err(|e| (col.name.clone(), e))?,
+                Datum::Binary(_) => return Err((col.name.clone(), ValueError::Binary)),
+                Datum::UnchangedToast => {}
+            }
+        }
+        self.out.push('}');
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.push('}');
+        self.out.into_bytes()
+    }
+}

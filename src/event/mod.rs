@@ -1,0 +1,235 @@
+//! The change event: what consumers receive for each change, and how it is built from decoded
+//! pgoutput messages. The JSON body is the contract documented in `docs/events.md`.
+//!
+//! An event's `id` is `<commit LSN>:<index>`: the LSN of the transaction's commit record and the
+//! position of the change within the transaction (counting every change pgoutput sent, so the
+//! index does not depend on filters). Decoding is deterministic, so a replayed transaction
+//! produces the same ids, which is what lets consumers de-duplicate.
+
+mod encode;
+pub mod routing;
+pub mod time;
+
+use std::sync::Arc;
+
+use crate::lsn::Lsn;
+use crate::pgoutput::{Datum, OldTuple, Relation, ReplicaIdentity, TupleData};
+use crate::value::{TypeRegistry, ValueError};
+
+pub use encode::Body;
+
+/// What happened to the row(s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    Message,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+            Op::Message => "message",
+        }
+    }
+}
+
+/// The transaction a change belongs to (from pgoutput's Begin message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxContext {
+    /// Start LSN of the commit record: with the change index, the event id.
+    pub commit_lsn: Lsn,
+    pub xid: Option<u32>,
+    /// Microseconds since 2000-01-01 UTC; `None` for non-transactional messages.
+    pub commit_time_us: Option<i64>,
+}
+
+/// A change ready for the publisher: routing key, body and the facts that go into properties.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: String,
+    pub op: Op,
+    /// Empty for logical messages.
+    pub schema: String,
+    /// The table name, or the message prefix for logical messages.
+    pub table: String,
+    pub commit_lsn: Lsn,
+    pub commit_time_us: Option<i64>,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+/// Why a change could not be turned into an event. Permanent: skipping it would lose data.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("change refers to relation OID {0}, which pgoutput never described")]
+    UnknownRelation(u32),
+    #[error("{schema}.{table}: row has {got} columns but the relation has {want}")]
+    ColumnCount { schema: String, table: String, got: usize, want: usize },
+    #[error("{schema}.{table} column {column}: {source}")]
+    Value {
+        schema: String,
+        table: String,
+        column: String,
+        #[source]
+        source: ValueError,
+    },
+}
+
+/// The row images of one row change, borrowed from the decoded message.
+pub enum RowChange<'a> {
+    Insert { new: &'a TupleData<'a> },
+    Update { old: Option<&'a OldTuple<'a>>, new: &'a TupleData<'a> },
+    Delete { old: &'a OldTuple<'a> },
+}
+
+impl RowChange<'_> {
+    fn op(&self) -> Op {
+        match self {
+            RowChange::Insert { .. } => Op::Insert,
+            RowChange::Update { .. } => Op::Update,
+            RowChange::Delete { .. } => Op::Delete,
+        }
+    }
+}
+
+/// Builds the id of the change at `index` in the transaction.
+pub fn event_id(commit_lsn: Lsn, index: u64) -> String {
+    format!("{commit_lsn}:{index}")
+}
+
+/// Builds the body of an insert, update or delete.
+pub fn row_event_body(
+    tx: &TxContext,
+    index: u64,
+    rel: &Arc<Relation>,
+    change: &RowChange<'_>,
+    types: &TypeRegistry,
+) -> Result<(String, Vec<u8>), EventError> {
+    let id = event_id(tx.commit_lsn, index);
+    let op = change.op();
+    let mut body = Body::start(&id, op, Some((&rel.schema, &rel.name)), tx);
+    let render = |b: &mut Body, field: &str, tuple: &TupleData<'_>, only_keys: bool| {
+        check_width(rel, tuple)?;
+        b.row(field, rel, tuple, only_keys, types).map_err(|(column, source)| EventError::Value {
+            schema: rel.schema.clone(),
+            table: rel.name.clone(),
+            column,
+            source,
+        })
+    };
+    let has_identity = rel.replica_identity != ReplicaIdentity::Nothing && rel.columns.iter().any(|c| c.is_key);
+    // `key`: identity columns, from the old image when there is one (it holds the key the row
+    // had), else from the new image (an insert, or an update that left the key unchanged).
+    let key_source: Option<&TupleData<'_>> = match change {
+        _ if !has_identity => None,
+        RowChange::Insert { new } => Some(new),
+        RowChange::Update { old: Some(OldTuple::Key(t) | OldTuple::Full(t)), .. } => Some(t),
+        RowChange::Update { old: None, new } => Some(new),
+        RowChange::Delete { old: OldTuple::Key(t) | OldTuple::Full(t) } => Some(t),
+    };
+    match key_source {
+        Some(t) => render(&mut body, "key", t, true)?,
+        None => body.null_field("key"),
+    }
+    match change {
+        RowChange::Insert { .. } => body.null_field("old"),
+        RowChange::Update { old: Some(OldTuple::Full(t)), .. } | RowChange::Delete { old: OldTuple::Full(t) } => {
+            render(&mut body, "old", t, false)?
+        }
+        RowChange::Update { old: Some(OldTuple::Key(t)), .. } | RowChange::Delete { old: OldTuple::Key(t) } => {
+            render(&mut body, "old", t, true)?
+        }
+        // The key did not change, so the old key is the new row's key.
+        RowChange::Update { old: None, new } if has_identity => render(&mut body, "old", new, true)?,
+        RowChange::Update { old: None, .. } => body.null_field("old"),
+    }
+    match change {
+        RowChange::Insert { new } | RowChange::Update { new, .. } => render(&mut body, "new", new, false)?,
+        RowChange::Delete { .. } => body.null_field("new"),
+    }
+    let unchanged: Vec<&str> = match change {
+        RowChange::Update { new, .. } => rel
+            .columns
+            .iter()
+            .zip(&new.columns)
+            .filter(|(_, d)| matches!(d, Datum::UnchangedToast))
+            .map(|(c, _)| c.name.as_str())
+            .collect(),
+        _ => Vec::new(),
+    };
+    body.string_list("unchanged_toast", &unchanged);
+    Ok((id, body.finish()))
+}
+
+fn check_width(rel: &Relation, tuple: &TupleData<'_>) -> Result<(), EventError> {
+    if tuple.columns.len() != rel.columns.len() {
+        return Err(EventError::ColumnCount {
+            schema: rel.schema.clone(),
+            table: rel.name.clone(),
+            got: tuple.columns.len(),
+            want: rel.columns.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Builds the body of a truncate of one relation.
+pub fn truncate_event_body(
+    tx: &TxContext,
+    index: u64,
+    rel: &Relation,
+    cascade: bool,
+    restart_identity: bool,
+) -> (String, Vec<u8>) {
+    let id = event_id(tx.commit_lsn, index);
+    let mut body = Body::start(&id, Op::Truncate, Some((&rel.schema, &rel.name)), tx);
+    for f in ["key", "old", "new"] {
+        body.null_field(f);
+    }
+    body.string_list("unchanged_toast", &[]);
+    body.raw_field(
+        "truncate",
+        &format!("{{\"cascade\":{cascade},\"restart_identity\":{restart_identity}}}"),
+    );
+    (id, body.finish())
+}
+
+/// Builds the body of a logical message (`pg_logical_emit_message`).
+pub fn message_event_body(
+    tx: &TxContext,
+    index: u64,
+    prefix: &str,
+    content: &[u8],
+    transactional: bool,
+) -> (String, Vec<u8>) {
+    let id = event_id(tx.commit_lsn, index);
+    let mut body = Body::start(&id, Op::Message, None, tx);
+    for f in ["key", "old", "new"] {
+        body.null_field(f);
+    }
+    body.string_list("unchanged_toast", &[]);
+    body.string_field("prefix", prefix);
+    match std::str::from_utf8(content) {
+        Ok(text) => body.string_field("content", text),
+        Err(_) => {
+            let mut hex = String::with_capacity(2 + content.len() * 2);
+            hex.push_str("\\x");
+            for b in content {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            body.string_field("content", &hex)
+        }
+    }
+    body.raw_field("transactional", if transactional { "true" } else { "false" });
+    (id, body.finish())
+}
+
+#[cfg(test)]
+mod tests;

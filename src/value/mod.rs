@@ -1,0 +1,241 @@
+//! Column values rendered as the JSON that PostgreSQL's own `to_jsonb()` produces.
+//!
+//! pgoutput sends each value as its type's text output. `to_jsonb()` decides how to write a
+//! value from the type's category (see `jsonb_categorize_type` in PostgreSQL's `jsonb.c`):
+//! booleans, the six number types, date/timestamp/timestamptz, json/jsonb, arrays, and
+//! everything else as a string of the text output. Domains count as their base type.
+//! [`TypeRegistry`] maps type OIDs to those categories; it is loaded from `pg_type` when a
+//! session starts, so domains and arrays of user types render like their base types.
+//!
+//! The rendering equals `to_jsonb()` in a session with the settings walrelay sets on its
+//! replication connection (see `source::SESSION_SETTINGS`): DateStyle ISO, TimeZone UTC,
+//! IntervalStyle iso_8601, extra_float_digits 3, bytea_output hex.
+//! Known difference: composite (row) values are written as their text, not as objects.
+
+mod array;
+mod datetime;
+pub mod json_string;
+mod number;
+
+use std::collections::HashMap;
+
+pub use json_string::write_json_string;
+
+/// How `to_jsonb()` writes values of a type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypeKind {
+    Bool,
+    /// int2, int4, int8, float4, float8, numeric.
+    Number,
+    Date,
+    Timestamp,
+    TimestampTz,
+    /// json and jsonb: embedded as JSON.
+    Json,
+    /// An array of `elem`, whose text output separates elements with `delim`.
+    Array { elem: Box<TypeKind>, delim: u8 },
+    /// Everything else: a JSON string of the text output.
+    Text,
+}
+
+/// Why a value could not be rendered. Permanent: the value is not what its type promises.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValueError {
+    #[error("value is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("boolean value is neither 't' nor 'f'")]
+    BadBool,
+    #[error("array text output could not be parsed near byte {at}")]
+    BadArray { at: usize },
+    #[error("binary-format values are not supported (walrelay requests text format)")]
+    Binary,
+}
+
+/// A row of `pg_type`, as much as rendering needs.
+#[derive(Clone, Debug)]
+pub struct PgTypeRow {
+    pub oid: u32,
+    /// `typtype`: b base, c composite, d domain, e enum, p pseudo, r range, m multirange.
+    pub typtype: u8,
+    pub typelem: u32,
+    pub typdelim: u8,
+    pub typbasetype: u32,
+    pub typlen: i16,
+}
+
+/// Type OID → rendering kind.
+#[derive(Clone, Debug, Default)]
+pub struct TypeRegistry {
+    kinds: HashMap<u32, TypeKind>,
+}
+
+/// OIDs of the built-in types whose `to_jsonb()` category is not "text".
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const JSON: u32 = 114;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const DATE: u32 = 1082;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const NUMERIC: u32 = 1700;
+    pub const JSONB: u32 = 3802;
+}
+
+fn scalar_kind(oid: u32) -> Option<TypeKind> {
+    Some(match oid {
+        oid::BOOL => TypeKind::Bool,
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => TypeKind::Number,
+        oid::DATE => TypeKind::Date,
+        oid::TIMESTAMP => TypeKind::Timestamp,
+        oid::TIMESTAMPTZ => TypeKind::TimestampTz,
+        oid::JSON | oid::JSONB => TypeKind::Json,
+        _ => return None,
+    })
+}
+
+impl TypeRegistry {
+    /// A registry that knows only the built-in scalar types (enough until `pg_type` is loaded).
+    pub fn builtin() -> Self {
+        let mut kinds = HashMap::new();
+        for o in [
+            oid::BOOL, oid::INT8, oid::INT2, oid::INT4, oid::JSON, oid::FLOAT4, oid::FLOAT8,
+            oid::DATE, oid::TIMESTAMP, oid::TIMESTAMPTZ, oid::NUMERIC, oid::JSONB,
+        ] {
+            if let Some(k) = scalar_kind(o) {
+                kinds.insert(o, k);
+            }
+        }
+        TypeRegistry { kinds }
+    }
+
+    /// Builds the registry from `pg_type` rows: resolves domains to their base type and arrays
+    /// (`typelem` set and variable length) to their element kind, as `to_jsonb()` does.
+    pub fn from_pg_type(rows: &[PgTypeRow]) -> Self {
+        let by_oid: HashMap<u32, &PgTypeRow> = rows.iter().map(|r| (r.oid, r)).collect();
+        let mut kinds = HashMap::new();
+        for row in rows {
+            let kind = resolve(row.oid, &by_oid, 0);
+            if kind != TypeKind::Text {
+                kinds.insert(row.oid, kind);
+            }
+        }
+        TypeRegistry { kinds }
+    }
+
+    /// The kind for a type OID; unknown types render as text.
+    pub fn kind(&self, type_oid: u32) -> &TypeKind {
+        const TEXT: TypeKind = TypeKind::Text;
+        self.kinds.get(&type_oid).unwrap_or(&TEXT)
+    }
+}
+
+/// Domains nest and arrays nest; a depth bound keeps a cyclic catalog from looping forever.
+fn resolve(oid: u32, by_oid: &HashMap<u32, &PgTypeRow>, depth: u32) -> TypeKind {
+    if depth > 16 {
+        return TypeKind::Text;
+    }
+    let Some(row) = by_oid.get(&oid) else { return scalar_kind(oid).unwrap_or(TypeKind::Text) };
+    if row.typtype == b'd' && row.typbasetype != 0 {
+        return resolve(row.typbasetype, by_oid, depth + 1);
+    }
+    if let Some(k) = scalar_kind(oid) {
+        return k;
+    }
+    if row.typelem != 0 && row.typlen == -1 {
+        // The delimiter belongs to the element type (box uses ';').
+        let delim = by_oid.get(&row.typelem).map_or(b',', |e| e.typdelim);
+        return TypeKind::Array { elem: Box::new(resolve(row.typelem, by_oid, depth + 1)), delim };
+    }
+    TypeKind::Text
+}
+
+/// Appends the JSON for one non-null value given as its type's text output.
+pub fn write_value(out: &mut String, kind: &TypeKind, text: &[u8]) -> Result<(), ValueError> {
+    let text = std::str::from_utf8(text).map_err(|_| ValueError::InvalidUtf8)?;
+    write_text_value(out, kind, text)
+}
+
+fn write_text_value(out: &mut String, kind: &TypeKind, text: &str) -> Result<(), ValueError> {
+    match kind {
+        TypeKind::Bool => match text {
+            "t" => out.push_str("true"),
+            "f" => out.push_str("false"),
+            _ => return Err(ValueError::BadBool),
+        },
+        TypeKind::Number => number::write_number(out, text),
+        TypeKind::Date | TypeKind::Text => write_json_string(out, text),
+        TypeKind::Timestamp => datetime::write_timestamp(out, text),
+        TypeKind::TimestampTz => datetime::write_timestamptz(out, text),
+        TypeKind::Json => out.push_str(text),
+        TypeKind::Array { elem, delim } => array::write_array(out, text, elem, *delim)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(kind: &TypeKind, text: &str) -> String {
+        let mut o = String::new();
+        write_value(&mut o, kind, text.as_bytes()).unwrap();
+        o
+    }
+
+    fn arr(elem: TypeKind) -> TypeKind {
+        TypeKind::Array { elem: Box::new(elem), delim: b',' }
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(render(&TypeKind::Bool, "t"), "true");
+        assert_eq!(render(&TypeKind::Bool, "f"), "false");
+        assert_eq!(render(&TypeKind::Text, "\\x00ff"), "\"\\\\x00ff\"");
+        assert_eq!(render(&TypeKind::Json, "{\"a\": [1, 2]}"), "{\"a\": [1, 2]}");
+        assert_eq!(render(&TypeKind::Date, "2024-02-29"), "\"2024-02-29\"");
+    }
+
+    #[test]
+    fn arrays_nest_and_render_elements_by_type() {
+        assert_eq!(render(&arr(TypeKind::Number), "{1,2,NULL}"), "[1,2,null]");
+        assert_eq!(render(&arr(TypeKind::Number), "{{1,2},{3,4}}"), "[[1,2],[3,4]]");
+        assert_eq!(render(&arr(TypeKind::Number), "[0:1]={5,6}"), "[5,6]");
+        assert_eq!(render(&arr(TypeKind::Number), "{}"), "[]");
+        assert_eq!(render(&arr(TypeKind::Text), "{\"a b\",\"q\\\"x\",NULL,\"NULL\",plain}"),
+            "[\"a b\",\"q\\\"x\",null,\"NULL\",\"plain\"]");
+        assert_eq!(render(&arr(TypeKind::Json), "{\"{\\\"k\\\": 1}\"}"), "[{\"k\": 1}]");
+        let boxes = TypeKind::Array { elem: Box::new(TypeKind::Text), delim: b';' };
+        assert_eq!(render(&boxes, "{(1,1),(0,0);(2,2),(1,1)}"), "[\"(1,1),(0,0)\",\"(2,2),(1,1)\"]");
+    }
+
+    #[test]
+    fn malformed_values_are_errors_not_panics() {
+        let mut o = String::new();
+        assert_eq!(write_value(&mut o, &TypeKind::Bool, b"x"), Err(ValueError::BadBool));
+        assert_eq!(write_value(&mut o, &TypeKind::Text, b"\xff"), Err(ValueError::InvalidUtf8));
+        for bad in ["{1,2", "{1,,2}", "1,2}", "{\"a}", "[1:2]{1}", "{1}x", "{\"\\"] {
+            assert!(write_value(&mut o, &arr(TypeKind::Number), bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registry_resolves_domains_and_arrays() {
+        let rows = vec![
+            PgTypeRow { oid: 23, typtype: b'b', typelem: 0, typdelim: b',', typbasetype: 0, typlen: 4 },
+            PgTypeRow { oid: 1007, typtype: b'b', typelem: 23, typdelim: b',', typbasetype: 0, typlen: -1 },
+            PgTypeRow { oid: 90001, typtype: b'd', typelem: 0, typdelim: b',', typbasetype: 23, typlen: 4 },
+            PgTypeRow { oid: 90002, typtype: b'b', typelem: 90001, typdelim: b',', typbasetype: 0, typlen: -1 },
+            PgTypeRow { oid: 600, typtype: b'b', typelem: 701, typdelim: b',', typbasetype: 0, typlen: 16 },
+        ];
+        let reg = TypeRegistry::from_pg_type(&rows);
+        assert_eq!(reg.kind(90001), &TypeKind::Number);
+        assert_eq!(reg.kind(1007), &arr(TypeKind::Number));
+        assert_eq!(reg.kind(90002), &arr(TypeKind::Number));
+        assert_eq!(reg.kind(600), &TypeKind::Text, "point has typelem but is fixed-length");
+        assert_eq!(reg.kind(12345), &TypeKind::Text);
+    }
+}
