@@ -12,7 +12,9 @@
 //! - [`config`]: the TOML file and environment overrides, validated into typed values.
 
 pub mod checkpoint;
+pub mod config;
 pub mod event;
 pub mod lsn;
 pub mod pgoutput;
+pub mod source;
 pub mod value;

@@ -1,0 +1,2 @@
+//! Configuration: the TOML file and environment overrides, validated into typed values.
+pub mod secret;

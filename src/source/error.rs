@@ -1,0 +1,123 @@
+//! Errors of the PostgreSQL side, and which of them are worth a reconnect.
+
+use super::tls::TlsError;
+use super::wire::WireError;
+use crate::event::EventError;
+use crate::pgoutput::DecodeError;
+
+/// An ErrorResponse from the server, with the fields operators need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerError {
+    pub severity: String,
+    /// SQLSTATE, e.g. `55006` for "replication slot is active".
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " (detail: {d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerError {
+    /// Parses the fields of an ErrorResponse or NoticeResponse body.
+    pub fn parse(body: &[u8]) -> ServerError {
+        let mut e = ServerError::default();
+        for field in body.split(|&b| b == 0) {
+            let Some((&code, value)) = field.split_first() else { continue };
+            let value = String::from_utf8_lossy(value).into_owned();
+            match code {
+                b'V' => e.severity = value,
+                b'S' if e.severity.is_empty() => e.severity = value,
+                b'C' => e.code = value,
+                b'M' => e.message = value,
+                b'D' => e.detail = Some(value),
+                b'H' => e.hint = Some(value),
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+/// Everything that can go wrong on the PostgreSQL side.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to PostgreSQL at {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to PostgreSQL at {0}")]
+    ConnectTimeout(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("TLS handshake with PostgreSQL failed: {0}")]
+    TlsHandshake(#[source] std::io::Error),
+    #[error("PostgreSQL does not offer TLS, and sslmode requires it")]
+    TlsRefused,
+    #[error("PostgreSQL: {0}")]
+    Server(ServerError),
+    #[error("authentication: {0}")]
+    Auth(String),
+    #[error("unexpected message from PostgreSQL: {0}")]
+    Protocol(String),
+    #[error("decoding the replication stream: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("building an event: {0}")]
+    Event(#[from] EventError),
+    #[error("replication slot {slot:?} {problem}")]
+    SlotLost { slot: String, problem: String },
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+impl SourceError {
+    /// True when reconnecting later may succeed; false when the operator must act.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Connect { .. }
+            | SourceError::ConnectTimeout(_)
+            | SourceError::Wire(WireError::Io(_) | WireError::Closed)
+            | SourceError::TlsHandshake(_) => true,
+            SourceError::Server(e) => is_transient_sqlstate(&e.code),
+            _ => false,
+        }
+    }
+}
+
+/// SQLSTATE classes worth retrying: connection problems, resource shortage, shutdown and
+/// "slot in use by another process". Authentication, missing objects, privileges and invalid
+/// slots are permanent.
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "55006" || code == "40001"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_error_fields() {
+        let body = b"SERROR\0VERROR\0C55006\0Mreplication slot \"s\" is active for PID 42\0\0";
+        let e = ServerError::parse(body);
+        assert_eq!(e.code, "55006");
+        assert_eq!(e.severity, "ERROR");
+        assert!(SourceError::Server(e).is_transient());
+        let e = ServerError { code: "28P01".into(), ..Default::default() };
+        assert!(!SourceError::Server(e).is_transient());
+    }
+}

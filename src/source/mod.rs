@@ -1,0 +1,20 @@
+//! The PostgreSQL side: our own replication client on `postgres-protocol`, tokio and rustls.
+//!
+//! - [`params`]: connection URL → typed parameters (TLS mode, CA file, timeouts).
+//! - [`tls`]: rustls configuration for libpq's sslmode values.
+//! - [`wire`]: cancel-safe framing over TCP/TLS.
+//! - [`conn`]: startup, authentication (trust, cleartext, MD5, SCRAM-SHA-256), simple queries.
+//! - [`setup`]: publication, slot, type catalog, server timeouts.
+//! - [`stream`]: `START_REPLICATION`, XLogData/keepalive in, status updates out.
+
+pub mod conn;
+pub mod error;
+pub mod params;
+pub mod setup;
+pub mod stream;
+pub mod tls;
+pub mod wire;
+
+pub use conn::{Connection, SESSION_SETTINGS};
+pub use error::{ServerError, SourceError};
+pub use params::{ConnParams, SslMode};

@@ -1,0 +1,237 @@
+//! Preparing a replication connection: the publication, the slot, the type catalog and
+//! the server's `wal_sender_timeout`, all before `START_REPLICATION`.
+//!
+//! The slot is created when missing and never dropped: dropping it would throw away the
+//! position that makes delivery at-least-once. A slot that disappears or jumps ahead while
+//! walrelay runs is reported as lost, never silently recreated.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::conn::Connection;
+use super::error::SourceError;
+use crate::lsn::Lsn;
+use crate::value::{PgTypeRow, TypeRegistry};
+
+/// Quotes an SQL identifier: `we"ird` → `"we""ird"`.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal (standard_conforming_strings is on for our sessions).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A `schema.table` name as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// What the slot looked like when the session started.
+#[derive(Clone, Debug)]
+pub struct SlotState {
+    pub confirmed_flush: Lsn,
+    pub created: bool,
+}
+
+/// `IDENTIFY_SYSTEM`: proves this is a replication connection and names the database.
+pub async fn identify_system(conn: &mut Connection) -> Result<(String, Lsn), SourceError> {
+    let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
+    let row = rows.first().ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+    let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let xlogpos = get(2).parse::<Lsn>().map_err(|e| SourceError::Protocol(e.to_string()))?;
+    Ok((get(0), xlogpos))
+}
+
+/// Makes sure the publication exists, creating it for `tables` when it does not.
+pub async fn ensure_publication(
+    conn: &mut Connection,
+    publication: &str,
+    tables: &[TableName],
+) -> Result<(), SourceError> {
+    let exists = conn
+        .simple_query(&format!("SELECT 1 FROM pg_publication WHERE pubname = {}", quote_literal(publication)))
+        .await?;
+    if exists.is_empty() {
+        if tables.is_empty() {
+            return Err(SourceError::Setup(format!(
+                "publication {publication:?} does not exist and postgres.tables is empty, so walrelay cannot create it"
+            )));
+        }
+        let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
+        let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), list.join(", "));
+        match conn.simple_query(&sql).await {
+            Ok(_) => info!(publication, tables = list.len(), "created publication"),
+            Err(SourceError::Server(e)) if e.code == "42501" => {
+                return Err(SourceError::Setup(format!(
+                    "publication {publication:?} does not exist and this role may not create it ({}). \
+                     Ask the tables' owner to run: {sql}",
+                    e.message
+                )));
+            }
+            Err(SourceError::Server(e)) if e.code == "42P01" => {
+                return Err(SourceError::Setup(format!(
+                    "cannot create publication {publication:?}: {} (check postgres.tables)",
+                    e.message
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        return Ok(());
+    }
+    let published = conn
+        .simple_query(&format!(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {}",
+            quote_literal(publication)
+        ))
+        .await?;
+    for t in tables {
+        let found = published
+            .iter()
+            .any(|r| r.first().cloned().flatten().as_deref() == Some(&t.schema) && r.get(1).cloned().flatten().as_deref() == Some(&t.name));
+        if !found {
+            warn!(publication, table = %t, "configured table is not in the existing publication: its changes will not be streamed");
+        }
+    }
+    Ok(())
+}
+
+/// Finds the slot, creating it when missing. `known` is the position this process last
+/// confirmed; a slot that vanished or moved past it means data would be skipped.
+pub async fn ensure_slot(
+    conn: &mut Connection,
+    slot: &str,
+    database: &str,
+    known: Option<Lsn>,
+) -> Result<SlotState, SourceError> {
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT plugin, database, confirmed_flush_lsn, wal_status FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await?;
+    let lost = |problem: String| SourceError::SlotLost { slot: slot.to_owned(), problem };
+    let Some(row) = rows.first() else {
+        if let Some(lsn) = known {
+            return Err(lost(format!(
+                "disappeared while walrelay was streaming from it (last confirmed {lsn}); \
+                 changes after that point may be gone. Recreate it deliberately and re-sync consumers"
+            )));
+        }
+        let sql = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT", quote_ident(slot));
+        let created = conn.simple_query(&sql).await?;
+        let pos = created
+            .first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .and_then(|s| s.parse::<Lsn>().ok())
+            .unwrap_or(Lsn::ZERO);
+        info!(slot, consistent_point = %pos, "created replication slot");
+        return Ok(SlotState { confirmed_flush: pos, created: true });
+    };
+    let get = |i: usize| row.get(i).cloned().flatten();
+    if get(0).as_deref() != Some("pgoutput") {
+        return Err(lost(format!("uses plugin {:?}, walrelay needs pgoutput", get(0).unwrap_or_default())));
+    }
+    if get(1).as_deref() != Some(database) {
+        return Err(lost(format!("belongs to database {:?}, not {database:?}", get(1).unwrap_or_default())));
+    }
+    if get(3).as_deref() == Some("lost") {
+        return Err(lost(
+            "is invalidated (wal_status = lost): the WAL it needed was removed, so changes were lost. \
+             Recreate the slot and re-sync consumers"
+                .into(),
+        ));
+    }
+    let confirmed = get(2).and_then(|s| s.parse::<Lsn>().ok()).unwrap_or(Lsn::ZERO);
+    if let Some(known) = known
+        && confirmed > known
+    {
+        return Err(lost(format!(
+            "was advanced to {confirmed} by someone else while walrelay had confirmed only {known}; \
+             the changes in between were never published"
+        )));
+    }
+    Ok(SlotState { confirmed_flush: confirmed, created: false })
+}
+
+/// Loads `pg_type` so domains and arrays render like `to_jsonb()` renders them.
+pub async fn load_types(conn: &mut Connection) -> Result<TypeRegistry, SourceError> {
+    let rows = conn
+        .simple_query("SELECT oid, typtype, typelem, typdelim, typbasetype, typlen FROM pg_catalog.pg_type")
+        .await?;
+    let parsed: Vec<PgTypeRow> = rows
+        .iter()
+        .filter_map(|r| {
+            let s = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            Some(PgTypeRow {
+                oid: s(0).parse().ok()?,
+                typtype: *s(1).as_bytes().first()?,
+                typelem: s(2).parse().ok()?,
+                typdelim: *s(3).as_bytes().first()?,
+                typbasetype: s(4).parse().ok()?,
+                typlen: s(5).parse().ok()?,
+            })
+        })
+        .collect();
+    Ok(TypeRegistry::from_pg_type(&parsed))
+}
+
+/// Reads `wal_sender_timeout`, so status updates can be sent well within it.
+pub async fn wal_sender_timeout(conn: &mut Connection) -> Result<Option<Duration>, SourceError> {
+    let rows = conn.simple_query("SHOW wal_sender_timeout").await?;
+    Ok(rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|v| parse_pg_duration(&v)))
+}
+
+/// Parses PostgreSQL's time settings (`60s`, `1min`, `500ms`, `0`); `None` for 0 (disabled).
+pub fn parse_pg_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1000,
+        "min" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return None,
+    };
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        let t = TableName { schema: "Public".into(), name: "my table".into() };
+        assert_eq!(t.quoted(), "\"Public\".\"my table\"");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_pg_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_pg_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_pg_duration("0"), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! The CopyBoth replication stream: `START_REPLICATION`, XLogData and keepalive messages from
+//! the server, standby status updates from us.
+//!
+//! Per PostgreSQL's streaming replication protocol: the server sends `w` (XLogData: start LSN,
+//! WAL end, send time, payload) and `k` (keepalive: WAL end, send time, reply-requested flag);
+//! we send `r` (write, flush, apply positions, clock, reply-requested). The *flush* position is
+//! what the server stores as the slot's `confirmed_flush_lsn`. If no status update arrives for
+//! `wal_sender_timeout`, the server drops the connection, so updates must keep flowing even
+//! when the publishing side is back-pressured.
+
+use bytes::{Buf, BufMut, Bytes};
+use postgres_protocol::message::frontend;
+
+use super::conn::Connection;
+use super::error::{ServerError, SourceError};
+use super::setup::{quote_ident, quote_literal};
+use crate::lsn::Lsn;
+
+/// A message of the replication stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplMessage {
+    /// WAL data: one pgoutput message.
+    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
+    /// The server's position and whether it wants an answer now.
+    Keepalive { wal_end: Lsn, reply_requested: bool },
+}
+
+/// Microseconds since 2000-01-01, the protocol's clock.
+fn pg_now_us() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    unix - 946_684_800_000_000
+}
+
+/// An open replication stream.
+pub struct ReplicationStream {
+    conn: Connection,
+}
+
+impl ReplicationStream {
+    /// Sends `START_REPLICATION` and waits for the server to switch to CopyBoth mode.
+    pub async fn start(
+        mut conn: Connection,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+    ) -> Result<ReplicationStream, SourceError> {
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (\"proto_version\" '1', \"publication_names\" {}, \"messages\" 'true')",
+            quote_ident(slot),
+            start,
+            quote_literal(&quote_ident(publication)),
+        );
+        frontend::query(&sql, &mut conn.framed.write_buf)
+            .map_err(|e| SourceError::Protocol(e.to_string()))?;
+        conn.framed.flush().await?;
+        loop {
+            let f = conn.framed.read_frame().await?;
+            match f.tag {
+                b'W' => return Ok(ReplicationStream { conn }),
+                b'N' => {}
+                b'E' => {
+                    let e = ServerError::parse(&f.body);
+                    // 55000 on START_REPLICATION: the slot can no longer give changes (invalidated).
+                    if e.code == "55000" || e.code == "42704" || e.code == "58P01" {
+                        return Err(SourceError::SlotLost { slot: slot.to_owned(), problem: e.to_string() });
+                    }
+                    return Err(SourceError::Server(e));
+                }
+                t => return Err(SourceError::Protocol(format!("message {:?} after START_REPLICATION", t as char))),
+            }
+        }
+    }
+
+    /// The next message. Cancel-safe.
+    pub async fn next(&mut self) -> Result<ReplMessage, SourceError> {
+        loop {
+            let f = self.conn.framed.read_frame().await?;
+            match f.tag {
+                b'd' => return parse_copy_data(f.body),
+                b'N' => continue,
+                b'E' => return Err(SourceError::Server(ServerError::parse(&f.body))),
+                b'c' => return Err(SourceError::Protocol("the server ended the replication stream (CopyDone)".into())),
+                t => return Err(SourceError::Protocol(format!("message {:?} in the replication stream", t as char))),
+            }
+        }
+    }
+
+    /// Sends a standby status update. `flush` becomes the slot's confirmed position.
+    pub async fn send_status(&mut self, write: Lsn, flush: Lsn, reply_requested: bool) -> Result<(), SourceError> {
+        let mut msg = Vec::with_capacity(34);
+        msg.put_u8(b'r');
+        msg.put_u64(write.0.max(flush.0));
+        msg.put_u64(flush.0);
+        msg.put_u64(flush.0);
+        msg.put_i64(pg_now_us());
+        msg.put_u8(u8::from(reply_requested));
+        frontend::CopyData::new(&msg[..])
+            .map_err(|e| SourceError::Protocol(e.to_string()))?
+            .write(&mut self.conn.framed.write_buf);
+        self.conn.framed.flush().await?;
+        Ok(())
+    }
+
+    /// Ends the session: Terminate makes the walsender exit cleanly.
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+}
+
+fn parse_copy_data(mut body: Bytes) -> Result<ReplMessage, SourceError> {
+    let short = |what: &str| SourceError::Protocol(format!("truncated {what} message"));
+    if body.is_empty() {
+        return Err(short("CopyData"));
+    }
+    match body.get_u8() {
+        b'w' => {
+            if body.len() < 24 {
+                return Err(short("XLogData"));
+            }
+            let wal_start = Lsn(body.get_u64());
+            let wal_end = Lsn(body.get_u64());
+            let _send_time = body.get_i64();
+            Ok(ReplMessage::XLogData { wal_start, wal_end, data: body })
+        }
+        b'k' => {
+            if body.len() < 17 {
+                return Err(short("keepalive"));
+            }
+            let wal_end = Lsn(body.get_u64());
+            let _send_time = body.get_i64();
+            Ok(ReplMessage::Keepalive { wal_end, reply_requested: body.get_u8() == 1 })
+        }
+        t => Err(SourceError::Protocol(format!("unknown replication message {:?}", t as char))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_xlogdata_and_keepalive() {
+        let mut w = vec![b'w'];
+        w.extend_from_slice(&1u64.to_be_bytes());
+        w.extend_from_slice(&2u64.to_be_bytes());
+        w.extend_from_slice(&3i64.to_be_bytes());
+        w.extend_from_slice(b"B...");
+        assert_eq!(
+            parse_copy_data(Bytes::from(w)).unwrap(),
+            ReplMessage::XLogData { wal_start: Lsn(1), wal_end: Lsn(2), data: Bytes::from_static(b"B...") }
+        );
+        let mut k = vec![b'k'];
+        k.extend_from_slice(&9u64.to_be_bytes());
+        k.extend_from_slice(&0i64.to_be_bytes());
+        k.push(1);
+        assert_eq!(
+            parse_copy_data(Bytes::from(k)).unwrap(),
+            ReplMessage::Keepalive { wal_end: Lsn(9), reply_requested: true }
+        );
+        assert!(parse_copy_data(Bytes::from_static(b"k\0\0")).is_err());
+        assert!(parse_copy_data(Bytes::from_static(b"")).is_err());
+        assert!(parse_copy_data(Bytes::from_static(b"x")).is_err());
+    }
+}
