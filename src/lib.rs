@@ -16,5 +16,6 @@ pub mod config;
 pub mod event;
 pub mod lsn;
 pub mod pgoutput;
+pub mod sink;
 pub mod source;
 pub mod value;

@@ -1,2 +1,141 @@
-//! Configuration: the TOML file and environment overrides, validated into typed values.
+//! Configuration: the TOML file plus environment overrides, validated into typed [`Settings`].
+//!
+//! Raw input is checked once, here: after start-up nothing handles raw strings. Every key is
+//! documented in `docs/configuration.md` (a test keeps the two in step). Overrides:
+//! `DATABASE_URL` and `AMQP_URL` replace the connection URLs, and `WALRELAY_<SECTION>_<KEY>`
+//! (e.g. `WALRELAY_POSTGRES_SLOT`) replaces any scalar key.
+
 pub mod secret;
+mod validate;
+
+use serde::Deserialize;
+
+pub use validate::{ConfigError, Settings};
+
+/// Default slot and publication name.
+pub const DEFAULT_NAME: &str = "walrelay";
+/// Default exchange: a durable topic exchange named after the product.
+pub const DEFAULT_EXCHANGE: &str = "walrelay";
+/// Default routing key: lets consumers bind `public.orders.*` or `*.*.delete`.
+pub const DEFAULT_ROUTING_KEY: &str = "{schema}.{table}.{op}";
+/// Unconfirmed messages allowed in flight: pipelined confirms reach the broker's throughput
+/// limit around 1,000–5,000; more adds latency, not speed.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2_000;
+/// 16 MiB: RabbitMQ 4.x's default `max_message_size` (3.x allowed 128 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Without a confirm for this long, the broker is treated as unavailable and the replication
+/// connection is released, so a Postgres shutdown or failover is never held hostage.
+pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 30_000;
+/// How often the slot's position is reported: well below any sane `wal_sender_timeout`.
+pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
+/// How long SIGTERM waits for outstanding confirms before exiting.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_RECONNECT_MIN_MS: u64 = 500;
+pub const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
+
+/// The file as written. `deny_unknown_fields` turns typos into start-up errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub postgres: RawPostgres,
+    #[serde(default)]
+    pub rabbitmq: RawRabbitmq,
+    #[serde(default)]
+    pub service: RawService,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub url: Option<secret::Secret>,
+    pub slot: Option<String>,
+    pub publication: Option<String>,
+    #[serde(default)]
+    pub tables: Vec<String>,
+    pub status_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRabbitmq {
+    pub url: Option<secret::Secret>,
+    pub exchange: Option<String>,
+    pub declare_exchange: Option<bool>,
+    pub routing_key: Option<String>,
+    pub max_in_flight: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub confirm_timeout_ms: Option<u64>,
+    pub publish_messages: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub shutdown_timeout_ms: Option<u64>,
+    pub reconnect_min_ms: Option<u64>,
+    pub reconnect_max_ms: Option<u64>,
+    pub log_format: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for secret::Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(secret::Secret::new)
+    }
+}
+
+/// Reads, overrides and validates a config file.
+pub fn load(path: &std::path::Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("(file)", format!("cannot read {}: {e}", path.display())))?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    from_str_with_env(&text, &env)
+}
+
+/// Parses `text`, applies overrides from `env`, validates.
+pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Settings, ConfigError> {
+    let mut table: toml::Table =
+        toml::from_str(text).map_err(|e| ConfigError::new("(syntax)", e.message().to_owned()))?;
+    for (name, value) in env {
+        let (section, key) = match name.as_str() {
+            "DATABASE_URL" => ("postgres".to_owned(), "url".to_owned()),
+            "AMQP_URL" => ("rabbitmq".to_owned(), "url".to_owned()),
+            other => match other.strip_prefix("WALRELAY_").and_then(|r| r.split_once('_')) {
+                Some((s, k)) if ["POSTGRES", "RABBITMQ", "SERVICE"].contains(&s) => (s.to_lowercase(), k.to_lowercase()),
+                _ => continue,
+            },
+        };
+        let section_table = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::new(&section, "must be a table".into()))?;
+        section_table.insert(key, env_value(value));
+    }
+    let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
+        ConfigError::new("(schema)", e.message().to_owned())
+    })?;
+    validate::validate(raw)
+}
+
+/// An environment value as TOML: integers and booleans keep their type, lists are TOML arrays.
+fn env_value(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    match v {
+        "true" => return toml::Value::Boolean(true),
+        "false" => return toml::Value::Boolean(false),
+        _ => {}
+    }
+    if v.starts_with('[')
+        && let Ok(t) = toml::from_str::<toml::Table>(&format!("v = {v}"))
+        && let Some(val) = t.get("v")
+    {
+        return val.clone();
+    }
+    toml::Value::String(v.to_owned())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! Turns a [`RawConfig`] into [`Settings`]: typed values, defaults applied, and an error that
+//! names the offending key for anything wrong.
+
+use std::time::Duration;
+
+use super::*;
+use crate::event::routing::RoutingTemplate;
+use crate::sink::SinkSettings;
+use crate::source::params::ConnParams;
+use crate::source::setup::TableName;
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("config key {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: &str, message: String) -> Self {
+        ConfigError { key: key.to_owned(), message }
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub postgres: ConnParams,
+    pub slot: String,
+    pub publication: String,
+    /// Tables for the publication walrelay creates when it does not exist.
+    pub tables: Vec<TableName>,
+    pub status_interval: Duration,
+    pub sink: SinkSettings,
+    pub routing_key: RoutingTemplate,
+    pub max_in_flight: usize,
+    pub confirm_timeout: Duration,
+    /// Publish `pg_logical_emit_message` messages (op `message`); off by default because no
+    /// queue is usually bound for them and an unroutable message holds the stream.
+    pub publish_messages: bool,
+    pub shutdown_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub log_json: bool,
+}
+
+fn is_valid_slot_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn parse_table(s: &str) -> Option<TableName> {
+    let (schema, name) = s.split_once('.')?;
+    if schema.is_empty() || name.is_empty() || name.contains('.') {
+        return None;
+    }
+    Some(TableName { schema: schema.to_owned(), name: name.to_owned() })
+}
+
+fn positive(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    match v.unwrap_or(default) {
+        0 => Err(ConfigError::new(key, "must be greater than 0".into())),
+        ms => Ok(Duration::from_millis(ms)),
+    }
+}
+
+pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
+    let pg_url = raw
+        .postgres
+        .url
+        .ok_or_else(|| ConfigError::new("postgres.url", "missing (set it in the file or in DATABASE_URL)".into()))?;
+    let postgres = ConnParams::from_url(pg_url.expose()).map_err(|e| ConfigError::new("postgres.url", e.to_string()))?;
+    let slot = raw.postgres.slot.unwrap_or_else(|| DEFAULT_NAME.to_owned());
+    if !is_valid_slot_name(&slot) {
+        return Err(ConfigError::new(
+            "postgres.slot",
+            format!("{slot:?} is not a valid slot name (lower-case letters, digits and _, at most 63)"),
+        ));
+    }
+    let publication = raw.postgres.publication.unwrap_or_else(|| DEFAULT_NAME.to_owned());
+    if publication.is_empty() || publication.len() > 63 {
+        return Err(ConfigError::new("postgres.publication", "must be 1 to 63 characters".into()));
+    }
+    let tables = raw
+        .postgres
+        .tables
+        .iter()
+        .map(|t| {
+            parse_table(t).ok_or_else(|| {
+                ConfigError::new("postgres.tables", format!("{t:?} is not of the form \"schema.table\""))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let status_interval = positive("postgres.status_interval_ms", raw.postgres.status_interval_ms, DEFAULT_STATUS_INTERVAL_MS)?;
+
+    let amqp_url = raw
+        .rabbitmq
+        .url
+        .ok_or_else(|| ConfigError::new("rabbitmq.url", "missing (set it in the file or in AMQP_URL)".into()))?;
+    if amqp_url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
+        return Err(ConfigError::new("rabbitmq.url", "not an amqp:// or amqps:// URL".into()));
+    }
+    let exchange = raw.rabbitmq.exchange.unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
+    if exchange.len() > 255 {
+        return Err(ConfigError::new("rabbitmq.exchange", "longer than 255 bytes".into()));
+    }
+    let template = raw.rabbitmq.routing_key.unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_owned());
+    let routing_key =
+        RoutingTemplate::parse(&template).map_err(|e| ConfigError::new("rabbitmq.routing_key", e.to_string()))?;
+    let max_in_flight = raw.rabbitmq.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+    if !(1..=100_000).contains(&max_in_flight) {
+        return Err(ConfigError::new("rabbitmq.max_in_flight", "must be between 1 and 100000".into()));
+    }
+    let max_message_bytes = raw.rabbitmq.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    if max_message_bytes < 1024 {
+        return Err(ConfigError::new("rabbitmq.max_message_bytes", "must be at least 1024".into()));
+    }
+    let confirm_timeout = positive("rabbitmq.confirm_timeout_ms", raw.rabbitmq.confirm_timeout_ms, DEFAULT_CONFIRM_TIMEOUT_MS)?;
+
+    let shutdown_timeout = positive("service.shutdown_timeout_ms", raw.service.shutdown_timeout_ms, DEFAULT_SHUTDOWN_TIMEOUT_MS)?;
+    let reconnect_min = positive("service.reconnect_min_ms", raw.service.reconnect_min_ms, DEFAULT_RECONNECT_MIN_MS)?;
+    let reconnect_max = positive("service.reconnect_max_ms", raw.service.reconnect_max_ms, DEFAULT_RECONNECT_MAX_MS)?;
+    if reconnect_max < reconnect_min {
+        return Err(ConfigError::new("service.reconnect_max_ms", "must not be below service.reconnect_min_ms".into()));
+    }
+    let log_json = match raw.service.log_format.as_deref().unwrap_or("text") {
+        "text" => false,
+        "json" => true,
+        other => return Err(ConfigError::new("service.log_format", format!("{other:?} is not \"text\" or \"json\""))),
+    };
+    Ok(Settings {
+        postgres,
+        slot,
+        publication,
+        tables,
+        status_interval,
+        sink: SinkSettings {
+            url: amqp_url,
+            exchange,
+            declare_exchange: raw.rabbitmq.declare_exchange.unwrap_or(true),
+            max_message_bytes,
+        },
+        routing_key,
+        max_in_flight,
+        confirm_timeout,
+        publish_messages: raw.rabbitmq.publish_messages.unwrap_or(false),
+        shutdown_timeout,
+        reconnect_min,
+        reconnect_max,
+        log_json,
+    })
+}

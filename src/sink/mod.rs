@@ -1,0 +1,145 @@
+//! The RabbitMQ side: a lapin channel in confirm mode that publishes events with `mandatory`
+//! set and reports every broker answer, in publish order.
+//!
+//! Durability contract (what the ack tracker relies on): a message counts as delivered only
+//! when the broker answers `basic.ack` *without* a preceding `basic.return`. lapin reports a
+//! returned (unroutable) mandatory message as `Confirmation::Ack(Some(_))`; that is a failure
+//! here, as are nacks and channel errors. Auto-recovery is not used: any failure ends the
+//! session, and the unconfirmed messages are replayed from the slot.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::{Confirmation, PublisherConfirm};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::secret::Secret;
+use crate::event::Event;
+
+/// Errors of the RabbitMQ side.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("RabbitMQ: {context}: {source}")]
+    Amqp {
+        context: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error(
+        "message {id} was returned unroutable by exchange {exchange:?} with routing key {routing_key:?}: \
+         no queue is bound for it; walrelay holds its position until a binding exists"
+    )]
+    Unroutable { id: String, exchange: String, routing_key: String },
+    #[error("message {id} (routing key {routing_key:?}) was nacked by the broker (queue full with reject-publish, or a queue error)")]
+    Nacked { id: String, routing_key: String },
+    #[error("no broker confirm for {waited:?} with {in_flight} messages in flight (broker blocked or unreachable)")]
+    Stalled { waited: Duration, in_flight: usize },
+    #[error(
+        "event {id} of {table} is {size} bytes, over rabbitmq.max_message_bytes = {max}; \
+         the broker would refuse it, so walrelay stops here instead of skipping it"
+    )]
+    Oversized { id: String, table: String, size: usize, max: usize },
+    #[error("broker confirmed a message walrelay was not waiting for")]
+    Tracker(#[from] crate::checkpoint::TrackerError),
+}
+
+impl SinkError {
+    /// True when a later retry may succeed. An oversized row never fits.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, SinkError::Oversized { .. } | SinkError::Tracker(_))
+    }
+}
+
+/// Where and how to publish.
+#[derive(Clone, Debug)]
+pub struct SinkSettings {
+    pub url: Secret,
+    pub exchange: String,
+    /// Declare the exchange (durable topic) at start; off when it is managed elsewhere.
+    pub declare_exchange: bool,
+    pub max_message_bytes: usize,
+}
+
+/// A publishing channel in confirm mode.
+pub struct Publisher {
+    connection: Connection,
+    channel: Channel,
+    exchange: ShortString,
+}
+
+impl Publisher {
+    /// Connects, opens a channel, enables confirms and declares the exchange.
+    pub async fn connect(settings: &SinkSettings) -> Result<Publisher, SinkError> {
+        let amqp = |context| move |source| SinkError::Amqp { context, source };
+        let props = ConnectionProperties::default().with_connection_name("walrelay".into());
+        let connection = Connection::connect(settings.url.expose(), props).await.map_err(amqp("connecting"))?;
+        let channel = connection.create_channel().await.map_err(amqp("opening a channel"))?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("enabling publisher confirms"))?;
+        if settings.declare_exchange {
+            channel
+                .exchange_declare(
+                    settings.exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions { durable: true, ..Default::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(amqp("declaring the exchange"))?;
+        }
+        Ok(Publisher { connection, channel, exchange: settings.exchange.as_str().into() })
+    }
+
+    /// Publishes one event persistently with `mandatory`; the returned future is its confirm.
+    pub async fn publish(&self, event: &Event) -> Result<PublisherConfirm, SinkError> {
+        let mut headers = FieldTable::default();
+        headers.insert("op".into(), AMQPValue::LongString(LongString::from(event.op.as_str())));
+        headers.insert("schema".into(), AMQPValue::LongString(LongString::from(event.schema.as_str())));
+        headers.insert("table".into(), AMQPValue::LongString(LongString::from(event.table.as_str())));
+        headers.insert("commit_lsn".into(), AMQPValue::LongString(LongString::from(event.commit_lsn.to_string())));
+        let mut props = BasicProperties::default()
+            .with_message_id(event.id.as_str().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(t) = event.commit_time_us {
+            let unix_secs = crate::event::time::pg_to_unix_us(t).div_euclid(1_000_000);
+            props = props.with_timestamp(unix_secs.max(0) as u64);
+        }
+        self.channel
+            .basic_publish(
+                self.exchange.clone(),
+                event.routing_key.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &event.body,
+                props,
+            )
+            .await
+            .map_err(|source| SinkError::Amqp { context: "publishing", source })
+    }
+
+    /// Turns a broker answer into success or the failure it is.
+    pub fn check(&self, answer: Result<Confirmation, lapin::Error>, id: &str, routing_key: &str) -> Result<(), SinkError> {
+        match answer {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_))) => Err(SinkError::Unroutable {
+                id: id.to_owned(),
+                exchange: self.exchange.to_string(),
+                routing_key: routing_key.to_owned(),
+            }),
+            Ok(Confirmation::Nack(_)) => Err(SinkError::Nacked { id: id.to_owned(), routing_key: routing_key.to_owned() }),
+            // Confirms were enabled on this channel, so this is a broken promise, not success.
+            Ok(Confirmation::NotRequested) => Err(SinkError::Amqp {
+                context: "publisher confirms were not active on the channel",
+                source: lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Initial, "confirm").into(),
+            }),
+            Err(source) => Err(SinkError::Amqp { context: "waiting for a publisher confirm", source }),
+        }
+    }
+
+    /// Closes channel and connection politely (best effort).
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "walrelay shutting down".into()).await;
+        let _ = self.connection.close(200, "walrelay shutting down".into()).await;
+    }
+}
