@@ -1,0 +1,220 @@
+//! Sessions: one replication connection plus one publishing channel, run together until
+//! shutdown or the first failure; then reconnect with capped exponential backoff.
+//!
+//! A failure on either side ends the whole session. Unconfirmed messages are dropped with it
+//! and come back from the slot, which resumes at the last position we confirmed (at-least-once).
+//! RabbitMQ is connected first and the replication connection second, and a broker that stops
+//! confirming ends the session: while the broker is down walrelay holds no walsender, so a
+//! Postgres shutdown or failover never waits for us.
+
+pub mod publish;
+pub mod replicate;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::checkpoint::AckTracker;
+use crate::config::Settings;
+use crate::lsn::Lsn;
+use crate::pgoutput::RelationCache;
+use crate::sink::{Publisher, SinkError};
+use crate::source::stream::ReplicationStream;
+use crate::source::{Connection, SourceError, setup};
+use publish::PublishLoop;
+use replicate::{Replicator, Stop};
+
+/// Capacity of the forward channel, in events. Small: the in-flight window is the real buffer.
+const FORWARD_CHANNEL_CAPACITY: usize = 1024;
+
+/// Why walrelay stopped (or a session ended).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("the publisher task failed: {0}")]
+    Task(String),
+}
+
+impl RunError {
+    /// The one place that decides: reconnect and resume, or stop and report.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Source(e) => e.is_transient(),
+            RunError::Sink(e) => e.is_transient(),
+            RunError::Task(_) => false,
+        }
+    }
+}
+
+/// State kept across sessions.
+#[derive(Debug, Default)]
+struct Memory {
+    /// The highest position this process confirmed: a slot that vanishes or moves past it
+    /// means changes were skipped, which is reported rather than ignored.
+    known: Option<Lsn>,
+}
+
+/// Runs sessions until `shutdown` becomes true (Ok) or a permanent error (Err).
+pub async fn run(settings: &Settings, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+    let mut memory = Memory::default();
+    let mut delay = settings.reconnect_min;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        match session(settings, &mut shutdown, &mut memory).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() => {
+                if started.elapsed() > settings.reconnect_max {
+                    delay = settings.reconnect_min;
+                }
+                warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+                delay = (delay * 2).min(settings.reconnect_max);
+            }
+            Err(e) => {
+                error!(error = %error_chain(&e), "stopping: this needs an operator");
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Formats an error with its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        src = cause.source();
+    }
+    s
+}
+
+async fn session(settings: &Settings, shutdown: &mut watch::Receiver<bool>, memory: &mut Memory) -> Result<(), RunError> {
+    let publisher = Publisher::connect(&settings.sink).await?;
+    let mut conn = Connection::connect(&settings.postgres, true).await?;
+    let (database, _) = setup::identify_system(&mut conn).await?;
+    setup::ensure_publication(&mut conn, &settings.publication, &settings.tables).await?;
+    let slot = setup::ensure_slot(&mut conn, &settings.slot, &database, memory.known).await?;
+    let types = setup::load_types(&mut conn).await?;
+    let mut status_interval = settings.status_interval;
+    if let Some(timeout) = setup::wal_sender_timeout(&mut conn).await? {
+        status_interval = status_interval.min(timeout / 3);
+    }
+    let start = slot.confirmed_flush;
+    memory.known = Some(memory.known.map_or(start, |k| k.max(start)));
+    let stream = ReplicationStream::start(conn, &settings.slot, start, &settings.publication).await?;
+    info!(slot = %settings.slot, start = %start, publication = %settings.publication, "streaming");
+
+    let (tx, rx) = mpsc::channel(FORWARD_CHANNEL_CAPACITY);
+    let (acked_tx, acked_rx) = watch::channel(start);
+    let publisher_task = tokio::spawn(
+        PublishLoop {
+            publisher,
+            rx,
+            acked: acked_tx,
+            tracker: AckTracker::new(start),
+            max_in_flight: settings.max_in_flight,
+            max_message_bytes: settings.sink.max_message_bytes,
+            confirm_timeout: settings.confirm_timeout,
+        }
+        .run(),
+    );
+    let mut replicator = Replicator {
+        stream,
+        relations: RelationCache::default(),
+        types,
+        routing: settings.routing_key.clone(),
+        publish_messages: settings.publish_messages,
+        tx,
+        acked: acked_rx.clone(),
+        status_interval,
+        open: None,
+        received: start,
+        last_idle: start,
+        pending: VecDeque::new(),
+    };
+    let outcome = replicator.run(shutdown).await;
+    let remember = |memory: &mut Memory| {
+        let acked = *acked_rx.borrow();
+        memory.known = Some(memory.known.map_or(acked, |k| k.max(acked)));
+    };
+    match outcome {
+        Ok(Stop::Shutdown) => {
+            let Replicator { mut stream, tx, received, .. } = replicator;
+            drop(tx);
+            let result = drain(&mut stream, publisher_task, &acked_rx, received, settings).await;
+            let flush = *acked_rx.borrow();
+            let final_status = stream.send_status(received, flush, false).await;
+            stream.close().await;
+            remember(memory);
+            info!(confirmed = %flush, "shut down cleanly");
+            if let Some(publisher) = result? {
+                publisher.close().await;
+            }
+            final_status?;
+            Ok(())
+        }
+        Ok(Stop::PublisherGone) => {
+            replicator.stream.close().await;
+            remember(memory);
+            match publisher_task.await {
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(_)) => Err(RunError::Task("publisher stopped without an error".into())),
+                Err(e) => Err(RunError::Task(e.to_string())),
+            }
+        }
+        Err(e) => {
+            publisher_task.abort();
+            remember(memory);
+            Err(e.into())
+        }
+    }
+}
+
+/// Waits (bounded) for the publisher to confirm what is in flight, answering the server meanwhile.
+async fn drain(
+    stream: &mut ReplicationStream,
+    mut publisher_task: tokio::task::JoinHandle<Result<Publisher, SinkError>>,
+    acked: &watch::Receiver<Lsn>,
+    received: Lsn,
+    settings: &Settings,
+) -> Result<Option<Publisher>, RunError> {
+    let deadline = tokio::time::sleep(settings.shutdown_timeout);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(settings.status_interval.min(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            res = &mut publisher_task => return match res {
+                Ok(Ok(p)) => Ok(Some(p)),
+                Ok(Err(e)) => { warn!(error = %error_chain(&e), "publisher failed while draining"); Ok(None) }
+                Err(e) => Err(RunError::Task(e.to_string())),
+            },
+            _ = &mut deadline => {
+                warn!(timeout_ms = settings.shutdown_timeout.as_millis() as u64,
+                      "shutdown timeout: unconfirmed messages will be replayed on the next start");
+                publisher_task.abort();
+                return Ok(None);
+            }
+            _ = tick.tick() => {
+                let flush = *acked.borrow();
+                stream.send_status(received, flush, false).await?;
+            }
+        }
+    }
+}
