@@ -50,13 +50,14 @@ pub struct SlotState {
     pub created: bool,
 }
 
-/// `IDENTIFY_SYSTEM`: proves this is a replication connection and names the database.
+/// `IDENTIFY_SYSTEM`: proves this is a replication connection; returns the database name
+/// (column 4 of systemid, timeline, xlogpos, dbname) and the server's WAL position.
 pub async fn identify_system(conn: &mut Connection) -> Result<(String, Lsn), SourceError> {
     let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
     let row = rows.first().ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
     let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
     let xlogpos = get(2).parse::<Lsn>().map_err(|e| SourceError::Protocol(e.to_string()))?;
-    Ok((get(0), xlogpos))
+    Ok((get(3), xlogpos))
 }
 
 /// Makes sure the publication exists, creating it for `tables` when it does not.

@@ -160,7 +160,7 @@ pub async fn slot_confirmed(client: &tokio_postgres::Client, slot: &str) -> u64 
 }
 
 pub async fn current_lsn(client: &tokio_postgres::Client) -> u64 {
-    let row = client.query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[]).await.unwrap();
+    let row = client.query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[]).await.unwrap();
     row.get::<_, i64>(0) as u64
 }
 
