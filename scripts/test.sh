@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one command that runs walrelay's whole test suite on a fresh Debian/Ubuntu machine:
+# installs PostgreSQL and RabbitMQ from the distribution if missing, makes sure RabbitMQ is
+# running on 127.0.0.1:5672 (guest/guest), then runs every test. Each integration test starts
+# its own throwaway PostgreSQL cluster (initdb in a temp dir, wal_level=logical, a free port),
+# so the system PostgreSQL is never touched and needs no configuration.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  as_root apt-get update -qq
+  # policy-rc.d style images may refuse to start services at install time; we start them below.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+amqp_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+if ! amqp_up; then
+  echo "== starting RabbitMQ"
+  as_root rabbitmq-server -detached || true
+  as_root timeout 120 rabbitmqctl await_startup >/dev/null
+  for _ in $(seq 1 60); do amqp_up && break; sleep 1; done
+fi
+amqp_up || { echo "RabbitMQ is not reachable on 127.0.0.1:5672" >&2; exit 1; }
+
+echo "== cargo test"
+cargo test --all-targets --locked "$@"
