@@ -31,28 +31,51 @@ fn relation(types: &[u32]) -> Arc<Relation> {
         columns: types
             .iter()
             .enumerate()
-            .map(|(i, &t)| Column { name: format!("col_{i}"), is_key: i == 0, type_oid: t, type_modifier: -1 })
+            .map(|(i, &t)| Column {
+                name: format!("col_{i}"),
+                is_key: i == 0,
+                type_oid: t,
+                type_modifier: -1,
+            })
             .collect(),
     })
 }
 
 fn bench(c: &mut Criterion) {
     let types = TypeRegistry::builtin();
-    let tx = TxContext { commit_lsn: Lsn(0x16_B374_D848), xid: Some(1234), commit_time_us: Some(800_000_000_000_000) };
+    let tx = TxContext {
+        commit_lsn: Lsn(0x16_B374_D848),
+        xid: Some(1234),
+        commit_time_us: Some(800_000_000_000_000),
+    };
     let narrow_vals = ["42", "paid", "19.99"];
     let narrow = (insert_message(&narrow_vals), relation(&[23, 25, 1700]));
     let wide_vals = [
-        "42", "2026-11-22 10:00:00.123456+00", "customer@example.com", "19.99", "t", "{\"a\": 1}", "1e+100",
-        "some longer descriptive text with \"quotes\"", "7", "2026-11-22",
+        "42",
+        "2026-11-22 10:00:00.123456+00",
+        "customer@example.com",
+        "19.99",
+        "t",
+        "{\"a\": 1}",
+        "1e+100",
+        "some longer descriptive text with \"quotes\"",
+        "7",
+        "2026-11-22",
     ];
-    let wide = (insert_message(&wide_vals), relation(&[23, 1184, 25, 1700, 16, 3802, 701, 25, 20, 1082]));
+    let wide = (
+        insert_message(&wide_vals),
+        relation(&[23, 1184, 25, 1700, 16, 3802, 701, 25, 20, 1082]),
+    );
     let mut group = c.benchmark_group("decode_render_encode");
     group.throughput(Throughput::Elements(1));
     for (name, (msg, rel)) in [("narrow_3_cols", &narrow), ("wide_10_cols", &wide)] {
         group.bench_function(name, |b| {
             b.iter(|| {
-                let Ok(Message::Insert { new, .. }) = Message::parse(msg) else { panic!("bench input") };
-                row_event_body(&tx, 0, rel, &RowChange::Insert { new: &new }, &types).expect("renders")
+                let Ok(Message::Insert { new, .. }) = Message::parse(msg) else {
+                    panic!("bench input")
+                };
+                row_event_body(&tx, 0, rel, &RowChange::Insert { new: &new }, &types)
+                    .expect("renders")
             })
         });
     }

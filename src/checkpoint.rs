@@ -46,7 +46,11 @@ pub enum TrackerError {
 impl AckTracker {
     /// A tracker whose position starts at `start` (the slot's confirmed position).
     pub fn new(start: Lsn) -> Self {
-        AckTracker { units: VecDeque::new(), confirmed: start, in_flight: 0 }
+        AckTracker {
+            units: VecDeque::new(),
+            confirmed: start,
+            in_flight: 0,
+        }
     }
 
     /// The position that may be reported to PostgreSQL as flushed.
@@ -68,7 +72,10 @@ impl AckTracker {
     pub fn published(&mut self) {
         match self.units.back_mut() {
             Some(unit) if unit.end.is_none() => unit.unconfirmed += 1,
-            _ => self.units.push_back(Unit { unconfirmed: 1, end: None }),
+            _ => self.units.push_back(Unit {
+                unconfirmed: 1,
+                end: None,
+            }),
         }
         self.in_flight += 1;
     }
@@ -78,7 +85,10 @@ impl AckTracker {
     pub fn close_unit(&mut self, end: Lsn) {
         match self.units.back_mut() {
             Some(unit) if unit.end.is_none() => unit.end = Some(end),
-            _ => self.units.push_back(Unit { unconfirmed: 0, end: Some(end) }),
+            _ => self.units.push_back(Unit {
+                unconfirmed: 0,
+                end: Some(end),
+            }),
         }
         self.advance();
     }
@@ -126,7 +136,11 @@ mod tests {
         t.close_unit(Lsn(200));
         assert_eq!(t.confirmed(), Lsn(10));
         t.confirmed_one().unwrap();
-        assert_eq!(t.confirmed(), Lsn(10), "half a transaction confirmed must not move the LSN");
+        assert_eq!(
+            t.confirmed(),
+            Lsn(10),
+            "half a transaction confirmed must not move the LSN"
+        );
         t.confirmed_one().unwrap();
         assert_eq!(t.confirmed(), Lsn(100));
         t.confirmed_one().unwrap();

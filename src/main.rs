@@ -9,7 +9,11 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "walrelay", version, about = "Streams committed PostgreSQL changes to RabbitMQ, at least once")]
+#[command(
+    name = "walrelay",
+    version,
+    about = "Streams committed PostgreSQL changes to RabbitMQ, at least once"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,7 +56,10 @@ fn main() -> ExitCode {
     init_logging(settings.log_json);
     // lapin compiles in aws-lc-rs; make it the process-wide rustls provider explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walrelay: cannot start the async runtime: {e}");
@@ -80,7 +87,9 @@ fn main() -> ExitCode {
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WALRELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -90,7 +99,10 @@ fn init_logging(json: bool) {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -13,7 +13,10 @@ const T: Duration = Duration::from_secs(90);
 async fn setup_table(pg: &PgCluster) -> (String, tokio_postgres::Client) {
     let db = unique("app");
     let client = pg.create_db(&db).await;
-    client.batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
     (db, client)
 }
 
@@ -34,25 +37,44 @@ async fn slot_never_passes_a_message_the_broker_has_not_confirmed() {
     let slot = unique("slot");
     let cfg_dir = tempfile::tempdir().unwrap();
     // A long confirm timeout: the held confirm must not end the session during the check.
-    let cfg = write_config(cfg_dir.path(), &pg.url(&db), &amqp_via_proxy, &slot, &exchange, &["public.items"], "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("confirm_timeout_ms = 5000", "confirm_timeout_ms = 60000");
+    let cfg = write_config(
+        cfg_dir.path(),
+        &pg.url(&db),
+        &amqp_via_proxy,
+        &slot,
+        &exchange,
+        &["public.items"],
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("confirm_timeout_ms = 5000", "confirm_timeout_ms = 60000");
     std::fs::write(&cfg, text).unwrap();
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let first = commit_and_lsn(&client, "INSERT INTO items VALUES (1, 'a')").await;
-    wait_for("first commit confirmed", T, || async { (slot_confirmed(&client, &slot).await >= first).then_some(()) }).await;
+    wait_for("first commit confirmed", T, || async {
+        (slot_confirmed(&client, &slot).await >= first).then_some(())
+    })
+    .await;
 
     // Withhold the broker's answers: publishes reach RabbitMQ, confirms do not reach walrelay.
     proxy.hold_replies();
     let before = slot_confirmed(&client, &slot).await;
-    client.batch_execute("INSERT INTO items VALUES (2, 'b')").await.unwrap();
+    client
+        .batch_execute("INSERT INTO items VALUES (2, 'b')")
+        .await
+        .unwrap();
     let held_commit = current_lsn(&client).await;
     let delivered = queue.take(2, T).await; // the broker has the message...
     assert_eq!(delivered[1].body["new"]["id"], 2);
     // ...but without its confirm the slot must stay before that commit, for several status intervals.
     for _ in 0..20 {
         let pos = slot_confirmed(&client, &slot).await;
-        assert!(pos < held_commit, "slot moved to {pos:x} past unconfirmed commit ending {held_commit:x}");
+        assert!(
+            pos < held_commit,
+            "slot moved to {pos:x} past unconfirmed commit ending {held_commit:x}"
+        );
         assert!(pos >= before, "slot went backwards");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -72,7 +94,15 @@ async fn kill_9_mid_stream_loses_nothing_and_replays_with_identical_ids() {
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let slot = unique("slot");
     let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(cfg_dir.path(), &pg.url(&db), AMQP_URL, &slot, &exchange, &["public.items"], "");
+    let cfg = write_config(
+        cfg_dir.path(),
+        &pg.url(&db),
+        AMQP_URL,
+        &slot,
+        &exchange,
+        &["public.items"],
+        "",
+    );
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
 
@@ -82,8 +112,12 @@ async fn kill_9_mid_stream_loses_nothing_and_replays_with_identical_ids() {
         tokio::spawn(async move {
             let c = connect(&url).await;
             for tx in 0..300 {
-                let rows: Vec<String> = (0..10).map(|i| format!("({}, 'tx{tx}')", tx * 10 + i)).collect();
-                c.batch_execute(&format!("INSERT INTO items VALUES {}", rows.join(","))).await.unwrap();
+                let rows: Vec<String> = (0..10)
+                    .map(|i| format!("({}, 'tx{tx}')", tx * 10 + i))
+                    .collect();
+                c.batch_execute(&format!("INSERT INTO items VALUES {}", rows.join(",")))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -95,11 +129,17 @@ async fn kill_9_mid_stream_loses_nothing_and_replays_with_identical_ids() {
     let relay2 = Relay::start(&cfg);
     relay2.wait_log("streaming", T).await;
     let end = current_lsn(&client).await;
-    wait_for("restarted relay confirms everything", T, || async { (slot_confirmed(&client, &slot).await >= end).then_some(()) }).await;
+    wait_for("restarted relay confirms everything", T, || async {
+        (slot_confirmed(&client, &slot).await >= end).then_some(())
+    })
+    .await;
     seen.extend(queue.drain(Duration::from_secs(1)).await);
 
     // Nothing lost.
-    let ids: BTreeSet<i64> = seen.iter().map(|m| m.body["new"]["id"].as_i64().unwrap()).collect();
+    let ids: BTreeSet<i64> = seen
+        .iter()
+        .map(|m| m.body["new"]["id"].as_i64().unwrap())
+        .collect();
     let missing: Vec<i64> = (0..3000).filter(|i| !ids.contains(i)).collect();
     assert!(missing.is_empty(), "lost rows: {missing:?}");
     // Duplicates carry identical ids and bodies, and only for transactions not confirmed at the kill.
@@ -110,9 +150,20 @@ async fn kill_9_mid_stream_loses_nothing_and_replays_with_identical_ids() {
     let mut duplicated = 0;
     for copies in by_id.values().filter(|c| c.len() > 1) {
         duplicated += 1;
-        assert!(copies.iter().all(|c| c.body == copies[0].body), "replayed copies differ: {:?}", copies[0].message_id);
-        let lsn: walrelay::lsn::Lsn = copies[0].body["commit_lsn"].as_str().unwrap().parse().unwrap();
-        assert!(lsn.0 >= confirmed_at_kill, "transaction at {lsn} was confirmed before the kill but replayed");
+        assert!(
+            copies.iter().all(|c| c.body == copies[0].body),
+            "replayed copies differ: {:?}",
+            copies[0].message_id
+        );
+        let lsn: walrelay::lsn::Lsn = copies[0].body["commit_lsn"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            lsn.0 >= confirmed_at_kill,
+            "transaction at {lsn} was confirmed before the kill but replayed"
+        );
     }
     assert_eq!(by_id.len(), 3000, "every change has one distinct id");
     // Per table, first deliveries are in commit order.
@@ -125,7 +176,11 @@ async fn kill_9_mid_stream_loses_nothing_and_replays_with_identical_ids() {
             last = lsn.0;
         }
     }
-    eprintln!("kill -9 run: {} messages received, {} ids duplicated, confirmed at kill {confirmed_at_kill:x}", seen.len(), duplicated);
+    eprintln!(
+        "kill -9 run: {} messages received, {} ids duplicated, confirmed at kill {confirmed_at_kill:x}",
+        seen.len(),
+        duplicated
+    );
     queue.delete().await;
 }
 
@@ -137,15 +192,29 @@ async fn unroutable_message_holds_the_slot_until_a_binding_exists() {
     let queue = TestQueue::new(&exchange, None).await; // no binding yet
     let slot = unique("slot");
     let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(cfg_dir.path(), &pg.url(&db), AMQP_URL, &slot, &exchange, &["public.items"], "");
+    let cfg = write_config(
+        cfg_dir.path(),
+        &pg.url(&db),
+        AMQP_URL,
+        &slot,
+        &exchange,
+        &["public.items"],
+        "",
+    );
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let start = slot_confirmed(&client, &slot).await;
-    client.batch_execute("INSERT INTO items VALUES (1, 'nobody listens')").await.unwrap();
+    client
+        .batch_execute("INSERT INTO items VALUES (1, 'nobody listens')")
+        .await
+        .unwrap();
     let commit = current_lsn(&client).await;
     relay.wait_log("unroutable", T).await;
     let log = relay.log();
-    assert!(log.contains(&format!("exchange \"{exchange}\"")) && log.contains("public.items.insert"), "error names exchange and key");
+    assert!(
+        log.contains(&format!("exchange \"{exchange}\"")) && log.contains("public.items.insert"),
+        "error names exchange and key"
+    );
     for _ in 0..10 {
         let pos = slot_confirmed(&client, &slot).await;
         assert!(pos < commit, "slot passed an unroutable message");
@@ -155,7 +224,10 @@ async fn unroutable_message_holds_the_slot_until_a_binding_exists() {
     queue.bind("public.items.*").await;
     let got = queue.take(1, T).await;
     assert_eq!(got[0].body["new"]["payload"], "nobody listens");
-    wait_for("slot passes the commit once delivered", T, || async { (slot_confirmed(&client, &slot).await >= commit).then_some(()) }).await;
+    wait_for("slot passes the commit once delivered", T, || async {
+        (slot_confirmed(&client, &slot).await >= commit).then_some(())
+    })
+    .await;
     queue.delete().await;
 }
 
@@ -167,21 +239,40 @@ async fn sigterm_exits_cleanly_and_a_restart_replays_nothing() {
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let slot = unique("slot");
     let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(cfg_dir.path(), &pg.url(&db), AMQP_URL, &slot, &exchange, &["public.items"], "");
+    let cfg = write_config(
+        cfg_dir.path(),
+        &pg.url(&db),
+        AMQP_URL,
+        &slot,
+        &exchange,
+        &["public.items"],
+        "",
+    );
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
-    client.batch_execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 500) g").await.unwrap();
+    client
+        .batch_execute("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 500) g")
+        .await
+        .unwrap();
     queue.take(500, T).await;
-    let status = relay.terminate(Duration::from_secs(20)).expect("walrelay exits after SIGTERM");
+    let status = relay
+        .terminate(Duration::from_secs(20))
+        .expect("walrelay exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}\n{}", relay.log());
     assert!(relay.log().contains("shut down cleanly"));
     // The slot survives shutdown and a restart sends nothing already confirmed.
     assert!(slot_confirmed(&client, &slot).await > 0, "slot kept");
     let relay2 = Relay::start(&cfg);
     relay2.wait_log("streaming", T).await;
-    client.batch_execute("INSERT INTO items VALUES (9999, 'after')").await.unwrap();
+    client
+        .batch_execute("INSERT INTO items VALUES (9999, 'after')")
+        .await
+        .unwrap();
     let got = queue.take(1, T).await;
-    assert_eq!(got[0].body["new"]["id"], 9999, "first message after restart is the new row, not a replay");
+    assert_eq!(
+        got[0].body["new"]["id"], 9999,
+        "first message after restart is the new row, not a replay"
+    );
     assert!(queue.drain(Duration::from_millis(500)).await.is_empty());
     queue.delete().await;
 }

@@ -15,12 +15,20 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("integer", "42", "-2147483648"),
     ("bigint", "9223372036854775807", "-1"),
     ("numeric", "123.4500", "'NaN'"),
-    ("numeric(30,10)", "-0.0000000001", "99999999999999999999.9999999999"),
+    (
+        "numeric(30,10)",
+        "-0.0000000001",
+        "99999999999999999999.9999999999",
+    ),
     ("real", "3.14", "'-Infinity'"),
     ("double precision", "1e100", "1.5e-7"),
     ("double precision", "'-0'", "'NaN'"),
     ("boolean", "true", "false"),
-    ("text", "'plain'", "E'quote\" backslash\\\\ newline\\n tab\\t bell\\x07 unicode é ✓'"),
+    (
+        "text",
+        "'plain'",
+        "E'quote\" backslash\\\\ newline\\n tab\\t bell\\x07 unicode é ✓'",
+    ),
     ("varchar(10)", "'short'", "''"),
     ("char(5)", "'ab'", "'abcde'"),
     ("\"char\"", "'x'", "'y'"),
@@ -30,18 +38,42 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("date", "'infinity'", "'-infinity'"),
     ("time", "'13:14:15.123456'", "'24:00:00'"),
     ("timetz", "'13:14:15+05:30'", "'00:00:00-03'"),
-    ("timestamp", "'2024-02-29 13:14:15.5'", "'0044-03-15 12:00:00 BC'"),
+    (
+        "timestamp",
+        "'2024-02-29 13:14:15.5'",
+        "'0044-03-15 12:00:00 BC'",
+    ),
     ("timestamp", "'infinity'", "'-infinity'"),
-    ("timestamptz", "'2024-02-29 13:14:15.000001+02'", "'1900-01-01 00:00:00+00'"),
+    (
+        "timestamptz",
+        "'2024-02-29 13:14:15.000001+02'",
+        "'1900-01-01 00:00:00+00'",
+    ),
     ("timestamptz", "'infinity'", "'0044-03-15 12:00:00+00 BC'"),
-    ("interval", "'1 year 2 months 3 days 04:05:06.7'", "'-1 day'"),
-    ("uuid", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'", "'00000000-0000-0000-0000-000000000000'"),
-    ("json", "'{\"b\": 1, \"a\": [true, null, 1.50]}'", "'\"just a string\"'"),
+    (
+        "interval",
+        "'1 year 2 months 3 days 04:05:06.7'",
+        "'-1 day'",
+    ),
+    (
+        "uuid",
+        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+        "'00000000-0000-0000-0000-000000000000'",
+    ),
+    (
+        "json",
+        "'{\"b\": 1, \"a\": [true, null, 1.50]}'",
+        "'\"just a string\"'",
+    ),
     ("jsonb", "'{\"b\": 1, \"a\": [true, null, 1.50]}'", "'[]'"),
     ("inet", "'192.168.0.1/24'", "'::1'"),
     ("cidr", "'10.0.0.0/8'", "'2001:db8::/32'"),
     ("macaddr", "'08:00:2b:01:02:03'", "'ff:ff:ff:ff:ff:ff'"),
-    ("macaddr8", "'08:00:2b:01:02:03:04:05'", "'00:00:00:00:00:00:00:00'"),
+    (
+        "macaddr8",
+        "'08:00:2b:01:02:03:04:05'",
+        "'00:00:00:00:00:00:00:00'",
+    ),
     ("money", "'1234.56'", "'-0.01'"),
     ("bit(4)", "B'1010'", "B'0000'"),
     ("varbit", "B'1'", "B''"),
@@ -57,22 +89,46 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("xml", "'<a>1</a>'", "'<b x=\"y\"/>'"),
     ("int4range", "'[1,10)'", "'empty'"),
     ("numrange", "'(1.5,2.5]'", "'(,)'"),
-    ("tstzrange", "'[2024-01-01 00:00+00,2024-02-01 00:00+00)'", "'empty'"),
-    ("daterange", "'[2024-01-01,2024-02-01)'", "'[2024-01-01,infinity)'"),
+    (
+        "tstzrange",
+        "'[2024-01-01 00:00+00,2024-02-01 00:00+00)'",
+        "'empty'",
+    ),
+    (
+        "daterange",
+        "'[2024-01-01,2024-02-01)'",
+        "'[2024-01-01,infinity)'",
+    ),
     ("int4multirange", "'{[1,3), [5,7)}'", "'{}'"),
     ("pg_lsn", "'16/B374D848'", "'0/0'"),
     ("oid", "12345", "4294967295"),
     ("integer[]", "'{1,2,NULL,4}'", "'{}'"),
     ("integer[]", "'{{1,2},{3,4}}'", "'[2:3]={7,8}'"),
-    ("text[]", "'{\"a b\",\"q\\\"x\",NULL,\"NULL\",plain,\"\"}'", "ARRAY['back\\slash', 'comma,', '{brace}']"),
+    (
+        "text[]",
+        "'{\"a b\",\"q\\\"x\",NULL,\"NULL\",plain,\"\"}'",
+        "ARRAY['back\\slash', 'comma,', '{brace}']",
+    ),
     ("numeric[]", "'{1.50,NaN,-0}'", "'{}'"),
     ("double precision[]", "'{1e100,Infinity,-0}'", "'{1.5e-7}'"),
     ("boolean[]", "'{t,f,NULL}'", "'{}'"),
-    ("jsonb[]", "ARRAY['{\"k\": [1, 2]}'::jsonb, 'null'::jsonb]", "'{}'"),
+    (
+        "jsonb[]",
+        "ARRAY['{\"k\": [1, 2]}'::jsonb, 'null'::jsonb]",
+        "'{}'",
+    ),
     ("json[]", "ARRAY['{\"k\":  1}'::json]", "'{}'"),
-    ("timestamptz[]", "ARRAY['2024-02-29 13:14:15+02'::timestamptz, 'infinity']", "'{}'"),
+    (
+        "timestamptz[]",
+        "ARRAY['2024-02-29 13:14:15+02'::timestamptz, 'infinity']",
+        "'{}'",
+    ),
     ("date[]", "'{2024-01-01,NULL}'", "'{}'"),
-    ("box[]", "ARRAY['(1,1),(0,0)'::box, '(3,3),(2,2)'::box]", "'{}'"),
+    (
+        "box[]",
+        "ARRAY['(1,1),(0,0)'::box, '(3,3),(2,2)'::box]",
+        "'{}'",
+    ),
     ("uuid[]", "'{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}'", "'{}'"),
     ("positive_int", "5", "2147483647"),
     ("positive_int[]", "'{1,2}'", "'{}'"),
@@ -87,14 +143,21 @@ const ORACLE_SETTINGS: &str = "SET DateStyle = 'ISO, MDY'; SET TimeZone = 'UTC';
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_builtin_type_renders_like_to_jsonb() {
     assert_eq!(
-        walrelay::source::SESSION_SETTINGS.iter().filter(|(k, _)| ORACLE_SETTINGS.contains(&format!("SET {k} ="))).count(),
+        walrelay::source::SESSION_SETTINGS
+            .iter()
+            .filter(|(k, _)| ORACLE_SETTINGS.contains(&format!("SET {k} =")))
+            .count(),
         5,
         "the oracle must use the same settings as walrelay"
     );
     let pg = PgCluster::start();
     let db = unique("types");
     let client = pg.create_db(&db).await;
-    let cols: Vec<String> = COLUMNS.iter().enumerate().map(|(i, (ty, _, _))| format!("c{i} {ty}")).collect();
+    let cols: Vec<String> = COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, (ty, _, _))| format!("c{i} {ty}"))
+        .collect();
     client
         .batch_execute(&format!(
             "CREATE DOMAIN positive_int AS integer CHECK (VALUE > 0);
@@ -108,7 +171,15 @@ async fn every_builtin_type_renders_like_to_jsonb() {
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let slot = unique("slot");
     let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(cfg_dir.path(), &pg.url(&db), AMQP_URL, &slot, &exchange, &["public.everything"], "");
+    let cfg = write_config(
+        cfg_dir.path(),
+        &pg.url(&db),
+        AMQP_URL,
+        &slot,
+        &exchange,
+        &["public.everything"],
+        "",
+    );
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
 
@@ -117,7 +188,10 @@ async fn every_builtin_type_renders_like_to_jsonb() {
     let nulls: Vec<&str> = COLUMNS.iter().map(|_| "NULL").collect();
     for (id, values) in [(1, typical), (2, edge), (3, nulls)] {
         client
-            .batch_execute(&format!("INSERT INTO everything VALUES ({id}, {})", values.join(", ")))
+            .batch_execute(&format!(
+                "INSERT INTO everything VALUES ({id}, {})",
+                values.join(", ")
+            ))
             .await
             .unwrap_or_else(|e| panic!("inserting row {id}: {e}"));
     }
@@ -126,15 +200,29 @@ async fn every_builtin_type_renders_like_to_jsonb() {
     client.batch_execute(ORACLE_SETTINGS).await.unwrap();
     let mut mismatches = Vec::new();
     for (m, id) in got.iter().zip(1..) {
-        let row = client.query_one("SELECT to_jsonb(e)::text FROM everything e WHERE id = $1", &[&id]).await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT to_jsonb(e)::text FROM everything e WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
         let oracle: serde_json::Value = serde_json::from_str(&row.get::<_, String>(0)).unwrap();
         for (i, (ty, _, _)) in COLUMNS.iter().enumerate() {
             let col = format!("c{i}");
             if m.body["new"][&col] != oracle[&col] {
-                mismatches.push(format!("row {id} {ty}: walrelay {} vs to_jsonb {}", m.body["new"][&col], oracle[&col]));
+                mismatches.push(format!(
+                    "row {id} {ty}: walrelay {} vs to_jsonb {}",
+                    m.body["new"][&col], oracle[&col]
+                ));
             }
         }
     }
-    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     queue.delete().await;
 }

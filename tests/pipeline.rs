@@ -26,20 +26,44 @@ async fn streams_every_operation_in_commit_order_and_advances_the_slot() {
     let queue = TestQueue::new(&exchange, Some("public.#")).await;
     let slot = unique("slot");
     let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(cfg_dir.path(), &pg.url(&db), AMQP_URL, &slot, &exchange, &["public.orders", "public.users"], "");
+    let cfg = write_config(
+        cfg_dir.path(),
+        &pg.url(&db),
+        AMQP_URL,
+        &slot,
+        &exchange,
+        &["public.orders", "public.users"],
+        "",
+    );
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
 
-    client.batch_execute("INSERT INTO orders VALUES (1, 'new', 10.50), (2, 'new', 3.00)").await.unwrap();
+    client
+        .batch_execute("INSERT INTO orders VALUES (1, 'new', 10.50), (2, 'new', 3.00)")
+        .await
+        .unwrap();
     client.batch_execute("BEGIN; UPDATE orders SET status = 'paid' WHERE id = 1; INSERT INTO users VALUES (7, 'a@b.c'); COMMIT").await.unwrap();
-    client.batch_execute("UPDATE orders SET id = 3 WHERE id = 2").await.unwrap();
-    client.batch_execute("DELETE FROM users WHERE id = 7").await.unwrap();
+    client
+        .batch_execute("UPDATE orders SET id = 3 WHERE id = 2")
+        .await
+        .unwrap();
+    client
+        .batch_execute("DELETE FROM users WHERE id = 7")
+        .await
+        .unwrap();
     client.batch_execute("TRUNCATE users").await.unwrap();
     let after = current_lsn(&client).await;
 
     let got = queue.take(7, T).await;
-    let ops: Vec<(String, String)> =
-        got.iter().map(|m| (m.routing_key.clone(), m.body["op"].as_str().unwrap().to_owned())).collect();
+    let ops: Vec<(String, String)> = got
+        .iter()
+        .map(|m| {
+            (
+                m.routing_key.clone(),
+                m.body["op"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     assert_eq!(
         ops,
         vec![
@@ -52,13 +76,22 @@ async fn streams_every_operation_in_commit_order_and_advances_the_slot() {
             ("public.users.truncate".into(), "truncate".into()),
         ]
     );
-    let expected: serde_json::Value = serde_json::from_str(r#"{"id": 1, "status": "new", "total": 10.50}"#).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(r#"{"id": 1, "status": "new", "total": 10.50}"#).unwrap();
     assert_eq!(got[0].body["new"], expected);
-    assert_eq!(got[0].body["new"]["total"].to_string(), "10.50", "numeric keeps its digits");
+    assert_eq!(
+        got[0].body["new"]["total"].to_string(),
+        "10.50",
+        "numeric keeps its digits"
+    );
     assert_eq!(got[0].body["key"], json!({"id": 1}));
     assert_eq!(got[2].body["new"]["status"], "paid");
     assert_eq!(got[2].body["old"], json!({"id": 1}));
-    assert_eq!(got[4].body["key"], json!({"id": 2}), "a key change reports the old key");
+    assert_eq!(
+        got[4].body["key"],
+        json!({"id": 2}),
+        "a key change reports the old key"
+    );
     assert_eq!(got[4].body["new"]["id"], 3);
     assert_eq!(got[5].body["old"], json!({"id": 7}));
     assert_eq!(got[5].body["new"], serde_json::Value::Null);
@@ -71,14 +104,23 @@ async fn streams_every_operation_in_commit_order_and_advances_the_slot() {
     for m in &got {
         assert_eq!(m.body["id"], m.message_id.as_str());
         assert_eq!(m.properties.delivery_mode(), &Some(2));
-        assert_eq!(m.properties.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        assert_eq!(
+            m.properties.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
         assert_eq!(m.body["commit_lsn"].as_str().unwrap(), lsn_of(m));
         assert!(m.body["commit_time"].as_str().unwrap().ends_with("+00:00"));
         assert!(m.body["xid"].is_u64());
     }
     // The slot moves past everything once confirmed (idle keepalives carry it to the WAL end).
-    wait_for("slot to pass the last commit", T, || async { (slot_confirmed(&client, &slot).await >= after).then_some(()) }).await;
-    assert!(queue.drain(Duration::from_millis(500)).await.is_empty(), "no extra messages");
+    wait_for("slot to pass the last commit", T, || async {
+        (slot_confirmed(&client, &slot).await >= after).then_some(())
+    })
+    .await;
+    assert!(
+        queue.drain(Duration::from_millis(500)).await.is_empty(),
+        "no extra messages"
+    );
     queue.delete().await;
 }
 
@@ -101,24 +143,64 @@ async fn unchanged_toast_is_marked_not_nulled_and_full_identity_sends_old_rows()
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let slot = unique("slot");
     let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(cfg_dir.path(), &pg.url(&db), AMQP_URL, &slot, &exchange, &["public.docs", "public.audit", "public.nokey"], "");
+    let cfg = write_config(
+        cfg_dir.path(),
+        &pg.url(&db),
+        AMQP_URL,
+        &slot,
+        &exchange,
+        &["public.docs", "public.audit", "public.nokey"],
+        "",
+    );
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
 
-    let big: String = (0..20_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-    client.execute("INSERT INTO docs VALUES (1, 't', $1)", &[&big]).await.unwrap();
-    client.batch_execute("UPDATE docs SET title = 't2' WHERE id = 1").await.unwrap();
-    client.batch_execute("INSERT INTO audit VALUES (1, 'x'); UPDATE audit SET note = 'y'; DELETE FROM audit").await.unwrap();
-    client.batch_execute("INSERT INTO nokey VALUES (5)").await.unwrap();
+    let big: String = (0..20_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    client
+        .execute("INSERT INTO docs VALUES (1, 't', $1)", &[&big])
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE docs SET title = 't2' WHERE id = 1")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO audit VALUES (1, 'x'); UPDATE audit SET note = 'y'; DELETE FROM audit",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO nokey VALUES (5)")
+        .await
+        .unwrap();
 
     let got = queue.take(6, T).await;
     assert_eq!(got[0].body["new"]["body"].as_str().unwrap().len(), 20_000);
     let upd = &got[1].body;
     assert_eq!(upd["op"], "update");
-    assert_eq!(upd["new"], json!({"id": 1, "title": "t2"}), "unchanged TOAST column is left out, never null");
+    assert_eq!(
+        upd["new"],
+        json!({"id": 1, "title": "t2"}),
+        "unchanged TOAST column is left out, never null"
+    );
     assert_eq!(upd["unchanged_toast"], json!(["body"]));
-    assert_eq!(got[3].body["old"], json!({"id": 1, "note": "x"}), "FULL identity: whole old row on update");
-    assert_eq!(got[4].body["old"], json!({"id": 1, "note": "y"}), "FULL identity: whole old row on delete");
-    assert_eq!(got[5].body["key"], serde_json::Value::Null, "a table without a key has no key");
+    assert_eq!(
+        got[3].body["old"],
+        json!({"id": 1, "note": "x"}),
+        "FULL identity: whole old row on update"
+    );
+    assert_eq!(
+        got[4].body["old"],
+        json!({"id": 1, "note": "y"}),
+        "FULL identity: whole old row on delete"
+    );
+    assert_eq!(
+        got[5].body["key"],
+        serde_json::Value::Null,
+        "a table without a key has no key"
+    );
     queue.delete().await;
 }

@@ -100,8 +100,13 @@ pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Setting
         let (section, key) = match name.as_str() {
             "DATABASE_URL" => ("postgres".to_owned(), "url".to_owned()),
             "AMQP_URL" => ("rabbitmq".to_owned(), "url".to_owned()),
-            other => match other.strip_prefix("WALRELAY_").and_then(|r| r.split_once('_')) {
-                Some((s, k)) if ["POSTGRES", "RABBITMQ", "SERVICE"].contains(&s) => (s.to_lowercase(), k.to_lowercase()),
+            other => match other
+                .strip_prefix("WALRELAY_")
+                .and_then(|r| r.split_once('_'))
+            {
+                Some((s, k)) if ["POSTGRES", "RABBITMQ", "SERVICE"].contains(&s) => {
+                    (s.to_lowercase(), k.to_lowercase())
+                }
                 _ => continue,
             },
         };
@@ -112,9 +117,8 @@ pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Setting
             .ok_or_else(|| ConfigError::new(&section, "must be a table".into()))?;
         section_table.insert(key, env_value(value));
     }
-    let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| {
-        ConfigError::new("(schema)", e.message().to_owned())
-    })?;
+    let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table))
+        .map_err(|e| ConfigError::new("(schema)", e.message().to_owned()))?;
     validate::validate(raw)
 }
 

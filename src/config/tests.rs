@@ -11,7 +11,10 @@ url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 "#;
 
 fn err(text: &str, env: &[(&str, &str)]) -> ConfigError {
-    let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     from_str_with_env(text, &env).unwrap_err()
 }
 
@@ -29,9 +32,15 @@ fn minimal_file_gets_defaults() {
 #[test]
 fn environment_overrides_urls_and_keys() {
     let env = vec![
-        ("DATABASE_URL".to_string(), "postgres://other@h2/db2?sslmode=disable".to_string()),
+        (
+            "DATABASE_URL".to_string(),
+            "postgres://other@h2/db2?sslmode=disable".to_string(),
+        ),
         ("WALRELAY_POSTGRES_SLOT".to_string(), "slot_two".to_string()),
-        ("WALRELAY_RABBITMQ_MAX_IN_FLIGHT".to_string(), "77".to_string()),
+        (
+            "WALRELAY_RABBITMQ_MAX_IN_FLIGHT".to_string(),
+            "77".to_string(),
+        ),
     ];
     let s = from_str_with_env(MINIMAL, &env).unwrap();
     assert_eq!(s.postgres.host, "h2");
@@ -41,7 +50,14 @@ fn environment_overrides_urls_and_keys() {
 
 #[test]
 fn errors_name_the_key() {
-    assert_eq!(err("[postgres]\nslot = \"x\"\n[rabbitmq]\nurl = \"amqp://h\"", &[]).key, "postgres.url");
+    assert_eq!(
+        err(
+            "[postgres]\nslot = \"x\"\n[rabbitmq]\nurl = \"amqp://h\"",
+            &[]
+        )
+        .key,
+        "postgres.url"
+    );
     let e = err(&format!("{MINIMAL}\n[service]\nlog_format = \"xml\""), &[]);
     assert_eq!(e.key, "service.log_format");
     let e = err(&MINIMAL.replace("[rabbitmq]", "slott = 1\n[rabbitmq]"), &[]);
@@ -52,7 +68,10 @@ fn errors_name_the_key() {
     assert_eq!(e.key, "postgres.slot");
     let e = err(&MINIMAL.replace("public.users", "users"), &[]);
     assert_eq!(e.key, "postgres.tables");
-    let e = err(&format!("{MINIMAL}routing_key = \"{{schema}}.{{tbl}}\"\n"), &[]);
+    let e = err(
+        &format!("{MINIMAL}routing_key = \"{{schema}}.{{tbl}}\"\n"),
+        &[],
+    );
     assert_eq!(e.key, "rabbitmq.routing_key");
     let e = err(MINIMAL, &[("AMQP_URL", "http://x")]);
     assert_eq!(e.key, "rabbitmq.url");

@@ -19,7 +19,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(key: &str, message: String) -> Self {
-        ConfigError { key: key.to_owned(), message }
+        ConfigError {
+            key: key.to_owned(),
+            message,
+        }
     }
 }
 
@@ -46,7 +49,10 @@ pub struct Settings {
 }
 
 fn is_valid_slot_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn parse_table(s: &str) -> Option<TableName> {
@@ -54,7 +60,10 @@ fn parse_table(s: &str) -> Option<TableName> {
     if schema.is_empty() || name.is_empty() || name.contains('.') {
         return None;
     }
-    Some(TableName { schema: schema.to_owned(), name: name.to_owned() })
+    Some(TableName {
+        schema: schema.to_owned(),
+        name: name.to_owned(),
+    })
 }
 
 fn positive(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
@@ -65,21 +74,32 @@ fn positive(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigE
 }
 
 pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
-    let pg_url = raw
-        .postgres
-        .url
-        .ok_or_else(|| ConfigError::new("postgres.url", "missing (set it in the file or in DATABASE_URL)".into()))?;
-    let postgres = ConnParams::from_url(pg_url.expose()).map_err(|e| ConfigError::new("postgres.url", e.to_string()))?;
+    let pg_url = raw.postgres.url.ok_or_else(|| {
+        ConfigError::new(
+            "postgres.url",
+            "missing (set it in the file or in DATABASE_URL)".into(),
+        )
+    })?;
+    let postgres = ConnParams::from_url(pg_url.expose())
+        .map_err(|e| ConfigError::new("postgres.url", e.to_string()))?;
     let slot = raw.postgres.slot.unwrap_or_else(|| DEFAULT_NAME.to_owned());
     if !is_valid_slot_name(&slot) {
         return Err(ConfigError::new(
             "postgres.slot",
-            format!("{slot:?} is not a valid slot name (lower-case letters, digits and _, at most 63)"),
+            format!(
+                "{slot:?} is not a valid slot name (lower-case letters, digits and _, at most 63)"
+            ),
         ));
     }
-    let publication = raw.postgres.publication.unwrap_or_else(|| DEFAULT_NAME.to_owned());
+    let publication = raw
+        .postgres
+        .publication
+        .unwrap_or_else(|| DEFAULT_NAME.to_owned());
     if publication.is_empty() || publication.len() > 63 {
-        return Err(ConfigError::new("postgres.publication", "must be 1 to 63 characters".into()));
+        return Err(ConfigError::new(
+            "postgres.publication",
+            "must be 1 to 63 characters".into(),
+        ));
     }
     let tables = raw
         .postgres
@@ -87,46 +107,100 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         .iter()
         .map(|t| {
             parse_table(t).ok_or_else(|| {
-                ConfigError::new("postgres.tables", format!("{t:?} is not of the form \"schema.table\""))
+                ConfigError::new(
+                    "postgres.tables",
+                    format!("{t:?} is not of the form \"schema.table\""),
+                )
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let status_interval = positive("postgres.status_interval_ms", raw.postgres.status_interval_ms, DEFAULT_STATUS_INTERVAL_MS)?;
+    let status_interval = positive(
+        "postgres.status_interval_ms",
+        raw.postgres.status_interval_ms,
+        DEFAULT_STATUS_INTERVAL_MS,
+    )?;
 
-    let amqp_url = raw
-        .rabbitmq
-        .url
-        .ok_or_else(|| ConfigError::new("rabbitmq.url", "missing (set it in the file or in AMQP_URL)".into()))?;
+    let amqp_url = raw.rabbitmq.url.ok_or_else(|| {
+        ConfigError::new(
+            "rabbitmq.url",
+            "missing (set it in the file or in AMQP_URL)".into(),
+        )
+    })?;
     if amqp_url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
-        return Err(ConfigError::new("rabbitmq.url", "not an amqp:// or amqps:// URL".into()));
+        return Err(ConfigError::new(
+            "rabbitmq.url",
+            "not an amqp:// or amqps:// URL".into(),
+        ));
     }
-    let exchange = raw.rabbitmq.exchange.unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
+    let exchange = raw
+        .rabbitmq
+        .exchange
+        .unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
     if exchange.len() > 255 {
-        return Err(ConfigError::new("rabbitmq.exchange", "longer than 255 bytes".into()));
+        return Err(ConfigError::new(
+            "rabbitmq.exchange",
+            "longer than 255 bytes".into(),
+        ));
     }
-    let template = raw.rabbitmq.routing_key.unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_owned());
-    let routing_key =
-        RoutingTemplate::parse(&template).map_err(|e| ConfigError::new("rabbitmq.routing_key", e.to_string()))?;
+    let template = raw
+        .rabbitmq
+        .routing_key
+        .unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_owned());
+    let routing_key = RoutingTemplate::parse(&template)
+        .map_err(|e| ConfigError::new("rabbitmq.routing_key", e.to_string()))?;
     let max_in_flight = raw.rabbitmq.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
     if !(1..=100_000).contains(&max_in_flight) {
-        return Err(ConfigError::new("rabbitmq.max_in_flight", "must be between 1 and 100000".into()));
+        return Err(ConfigError::new(
+            "rabbitmq.max_in_flight",
+            "must be between 1 and 100000".into(),
+        ));
     }
-    let max_message_bytes = raw.rabbitmq.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let max_message_bytes = raw
+        .rabbitmq
+        .max_message_bytes
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
     if max_message_bytes < 1024 {
-        return Err(ConfigError::new("rabbitmq.max_message_bytes", "must be at least 1024".into()));
+        return Err(ConfigError::new(
+            "rabbitmq.max_message_bytes",
+            "must be at least 1024".into(),
+        ));
     }
-    let confirm_timeout = positive("rabbitmq.confirm_timeout_ms", raw.rabbitmq.confirm_timeout_ms, DEFAULT_CONFIRM_TIMEOUT_MS)?;
+    let confirm_timeout = positive(
+        "rabbitmq.confirm_timeout_ms",
+        raw.rabbitmq.confirm_timeout_ms,
+        DEFAULT_CONFIRM_TIMEOUT_MS,
+    )?;
 
-    let shutdown_timeout = positive("service.shutdown_timeout_ms", raw.service.shutdown_timeout_ms, DEFAULT_SHUTDOWN_TIMEOUT_MS)?;
-    let reconnect_min = positive("service.reconnect_min_ms", raw.service.reconnect_min_ms, DEFAULT_RECONNECT_MIN_MS)?;
-    let reconnect_max = positive("service.reconnect_max_ms", raw.service.reconnect_max_ms, DEFAULT_RECONNECT_MAX_MS)?;
+    let shutdown_timeout = positive(
+        "service.shutdown_timeout_ms",
+        raw.service.shutdown_timeout_ms,
+        DEFAULT_SHUTDOWN_TIMEOUT_MS,
+    )?;
+    let reconnect_min = positive(
+        "service.reconnect_min_ms",
+        raw.service.reconnect_min_ms,
+        DEFAULT_RECONNECT_MIN_MS,
+    )?;
+    let reconnect_max = positive(
+        "service.reconnect_max_ms",
+        raw.service.reconnect_max_ms,
+        DEFAULT_RECONNECT_MAX_MS,
+    )?;
     if reconnect_max < reconnect_min {
-        return Err(ConfigError::new("service.reconnect_max_ms", "must not be below service.reconnect_min_ms".into()));
+        return Err(ConfigError::new(
+            "service.reconnect_max_ms",
+            "must not be below service.reconnect_min_ms".into(),
+        ));
     }
     let log_json = match raw.service.log_format.as_deref().unwrap_or("text") {
         "text" => false,
         "json" => true,
-        other => return Err(ConfigError::new("service.log_format", format!("{other:?} is not \"text\" or \"json\""))),
+        other => {
+            return Err(ConfigError::new(
+                "service.log_format",
+                format!("{other:?} is not \"text\" or \"json\""),
+            ));
+        }
     };
     Ok(Settings {
         postgres,

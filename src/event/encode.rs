@@ -15,7 +15,9 @@ pub struct Body {
 impl Body {
     /// Opens the object with the fields every event has.
     pub fn start(id: &str, op: Op, relation: Option<(&str, &str)>, tx: &TxContext) -> Body {
-        let mut b = Body { out: String::with_capacity(256) };
+        let mut b = Body {
+            out: String::with_capacity(256),
+        };
         b.out.push('{');
         b.key("id");
         write_json_string(&mut b.out, id);

@@ -71,7 +71,12 @@ pub enum EventError {
     #[error("change refers to relation OID {0}, which pgoutput never described")]
     UnknownRelation(u32),
     #[error("{schema}.{table}: row has {got} columns but the relation has {want}")]
-    ColumnCount { schema: String, table: String, got: usize, want: usize },
+    ColumnCount {
+        schema: String,
+        table: String,
+        got: usize,
+        want: usize,
+    },
     #[error("{schema}.{table} column {column}: {source}")]
     Value {
         schema: String,
@@ -84,9 +89,16 @@ pub enum EventError {
 
 /// The row images of one row change, borrowed from the decoded message.
 pub enum RowChange<'a> {
-    Insert { new: &'a TupleData<'a> },
-    Update { old: Option<&'a OldTuple<'a>>, new: &'a TupleData<'a> },
-    Delete { old: &'a OldTuple<'a> },
+    Insert {
+        new: &'a TupleData<'a>,
+    },
+    Update {
+        old: Option<&'a OldTuple<'a>>,
+        new: &'a TupleData<'a>,
+    },
+    Delete {
+        old: &'a OldTuple<'a>,
+    },
 }
 
 impl RowChange<'_> {
@@ -117,22 +129,29 @@ pub fn row_event_body(
     let mut body = Body::start(&id, op, Some((&rel.schema, &rel.name)), tx);
     let render = |b: &mut Body, field: &str, tuple: &TupleData<'_>, only_keys: bool| {
         check_width(rel, tuple)?;
-        b.row(field, rel, tuple, only_keys, types).map_err(|(column, source)| EventError::Value {
-            schema: rel.schema.clone(),
-            table: rel.name.clone(),
-            column,
-            source,
-        })
+        b.row(field, rel, tuple, only_keys, types)
+            .map_err(|(column, source)| EventError::Value {
+                schema: rel.schema.clone(),
+                table: rel.name.clone(),
+                column,
+                source,
+            })
     };
-    let has_identity = rel.replica_identity != ReplicaIdentity::Nothing && rel.columns.iter().any(|c| c.is_key);
+    let has_identity =
+        rel.replica_identity != ReplicaIdentity::Nothing && rel.columns.iter().any(|c| c.is_key);
     // `key`: identity columns, from the old image when there is one (it holds the key the row
     // had), else from the new image (an insert, or an update that left the key unchanged).
     let key_source: Option<&TupleData<'_>> = match change {
         _ if !has_identity => None,
         RowChange::Insert { new } => Some(new),
-        RowChange::Update { old: Some(OldTuple::Key(t) | OldTuple::Full(t)), .. } => Some(t),
+        RowChange::Update {
+            old: Some(OldTuple::Key(t) | OldTuple::Full(t)),
+            ..
+        } => Some(t),
         RowChange::Update { old: None, new } => Some(new),
-        RowChange::Delete { old: OldTuple::Key(t) | OldTuple::Full(t) } => Some(t),
+        RowChange::Delete {
+            old: OldTuple::Key(t) | OldTuple::Full(t),
+        } => Some(t),
     };
     match key_source {
         Some(t) => render(&mut body, "key", t, true)?,
@@ -140,18 +159,30 @@ pub fn row_event_body(
     }
     match change {
         RowChange::Insert { .. } => body.null_field("old"),
-        RowChange::Update { old: Some(OldTuple::Full(t)), .. } | RowChange::Delete { old: OldTuple::Full(t) } => {
-            render(&mut body, "old", t, false)?
+        RowChange::Update {
+            old: Some(OldTuple::Full(t)),
+            ..
         }
-        RowChange::Update { old: Some(OldTuple::Key(t)), .. } | RowChange::Delete { old: OldTuple::Key(t) } => {
-            render(&mut body, "old", t, true)?
+        | RowChange::Delete {
+            old: OldTuple::Full(t),
+        } => render(&mut body, "old", t, false)?,
+        RowChange::Update {
+            old: Some(OldTuple::Key(t)),
+            ..
         }
+        | RowChange::Delete {
+            old: OldTuple::Key(t),
+        } => render(&mut body, "old", t, true)?,
         // The key did not change, so the old key is the new row's key.
-        RowChange::Update { old: None, new } if has_identity => render(&mut body, "old", new, true)?,
+        RowChange::Update { old: None, new } if has_identity => {
+            render(&mut body, "old", new, true)?
+        }
         RowChange::Update { old: None, .. } => body.null_field("old"),
     }
     match change {
-        RowChange::Insert { new } | RowChange::Update { new, .. } => render(&mut body, "new", new, false)?,
+        RowChange::Insert { new } | RowChange::Update { new, .. } => {
+            render(&mut body, "new", new, false)?
+        }
         RowChange::Delete { .. } => body.null_field("new"),
     }
     let unchanged: Vec<&str> = match change {
@@ -227,7 +258,10 @@ pub fn message_event_body(
             body.string_field("content", &hex)
         }
     }
-    body.raw_field("transactional", if transactional { "true" } else { "false" });
+    body.raw_field(
+        "transactional",
+        if transactional { "true" } else { "false" },
+    );
     (id, body.finish())
 }
 

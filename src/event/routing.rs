@@ -73,8 +73,16 @@ mod tests {
     #[test]
     fn renders_placeholders() {
         let t = RoutingTemplate::parse("cdc.{schema}.{table}.{op}").unwrap();
-        assert_eq!(t.render("public", "orders", "insert"), "cdc.public.orders.insert");
-        assert_eq!(RoutingTemplate::parse("fixed").unwrap().render("a", "b", "c"), "fixed");
+        assert_eq!(
+            t.render("public", "orders", "insert"),
+            "cdc.public.orders.insert"
+        );
+        assert_eq!(
+            RoutingTemplate::parse("fixed")
+                .unwrap()
+                .render("a", "b", "c"),
+            "fixed"
+        );
     }
 
     #[test]
@@ -83,6 +91,9 @@ mod tests {
             RoutingTemplate::parse("{schema}.{tabel}"),
             Err(TemplateError::UnknownPlaceholder("tabel".into()))
         );
-        assert_eq!(RoutingTemplate::parse("{schema"), Err(TemplateError::Unclosed));
+        assert_eq!(
+            RoutingTemplate::parse("{schema"),
+            Err(TemplateError::Unclosed)
+        );
     }
 }

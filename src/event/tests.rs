@@ -5,17 +5,30 @@ use crate::pgoutput::Column;
 use serde_json::{Value, json};
 
 fn rel(identity: ReplicaIdentity, key_flags: [bool; 3]) -> Arc<Relation> {
-    let col = |name: &str, oid, is_key| Column { name: name.into(), is_key, type_oid: oid, type_modifier: -1 };
+    let col = |name: &str, oid, is_key| Column {
+        name: name.into(),
+        is_key,
+        type_oid: oid,
+        type_modifier: -1,
+    };
     Arc::new(Relation {
         oid: 1,
         schema: "public".into(),
         name: "users".into(),
         replica_identity: identity,
-        columns: vec![col("id", 23, key_flags[0]), col("name", 25, key_flags[1]), col("bio", 25, key_flags[2])],
+        columns: vec![
+            col("id", 23, key_flags[0]),
+            col("name", 25, key_flags[1]),
+            col("bio", 25, key_flags[2]),
+        ],
     })
 }
 
-const TX: TxContext = TxContext { commit_lsn: Lsn(0x1_0000_0010), xid: Some(42), commit_time_us: Some(1_500_000) };
+const TX: TxContext = TxContext {
+    commit_lsn: Lsn(0x1_0000_0010),
+    xid: Some(42),
+    commit_time_us: Some(1_500_000),
+};
 
 fn body(rel: &Arc<Relation>, change: RowChange<'_>) -> Value {
     let (id, bytes) = row_event_body(&TX, 3, rel, &change, &TypeRegistry::builtin()).unwrap();
@@ -44,11 +57,25 @@ fn insert_has_key_and_new() {
 #[test]
 fn update_with_unchanged_key_and_toast() {
     let r = rel(ReplicaIdentity::Default, [true, false, false]);
-    let new = tuple(vec![Datum::Text(b"7"), Datum::Text(b"bob"), Datum::UnchangedToast]);
-    let v = body(&r, RowChange::Update { old: None, new: &new });
+    let new = tuple(vec![
+        Datum::Text(b"7"),
+        Datum::Text(b"bob"),
+        Datum::UnchangedToast,
+    ]);
+    let v = body(
+        &r,
+        RowChange::Update {
+            old: None,
+            new: &new,
+        },
+    );
     assert_eq!(v["key"], json!({"id": 7}));
     assert_eq!(v["old"], json!({"id": 7}));
-    assert_eq!(v["new"], json!({"id": 7, "name": "bob"}), "unchanged TOAST is left out, not null");
+    assert_eq!(
+        v["new"],
+        json!({"id": 7, "name": "bob"}),
+        "unchanged TOAST is left out, not null"
+    );
     assert_eq!(v["unchanged_toast"], json!(["bio"]));
 }
 
@@ -57,7 +84,13 @@ fn update_that_changes_the_key_reports_the_old_key() {
     let r = rel(ReplicaIdentity::Default, [true, false, false]);
     let old = OldTuple::Key(tuple(vec![Datum::Text(b"7"), Datum::Null, Datum::Null]));
     let new = tuple(vec![Datum::Text(b"8"), Datum::Text(b"bob"), Datum::Null]);
-    let v = body(&r, RowChange::Update { old: Some(&old), new: &new });
+    let v = body(
+        &r,
+        RowChange::Update {
+            old: Some(&old),
+            new: &new,
+        },
+    );
     assert_eq!(v["key"], json!({"id": 7}));
     assert_eq!(v["old"], json!({"id": 7}));
     assert_eq!(v["new"]["id"], json!(8));
@@ -66,7 +99,11 @@ fn update_that_changes_the_key_reports_the_old_key() {
 #[test]
 fn full_identity_delete_has_the_whole_old_row() {
     let r = rel(ReplicaIdentity::Full, [true, true, true]);
-    let old = OldTuple::Full(tuple(vec![Datum::Text(b"7"), Datum::Text(b"ann"), Datum::Text(b"hi")]));
+    let old = OldTuple::Full(tuple(vec![
+        Datum::Text(b"7"),
+        Datum::Text(b"ann"),
+        Datum::Text(b"hi"),
+    ]));
     let v = body(&r, RowChange::Delete { old: &old });
     assert_eq!(v["old"], json!({"id": 7, "name": "ann", "bio": "hi"}));
     assert_eq!(v["new"], Value::Null);
@@ -77,7 +114,13 @@ fn full_identity_delete_has_the_whole_old_row() {
 fn nothing_identity_has_no_key_and_no_old() {
     let r = rel(ReplicaIdentity::Nothing, [false, false, false]);
     let new = tuple(vec![Datum::Text(b"7"), Datum::Text(b"x"), Datum::Null]);
-    let v = body(&r, RowChange::Update { old: None, new: &new });
+    let v = body(
+        &r,
+        RowChange::Update {
+            old: None,
+            new: &new,
+        },
+    );
     assert_eq!(v["key"], Value::Null);
     assert_eq!(v["old"], Value::Null);
 }
@@ -87,12 +130,28 @@ fn column_count_mismatch_and_bad_values_are_errors() {
     let r = rel(ReplicaIdentity::Default, [true, false, false]);
     let short = tuple(vec![Datum::Text(b"7")]);
     assert!(matches!(
-        row_event_body(&TX, 0, &r, &RowChange::Insert { new: &short }, &TypeRegistry::builtin()),
+        row_event_body(
+            &TX,
+            0,
+            &r,
+            &RowChange::Insert { new: &short },
+            &TypeRegistry::builtin()
+        ),
         Err(EventError::ColumnCount { .. })
     ));
     let bad = tuple(vec![Datum::Text(b"7"), Datum::Text(b"\xff"), Datum::Null]);
-    let err = row_event_body(&TX, 0, &r, &RowChange::Insert { new: &bad }, &TypeRegistry::builtin()).unwrap_err();
-    assert!(err.to_string().contains("public.users column name"), "{err}");
+    let err = row_event_body(
+        &TX,
+        0,
+        &r,
+        &RowChange::Insert { new: &bad },
+        &TypeRegistry::builtin(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("public.users column name"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -101,7 +160,10 @@ fn truncate_and_message_bodies() {
     let (_, b) = truncate_event_body(&TX, 0, &r, true, false);
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["op"], "truncate");
-    assert_eq!(v["truncate"], json!({"cascade": true, "restart_identity": false}));
+    assert_eq!(
+        v["truncate"],
+        json!({"cascade": true, "restart_identity": false})
+    );
     let (_, b) = message_event_body(&TX, 1, "app", b"\xff\x00", true);
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["content"], "\\xff00");

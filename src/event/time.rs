@@ -53,10 +53,16 @@ mod tests {
     #[test]
     fn formats_like_postgres() {
         assert_eq!(format_pg_timestamp(0), "2000-01-01T00:00:00+00:00");
-        assert_eq!(format_pg_timestamp(1_500_000), "2000-01-01T00:00:01.5+00:00");
+        assert_eq!(
+            format_pg_timestamp(1_500_000),
+            "2000-01-01T00:00:01.5+00:00"
+        );
         // 2024-02-29 12:34:56.000789 UTC
         let unix = 1_709_210_096_000_789i64;
-        assert_eq!(format_pg_timestamp(unix - PG_EPOCH_OFFSET_US), "2024-02-29T12:34:56.000789+00:00");
+        assert_eq!(
+            format_pg_timestamp(unix - PG_EPOCH_OFFSET_US),
+            "2024-02-29T12:34:56.000789+00:00"
+        );
         assert_eq!(format_pg_timestamp(-1), "1999-12-31T23:59:59.999999+00:00");
     }
 }

@@ -17,7 +17,10 @@ impl<'a> Cursor<'a> {
 
     pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(DecodeError::Truncated { what, offset: self.pos });
+            return Err(DecodeError::Truncated {
+                what,
+                offset: self.pos,
+            });
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -60,7 +63,10 @@ impl<'a> Cursor<'a> {
             .buf
             .iter()
             .position(|&b| b == 0)
-            .ok_or(DecodeError::Truncated { what, offset: self.pos })?;
+            .ok_or(DecodeError::Truncated {
+                what,
+                offset: self.pos,
+            })?;
         let offset = self.pos;
         let bytes = self.take(end, what)?;
         self.take(1, what)?;

@@ -31,7 +31,11 @@ pub enum DecodeError {
     #[error("invalid UTF-8 in {what} at byte {offset}")]
     InvalidUtf8 { what: &'static str, offset: usize },
     #[error("invalid {what} byte {byte:?} at byte {offset}")]
-    InvalidByte { what: &'static str, byte: char, offset: usize },
+    InvalidByte {
+        what: &'static str,
+        byte: char,
+        offset: usize,
+    },
     #[error("negative {what}: {value}")]
     Negative { what: &'static str, value: i64 },
 }
@@ -41,12 +45,29 @@ pub enum DecodeError {
 pub enum Message<'a> {
     Begin(Begin),
     Commit(Commit),
-    Origin { origin_lsn: Lsn, name: &'a str },
+    Origin {
+        origin_lsn: Lsn,
+        name: &'a str,
+    },
     Relation(Relation),
-    Type { oid: u32, schema: &'a str, name: &'a str },
-    Insert { relation_oid: u32, new: TupleData<'a> },
-    Update { relation_oid: u32, old: Option<OldTuple<'a>>, new: TupleData<'a> },
-    Delete { relation_oid: u32, old: OldTuple<'a> },
+    Type {
+        oid: u32,
+        schema: &'a str,
+        name: &'a str,
+    },
+    Insert {
+        relation_oid: u32,
+        new: TupleData<'a>,
+    },
+    Update {
+        relation_oid: u32,
+        old: Option<OldTuple<'a>>,
+        new: TupleData<'a>,
+    },
+    Delete {
+        relation_oid: u32,
+        old: OldTuple<'a>,
+    },
     Truncate(Truncate),
     Message(LogicalMessage<'a>),
 }
@@ -142,7 +163,10 @@ impl<'a> Message<'a> {
             b'I' => {
                 let relation_oid = c.u32("insert relation OID")?;
                 expect(&mut c, b'N', "insert tuple marker")?;
-                Message::Insert { relation_oid, new: parse_tuple(&mut c)? }
+                Message::Insert {
+                    relation_oid,
+                    new: parse_tuple(&mut c)?,
+                }
             }
             b'U' => {
                 let relation_oid = c.u32("update relation OID")?;
@@ -156,7 +180,11 @@ impl<'a> Message<'a> {
                 if old.is_some() {
                     expect(&mut c, b'N', "update new tuple marker")?;
                 }
-                Message::Update { relation_oid, old, new: parse_tuple(&mut c)? }
+                Message::Update {
+                    relation_oid,
+                    old,
+                    new: parse_tuple(&mut c)?,
+                }
             }
             b'D' => {
                 let relation_oid = c.u32("delete relation OID")?;
@@ -169,11 +197,17 @@ impl<'a> Message<'a> {
                 Message::Delete { relation_oid, old }
             }
             b'T' => {
-                let count = non_negative(c.i32("truncate relation count")?.into(), "truncate relation count")?;
+                let count = non_negative(
+                    c.i32("truncate relation count")?.into(),
+                    "truncate relation count",
+                )?;
                 let options = c.u8("truncate options")?;
                 // Each OID takes 4 bytes: refuse a count the message cannot hold before allocating.
                 if c.remaining() / 4 < count {
-                    return Err(DecodeError::Truncated { what: "truncate relation OIDs", offset: c.offset() });
+                    return Err(DecodeError::Truncated {
+                        what: "truncate relation OIDs",
+                        offset: c.offset(),
+                    });
                 }
                 let mut relation_oids = Vec::with_capacity(count);
                 for _ in 0..count {
@@ -191,25 +225,40 @@ impl<'a> Message<'a> {
                 let prefix = c.cstr("message prefix")?;
                 let len = non_negative(c.i32("message length")?.into(), "message length")?;
                 let content = c.take(len, "message content")?;
-                Message::Message(LogicalMessage { transactional, lsn, prefix, content })
+                Message::Message(LogicalMessage {
+                    transactional,
+                    lsn,
+                    prefix,
+                    content,
+                })
             }
             other => return Err(DecodeError::UnknownTag(other as char)),
         };
         if c.remaining() != 0 {
-            return Err(DecodeError::TrailingBytes { extra: c.remaining() });
+            return Err(DecodeError::TrailingBytes {
+                extra: c.remaining(),
+            });
         }
         Ok(msg)
     }
 }
 
 fn invalid(what: &'static str, byte: u8, offset: usize) -> DecodeError {
-    DecodeError::InvalidByte { what, byte: byte as char, offset }
+    DecodeError::InvalidByte {
+        what,
+        byte: byte as char,
+        offset,
+    }
 }
 
 fn expect(c: &mut Cursor<'_>, want: u8, what: &'static str) -> Result<(), DecodeError> {
     let offset = c.offset();
     let got = c.u8(what)?;
-    if got == want { Ok(()) } else { Err(invalid(what, got, offset)) }
+    if got == want {
+        Ok(())
+    } else {
+        Err(invalid(what, got, offset))
+    }
 }
 
 fn non_negative(value: i64, what: &'static str) -> Result<usize, DecodeError> {
@@ -222,9 +271,12 @@ fn parse_relation(c: &mut Cursor<'_>) -> Result<Relation, DecodeError> {
     let name = c.cstr("relation name")?.to_owned();
     let offset = c.offset();
     let ident = c.u8("replica identity")?;
-    let replica_identity =
-        ReplicaIdentity::from_byte(ident).ok_or_else(|| invalid("replica identity", ident, offset))?;
-    let ncols = non_negative(c.i16("relation column count")?.into(), "relation column count")?;
+    let replica_identity = ReplicaIdentity::from_byte(ident)
+        .ok_or_else(|| invalid("replica identity", ident, offset))?;
+    let ncols = non_negative(
+        c.i16("relation column count")?.into(),
+        "relation column count",
+    )?;
     // Each column takes at least 10 bytes (flags, empty name, type OID, modifier).
     let mut columns = Vec::with_capacity(ncols.min(c.remaining() / 10));
     for _ in 0..ncols {
@@ -236,15 +288,28 @@ fn parse_relation(c: &mut Cursor<'_>) -> Result<Relation, DecodeError> {
             type_modifier: c.i32("column type modifier")?,
         });
     }
-    let schema = if schema.is_empty() { "pg_catalog".to_owned() } else { schema.to_owned() };
-    Ok(Relation { oid, schema, name, replica_identity, columns })
+    let schema = if schema.is_empty() {
+        "pg_catalog".to_owned()
+    } else {
+        schema.to_owned()
+    };
+    Ok(Relation {
+        oid,
+        schema,
+        name,
+        replica_identity,
+        columns,
+    })
 }
 
 fn parse_tuple<'a>(c: &mut Cursor<'a>) -> Result<TupleData<'a>, DecodeError> {
     let ncols = non_negative(c.i16("tuple column count")?.into(), "tuple column count")?;
     // Each column takes at least one byte.
     if c.remaining() < ncols {
-        return Err(DecodeError::Truncated { what: "tuple columns", offset: c.offset() });
+        return Err(DecodeError::Truncated {
+            what: "tuple columns",
+            offset: c.offset(),
+        });
     }
     let mut columns = Vec::with_capacity(ncols);
     for _ in 0..ncols {
@@ -255,7 +320,11 @@ fn parse_tuple<'a>(c: &mut Cursor<'a>) -> Result<TupleData<'a>, DecodeError> {
             kind @ (b't' | b'b') => {
                 let len = non_negative(c.i32("column length")?.into(), "column length")?;
                 let bytes = c.take(len, "column value")?;
-                if kind == b't' { Datum::Text(bytes) } else { Datum::Binary(bytes) }
+                if kind == b't' {
+                    Datum::Text(bytes)
+                } else {
+                    Datum::Binary(bytes)
+                }
             }
             other => return Err(invalid("column kind", other, offset)),
         };

@@ -64,12 +64,54 @@ fn sample_messages() -> Vec<Vec<u8>> {
         W::default().u8(b'O').u64(0x99).s("origin1").0,
         relation_msg(),
         W::default().u8(b'Y').u32(90000).s("public").s("mood").0,
-        W::default().u8(b'I').u32(16384).u8(b'N').i16(2).text("1").text("hi").0,
-        W::default().u8(b'U').u32(16384).u8(b'K').i16(2).text("1").u8(b'n').u8(b'N').i16(2).text("2").u8(b'u').0,
-        W::default().u8(b'U').u32(16384).u8(b'N').i16(2).text("2").u8(b'n').0,
-        W::default().u8(b'D').u32(16384).u8(b'O').i16(2).text("2").text("x").0,
+        W::default()
+            .u8(b'I')
+            .u32(16384)
+            .u8(b'N')
+            .i16(2)
+            .text("1")
+            .text("hi")
+            .0,
+        W::default()
+            .u8(b'U')
+            .u32(16384)
+            .u8(b'K')
+            .i16(2)
+            .text("1")
+            .u8(b'n')
+            .u8(b'N')
+            .i16(2)
+            .text("2")
+            .u8(b'u')
+            .0,
+        W::default()
+            .u8(b'U')
+            .u32(16384)
+            .u8(b'N')
+            .i16(2)
+            .text("2")
+            .u8(b'n')
+            .0,
+        W::default()
+            .u8(b'D')
+            .u32(16384)
+            .u8(b'O')
+            .i16(2)
+            .text("2")
+            .text("x")
+            .0,
         W::default().u8(b'T').u32(2).u8(3).u32(1).u32(2).0,
-        W::default().u8(b'M').u8(1).u64(0x200).s("walrelay").u32(4).u8(b'b').u8(b'u').u8(b'l').u8(b'k').0,
+        W::default()
+            .u8(b'M')
+            .u8(1)
+            .u64(0x200)
+            .s("walrelay")
+            .u32(4)
+            .u8(b'b')
+            .u8(b'u')
+            .u8(b'l')
+            .u8(b'k')
+            .0,
     ]
 }
 
@@ -77,44 +119,90 @@ fn sample_messages() -> Vec<Vec<u8>> {
 fn decodes_every_message_kind() {
     let msgs = sample_messages();
     let parsed: Vec<Message<'_>> = msgs.iter().map(|m| Message::parse(m).unwrap()).collect();
-    assert_eq!(parsed[0], Message::Begin(Begin { final_lsn: Lsn(0x100), commit_time_us: 5, xid: 7 }));
+    assert_eq!(
+        parsed[0],
+        Message::Begin(Begin {
+            final_lsn: Lsn(0x100),
+            commit_time_us: 5,
+            xid: 7
+        })
+    );
     assert_eq!(
         parsed[1],
-        Message::Commit(Commit { commit_lsn: Lsn(0x100), end_lsn: Lsn(0x130), commit_time_us: 5 })
+        Message::Commit(Commit {
+            commit_lsn: Lsn(0x100),
+            end_lsn: Lsn(0x130),
+            commit_time_us: 5
+        })
     );
-    assert_eq!(parsed[2], Message::Origin { origin_lsn: Lsn(0x99), name: "origin1" });
+    assert_eq!(
+        parsed[2],
+        Message::Origin {
+            origin_lsn: Lsn(0x99),
+            name: "origin1"
+        }
+    );
     match &parsed[3] {
         Message::Relation(r) => {
-            assert_eq!((r.oid, r.schema.as_str(), r.name.as_str()), (16384, "public", "orders"));
+            assert_eq!(
+                (r.oid, r.schema.as_str(), r.name.as_str()),
+                (16384, "public", "orders")
+            );
             assert_eq!(r.replica_identity, ReplicaIdentity::Default);
             assert_eq!(r.columns.len(), 2);
             assert!(r.columns[0].is_key && !r.columns[1].is_key);
-            assert_eq!((r.columns[1].name.as_str(), r.columns[1].type_oid), ("note", 25));
+            assert_eq!(
+                (r.columns[1].name.as_str(), r.columns[1].type_oid),
+                ("note", 25)
+            );
             assert_eq!(r.columns[1].type_modifier, -1);
         }
         other => panic!("expected relation, got {other:?}"),
     }
-    assert_eq!(parsed[4], Message::Type { oid: 90000, schema: "public", name: "mood" });
+    assert_eq!(
+        parsed[4],
+        Message::Type {
+            oid: 90000,
+            schema: "public",
+            name: "mood"
+        }
+    );
     assert_eq!(
         parsed[5],
         Message::Insert {
             relation_oid: 16384,
-            new: TupleData { columns: vec![Datum::Text(b"1"), Datum::Text(b"hi")] }
+            new: TupleData {
+                columns: vec![Datum::Text(b"1"), Datum::Text(b"hi")]
+            }
         }
     );
     assert_eq!(
         parsed[6],
         Message::Update {
             relation_oid: 16384,
-            old: Some(OldTuple::Key(TupleData { columns: vec![Datum::Text(b"1"), Datum::Null] })),
-            new: TupleData { columns: vec![Datum::Text(b"2"), Datum::UnchangedToast] },
+            old: Some(OldTuple::Key(TupleData {
+                columns: vec![Datum::Text(b"1"), Datum::Null]
+            })),
+            new: TupleData {
+                columns: vec![Datum::Text(b"2"), Datum::UnchangedToast]
+            },
         }
     );
     assert!(matches!(parsed[7], Message::Update { old: None, .. }));
-    assert!(matches!(parsed[8], Message::Delete { old: OldTuple::Full(_), .. }));
+    assert!(matches!(
+        parsed[8],
+        Message::Delete {
+            old: OldTuple::Full(_),
+            ..
+        }
+    ));
     assert_eq!(
         parsed[9],
-        Message::Truncate(Truncate { cascade: true, restart_identity: true, relation_oids: vec![1, 2] })
+        Message::Truncate(Truncate {
+            cascade: true,
+            restart_identity: true,
+            relation_oids: vec![1, 2]
+        })
     );
     assert_eq!(
         parsed[10],
@@ -140,23 +228,55 @@ fn pg_catalog_namespace_is_restored() {
 fn rejects_bad_input_with_specific_errors() {
     assert_eq!(Message::parse(b""), Err(DecodeError::Empty));
     assert_eq!(Message::parse(b"Z"), Err(DecodeError::UnknownTag('Z')));
-    let huge_len = W::default().u8(b'I').u32(1).u8(b'N').i16(1).u8(b't').u32(0x7fff_ffff).0;
-    assert!(matches!(Message::parse(&huge_len), Err(DecodeError::Truncated { .. })));
-    let neg_len = W::default().u8(b'I').u32(1).u8(b'N').i16(1).u8(b't').u32(u32::MAX).0;
-    assert!(matches!(Message::parse(&neg_len), Err(DecodeError::Negative { .. })));
+    let huge_len = W::default()
+        .u8(b'I')
+        .u32(1)
+        .u8(b'N')
+        .i16(1)
+        .u8(b't')
+        .u32(0x7fff_ffff)
+        .0;
+    assert!(matches!(
+        Message::parse(&huge_len),
+        Err(DecodeError::Truncated { .. })
+    ));
+    let neg_len = W::default()
+        .u8(b'I')
+        .u32(1)
+        .u8(b'N')
+        .i16(1)
+        .u8(b't')
+        .u32(u32::MAX)
+        .0;
+    assert!(matches!(
+        Message::parse(&neg_len),
+        Err(DecodeError::Negative { .. })
+    ));
     let huge_truncate = W::default().u8(b'T').u32(0x7fff_ffff).u8(0).0;
-    assert!(matches!(Message::parse(&huge_truncate), Err(DecodeError::Truncated { .. })));
+    assert!(matches!(
+        Message::parse(&huge_truncate),
+        Err(DecodeError::Truncated { .. })
+    ));
     let bad_kind = W::default().u8(b'I').u32(1).u8(b'N').i16(1).u8(b'x').0;
-    assert!(matches!(Message::parse(&bad_kind), Err(DecodeError::InvalidByte { .. })));
+    assert!(matches!(
+        Message::parse(&bad_kind),
+        Err(DecodeError::InvalidByte { .. })
+    ));
     let trailing = W::default().u8(b'B').u64(1).u64(2).u32(3).u8(0).0;
-    assert_eq!(Message::parse(&trailing), Err(DecodeError::TrailingBytes { extra: 1 }));
+    assert_eq!(
+        Message::parse(&trailing),
+        Err(DecodeError::TrailingBytes { extra: 1 })
+    );
 }
 
 #[test]
 fn every_truncation_of_a_valid_message_is_an_error() {
     for msg in sample_messages() {
         for cut in 0..msg.len() {
-            assert!(Message::parse(&msg[..cut]).is_err(), "prefix of {cut} bytes of {msg:?} decoded");
+            assert!(
+                Message::parse(&msg[..cut]).is_err(),
+                "prefix of {cut} bytes of {msg:?} decoded"
+            );
         }
     }
 }

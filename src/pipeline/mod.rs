@@ -105,7 +105,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn session(settings: &Settings, shutdown: &mut watch::Receiver<bool>, memory: &mut Memory) -> Result<(), RunError> {
+async fn session(
+    settings: &Settings,
+    shutdown: &mut watch::Receiver<bool>,
+    memory: &mut Memory,
+) -> Result<(), RunError> {
     let publisher = Publisher::connect(&settings.sink).await?;
     let mut conn = Connection::connect(&settings.postgres, true).await?;
     let (database, _) = setup::identify_system(&mut conn).await?;
@@ -118,7 +122,8 @@ async fn session(settings: &Settings, shutdown: &mut watch::Receiver<bool>, memo
     }
     let start = slot.confirmed_flush;
     memory.known = Some(memory.known.map_or(start, |k| k.max(start)));
-    let stream = ReplicationStream::start(conn, &settings.slot, start, &settings.publication).await?;
+    let stream =
+        ReplicationStream::start(conn, &settings.slot, start, &settings.publication).await?;
     info!(slot = %settings.slot, start = %start, publication = %settings.publication, "streaming");
 
     let (tx, rx) = mpsc::channel(FORWARD_CHANNEL_CAPACITY);
@@ -156,7 +161,12 @@ async fn session(settings: &Settings, shutdown: &mut watch::Receiver<bool>, memo
     };
     match outcome {
         Ok(Stop::Shutdown) => {
-            let Replicator { mut stream, tx, received, .. } = replicator;
+            let Replicator {
+                mut stream,
+                tx,
+                received,
+                ..
+            } = replicator;
             drop(tx);
             let result = drain(&mut stream, publisher_task, &acked_rx, received, settings).await;
             let flush = *acked_rx.borrow();

@@ -130,12 +130,17 @@ impl Replicator {
     pub async fn send_status(&mut self, reply_requested: bool) -> Result<(), SourceError> {
         let flush = *self.acked.borrow();
         trace!(flush = %flush, write = %self.received, "standby status update");
-        self.stream.send_status(self.received, flush, reply_requested).await
+        self.stream
+            .send_status(self.received, flush, reply_requested)
+            .await
     }
 
     async fn handle(&mut self, msg: ReplMessage) -> Result<(), SourceError> {
         match msg {
-            ReplMessage::Keepalive { wal_end, reply_requested } => {
+            ReplMessage::Keepalive {
+                wal_end,
+                reply_requested,
+            } => {
                 if reply_requested {
                     self.send_status(false).await?;
                 }
@@ -147,7 +152,11 @@ impl Replicator {
                     self.pending.push_back(Outbound::Position(wal_end));
                 }
             }
-            ReplMessage::XLogData { wal_start, wal_end: _, data } => {
+            ReplMessage::XLogData {
+                wal_start,
+                wal_end: _,
+                data,
+            } => {
                 if wal_start > self.received {
                     self.received = wal_start;
                 }
@@ -157,7 +166,15 @@ impl Replicator {
         Ok(())
     }
 
-    fn event(&self, tx: &TxContext, id: String, op: Op, schema: &str, table: &str, body: Vec<u8>) -> Event {
+    fn event(
+        &self,
+        tx: &TxContext,
+        id: String,
+        op: Op,
+        schema: &str,
+        table: &str,
+        body: Vec<u8>,
+    ) -> Event {
         Event {
             routing_key: self.routing.render(schema, table, op.as_str()),
             id,
@@ -183,7 +200,11 @@ impl Replicator {
     fn decode(&mut self, data: &[u8]) -> Result<(), SourceError> {
         match Message::parse(data)? {
             Message::Begin(b) => {
-                let ctx = TxContext { commit_lsn: b.final_lsn, xid: Some(b.xid), commit_time_us: Some(b.commit_time_us) };
+                let ctx = TxContext {
+                    commit_lsn: b.final_lsn,
+                    xid: Some(b.xid),
+                    commit_time_us: Some(b.commit_time_us),
+                };
                 self.open = Some((ctx, 0));
             }
             Message::Commit(c) => {
@@ -198,17 +219,37 @@ impl Replicator {
                 self.relations.insert(r);
             }
             Message::Type { oid, .. } => debug!(oid, "type message"),
-            Message::Origin { name, .. } => debug!(origin = name, "transaction from a replication origin"),
-            Message::Insert { relation_oid, new } => self.row(relation_oid, RowChange::Insert { new: &new })?,
-            Message::Update { relation_oid, old, new } => {
-                self.row(relation_oid, RowChange::Update { old: old.as_ref(), new: &new })?
+            Message::Origin { name, .. } => {
+                debug!(origin = name, "transaction from a replication origin")
             }
-            Message::Delete { relation_oid, old } => self.row(relation_oid, RowChange::Delete { old: &old })?,
+            Message::Insert { relation_oid, new } => {
+                self.row(relation_oid, RowChange::Insert { new: &new })?
+            }
+            Message::Update {
+                relation_oid,
+                old,
+                new,
+            } => self.row(
+                relation_oid,
+                RowChange::Update {
+                    old: old.as_ref(),
+                    new: &new,
+                },
+            )?,
+            Message::Delete { relation_oid, old } => {
+                self.row(relation_oid, RowChange::Delete { old: &old })?
+            }
             Message::Truncate(t) => {
                 for oid in &t.relation_oids {
                     let (ctx, index) = self.open_tx("truncate")?;
                     let rel = Arc::clone(self.relation(*oid)?);
-                    let (id, body) = event::truncate_event_body(&ctx, index, &rel, t.cascade, t.restart_identity);
+                    let (id, body) = event::truncate_event_body(
+                        &ctx,
+                        index,
+                        &rel,
+                        t.cascade,
+                        t.restart_identity,
+                    );
                     let ev = self.event(&ctx, id, Op::Truncate, &rel.schema, &rel.name, body);
                     self.pending.push_back(Outbound::Event(ev));
                 }
@@ -217,10 +258,23 @@ impl Replicator {
                 let (ctx, index) = if m.transactional {
                     self.open_tx("transactional message")?
                 } else {
-                    (TxContext { commit_lsn: m.lsn, xid: None, commit_time_us: None }, 0)
+                    (
+                        TxContext {
+                            commit_lsn: m.lsn,
+                            xid: None,
+                            commit_time_us: None,
+                        },
+                        0,
+                    )
                 };
                 if self.publish_messages {
-                    let (id, body) = event::message_event_body(&ctx, index, m.prefix, m.content, m.transactional);
+                    let (id, body) = event::message_event_body(
+                        &ctx,
+                        index,
+                        m.prefix,
+                        m.content,
+                        m.transactional,
+                    );
                     let ev = self.event(&ctx, id, Op::Message, "", m.prefix, body);
                     self.pending.push_back(Outbound::Event(ev));
                 }
@@ -235,7 +289,9 @@ impl Replicator {
     }
 
     fn relation(&self, oid: u32) -> Result<&Arc<crate::pgoutput::Relation>, SourceError> {
-        self.relations.get(oid).ok_or(SourceError::Event(event::EventError::UnknownRelation(oid)))
+        self.relations
+            .get(oid)
+            .ok_or(SourceError::Event(event::EventError::UnknownRelation(oid)))
     }
 
     fn row(&mut self, oid: u32, change: RowChange<'_>) -> Result<(), SourceError> {

@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 
 use crate::config::secret::Secret;
 use crate::event::Event;
@@ -30,16 +30,29 @@ pub enum SinkError {
         "message {id} was returned unroutable by exchange {exchange:?} with routing key {routing_key:?}: \
          no queue is bound for it; walrelay holds its position until a binding exists"
     )]
-    Unroutable { id: String, exchange: String, routing_key: String },
-    #[error("message {id} (routing key {routing_key:?}) was nacked by the broker (queue full with reject-publish, or a queue error)")]
+    Unroutable {
+        id: String,
+        exchange: String,
+        routing_key: String,
+    },
+    #[error(
+        "message {id} (routing key {routing_key:?}) was nacked by the broker (queue full with reject-publish, or a queue error)"
+    )]
     Nacked { id: String, routing_key: String },
-    #[error("no broker confirm for {waited:?} with {in_flight} messages in flight (broker blocked or unreachable)")]
+    #[error(
+        "no broker confirm for {waited:?} with {in_flight} messages in flight (broker blocked or unreachable)"
+    )]
     Stalled { waited: Duration, in_flight: usize },
     #[error(
         "event {id} of {table} is {size} bytes, over rabbitmq.max_message_bytes = {max}; \
          the broker would refuse it, so walrelay stops here instead of skipping it"
     )]
-    Oversized { id: String, table: String, size: usize, max: usize },
+    Oversized {
+        id: String,
+        table: String,
+        size: usize,
+        max: usize,
+    },
     #[error("broker confirmed a message walrelay was not waiting for")]
     Tracker(#[from] crate::checkpoint::TrackerError),
 }
@@ -73,30 +86,57 @@ impl Publisher {
     pub async fn connect(settings: &SinkSettings) -> Result<Publisher, SinkError> {
         let amqp = |context| move |source| SinkError::Amqp { context, source };
         let props = ConnectionProperties::default().with_connection_name("walrelay".into());
-        let connection = Connection::connect(settings.url.expose(), props).await.map_err(amqp("connecting"))?;
-        let channel = connection.create_channel().await.map_err(amqp("opening a channel"))?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(amqp("enabling publisher confirms"))?;
+        let connection = Connection::connect(settings.url.expose(), props)
+            .await
+            .map_err(amqp("connecting"))?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(amqp("opening a channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp("enabling publisher confirms"))?;
         if settings.declare_exchange {
             channel
                 .exchange_declare(
                     settings.exchange.as_str().into(),
                     ExchangeKind::Topic,
-                    ExchangeDeclareOptions { durable: true, ..Default::default() },
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
                     FieldTable::default(),
                 )
                 .await
                 .map_err(amqp("declaring the exchange"))?;
         }
-        Ok(Publisher { connection, channel, exchange: settings.exchange.as_str().into() })
+        Ok(Publisher {
+            connection,
+            channel,
+            exchange: settings.exchange.as_str().into(),
+        })
     }
 
     /// Publishes one event persistently with `mandatory`; the returned future is its confirm.
     pub async fn publish(&self, event: &Event) -> Result<PublisherConfirm, SinkError> {
         let mut headers = FieldTable::default();
-        headers.insert("op".into(), AMQPValue::LongString(LongString::from(event.op.as_str())));
-        headers.insert("schema".into(), AMQPValue::LongString(LongString::from(event.schema.as_str())));
-        headers.insert("table".into(), AMQPValue::LongString(LongString::from(event.table.as_str())));
-        headers.insert("commit_lsn".into(), AMQPValue::LongString(LongString::from(event.commit_lsn.to_string())));
+        headers.insert(
+            "op".into(),
+            AMQPValue::LongString(LongString::from(event.op.as_str())),
+        );
+        headers.insert(
+            "schema".into(),
+            AMQPValue::LongString(LongString::from(event.schema.as_str())),
+        );
+        headers.insert(
+            "table".into(),
+            AMQPValue::LongString(LongString::from(event.table.as_str())),
+        );
+        headers.insert(
+            "commit_lsn".into(),
+            AMQPValue::LongString(LongString::from(event.commit_lsn.to_string())),
+        );
         let mut props = BasicProperties::default()
             .with_message_id(event.id.as_str().into())
             .with_content_type("application/json".into())
@@ -110,16 +150,27 @@ impl Publisher {
             .basic_publish(
                 self.exchange.clone(),
                 event.routing_key.as_str().into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 &event.body,
                 props,
             )
             .await
-            .map_err(|source| SinkError::Amqp { context: "publishing", source })
+            .map_err(|source| SinkError::Amqp {
+                context: "publishing",
+                source,
+            })
     }
 
     /// Turns a broker answer into success or the failure it is.
-    pub fn check(&self, answer: Result<Confirmation, lapin::Error>, id: &str, routing_key: &str) -> Result<(), SinkError> {
+    pub fn check(
+        &self,
+        answer: Result<Confirmation, lapin::Error>,
+        id: &str,
+        routing_key: &str,
+    ) -> Result<(), SinkError> {
         match answer {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(_))) => Err(SinkError::Unroutable {
@@ -127,19 +178,35 @@ impl Publisher {
                 exchange: self.exchange.to_string(),
                 routing_key: routing_key.to_owned(),
             }),
-            Ok(Confirmation::Nack(_)) => Err(SinkError::Nacked { id: id.to_owned(), routing_key: routing_key.to_owned() }),
+            Ok(Confirmation::Nack(_)) => Err(SinkError::Nacked {
+                id: id.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
             // Confirms were enabled on this channel, so this is a broken promise, not success.
             Ok(Confirmation::NotRequested) => Err(SinkError::Amqp {
                 context: "publisher confirms were not active on the channel",
-                source: lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Initial, "confirm").into(),
+                source: lapin::ErrorKind::InvalidChannelState(
+                    lapin::ChannelState::Initial,
+                    "confirm",
+                )
+                .into(),
             }),
-            Err(source) => Err(SinkError::Amqp { context: "waiting for a publisher confirm", source }),
+            Err(source) => Err(SinkError::Amqp {
+                context: "waiting for a publisher confirm",
+                source,
+            }),
         }
     }
 
     /// Closes channel and connection politely (best effort).
     pub async fn close(self) {
-        let _ = self.channel.close(200, "walrelay shutting down".into()).await;
-        let _ = self.connection.close(200, "walrelay shutting down".into()).await;
+        let _ = self
+            .channel
+            .close(200, "walrelay shutting down".into())
+            .await;
+        let _ = self
+            .connection
+            .close(200, "walrelay shutting down".into())
+            .await;
     }
 }

@@ -41,17 +41,25 @@ fn io_err(e: std::io::Error) -> SourceError {
 
 impl Connection {
     /// Connects, negotiates TLS as `sslmode` says, and authenticates.
-    pub async fn connect(params: &ConnParams, replication: bool) -> Result<Connection, SourceError> {
+    pub async fn connect(
+        params: &ConnParams,
+        replication: bool,
+    ) -> Result<Connection, SourceError> {
         let addr = format!("{}:{}", params.host, params.port);
         let tcp = tokio::time::timeout(params.connect_timeout, TcpStream::connect(&addr))
             .await
             .map_err(|_| SourceError::ConnectTimeout(addr.clone()))?
-            .map_err(|source| SourceError::Connect { addr: addr.clone(), source })?;
+            .map_err(|source| SourceError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         let stream = tokio::time::timeout(params.connect_timeout, negotiate_tls(tcp, params))
             .await
             .map_err(|_| SourceError::ConnectTimeout(addr.clone()))??;
-        let mut conn = Connection { framed: Framed::new(stream) };
+        let mut conn = Connection {
+            framed: Framed::new(stream),
+        };
         tokio::time::timeout(params.connect_timeout, conn.startup(params, replication))
             .await
             .map_err(|_| SourceError::ConnectTimeout(addr))??;
@@ -68,7 +76,8 @@ impl Connection {
             startup.push(("replication", "database"));
         }
         startup.extend_from_slice(SESSION_SETTINGS);
-        frontend::startup_message(startup.iter().copied(), &mut self.framed.write_buf).map_err(io_err)?;
+        frontend::startup_message(startup.iter().copied(), &mut self.framed.write_buf)
+            .map_err(io_err)?;
         self.framed.flush().await?;
         self.authenticate(params).await?;
         // After AuthenticationOk: ParameterStatus and BackendKeyData until ReadyForQuery.
@@ -78,7 +87,12 @@ impl Connection {
                 b'Z' => return Ok(()),
                 b'S' | b'K' | b'N' => {}
                 b'E' => return Err(SourceError::Server(ServerError::parse(&f.body))),
-                t => return Err(SourceError::Protocol(format!("message {:?} during startup", t as char))),
+                t => {
+                    return Err(SourceError::Protocol(format!(
+                        "message {:?} during startup",
+                        t as char
+                    )));
+                }
             }
         }
     }
@@ -89,7 +103,9 @@ impl Connection {
                 .password
                 .as_ref()
                 .map(|p| p.expose().as_bytes().to_vec())
-                .ok_or_else(|| SourceError::Auth("the server asks for a password and the URL has none".into()))
+                .ok_or_else(|| {
+                    SourceError::Auth("the server asks for a password and the URL has none".into())
+                })
         };
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -98,7 +114,12 @@ impl Connection {
                 b'E' => return Err(SourceError::Server(ServerError::parse(&f.body))),
                 b'N' => continue,
                 b'R' => {}
-                t => return Err(SourceError::Protocol(format!("message {:?} during authentication", t as char))),
+                t => {
+                    return Err(SourceError::Protocol(format!(
+                        "message {:?} during authentication",
+                        t as char
+                    )));
+                }
             }
             let mut body = f.body.clone();
             if body.len() < 4 {
@@ -108,7 +129,8 @@ impl Connection {
             match code {
                 0 => return Ok(()),
                 3 => {
-                    frontend::password_message(&password()?, &mut self.framed.write_buf).map_err(io_err)?;
+                    frontend::password_message(&password()?, &mut self.framed.write_buf)
+                        .map_err(io_err)?;
                 }
                 5 => {
                     if body.len() < 4 {
@@ -116,29 +138,43 @@ impl Connection {
                     }
                     let salt = [body[0], body[1], body[2], body[3]];
                     let hash = md5_hash(params.user.as_bytes(), &password()?, salt);
-                    frontend::password_message(hash.as_bytes(), &mut self.framed.write_buf).map_err(io_err)?;
+                    frontend::password_message(hash.as_bytes(), &mut self.framed.write_buf)
+                        .map_err(io_err)?;
                 }
                 10 => {
-                    let mechanisms: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
+                    let mechanisms: Vec<&[u8]> =
+                        body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
                     if !mechanisms.iter().any(|m| *m == b"SCRAM-SHA-256") {
                         return Err(SourceError::Auth(
-                            "the server offers no SASL mechanism walrelay supports (SCRAM-SHA-256)".into(),
+                            "the server offers no SASL mechanism walrelay supports (SCRAM-SHA-256)"
+                                .into(),
                         ));
                     }
                     // Channel binding is not implemented: say so ("n,,"), never "y,,".
                     let s = ScramSha256::new(&password()?, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.framed.write_buf)
-                        .map_err(io_err)?;
+                    frontend::sasl_initial_response(
+                        "SCRAM-SHA-256",
+                        s.message(),
+                        &mut self.framed.write_buf,
+                    )
+                    .map_err(io_err)?;
                     scram = Some(s);
                 }
                 11 => {
-                    let s = scram.as_mut().ok_or_else(|| SourceError::Protocol("SASL continue before start".into()))?;
-                    s.update(&body).map_err(|e| SourceError::Auth(format!("SCRAM: {e}")))?;
-                    frontend::sasl_response(s.message(), &mut self.framed.write_buf).map_err(io_err)?;
+                    let s = scram.as_mut().ok_or_else(|| {
+                        SourceError::Protocol("SASL continue before start".into())
+                    })?;
+                    s.update(&body)
+                        .map_err(|e| SourceError::Auth(format!("SCRAM: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut self.framed.write_buf)
+                        .map_err(io_err)?;
                 }
                 12 => {
-                    let s = scram.as_mut().ok_or_else(|| SourceError::Protocol("SASL final before start".into()))?;
-                    s.finish(&body).map_err(|e| SourceError::Auth(format!("SCRAM server proof: {e}")))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| SourceError::Protocol("SASL final before start".into()))?;
+                    s.finish(&body)
+                        .map_err(|e| SourceError::Auth(format!("SCRAM server proof: {e}")))?;
                     continue;
                 }
                 other => {
@@ -164,7 +200,12 @@ impl Connection {
                 b'E' => error = Some(ServerError::parse(&f.body)),
                 b'Z' => break,
                 b'T' | b'C' | b'I' | b'N' | b'S' => {}
-                t => return Err(SourceError::Protocol(format!("message {:?} in a query result", t as char))),
+                t => {
+                    return Err(SourceError::Protocol(format!(
+                        "message {:?} in a query result",
+                        t as char
+                    )));
+                }
             }
         }
         match error {
@@ -187,19 +228,29 @@ async fn negotiate_tls(mut tcp: TcpStream, params: &ConnParams) -> Result<Stream
     }
     let mut req = BytesMut::new();
     frontend::ssl_request(&mut req);
-    tcp.write_all(&req).await.map_err(SourceError::TlsHandshake)?;
+    tcp.write_all(&req)
+        .await
+        .map_err(SourceError::TlsHandshake)?;
     let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.map_err(SourceError::TlsHandshake)?;
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(SourceError::TlsHandshake)?;
     match answer[0] {
         b'S' => {
             let config = tls::client_config(params.sslmode, params.sslrootcert.as_deref())?;
             let name = tls::server_name(&params.host)?;
-            let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(SourceError::TlsHandshake)?;
+            let tls = TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(SourceError::TlsHandshake)?;
             Ok(Stream::Tls(Box::new(tls)))
         }
         b'N' if params.sslmode == SslMode::Prefer => Ok(Stream::Plain(tcp)),
         b'N' => Err(SourceError::TlsRefused),
-        other => Err(SourceError::Protocol(format!("answer {:?} to the TLS request", other as char))),
+        other => Err(SourceError::Protocol(format!(
+            "answer {:?} to the TLS request",
+            other as char
+        ))),
     }
 }
 
@@ -225,7 +276,9 @@ fn parse_data_row(f: &Frame) -> Result<Row, SourceError> {
             return Err(short());
         }
         let v = body.split_to(len);
-        row.push(Some(String::from_utf8(v.to_vec()).map_err(|_| SourceError::Protocol("non-UTF-8 query result".into()))?));
+        row.push(Some(String::from_utf8(v.to_vec()).map_err(|_| {
+            SourceError::Protocol("non-UTF-8 query result".into())
+        })?));
     }
     Ok(row)
 }

@@ -34,7 +34,9 @@ impl ServerError {
     pub fn parse(body: &[u8]) -> ServerError {
         let mut e = ServerError::default();
         for field in body.split(|&b| b == 0) {
-            let Some((&code, value)) = field.split_first() else { continue };
+            let Some((&code, value)) = field.split_first() else {
+                continue;
+            };
             let value = String::from_utf8_lossy(value).into_owned();
             match code {
                 b'V' => e.severity = value,
@@ -103,7 +105,11 @@ impl SourceError {
 /// "slot in use by another process". Authentication, missing objects, privileges and invalid
 /// slots are permanent.
 fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("53") || code.starts_with("57") || code == "55006" || code == "40001"
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || code == "55006"
+        || code == "40001"
 }
 
 #[cfg(test)]
@@ -117,7 +123,10 @@ mod tests {
         assert_eq!(e.code, "55006");
         assert_eq!(e.severity, "ERROR");
         assert!(SourceError::Server(e).is_transient());
-        let e = ServerError { code: "28P01".into(), ..Default::default() };
+        let e = ServerError {
+            code: "28P01".into(),
+            ..Default::default()
+        };
         assert!(!SourceError::Server(e).is_transient());
     }
 }

@@ -79,8 +79,14 @@ impl ConnParams {
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
             return Err(ParamsError::Scheme(url.scheme().to_owned()));
         }
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or(ParamsError::NoHost)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or(ParamsError::NoHost)?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let decode = |v: &str| percent_decode(v);
         let user = decode(url.username());
         if user.is_empty() {
@@ -91,7 +97,11 @@ impl ConnParams {
         let mut p = ConnParams {
             host,
             port: url.port().unwrap_or(5432),
-            dbname: if dbname.is_empty() { user.clone() } else { dbname },
+            dbname: if dbname.is_empty() {
+                user.clone()
+            } else {
+                dbname
+            },
             user,
             password,
             sslmode: SslMode::VerifyFull,
@@ -101,11 +111,16 @@ impl ConnParams {
         };
         for (k, v) in url.query_pairs() {
             match k.as_ref() {
-                "sslmode" => p.sslmode = SslMode::parse(&v).ok_or_else(|| ParamsError::SslMode(v.to_string()))?,
+                "sslmode" => {
+                    p.sslmode =
+                        SslMode::parse(&v).ok_or_else(|| ParamsError::SslMode(v.to_string()))?
+                }
                 "sslrootcert" => p.sslrootcert = Some(PathBuf::from(v.as_ref())),
                 "application_name" => p.application_name = v.to_string(),
                 "connect_timeout" => {
-                    let secs: u64 = v.parse().map_err(|_| ParamsError::ConnectTimeout(v.to_string()))?;
+                    let secs: u64 = v
+                        .parse()
+                        .map_err(|_| ParamsError::ConnectTimeout(v.to_string()))?;
                     p.connect_timeout = Duration::from_secs(secs.max(1));
                 }
                 other => return Err(ParamsError::UnknownParameter(other.to_owned())),
@@ -116,16 +131,20 @@ impl ConnParams {
 }
 
 fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            )
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -143,11 +162,17 @@ mod tests {
             "postgres://relay:p%40ss@db.example:6543/app?sslmode=verify-ca&sslrootcert=/ca.pem&connect_timeout=3",
         )
         .unwrap();
-        assert_eq!((p.host.as_str(), p.port, p.user.as_str(), p.dbname.as_str()), ("db.example", 6543, "relay", "app"));
+        assert_eq!(
+            (p.host.as_str(), p.port, p.user.as_str(), p.dbname.as_str()),
+            ("db.example", 6543, "relay", "app")
+        );
         assert_eq!(p.password.as_ref().unwrap().expose(), "p@ss");
         assert_eq!(p.sslmode, SslMode::VerifyCa);
         assert_eq!(p.connect_timeout, Duration::from_secs(3));
-        assert!(!format!("{p:?}").contains("p@ss"), "Debug must not show the password");
+        assert!(
+            !format!("{p:?}").contains("p@ss"),
+            "Debug must not show the password"
+        );
     }
 
     #[test]
@@ -160,9 +185,21 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls() {
-        assert_eq!(ConnParams::from_url("mysql://a@b/c").unwrap_err(), ParamsError::Scheme("mysql".into()));
-        assert_eq!(ConnParams::from_url("postgres://b/c").unwrap_err(), ParamsError::NoUser);
-        assert!(matches!(ConnParams::from_url("postgres://a@b/c?sslmode=maybe"), Err(ParamsError::SslMode(_))));
-        assert!(matches!(ConnParams::from_url("postgres://a@b/c?foo=1"), Err(ParamsError::UnknownParameter(_))));
+        assert_eq!(
+            ConnParams::from_url("mysql://a@b/c").unwrap_err(),
+            ParamsError::Scheme("mysql".into())
+        );
+        assert_eq!(
+            ConnParams::from_url("postgres://b/c").unwrap_err(),
+            ParamsError::NoUser
+        );
+        assert!(matches!(
+            ConnParams::from_url("postgres://a@b/c?sslmode=maybe"),
+            Err(ParamsError::SslMode(_))
+        ));
+        assert!(matches!(
+            ConnParams::from_url("postgres://a@b/c?foo=1"),
+            Err(ParamsError::UnknownParameter(_))
+        ));
     }
 }

@@ -54,9 +54,13 @@ pub struct SlotState {
 /// (column 4 of systemid, timeline, xlogpos, dbname) and the server's WAL position.
 pub async fn identify_system(conn: &mut Connection) -> Result<(String, Lsn), SourceError> {
     let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
-    let row = rows.first().ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+    let row = rows
+        .first()
+        .ok_or_else(|| SourceError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
     let get = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-    let xlogpos = get(2).parse::<Lsn>().map_err(|e| SourceError::Protocol(e.to_string()))?;
+    let xlogpos = get(2)
+        .parse::<Lsn>()
+        .map_err(|e| SourceError::Protocol(e.to_string()))?;
     Ok((get(3), xlogpos))
 }
 
@@ -67,7 +71,10 @@ pub async fn ensure_publication(
     tables: &[TableName],
 ) -> Result<(), SourceError> {
     let exists = conn
-        .simple_query(&format!("SELECT 1 FROM pg_publication WHERE pubname = {}", quote_literal(publication)))
+        .simple_query(&format!(
+            "SELECT 1 FROM pg_publication WHERE pubname = {}",
+            quote_literal(publication)
+        ))
         .await?;
     if exists.is_empty() {
         if tables.is_empty() {
@@ -76,7 +83,11 @@ pub async fn ensure_publication(
             )));
         }
         let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
-        let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(publication), list.join(", "));
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(publication),
+            list.join(", ")
+        );
         match conn.simple_query(&sql).await {
             Ok(_) => info!(publication, tables = list.len(), "created publication"),
             Err(SourceError::Server(e)) if e.code == "42501" => {
@@ -103,9 +114,10 @@ pub async fn ensure_publication(
         ))
         .await?;
     for t in tables {
-        let found = published
-            .iter()
-            .any(|r| r.first().cloned().flatten().as_deref() == Some(&t.schema) && r.get(1).cloned().flatten().as_deref() == Some(&t.name));
+        let found = published.iter().any(|r| {
+            r.first().cloned().flatten().as_deref() == Some(&t.schema)
+                && r.get(1).cloned().flatten().as_deref() == Some(&t.name)
+        });
         if !found {
             warn!(publication, table = %t, "configured table is not in the existing publication: its changes will not be streamed");
         }
@@ -127,7 +139,10 @@ pub async fn ensure_slot(
             quote_literal(slot)
         ))
         .await?;
-    let lost = |problem: String| SourceError::SlotLost { slot: slot.to_owned(), problem };
+    let lost = |problem: String| SourceError::SlotLost {
+        slot: slot.to_owned(),
+        problem,
+    };
     let Some(row) = rows.first() else {
         if let Some(lsn) = known {
             return Err(lost(format!(
@@ -135,7 +150,10 @@ pub async fn ensure_slot(
                  changes after that point may be gone. Recreate it deliberately and re-sync consumers"
             )));
         }
-        let sql = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT", quote_ident(slot));
+        let sql = format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            quote_ident(slot)
+        );
         let created = conn.simple_query(&sql).await?;
         let pos = created
             .first()
@@ -143,14 +161,23 @@ pub async fn ensure_slot(
             .and_then(|s| s.parse::<Lsn>().ok())
             .unwrap_or(Lsn::ZERO);
         info!(slot, consistent_point = %pos, "created replication slot");
-        return Ok(SlotState { confirmed_flush: pos, created: true });
+        return Ok(SlotState {
+            confirmed_flush: pos,
+            created: true,
+        });
     };
     let get = |i: usize| row.get(i).cloned().flatten();
     if get(0).as_deref() != Some("pgoutput") {
-        return Err(lost(format!("uses plugin {:?}, walrelay needs pgoutput", get(0).unwrap_or_default())));
+        return Err(lost(format!(
+            "uses plugin {:?}, walrelay needs pgoutput",
+            get(0).unwrap_or_default()
+        )));
     }
     if get(1).as_deref() != Some(database) {
-        return Err(lost(format!("belongs to database {:?}, not {database:?}", get(1).unwrap_or_default())));
+        return Err(lost(format!(
+            "belongs to database {:?}, not {database:?}",
+            get(1).unwrap_or_default()
+        )));
     }
     if get(3).as_deref() == Some("lost") {
         return Err(lost(
@@ -159,7 +186,9 @@ pub async fn ensure_slot(
                 .into(),
         ));
     }
-    let confirmed = get(2).and_then(|s| s.parse::<Lsn>().ok()).unwrap_or(Lsn::ZERO);
+    let confirmed = get(2)
+        .and_then(|s| s.parse::<Lsn>().ok())
+        .unwrap_or(Lsn::ZERO);
     if let Some(known) = known
         && confirmed > known
     {
@@ -168,13 +197,18 @@ pub async fn ensure_slot(
              the changes in between were never published"
         )));
     }
-    Ok(SlotState { confirmed_flush: confirmed, created: false })
+    Ok(SlotState {
+        confirmed_flush: confirmed,
+        created: false,
+    })
 }
 
 /// Loads `pg_type` so domains and arrays render like `to_jsonb()` renders them.
 pub async fn load_types(conn: &mut Connection) -> Result<TypeRegistry, SourceError> {
     let rows = conn
-        .simple_query("SELECT oid, typtype, typelem, typdelim, typbasetype, typlen FROM pg_catalog.pg_type")
+        .simple_query(
+            "SELECT oid, typtype, typelem, typdelim, typbasetype, typlen FROM pg_catalog.pg_type",
+        )
         .await?;
     let parsed: Vec<PgTypeRow> = rows
         .iter()
@@ -196,7 +230,10 @@ pub async fn load_types(conn: &mut Connection) -> Result<TypeRegistry, SourceErr
 /// Reads `wal_sender_timeout`, so status updates can be sent well within it.
 pub async fn wal_sender_timeout(conn: &mut Connection) -> Result<Option<Duration>, SourceError> {
     let rows = conn.simple_query("SHOW wal_sender_timeout").await?;
-    Ok(rows.first().and_then(|r| r.first().cloned().flatten()).and_then(|v| parse_pg_duration(&v)))
+    Ok(rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| parse_pg_duration(&v)))
 }
 
 /// Parses PostgreSQL's time settings (`60s`, `1min`, `500ms`, `0`); `None` for 0 (disabled).
@@ -224,7 +261,10 @@ mod tests {
     fn quoting() {
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
-        let t = TableName { schema: "Public".into(), name: "my table".into() };
+        let t = TableName {
+            schema: "Public".into(),
+            name: "my table".into(),
+        };
         assert_eq!(t.quoted(), "\"Public\".\"my table\"");
     }
 

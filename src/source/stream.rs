@@ -20,7 +20,11 @@ use crate::lsn::Lsn;
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReplMessage {
     /// WAL data: one pgoutput message.
-    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
+    XLogData {
+        wal_start: Lsn,
+        wal_end: Lsn,
+        data: Bytes,
+    },
     /// The server's position and whether it wants an answer now.
     Keepalive { wal_end: Lsn, reply_requested: bool },
 }
@@ -65,11 +69,19 @@ impl ReplicationStream {
                     let e = ServerError::parse(&f.body);
                     // 55000 on START_REPLICATION: the slot can no longer give changes (invalidated).
                     if e.code == "55000" || e.code == "42704" || e.code == "58P01" {
-                        return Err(SourceError::SlotLost { slot: slot.to_owned(), problem: e.to_string() });
+                        return Err(SourceError::SlotLost {
+                            slot: slot.to_owned(),
+                            problem: e.to_string(),
+                        });
                     }
                     return Err(SourceError::Server(e));
                 }
-                t => return Err(SourceError::Protocol(format!("message {:?} after START_REPLICATION", t as char))),
+                t => {
+                    return Err(SourceError::Protocol(format!(
+                        "message {:?} after START_REPLICATION",
+                        t as char
+                    )));
+                }
             }
         }
     }
@@ -82,14 +94,28 @@ impl ReplicationStream {
                 b'd' => return parse_copy_data(f.body),
                 b'N' => continue,
                 b'E' => return Err(SourceError::Server(ServerError::parse(&f.body))),
-                b'c' => return Err(SourceError::Protocol("the server ended the replication stream (CopyDone)".into())),
-                t => return Err(SourceError::Protocol(format!("message {:?} in the replication stream", t as char))),
+                b'c' => {
+                    return Err(SourceError::Protocol(
+                        "the server ended the replication stream (CopyDone)".into(),
+                    ));
+                }
+                t => {
+                    return Err(SourceError::Protocol(format!(
+                        "message {:?} in the replication stream",
+                        t as char
+                    )));
+                }
             }
         }
     }
 
     /// Sends a standby status update. `flush` becomes the slot's confirmed position.
-    pub async fn send_status(&mut self, write: Lsn, flush: Lsn, reply_requested: bool) -> Result<(), SourceError> {
+    pub async fn send_status(
+        &mut self,
+        write: Lsn,
+        flush: Lsn,
+        reply_requested: bool,
+    ) -> Result<(), SourceError> {
         let mut msg = Vec::with_capacity(34);
         msg.put_u8(b'r');
         msg.put_u64(write.0.max(flush.0));
@@ -123,7 +149,11 @@ fn parse_copy_data(mut body: Bytes) -> Result<ReplMessage, SourceError> {
             let wal_start = Lsn(body.get_u64());
             let wal_end = Lsn(body.get_u64());
             let _send_time = body.get_i64();
-            Ok(ReplMessage::XLogData { wal_start, wal_end, data: body })
+            Ok(ReplMessage::XLogData {
+                wal_start,
+                wal_end,
+                data: body,
+            })
         }
         b'k' => {
             if body.len() < 17 {
@@ -131,9 +161,15 @@ fn parse_copy_data(mut body: Bytes) -> Result<ReplMessage, SourceError> {
             }
             let wal_end = Lsn(body.get_u64());
             let _send_time = body.get_i64();
-            Ok(ReplMessage::Keepalive { wal_end, reply_requested: body.get_u8() == 1 })
+            Ok(ReplMessage::Keepalive {
+                wal_end,
+                reply_requested: body.get_u8() == 1,
+            })
         }
-        t => Err(SourceError::Protocol(format!("unknown replication message {:?}", t as char))),
+        t => Err(SourceError::Protocol(format!(
+            "unknown replication message {:?}",
+            t as char
+        ))),
     }
 }
 
@@ -150,7 +186,11 @@ mod tests {
         w.extend_from_slice(b"B...");
         assert_eq!(
             parse_copy_data(Bytes::from(w)).unwrap(),
-            ReplMessage::XLogData { wal_start: Lsn(1), wal_end: Lsn(2), data: Bytes::from_static(b"B...") }
+            ReplMessage::XLogData {
+                wal_start: Lsn(1),
+                wal_end: Lsn(2),
+                data: Bytes::from_static(b"B...")
+            }
         );
         let mut k = vec![b'k'];
         k.extend_from_slice(&9u64.to_be_bytes());
@@ -158,7 +198,10 @@ mod tests {
         k.push(1);
         assert_eq!(
             parse_copy_data(Bytes::from(k)).unwrap(),
-            ReplMessage::Keepalive { wal_end: Lsn(9), reply_requested: true }
+            ReplMessage::Keepalive {
+                wal_end: Lsn(9),
+                reply_requested: true
+            }
         );
         assert!(parse_copy_data(Bytes::from_static(b"k\0\0")).is_err());
         assert!(parse_copy_data(Bytes::from_static(b"")).is_err());

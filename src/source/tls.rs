@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -47,9 +47,15 @@ pub fn client_config(mode: SslMode, ca_file: Option<&Path>) -> Result<Arc<Client
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(TlsError::Verifier)?;
-            let verifier: Arc<dyn ServerCertVerifier> =
-                if mode == SslMode::VerifyCa { Arc::new(ChainOnly(webpki)) } else { webpki };
-            builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
+            let verifier: Arc<dyn ServerCertVerifier> = if mode == SslMode::VerifyCa {
+                Arc::new(ChainOnly(webpki))
+            } else {
+                webpki
+            };
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth()
         }
     };
     Ok(Arc::new(config))
@@ -65,10 +71,14 @@ fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     match ca_file {
         Some(path) => {
             let shown = path.display().to_string();
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|source| TlsError::CaFile { path: shown.clone(), source })?
-            {
-                let cert = cert.map_err(|source| TlsError::CaFile { path: shown.clone(), source })?;
+            for cert in CertificateDer::pem_file_iter(path).map_err(|source| TlsError::CaFile {
+                path: shown.clone(),
+                source,
+            })? {
+                let cert = cert.map_err(|source| TlsError::CaFile {
+                    path: shown.clone(),
+                    source,
+                })?;
                 // A malformed certificate in a bundle is skipped, as libpq does with OpenSSL.
                 let _ = roots.add(cert);
             }
@@ -108,7 +118,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -117,7 +132,12 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -138,11 +158,14 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
-                Ok(ServerCertVerified::assertion())
-            }
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }

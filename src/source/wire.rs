@@ -23,7 +23,11 @@ pub enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -32,7 +36,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -81,7 +89,11 @@ pub struct Framed {
 
 impl Framed {
     pub fn new(stream: Stream) -> Self {
-        Framed { stream, read_buf: BytesMut::with_capacity(64 * 1024), write_buf: BytesMut::new() }
+        Framed {
+            stream,
+            read_buf: BytesMut::with_capacity(64 * 1024),
+            write_buf: BytesMut::new(),
+        }
     }
 
     /// Cuts one complete frame from the buffer, if there is one.
@@ -92,7 +104,10 @@ impl Framed {
         let tag = buf[0];
         let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
         if len < 4 || len as usize > MAX_FRAME_BYTES {
-            return Err(WireError::BadLength { tag: tag as char, len: len.into() });
+            return Err(WireError::BadLength {
+                tag: tag as char,
+                len: len.into(),
+            });
         }
         let total = 1 + len as usize;
         if buf.len() < total {
@@ -101,7 +116,10 @@ impl Framed {
         }
         let mut frame = buf.split_to(total);
         frame.advance(5);
-        Ok(Some(Frame { tag, body: frame.freeze() }))
+        Ok(Some(Frame {
+            tag,
+            body: frame.freeze(),
+        }))
     }
 
     /// Reads the next frame. Cancel-safe: dropping the future loses no bytes.
@@ -142,15 +160,25 @@ mod tests {
         buf.extend_from_slice(&[b'C', 0, 0]);
         let f = Framed::try_frame(&mut buf).unwrap().unwrap();
         assert_eq!((f.tag, &f.body[..]), (b'Z', &b"I"[..]));
-        assert_eq!(Framed::try_frame(&mut buf).unwrap(), None, "partial header stays buffered");
+        assert_eq!(
+            Framed::try_frame(&mut buf).unwrap(),
+            None,
+            "partial header stays buffered"
+        );
         assert_eq!(buf.len(), 3);
     }
 
     #[test]
     fn absurd_lengths_are_errors() {
         let mut buf = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(Framed::try_frame(&mut buf), Err(WireError::BadLength { .. })));
+        assert!(matches!(
+            Framed::try_frame(&mut buf),
+            Err(WireError::BadLength { .. })
+        ));
         let mut buf = BytesMut::from(&[b'd', 0, 0, 0, 2][..]);
-        assert!(matches!(Framed::try_frame(&mut buf), Err(WireError::BadLength { .. })));
+        assert!(matches!(
+            Framed::try_frame(&mut buf),
+            Err(WireError::BadLength { .. })
+        ));
     }
 }

@@ -5,8 +5,18 @@
 use super::{TypeKind, ValueError, write_text_value};
 
 /// Appends the JSON array for `text`, the output of an array whose elements are `elem`.
-pub fn write_array(out: &mut String, text: &str, elem: &TypeKind, delim: u8) -> Result<(), ValueError> {
-    let mut p = Parser { s: text.as_bytes(), text, i: 0, delim };
+pub fn write_array(
+    out: &mut String,
+    text: &str,
+    elem: &TypeKind,
+    delim: u8,
+) -> Result<(), ValueError> {
+    let mut p = Parser {
+        s: text.as_bytes(),
+        text,
+        i: 0,
+        delim,
+    };
     if p.s.first() == Some(&b'[') {
         // Skip the dimension decoration: `[lo:hi][lo:hi]=`.
         let eq = text.find('=').ok_or_else(|| p.err())?;

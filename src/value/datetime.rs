@@ -17,7 +17,9 @@ pub fn write_timestamptz(out: &mut String, text: &str) {
 
 fn xsd(text: &str, with_zone: bool) -> String {
     // Finite ISO output starts with a date `YYYY-MM-DD` followed by a space.
-    let Some(space) = text.find(' ') else { return text.to_owned() };
+    let Some(space) = text.find(' ') else {
+        return text.to_owned();
+    };
     if !text[..space].contains('-') {
         return text.to_owned();
     }
@@ -67,7 +69,10 @@ mod tests {
 
     #[test]
     fn timestamps_use_a_t_separator() {
-        assert_eq!(ts("2024-01-02 03:04:05.123456"), "\"2024-01-02T03:04:05.123456\"");
+        assert_eq!(
+            ts("2024-01-02 03:04:05.123456"),
+            "\"2024-01-02T03:04:05.123456\""
+        );
         assert_eq!(ts("0044-03-15 12:00:00 BC"), "\"0044-03-15T12:00:00 BC\"");
         assert_eq!(ts("infinity"), "\"infinity\"");
         assert_eq!(ts("-infinity"), "\"-infinity\"");
@@ -75,10 +80,22 @@ mod tests {
 
     #[test]
     fn zone_offsets_always_have_minutes() {
-        assert_eq!(tstz("2024-01-02 03:04:05+00"), "\"2024-01-02T03:04:05+00:00\"");
-        assert_eq!(tstz("2024-01-02 03:04:05.5-03:30"), "\"2024-01-02T03:04:05.5-03:30\"");
-        assert_eq!(tstz("1900-01-01 00:00:00+00:09:21"), "\"1900-01-01T00:00:00+00:09:21\"");
-        assert_eq!(tstz("0044-03-15 12:00:00+00 BC"), "\"0044-03-15T12:00:00+00:00 BC\"");
+        assert_eq!(
+            tstz("2024-01-02 03:04:05+00"),
+            "\"2024-01-02T03:04:05+00:00\""
+        );
+        assert_eq!(
+            tstz("2024-01-02 03:04:05.5-03:30"),
+            "\"2024-01-02T03:04:05.5-03:30\""
+        );
+        assert_eq!(
+            tstz("1900-01-01 00:00:00+00:09:21"),
+            "\"1900-01-01T00:00:00+00:09:21\""
+        );
+        assert_eq!(
+            tstz("0044-03-15 12:00:00+00 BC"),
+            "\"0044-03-15T12:00:00+00:00 BC\""
+        );
         assert_eq!(tstz("infinity"), "\"infinity\"");
     }
 }

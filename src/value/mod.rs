@@ -33,7 +33,10 @@ pub enum TypeKind {
     /// json and jsonb: embedded as JSON.
     Json,
     /// An array of `elem`, whose text output separates elements with `delim`.
-    Array { elem: Box<TypeKind>, delim: u8 },
+    Array {
+        elem: Box<TypeKind>,
+        delim: u8,
+    },
     /// Everything else: a JSON string of the text output.
     Text,
 }
@@ -88,7 +91,9 @@ mod oid {
 fn scalar_kind(oid: u32) -> Option<TypeKind> {
     Some(match oid {
         oid::BOOL => TypeKind::Bool,
-        oid::INT2 | oid::INT4 | oid::INT8 | oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => TypeKind::Number,
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::FLOAT4 | oid::FLOAT8 | oid::NUMERIC => {
+            TypeKind::Number
+        }
         oid::DATE => TypeKind::Date,
         oid::TIMESTAMP => TypeKind::Timestamp,
         oid::TIMESTAMPTZ => TypeKind::TimestampTz,
@@ -102,8 +107,18 @@ impl TypeRegistry {
     pub fn builtin() -> Self {
         let mut kinds = HashMap::new();
         for o in [
-            oid::BOOL, oid::INT8, oid::INT2, oid::INT4, oid::JSON, oid::FLOAT4, oid::FLOAT8,
-            oid::DATE, oid::TIMESTAMP, oid::TIMESTAMPTZ, oid::NUMERIC, oid::JSONB,
+            oid::BOOL,
+            oid::INT8,
+            oid::INT2,
+            oid::INT4,
+            oid::JSON,
+            oid::FLOAT4,
+            oid::FLOAT8,
+            oid::DATE,
+            oid::TIMESTAMP,
+            oid::TIMESTAMPTZ,
+            oid::NUMERIC,
+            oid::JSONB,
         ] {
             if let Some(k) = scalar_kind(o) {
                 kinds.insert(o, k);
@@ -138,7 +153,9 @@ fn resolve(oid: u32, by_oid: &HashMap<u32, &PgTypeRow>, depth: u32) -> TypeKind 
     if depth > 16 {
         return TypeKind::Text;
     }
-    let Some(row) = by_oid.get(&oid) else { return scalar_kind(oid).unwrap_or(TypeKind::Text) };
+    let Some(row) = by_oid.get(&oid) else {
+        return scalar_kind(oid).unwrap_or(TypeKind::Text);
+    };
     if row.typtype == b'd' && row.typbasetype != 0 {
         return resolve(row.typbasetype, by_oid, depth + 1);
     }
@@ -148,7 +165,10 @@ fn resolve(oid: u32, by_oid: &HashMap<u32, &PgTypeRow>, depth: u32) -> TypeKind 
     if row.typelem != 0 && row.typlen == -1 {
         // The delimiter belongs to the element type (box uses ';').
         let delim = by_oid.get(&row.typelem).map_or(b',', |e| e.typdelim);
-        return TypeKind::Array { elem: Box::new(resolve(row.typelem, by_oid, depth + 1)), delim };
+        return TypeKind::Array {
+            elem: Box::new(resolve(row.typelem, by_oid, depth + 1)),
+            delim,
+        };
     }
     TypeKind::Text
 }
@@ -187,7 +207,10 @@ mod tests {
     }
 
     fn arr(elem: TypeKind) -> TypeKind {
-        TypeKind::Array { elem: Box::new(elem), delim: b',' }
+        TypeKind::Array {
+            elem: Box::new(elem),
+            delim: b',',
+        }
     }
 
     #[test]
@@ -195,47 +218,117 @@ mod tests {
         assert_eq!(render(&TypeKind::Bool, "t"), "true");
         assert_eq!(render(&TypeKind::Bool, "f"), "false");
         assert_eq!(render(&TypeKind::Text, "\\x00ff"), "\"\\\\x00ff\"");
-        assert_eq!(render(&TypeKind::Json, "{\"a\": [1, 2]}"), "{\"a\": [1, 2]}");
+        assert_eq!(
+            render(&TypeKind::Json, "{\"a\": [1, 2]}"),
+            "{\"a\": [1, 2]}"
+        );
         assert_eq!(render(&TypeKind::Date, "2024-02-29"), "\"2024-02-29\"");
     }
 
     #[test]
     fn arrays_nest_and_render_elements_by_type() {
         assert_eq!(render(&arr(TypeKind::Number), "{1,2,NULL}"), "[1,2,null]");
-        assert_eq!(render(&arr(TypeKind::Number), "{{1,2},{3,4}}"), "[[1,2],[3,4]]");
+        assert_eq!(
+            render(&arr(TypeKind::Number), "{{1,2},{3,4}}"),
+            "[[1,2],[3,4]]"
+        );
         assert_eq!(render(&arr(TypeKind::Number), "[0:1]={5,6}"), "[5,6]");
         assert_eq!(render(&arr(TypeKind::Number), "{}"), "[]");
-        assert_eq!(render(&arr(TypeKind::Text), "{\"a b\",\"q\\\"x\",NULL,\"NULL\",plain}"),
-            "[\"a b\",\"q\\\"x\",null,\"NULL\",\"plain\"]");
-        assert_eq!(render(&arr(TypeKind::Json), "{\"{\\\"k\\\": 1}\"}"), "[{\"k\": 1}]");
-        let boxes = TypeKind::Array { elem: Box::new(TypeKind::Text), delim: b';' };
-        assert_eq!(render(&boxes, "{(1,1),(0,0);(2,2),(1,1)}"), "[\"(1,1),(0,0)\",\"(2,2),(1,1)\"]");
+        assert_eq!(
+            render(
+                &arr(TypeKind::Text),
+                "{\"a b\",\"q\\\"x\",NULL,\"NULL\",plain}"
+            ),
+            "[\"a b\",\"q\\\"x\",null,\"NULL\",\"plain\"]"
+        );
+        assert_eq!(
+            render(&arr(TypeKind::Json), "{\"{\\\"k\\\": 1}\"}"),
+            "[{\"k\": 1}]"
+        );
+        let boxes = TypeKind::Array {
+            elem: Box::new(TypeKind::Text),
+            delim: b';',
+        };
+        assert_eq!(
+            render(&boxes, "{(1,1),(0,0);(2,2),(1,1)}"),
+            "[\"(1,1),(0,0)\",\"(2,2),(1,1)\"]"
+        );
     }
 
     #[test]
     fn malformed_values_are_errors_not_panics() {
         let mut o = String::new();
-        assert_eq!(write_value(&mut o, &TypeKind::Bool, b"x"), Err(ValueError::BadBool));
-        assert_eq!(write_value(&mut o, &TypeKind::Text, b"\xff"), Err(ValueError::InvalidUtf8));
-        for bad in ["{1,2", "{1,,2}", "1,2}", "{\"a}", "[1:2]{1}", "{1}x", "{\"\\"] {
-            assert!(write_value(&mut o, &arr(TypeKind::Number), bad.as_bytes()).is_err(), "{bad}");
+        assert_eq!(
+            write_value(&mut o, &TypeKind::Bool, b"x"),
+            Err(ValueError::BadBool)
+        );
+        assert_eq!(
+            write_value(&mut o, &TypeKind::Text, b"\xff"),
+            Err(ValueError::InvalidUtf8)
+        );
+        for bad in [
+            "{1,2", "{1,,2}", "1,2}", "{\"a}", "[1:2]{1}", "{1}x", "{\"\\",
+        ] {
+            assert!(
+                write_value(&mut o, &arr(TypeKind::Number), bad.as_bytes()).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn registry_resolves_domains_and_arrays() {
         let rows = vec![
-            PgTypeRow { oid: 23, typtype: b'b', typelem: 0, typdelim: b',', typbasetype: 0, typlen: 4 },
-            PgTypeRow { oid: 1007, typtype: b'b', typelem: 23, typdelim: b',', typbasetype: 0, typlen: -1 },
-            PgTypeRow { oid: 90001, typtype: b'd', typelem: 0, typdelim: b',', typbasetype: 23, typlen: 4 },
-            PgTypeRow { oid: 90002, typtype: b'b', typelem: 90001, typdelim: b',', typbasetype: 0, typlen: -1 },
-            PgTypeRow { oid: 600, typtype: b'b', typelem: 701, typdelim: b',', typbasetype: 0, typlen: 16 },
+            PgTypeRow {
+                oid: 23,
+                typtype: b'b',
+                typelem: 0,
+                typdelim: b',',
+                typbasetype: 0,
+                typlen: 4,
+            },
+            PgTypeRow {
+                oid: 1007,
+                typtype: b'b',
+                typelem: 23,
+                typdelim: b',',
+                typbasetype: 0,
+                typlen: -1,
+            },
+            PgTypeRow {
+                oid: 90001,
+                typtype: b'd',
+                typelem: 0,
+                typdelim: b',',
+                typbasetype: 23,
+                typlen: 4,
+            },
+            PgTypeRow {
+                oid: 90002,
+                typtype: b'b',
+                typelem: 90001,
+                typdelim: b',',
+                typbasetype: 0,
+                typlen: -1,
+            },
+            PgTypeRow {
+                oid: 600,
+                typtype: b'b',
+                typelem: 701,
+                typdelim: b',',
+                typbasetype: 0,
+                typlen: 16,
+            },
         ];
         let reg = TypeRegistry::from_pg_type(&rows);
         assert_eq!(reg.kind(90001), &TypeKind::Number);
         assert_eq!(reg.kind(1007), &arr(TypeKind::Number));
         assert_eq!(reg.kind(90002), &arr(TypeKind::Number));
-        assert_eq!(reg.kind(600), &TypeKind::Text, "point has typelem but is fixed-length");
+        assert_eq!(
+            reg.kind(600),
+            &TypeKind::Text,
+            "point has typelem but is fixed-length"
+        );
         assert_eq!(reg.kind(12345), &TypeKind::Text);
     }
 }

@@ -103,7 +103,11 @@ fn normalize(text: &str) -> Option<Normalized> {
             ip.push('0');
         }
         let trimmed = ip.trim_start_matches('0');
-        if trimmed.is_empty() { "0".to_owned() } else { trimmed.to_owned() }
+        if trimmed.is_empty() {
+            "0".to_owned()
+        } else {
+            trimmed.to_owned()
+        }
     };
     s.push_str(&int_part);
     if scale > 0 {
@@ -112,7 +116,14 @@ fn normalize(text: &str) -> Option<Normalized> {
         let mut frac_digits = String::with_capacity(scale);
         for k in 0..scale as i64 {
             let idx = point + k;
-            let d = if idx < 0 { '0' } else { digits.as_bytes().get(idx as usize).map_or('0', |&b| b as char) };
+            let d = if idx < 0 {
+                '0'
+            } else {
+                digits
+                    .as_bytes()
+                    .get(idx as usize)
+                    .map_or('0', |&b| b as char)
+            };
             frac_digits.push(d);
         }
         s.push_str(&frac_digits);

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -20,19 +23,35 @@ pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 fn pg_bin(name: &str) -> PathBuf {
-    for dir in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin"] {
+    for dir in [
+        "/usr/lib/postgresql/15/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/17/bin",
+    ] {
         let p = Path::new(dir).join(name);
         if p.exists() {
             return p;
@@ -64,18 +83,36 @@ impl PgCluster {
     }
 
     pub fn start_with(extra_conf: &[&str]) -> PgCluster {
-        let dir = tempfile::Builder::new().prefix("walrelay-pg").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("walrelay-pg")
+            .tempdir()
+            .unwrap();
         if is_root() {
-            Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
         }
         let data = dir.path().join("data");
         let out = pg_command("initdb")
             .args(["-D"])
             .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
             .output()
             .expect("initdb (install postgresql)");
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = free_port();
         let mut conf = format!(
             "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
@@ -109,12 +146,20 @@ impl PgCluster {
             .arg("start")
             .output()
             .unwrap();
-        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Stops the server: `mode` is smart, fast or immediate (immediate = crash).
     pub fn pg_ctl_stop(&self, mode: &str) {
-        let _ = pg_command("pg_ctl").args(["-D"]).arg(self.data()).args(["-w", "-t", "60", "-m", mode, "stop"]).output();
+        let _ = pg_command("pg_ctl")
+            .args(["-D"])
+            .arg(self.data())
+            .args(["-w", "-t", "60", "-m", mode, "stop"])
+            .output();
     }
 
     pub fn log(&self) -> String {
@@ -122,13 +167,19 @@ impl PgCluster {
     }
 
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
     }
 
     /// Creates a database and returns a client connected to it.
     pub async fn create_db(&self, db: &str) -> tokio_postgres::Client {
         let admin = connect(&self.url("postgres")).await;
-        admin.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
         connect(&self.url(db)).await
     }
 }
@@ -140,7 +191,9 @@ impl Drop for PgCluster {
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to test postgres");
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to test postgres");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -160,7 +213,10 @@ pub async fn slot_confirmed(client: &tokio_postgres::Client, slot: &str) -> u64 
 }
 
 pub async fn current_lsn(client: &tokio_postgres::Client) -> u64 {
-    let row = client.query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[]).await.unwrap();
+    let row = client
+        .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[])
+        .await
+        .unwrap();
     row.get::<_, i64>(0) as u64
 }
 
@@ -202,18 +258,40 @@ pub struct Received {
 impl TestQueue {
     /// Declares `exchange` (durable topic) and a queue bound with `binding` (None: no binding).
     pub async fn new(exchange: &str, binding: Option<&str>) -> TestQueue {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.expect("connect to RabbitMQ on 127.0.0.1:5672");
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ on 127.0.0.1:5672");
         let channel = conn.create_channel().await.unwrap();
         channel
-            .exchange_declare(exchange.into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let queue = format!("{exchange}_q");
         channel
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
-        let q = TestQueue { channel, conn, exchange: exchange.to_owned(), queue };
+        let q = TestQueue {
+            channel,
+            conn,
+            exchange: exchange.to_owned(),
+            queue,
+        };
         if let Some(b) = binding {
             q.bind(b).await;
         }
@@ -222,18 +300,35 @@ impl TestQueue {
 
     pub async fn bind(&self, key: &str) {
         self.channel
-            .queue_bind(self.queue.as_str().into(), self.exchange.as_str().into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
     }
 
     /// Takes one message if any.
     pub async fn get(&self) -> Option<Received> {
-        let msg = self.channel.basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()?;
-        let body: serde_json::Value = serde_json::from_slice(&msg.delivery.data).expect("message body is JSON");
+        let msg = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&msg.delivery.data).expect("message body is JSON");
         Some(Received {
             routing_key: msg.delivery.routing_key.to_string(),
-            message_id: msg.delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+            message_id: msg
+                .delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             body,
             properties: msg.delivery.properties.clone(),
         })
@@ -247,7 +342,11 @@ impl TestQueue {
             match self.get().await {
                 Some(m) => got.push(m),
                 None => {
-                    assert!(start.elapsed() < timeout, "timed out: got {} of {n} messages", got.len());
+                    assert!(
+                        start.elapsed() < timeout,
+                        "timed out: got {} of {n} messages",
+                        got.len()
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -272,8 +371,14 @@ impl TestQueue {
     }
 
     pub async fn delete(self) {
-        let _ = self.channel.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()).await;
-        let _ = self.channel.exchange_delete(self.exchange.as_str().into(), Default::default()).await;
+        let _ = self
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = self
+            .channel
+            .exchange_delete(self.exchange.as_str().into(), Default::default())
+            .await;
     }
 }
 
@@ -285,7 +390,15 @@ pub struct Relay {
 }
 
 /// Writes a config file for this test.
-pub fn write_config(dir: &Path, pg_url: &str, amqp_url: &str, slot: &str, exchange: &str, tables: &[&str], extra: &str) -> PathBuf {
+pub fn write_config(
+    dir: &Path,
+    pg_url: &str,
+    amqp_url: &str,
+    slot: &str,
+    exchange: &str,
+    tables: &[&str],
+    extra: &str,
+) -> PathBuf {
     let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
     let text = format!(
         "[postgres]\nurl = {pg_url:?}\nslot = {slot:?}\npublication = {slot:?}\ntables = [{}]\nstatus_interval_ms = 200\n\
@@ -313,7 +426,11 @@ impl Relay {
             .stderr(log)
             .spawn()
             .unwrap();
-        Relay { child, dir, log_path }
+        Relay {
+            child,
+            dir,
+            log_path,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -327,7 +444,9 @@ impl Relay {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Ok(Some(status)) = self.child.try_wait() {

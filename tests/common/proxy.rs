@@ -27,7 +27,9 @@ impl Proxy {
         let upstream = upstream.to_owned();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(&upstream).await else { continue };
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
@@ -36,7 +38,12 @@ impl Proxy {
                 tokio::spawn(pump(sr, cw, Some(hold_rx.clone()), sever_rx.clone()));
             }
         });
-        Proxy { port, hold, generation: Arc::new(AtomicU64::new(0)), sever }
+        Proxy {
+            port,
+            hold,
+            generation: Arc::new(AtomicU64::new(0)),
+            sever,
+        }
     }
 
     /// Stops forwarding server→client bytes until `release`.
