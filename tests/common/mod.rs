@@ -166,6 +166,22 @@ impl PgCluster {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// Replaces pg_hba.conf and reloads the server.
+    pub fn set_hba(&self, hba: &str) {
+        std::fs::write(self.data().join("pg_hba.conf"), hba).unwrap();
+        let out = pg_command("pg_ctl")
+            .args(["-D"])
+            .arg(self.data())
+            .arg("reload")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!(
             "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
