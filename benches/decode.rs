@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
                 let Ok(Message::Insert { new, .. }) = Message::parse(msg) else {
                     panic!("bench input")
                 };
-                row_event_body(&tx, 0, rel, &RowChange::Insert { new: &new }, &types)
+                row_event_body(&tx, 0, rel, &RowChange::Insert { new: &new }, None, &types)
                     .expect("renders")
             })
         });

@@ -5,6 +5,9 @@
 //! - [`pgoutput`]: pure decoder of the pgoutput protocol, with the relation cache.
 //! - [`value`]: renders column values exactly as PostgreSQL's `to_jsonb()` does.
 //! - [`event`]: the change event envelope consumers receive, and its JSON encoding.
+//! - [`filter`]: which changes are published (tables, ops, columns, row predicates, no-op
+//!   updates) and the flood guard for bulk transactions.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`checkpoint`]: the ack tracker that decides which LSN may be confirmed to PostgreSQL.
 //! - [`source`]: our replication connection (TLS, auth, framing, slot and publication setup).
 //! - [`sink`]: the RabbitMQ publisher (confirms, `mandatory`, bounded in-flight window).
@@ -14,7 +17,9 @@
 pub mod checkpoint;
 pub mod config;
 pub mod event;
+pub mod filter;
 pub mod lsn;
+pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod sink;

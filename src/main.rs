@@ -74,7 +74,8 @@ fn main() -> ExitCode {
             let _ = stop_tx.send(true);
         });
         info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.slot, "walrelay starting");
-        match walrelay::pipeline::run(&settings, stop_rx).await {
+        let metrics = std::sync::Arc::new(walrelay::metrics::Metrics::new());
+        match walrelay::pipeline::run(&settings, metrics, stop_rx).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!(error = %walrelay::pipeline::error_chain(&e), "walrelay stopped");

@@ -3,8 +3,10 @@
 //! Raw input is checked once, here: after start-up nothing handles raw strings. Every key is
 //! documented in `docs/configuration.md` (a test keeps the two in step). Overrides:
 //! `DATABASE_URL` and `AMQP_URL` replace the connection URLs, and `WALRELAY_<SECTION>_<KEY>`
-//! (e.g. `WALRELAY_POSTGRES_SLOT`) replaces any scalar key.
+//! (e.g. `WALRELAY_POSTGRES_SLOT`, `WALRELAY_FLOOD_MAX_CHANGES`) replaces any key of the
+//! `postgres`, `rabbitmq`, `service`, `filter`, `flood` and `http` sections.
 
+mod filter;
 pub mod secret;
 mod validate;
 
@@ -43,6 +45,10 @@ pub struct RawConfig {
     pub rabbitmq: RawRabbitmq,
     #[serde(default)]
     pub service: RawService,
+    #[serde(default)]
+    pub filter: filter::RawFilter,
+    #[serde(default)]
+    pub flood: filter::RawFlood,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -51,8 +57,6 @@ pub struct RawPostgres {
     pub url: Option<secret::Secret>,
     pub slot: Option<String>,
     pub publication: Option<String>,
-    #[serde(default)]
-    pub tables: Vec<String>,
     pub status_interval_ms: Option<u64>,
 }
 
@@ -104,7 +108,9 @@ pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Setting
                 .strip_prefix("WALRELAY_")
                 .and_then(|r| r.split_once('_'))
             {
-                Some((s, k)) if ["POSTGRES", "RABBITMQ", "SERVICE"].contains(&s) => {
+                Some((s, k))
+                    if ["POSTGRES", "RABBITMQ", "SERVICE", "FILTER", "FLOOD"].contains(&s) =>
+                {
                     (s.to_lowercase(), k.to_lowercase())
                 }
                 _ => continue,

@@ -3,9 +3,10 @@
 use super::*;
 
 const MINIMAL: &str = r#"
+[filter]
+include = ["public.orders", "public.users"]
 [postgres]
 url = "postgres://walrelay:s3cret-canary@db:5432/app"
-tables = ["public.orders", "public.users"]
 [rabbitmq]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 "#;
@@ -24,7 +25,10 @@ fn minimal_file_gets_defaults() {
     assert_eq!(s.slot, "walrelay");
     assert_eq!(s.publication, "walrelay");
     assert_eq!(s.sink.exchange, "walrelay");
-    assert_eq!(s.tables.len(), 2);
+    assert_eq!(s.filter.include.len(), 2);
+    assert!(s.filter.rules.is_empty());
+    assert_eq!(s.filter.flood.policy, crate::filter::FloodPolicy::Publish);
+    assert!(!s.filter.counts_changes());
     assert_eq!(s.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
     assert_eq!(s.postgres.dbname, "app");
 }
@@ -66,8 +70,8 @@ fn errors_name_the_key() {
     assert!(e.message.contains("invalid type"), "{e}");
     let e = err(MINIMAL, &[("WALRELAY_POSTGRES_SLOT", "Bad-Slot")]);
     assert_eq!(e.key, "postgres.slot");
-    let e = err(&MINIMAL.replace("public.users", "users"), &[]);
-    assert_eq!(e.key, "postgres.tables");
+    let e = err(&MINIMAL.replace("public.users", "a.b.c"), &[]);
+    assert_eq!(e.key, "filter.include");
     let e = err(
         &format!("{MINIMAL}routing_key = \"{{schema}}.{{tbl}}\"\n"),
         &[],
@@ -83,4 +87,76 @@ fn secrets_never_appear_in_debug_or_errors() {
     assert!(!format!("{s:?}").contains("s3cret-canary"));
     let e = err(&MINIMAL.replace("db:5432", "db:notaport"), &[]);
     assert!(!e.to_string().contains("s3cret-canary"), "{e}");
+}
+
+#[test]
+fn filter_and_flood_sections() {
+    let text = format!(
+        "{MINIMAL}
+[flood]
+max_changes = 1000
+marker_prefix = \"walrelay\"
+origins = [\"bulk_loader\"]
+policy = \"summarize\"
+reroute_exchange = \"slow\"
+[[filter.table]]
+name = \"public.orders\"
+ops = [\"insert\", \"update\"]
+ignore = [\"card\"]
+where = \"new.status == 'paid'\"
+skip_noop_updates = true
+exchange = \"orders\"
+routing_key = \"orders.{{op}}.{{key.id}}.{{partition}}\"
+partitions = 8
+flood_policy = \"reroute\"
+"
+    );
+    let s = from_str_with_env(&text, &[]).unwrap();
+    let r = &s.filter.rules[0];
+    assert!(r.ops.contains(crate::event::Op::Update) && !r.ops.contains(crate::event::Op::Delete));
+    assert_eq!(r.partitions, Some(8));
+    assert_eq!(s.filter.flood.max_changes, Some(1000));
+    assert!(s.filter.counts_changes());
+    assert_eq!(s.sink.extra_exchanges, ["orders", "slow"]);
+    // Environment overrides reach the new sections too.
+    let s = from_str_with_env(&text, &[("WALRELAY_FLOOD_MAX_CHANGES".into(), "5".into())]).unwrap();
+    assert_eq!(s.filter.flood.max_changes, Some(5));
+}
+
+#[test]
+fn filter_errors_name_the_key() {
+    let table =
+        |body: &str| format!("{MINIMAL}\n[[filter.table]]\nname = \"public.orders\"\n{body}\n");
+    let cases = [
+        ("ops = [\"upsert\"]", "filter.table[0].ops"),
+        ("ops = []", "filter.table[0].ops"),
+        ("where = \"new.a +\"", "filter.table[0].where"),
+        ("where = \"size(new.a) > 1\"", "filter.table[0].where"),
+        ("partitions = 0", "filter.table[0].partitions"),
+        (
+            "routing_key = \"{partition}\"",
+            "filter.table[0].routing_key",
+        ),
+        ("routing_key = \"{key}\"", "filter.table[0].routing_key"),
+        (
+            "columns = [\"a\"]\nignore = [\"a\"]",
+            "filter.table[0].ignore",
+        ),
+        ("flood_policy = \"drop\"", "filter.table[0].flood_policy"),
+        ("flood_policy = \"reroute\"", "flood.reroute_exchange"),
+        ("max_changes = 0", "filter.table[0].max_changes"),
+    ];
+    for (body, key) in cases {
+        let e = err(&table(body), &[]);
+        assert_eq!(e.key, key, "{body}: {e}");
+    }
+    let e = err(
+        &format!("{MINIMAL}\n[[filter.table]]\nops = [\"insert\"]\n"),
+        &[],
+    );
+    assert_eq!(e.key, "filter.table[0].name");
+    let e = err(&format!("{MINIMAL}routing_key = \"{{partition}}\"\n"), &[]);
+    assert_eq!(e.key, "rabbitmq.routing_key");
+    let e = err(&format!("{MINIMAL}\n[flood]\nmax_changes = 0\n"), &[]);
+    assert_eq!(e.key, "flood.max_changes");
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::*;
 use crate::event::routing::RoutingTemplate;
+use crate::filter::FilterSettings;
 use crate::sink::SinkSettings;
 use crate::source::params::ConnParams;
-use crate::source::setup::TableName;
 
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,8 +32,9 @@ pub struct Settings {
     pub postgres: ConnParams,
     pub slot: String,
     pub publication: String,
-    /// Tables for the publication walrelay creates when it does not exist.
-    pub tables: Vec<TableName>,
+    /// Which changes are published and how; also decides the tables (and operations) of the
+    /// publication walrelay creates when it does not exist.
+    pub filter: FilterSettings,
     pub status_interval: Duration,
     pub sink: SinkSettings,
     pub routing_key: RoutingTemplate,
@@ -53,17 +54,6 @@ fn is_valid_slot_name(s: &str) -> bool {
         && s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-fn parse_table(s: &str) -> Option<TableName> {
-    let (schema, name) = s.split_once('.')?;
-    if schema.is_empty() || name.is_empty() || name.contains('.') {
-        return None;
-    }
-    Some(TableName {
-        schema: schema.to_owned(),
-        name: name.to_owned(),
-    })
 }
 
 fn positive(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
@@ -101,19 +91,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must be 1 to 63 characters".into(),
         ));
     }
-    let tables = raw
-        .postgres
-        .tables
-        .iter()
-        .map(|t| {
-            parse_table(t).ok_or_else(|| {
-                ConfigError::new(
-                    "postgres.tables",
-                    format!("{t:?} is not of the form \"schema.table\""),
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let status_interval = positive(
         "postgres.status_interval_ms",
         raw.postgres.status_interval_ms,
@@ -148,6 +125,28 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         .unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_owned());
     let routing_key = RoutingTemplate::parse(&template)
         .map_err(|e| ConfigError::new("rabbitmq.routing_key", e.to_string()))?;
+    if routing_key.uses_partition() {
+        return Err(ConfigError::new(
+            "rabbitmq.routing_key",
+            "{partition} needs a table's partitions: use it in a [[filter.table]] routing_key"
+                .into(),
+        ));
+    }
+    let filter = super::filter::validate(raw.filter, raw.flood)?;
+    let mut extra_exchanges: Vec<String> = filter
+        .rules
+        .iter()
+        .filter_map(|r| r.exchange.clone())
+        .chain(
+            filter
+                .flood
+                .reroute
+                .as_ref()
+                .and_then(|r| r.exchange.clone()),
+        )
+        .collect();
+    extra_exchanges.sort();
+    extra_exchanges.dedup();
     let max_in_flight = raw.rabbitmq.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
     if !(1..=100_000).contains(&max_in_flight) {
         return Err(ConfigError::new(
@@ -206,11 +205,12 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         postgres,
         slot,
         publication,
-        tables,
+        filter,
         status_interval,
         sink: SinkSettings {
             url: amqp_url,
             exchange,
+            extra_exchanges,
             declare_exchange: raw.rabbitmq.declare_exchange.unwrap_or(true),
             max_message_bytes,
         },

@@ -79,21 +79,27 @@ impl Body {
     }
 
     /// Writes a row image as an object of column name → value. With `only_keys`, only replica
-    /// identity columns. Unchanged TOAST values are left out (they are listed separately).
-    /// On a bad value, returns the column name with the error.
+    /// identity columns; with a `mask`, only the columns it marks (filters drop the others).
+    /// Unchanged TOAST values are left out (they are listed separately).
+    /// Returns the byte range of the object; on a bad value, the column name with the error.
     pub fn row(
         &mut self,
         name: &str,
         rel: &Relation,
         tuple: &TupleData<'_>,
         only_keys: bool,
+        mask: Option<&[bool]>,
         types: &TypeRegistry,
-    ) -> Result<(), (String, ValueError)> {
+    ) -> Result<std::ops::Range<usize>, (String, ValueError)> {
         self.key(name);
+        let start = self.out.len();
         self.out.push('{');
         let mut first = true;
-        for (col, datum) in rel.columns.iter().zip(&tuple.columns) {
+        for (i, (col, datum)) in rel.columns.iter().zip(&tuple.columns).enumerate() {
             if only_keys && !col.is_key {
+                continue;
+            }
+            if mask.is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {
                 continue;
             }
             if matches!(datum, Datum::UnchangedToast) {
@@ -114,7 +120,7 @@ impl Body {
             }
         }
         self.out.push('}');
-        Ok(())
+        Ok(start..self.out.len())
     }
 
     pub fn finish(mut self) -> Vec<u8> {

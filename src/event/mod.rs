@@ -26,6 +26,8 @@ pub enum Op {
     Delete,
     Truncate,
     Message,
+    /// A summary of a bulk transaction (see the flood guard in `filter`).
+    Bulk,
 }
 
 impl Op {
@@ -36,6 +38,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Truncate => "truncate",
             Op::Message => "message",
+            Op::Bulk => "bulk",
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct Event {
     pub commit_lsn: Lsn,
     pub commit_time_us: Option<i64>,
     pub routing_key: String,
+    /// The exchange, when a table rule or the flood guard overrides the default one.
+    pub exchange: Option<Arc<str>>,
     pub body: Vec<u8>,
 }
 
@@ -116,32 +121,20 @@ pub fn event_id(commit_lsn: Lsn, index: u64) -> String {
     format!("{commit_lsn}:{index}")
 }
 
-/// Builds the body of an insert, update or delete.
-pub fn row_event_body(
-    tx: &TxContext,
-    index: u64,
-    rel: &Arc<Relation>,
-    change: &RowChange<'_>,
-    types: &TypeRegistry,
-) -> Result<(String, Vec<u8>), EventError> {
-    let id = event_id(tx.commit_lsn, index);
-    let op = change.op();
-    let mut body = Body::start(&id, op, Some((&rel.schema, &rel.name)), tx);
-    let render = |b: &mut Body, field: &str, tuple: &TupleData<'_>, only_keys: bool| {
-        check_width(rel, tuple)?;
-        b.row(field, rel, tuple, only_keys, types)
-            .map_err(|(column, source)| EventError::Value {
-                schema: rel.schema.clone(),
-                table: rel.name.clone(),
-                column,
-                source,
-            })
-    };
+/// A rendered row event.
+pub struct RowBody {
+    pub id: String,
+    pub body: Vec<u8>,
+    /// Where the `key` object sits in `body` (absent when the key is null).
+    pub key: Option<std::ops::Range<usize>>,
+}
+
+/// The tuple an event's key comes from: the old image when there is one (it holds the key the
+/// row had), else the new image (an insert, or an update that left the key unchanged).
+pub fn key_tuple<'a>(rel: &Relation, change: &'a RowChange<'a>) -> Option<&'a TupleData<'a>> {
     let has_identity =
         rel.replica_identity != ReplicaIdentity::Nothing && rel.columns.iter().any(|c| c.is_key);
-    // `key`: identity columns, from the old image when there is one (it holds the key the row
-    // had), else from the new image (an insert, or an update that left the key unchanged).
-    let key_source: Option<&TupleData<'_>> = match change {
+    match change {
         _ if !has_identity => None,
         RowChange::Insert { new } => Some(new),
         RowChange::Update {
@@ -152,11 +145,41 @@ pub fn row_event_body(
         RowChange::Delete {
             old: OldTuple::Key(t) | OldTuple::Full(t),
         } => Some(t),
-    };
-    match key_source {
-        Some(t) => render(&mut body, "key", t, true)?,
-        None => body.null_field("key"),
     }
+}
+
+/// Builds the body of an insert, update or delete. `mask` marks the published columns (none:
+/// all); key columns are always published (the filter config refuses to hide them).
+pub fn row_event_body(
+    tx: &TxContext,
+    index: u64,
+    rel: &Arc<Relation>,
+    change: &RowChange<'_>,
+    mask: Option<&[bool]>,
+    types: &TypeRegistry,
+) -> Result<RowBody, EventError> {
+    let id = event_id(tx.commit_lsn, index);
+    let op = change.op();
+    let mut body = Body::start(&id, op, Some((&rel.schema, &rel.name)), tx);
+    let render = |b: &mut Body, field: &str, tuple: &TupleData<'_>, only_keys: bool| {
+        check_width(rel, tuple)?;
+        b.row(field, rel, tuple, only_keys, mask, types)
+            .map_err(|(column, source)| EventError::Value {
+                schema: rel.schema.clone(),
+                table: rel.name.clone(),
+                column,
+                source,
+            })
+    };
+    let has_identity =
+        rel.replica_identity != ReplicaIdentity::Nothing && rel.columns.iter().any(|c| c.is_key);
+    let key = match key_tuple(rel, change) {
+        Some(t) => Some(render(&mut body, "key", t, true)?),
+        None => {
+            body.null_field("key");
+            None
+        }
+    };
     match change {
         RowChange::Insert { .. } => body.null_field("old"),
         RowChange::Update {
@@ -165,23 +188,23 @@ pub fn row_event_body(
         }
         | RowChange::Delete {
             old: OldTuple::Full(t),
-        } => render(&mut body, "old", t, false)?,
+        } => render(&mut body, "old", t, false).map(|_| ())?,
         RowChange::Update {
             old: Some(OldTuple::Key(t)),
             ..
         }
         | RowChange::Delete {
             old: OldTuple::Key(t),
-        } => render(&mut body, "old", t, true)?,
+        } => render(&mut body, "old", t, true).map(|_| ())?,
         // The key did not change, so the old key is the new row's key.
         RowChange::Update { old: None, new } if has_identity => {
-            render(&mut body, "old", new, true)?
+            render(&mut body, "old", new, true).map(|_| ())?
         }
         RowChange::Update { old: None, .. } => body.null_field("old"),
     }
     match change {
         RowChange::Insert { new } | RowChange::Update { new, .. } => {
-            render(&mut body, "new", new, false)?
+            render(&mut body, "new", new, false).map(|_| ())?
         }
         RowChange::Delete { .. } => body.null_field("new"),
     }
@@ -190,13 +213,21 @@ pub fn row_event_body(
             .columns
             .iter()
             .zip(&new.columns)
-            .filter(|(_, d)| matches!(d, Datum::UnchangedToast))
-            .map(|(c, _)| c.name.as_str())
+            .enumerate()
+            .filter(|(i, (_, d))| {
+                matches!(d, Datum::UnchangedToast)
+                    && mask.is_none_or(|m| m.get(*i).copied().unwrap_or(true))
+            })
+            .map(|(_, (c, _))| c.name.as_str())
             .collect(),
         _ => Vec::new(),
     };
     body.string_list("unchanged_toast", &unchanged);
-    Ok((id, body.finish()))
+    Ok(RowBody {
+        id,
+        body: body.finish(),
+        key,
+    })
 }
 
 fn check_width(rel: &Relation, tuple: &TupleData<'_>) -> Result<(), EventError> {
@@ -261,6 +292,52 @@ pub fn message_event_body(
     body.raw_field(
         "transactional",
         if transactional { "true" } else { "false" },
+    );
+    (id, body.finish())
+}
+
+/// What a bulk (flood) summary says about one table of one transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BulkSummary {
+    /// Why the transaction is a flood: `max_changes`, `marker` or `origin`.
+    pub reason: &'static str,
+    pub inserts: u64,
+    pub updates: u64,
+    pub deletes: u64,
+    pub truncates: u64,
+    /// The `key` objects (JSON) of the first and last row changed, when the rows have keys.
+    pub first_key: Option<String>,
+    pub last_key: Option<String>,
+}
+
+/// Builds the body of a bulk summary event (op `bulk`). `index` is the position of the
+/// table's first change in the transaction, so the id is stable across replays.
+pub fn bulk_event_body(
+    tx: &TxContext,
+    index: u64,
+    rel: &Relation,
+    summary: &BulkSummary,
+) -> (String, Vec<u8>) {
+    let id = event_id(tx.commit_lsn, index);
+    let mut body = Body::start(&id, Op::Bulk, Some((&rel.schema, &rel.name)), tx);
+    for f in ["key", "old", "new"] {
+        body.null_field(f);
+    }
+    body.string_list("unchanged_toast", &[]);
+    let s = summary;
+    body.raw_field(
+        "bulk",
+        &format!(
+            "{{\"reason\":\"{}\",\"counts\":{{\"insert\":{},\"update\":{},\"delete\":{},\"truncate\":{}}},\"total\":{},\"first_key\":{},\"last_key\":{}}}",
+            s.reason,
+            s.inserts,
+            s.updates,
+            s.deletes,
+            s.truncates,
+            s.inserts + s.updates + s.deletes + s.truncates,
+            s.first_key.as_deref().unwrap_or("null"),
+            s.last_key.as_deref().unwrap_or("null"),
+        ),
     );
     (id, body.finish())
 }

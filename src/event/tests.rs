@@ -31,9 +31,18 @@ const TX: TxContext = TxContext {
 };
 
 fn body(rel: &Arc<Relation>, change: RowChange<'_>) -> Value {
-    let (id, bytes) = row_event_body(&TX, 3, rel, &change, &TypeRegistry::builtin()).unwrap();
-    assert_eq!(id, "1/10:3");
-    serde_json::from_slice(&bytes).unwrap()
+    let out = row_event_body(&TX, 3, rel, &change, None, &TypeRegistry::builtin()).unwrap();
+    assert_eq!(out.id, "1/10:3");
+    let v: Value = serde_json::from_slice(&out.body).unwrap();
+    // The recorded key span is exactly the `key` object.
+    match out.key {
+        Some(span) => {
+            let k: Value = serde_json::from_slice(&out.body[span]).unwrap();
+            assert_eq!(k, v["key"]);
+        }
+        None => assert!(v["key"].is_null()),
+    }
+    v
 }
 
 fn tuple<'a>(d: Vec<Datum<'a>>) -> TupleData<'a> {
@@ -135,6 +144,7 @@ fn column_count_mismatch_and_bad_values_are_errors() {
             0,
             &r,
             &RowChange::Insert { new: &short },
+            None,
             &TypeRegistry::builtin()
         ),
         Err(EventError::ColumnCount { .. })
@@ -145,9 +155,11 @@ fn column_count_mismatch_and_bad_values_are_errors() {
         0,
         &r,
         &RowChange::Insert { new: &bad },
+        None,
         &TypeRegistry::builtin(),
     )
-    .unwrap_err();
+    .err()
+    .unwrap();
     assert!(
         err.to_string().contains("public.users column name"),
         "{err}"
@@ -169,4 +181,52 @@ fn truncate_and_message_bodies() {
     assert_eq!(v["content"], "\\xff00");
     assert_eq!(v["schema"], Value::Null);
     assert_eq!(v["prefix"], "app");
+}
+
+#[test]
+fn masked_columns_vanish_from_every_image() {
+    let r = rel(ReplicaIdentity::Full, [true, false, false]);
+    let new = tuple(vec![
+        Datum::Text(b"7"),
+        Datum::Text(b"ann"),
+        Datum::UnchangedToast,
+    ]);
+    let old = tuple(vec![
+        Datum::Text(b"7"),
+        Datum::Text(b"bob"),
+        Datum::Text(b"x"),
+    ]);
+    let change = RowChange::Update {
+        old: Some(&OldTuple::Full(old)),
+        new: &new,
+    };
+    let mask = [true, false, false];
+    let out = row_event_body(&TX, 0, &r, &change, Some(&mask), &TypeRegistry::builtin()).unwrap();
+    let v: Value = serde_json::from_slice(&out.body).unwrap();
+    for image in ["old", "new"] {
+        let cols: Vec<&String> = v[image].as_object().unwrap().keys().collect();
+        assert_eq!(cols, ["id"], "{image}: {v}");
+    }
+    assert_eq!(v["unchanged_toast"], serde_json::json!([]));
+}
+
+#[test]
+fn bulk_body() {
+    let r = rel(ReplicaIdentity::Default, [true, false, false]);
+    let s = BulkSummary {
+        reason: "marker",
+        inserts: 2,
+        updates: 3,
+        first_key: Some("{\"id\":1}".into()),
+        ..Default::default()
+    };
+    let (id, b) = bulk_event_body(&TX, 5, &r, &s);
+    assert_eq!(id, "1/10:5");
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["op"], "bulk");
+    assert_eq!(v["bulk"]["reason"], "marker");
+    assert_eq!(v["bulk"]["counts"]["update"], 3);
+    assert_eq!(v["bulk"]["total"], 5);
+    assert_eq!(v["bulk"]["first_key"]["id"], 1);
+    assert!(v["bulk"]["last_key"].is_null());
 }

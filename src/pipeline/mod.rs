@@ -7,10 +7,12 @@
 //! confirming ends the session: while the broker is down walrelay holds no walsender, so a
 //! Postgres shutdown or failover never waits for us.
 
+mod changes;
 pub mod publish;
 pub mod replicate;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -19,11 +21,13 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint::AckTracker;
 use crate::config::Settings;
+use crate::filter::flood::FloodGuard;
 use crate::lsn::Lsn;
+use crate::metrics::Metrics;
 use crate::pgoutput::RelationCache;
 use crate::sink::{Publisher, SinkError};
 use crate::source::stream::ReplicationStream;
-use crate::source::{Connection, SourceError, setup};
+use crate::source::{Connection, SourceError, publication, setup};
 use publish::PublishLoop;
 use replicate::{Replicator, Stop};
 
@@ -61,7 +65,11 @@ struct Memory {
 }
 
 /// Runs sessions until `shutdown` becomes true (Ok) or a permanent error (Err).
-pub async fn run(settings: &Settings, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+pub async fn run(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
     let mut memory = Memory::default();
     let mut delay = settings.reconnect_min;
     loop {
@@ -69,7 +77,7 @@ pub async fn run(settings: &Settings, mut shutdown: watch::Receiver<bool>) -> Re
             return Ok(());
         }
         let started = Instant::now();
-        match session(settings, &mut shutdown, &mut memory).await {
+        match session(settings, &metrics, &mut shutdown, &mut memory).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
                 if started.elapsed() > settings.reconnect_max {
@@ -107,13 +115,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 async fn session(
     settings: &Settings,
+    metrics: &Arc<Metrics>,
     shutdown: &mut watch::Receiver<bool>,
     memory: &mut Memory,
 ) -> Result<(), RunError> {
     let publisher = Publisher::connect(&settings.sink).await?;
     let mut conn = Connection::connect(&settings.postgres, true).await?;
     let (database, _) = setup::identify_system(&mut conn).await?;
-    setup::ensure_publication(&mut conn, &settings.publication, &settings.tables).await?;
+    publication::ensure_publication(&mut conn, &settings.publication, &settings.filter).await?;
+    publication::check_rules(
+        &mut conn,
+        &settings.publication,
+        &settings.filter,
+        &settings.routing_key,
+    )
+    .await?;
     let slot = setup::ensure_slot(&mut conn, &settings.slot, &database, memory.known).await?;
     let types = setup::load_types(&mut conn).await?;
     let mut status_interval = settings.status_interval;
@@ -146,6 +162,14 @@ async fn session(
         types,
         routing: settings.routing_key.clone(),
         publish_messages: settings.publish_messages,
+        filter: Arc::new(settings.filter.clone()),
+        views: HashMap::new(),
+        flood: FloodGuard::new(
+            settings.filter.flood.clone(),
+            settings.filter.counts_changes(),
+            Arc::clone(metrics),
+        ),
+        metrics: Arc::clone(metrics),
         tx,
         acked: acked_rx.clone(),
         status_interval,

@@ -24,6 +24,7 @@ use crate::sink::{Publisher, SinkError};
 struct InFlight {
     confirm: PublisherConfirm,
     id: String,
+    exchange: Option<std::sync::Arc<str>>,
     routing_key: String,
 }
 
@@ -55,7 +56,7 @@ impl PublishLoop {
                 answer = async { (&mut window.front_mut().expect("guarded by is_empty").confirm).await },
                     if !window.is_empty() => {
                     let done = window.pop_front().expect("guarded by is_empty");
-                    self.publisher.check(answer, &done.id, &done.routing_key)?;
+                    self.publisher.check(answer, &done.id, done.exchange.as_deref(), &done.routing_key)?;
                     self.tracker.confirmed_one()?;
                     last_progress = Instant::now();
                     self.publish_position();
@@ -75,7 +76,7 @@ impl PublishLoop {
                             .await
                             .map_err(|_| SinkError::Stalled { waited: self.confirm_timeout, in_flight: window.len() })??;
                         self.tracker.published();
-                        window.push_back(InFlight { confirm, id: ev.id, routing_key: ev.routing_key });
+                        window.push_back(InFlight { confirm, id: ev.id, exchange: ev.exchange, routing_key: ev.routing_key });
                     }
                     Some(Outbound::Position(lsn)) => {
                         self.tracker.close_unit(lsn);

@@ -10,17 +10,20 @@
 //!    anything is pending: TCP back-pressure, bounded memory);
 //! 4. reading the next message from the server.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, trace};
+use tracing::trace;
 
 use crate::event::routing::RoutingTemplate;
-use crate::event::{self, Event, Op, RowChange, TxContext};
+use crate::event::{Event, TxContext};
+use crate::filter::flood::FloodGuard;
+use crate::filter::{FilterSettings, TableView};
 use crate::lsn::Lsn;
-use crate::pgoutput::{Message, RelationCache};
+use crate::metrics::Metrics;
+use crate::pgoutput::RelationCache;
 use crate::source::SourceError;
 use crate::source::stream::{ReplMessage, ReplicationStream};
 use crate::value::TypeRegistry;
@@ -48,8 +51,14 @@ pub struct Replicator {
     pub stream: ReplicationStream,
     pub relations: RelationCache,
     pub types: TypeRegistry,
+    /// The default routing key template (tables may override it).
     pub routing: RoutingTemplate,
     pub publish_messages: bool,
+    pub filter: Arc<FilterSettings>,
+    /// The filter's verdicts per relation OID, resolved when pgoutput describes the relation.
+    pub views: HashMap<u32, Arc<TableView>>,
+    pub flood: FloodGuard,
+    pub metrics: Arc<Metrics>,
     pub tx: mpsc::Sender<Outbound>,
     /// Latest broker-confirmed position, written by the publisher (a back edge that never blocks).
     pub acked: watch::Receiver<Lsn>,
@@ -136,11 +145,13 @@ impl Replicator {
     }
 
     async fn handle(&mut self, msg: ReplMessage) -> Result<(), SourceError> {
+        self.metrics.touch_server();
         match msg {
             ReplMessage::Keepalive {
                 wal_end,
                 reply_requested,
             } => {
+                self.metrics.server_wal_end.set(wal_end.0);
                 if reply_requested {
                     self.send_status(false).await?;
                 }
@@ -154,157 +165,16 @@ impl Replicator {
             }
             ReplMessage::XLogData {
                 wal_start,
-                wal_end: _,
+                wal_end,
                 data,
             } => {
+                self.metrics.server_wal_end.set(wal_end.0);
                 if wal_start > self.received {
                     self.received = wal_start;
                 }
                 self.decode(&data)?;
             }
         }
-        Ok(())
-    }
-
-    fn event(
-        &self,
-        tx: &TxContext,
-        id: String,
-        op: Op,
-        schema: &str,
-        table: &str,
-        body: Vec<u8>,
-    ) -> Event {
-        Event {
-            routing_key: self.routing.render(schema, table, op.as_str()),
-            id,
-            op,
-            schema: schema.to_owned(),
-            table: table.to_owned(),
-            commit_lsn: tx.commit_lsn,
-            commit_time_us: tx.commit_time_us,
-            body,
-        }
-    }
-
-    fn open_tx(&mut self, what: &str) -> Result<(TxContext, u64), SourceError> {
-        let (ctx, index) = self
-            .open
-            .as_mut()
-            .ok_or_else(|| SourceError::Protocol(format!("{what} outside a transaction")))?;
-        let current = (*ctx, *index);
-        *index += 1;
-        Ok(current)
-    }
-
-    fn decode(&mut self, data: &[u8]) -> Result<(), SourceError> {
-        match Message::parse(data)? {
-            Message::Begin(b) => {
-                let ctx = TxContext {
-                    commit_lsn: b.final_lsn,
-                    xid: Some(b.xid),
-                    commit_time_us: Some(b.commit_time_us),
-                };
-                self.open = Some((ctx, 0));
-            }
-            Message::Commit(c) => {
-                self.open = None;
-                if c.end_lsn > self.received {
-                    self.received = c.end_lsn;
-                }
-                self.pending.push_back(Outbound::Position(c.end_lsn));
-            }
-            Message::Relation(r) => {
-                debug!(schema = %r.schema, table = %r.name, oid = r.oid, "relation");
-                self.relations.insert(r);
-            }
-            Message::Type { oid, .. } => debug!(oid, "type message"),
-            Message::Origin { name, .. } => {
-                debug!(origin = name, "transaction from a replication origin")
-            }
-            Message::Insert { relation_oid, new } => {
-                self.row(relation_oid, RowChange::Insert { new: &new })?
-            }
-            Message::Update {
-                relation_oid,
-                old,
-                new,
-            } => self.row(
-                relation_oid,
-                RowChange::Update {
-                    old: old.as_ref(),
-                    new: &new,
-                },
-            )?,
-            Message::Delete { relation_oid, old } => {
-                self.row(relation_oid, RowChange::Delete { old: &old })?
-            }
-            Message::Truncate(t) => {
-                for oid in &t.relation_oids {
-                    let (ctx, index) = self.open_tx("truncate")?;
-                    let rel = Arc::clone(self.relation(*oid)?);
-                    let (id, body) = event::truncate_event_body(
-                        &ctx,
-                        index,
-                        &rel,
-                        t.cascade,
-                        t.restart_identity,
-                    );
-                    let ev = self.event(&ctx, id, Op::Truncate, &rel.schema, &rel.name, body);
-                    self.pending.push_back(Outbound::Event(ev));
-                }
-            }
-            Message::Message(m) => {
-                let (ctx, index) = if m.transactional {
-                    self.open_tx("transactional message")?
-                } else {
-                    (
-                        TxContext {
-                            commit_lsn: m.lsn,
-                            xid: None,
-                            commit_time_us: None,
-                        },
-                        0,
-                    )
-                };
-                if self.publish_messages {
-                    let (id, body) = event::message_event_body(
-                        &ctx,
-                        index,
-                        m.prefix,
-                        m.content,
-                        m.transactional,
-                    );
-                    let ev = self.event(&ctx, id, Op::Message, "", m.prefix, body);
-                    self.pending.push_back(Outbound::Event(ev));
-                }
-                // A non-transactional message stands alone: confirming its own LSN makes the
-                // server send it again after a reconnect (a duplicate, never a loss).
-                if !m.transactional && self.open.is_none() {
-                    self.pending.push_back(Outbound::Position(m.lsn));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn relation(&self, oid: u32) -> Result<&Arc<crate::pgoutput::Relation>, SourceError> {
-        self.relations
-            .get(oid)
-            .ok_or(SourceError::Event(event::EventError::UnknownRelation(oid)))
-    }
-
-    fn row(&mut self, oid: u32, change: RowChange<'_>) -> Result<(), SourceError> {
-        let (ctx, index) = self.open_tx("row change")?;
-        let rel = Arc::clone(self.relation(oid)?);
-        let (id, body) = event::row_event_body(&ctx, index, &rel, &change, &self.types)?;
-        let op = match change {
-            RowChange::Insert { .. } => Op::Insert,
-            RowChange::Update { .. } => Op::Update,
-            RowChange::Delete { .. } => Op::Delete,
-        };
-        let ev = self.event(&ctx, id, op, &rel.schema, &rel.name, body);
-        self.pending.push_back(Outbound::Event(ev));
         Ok(())
     }
 }

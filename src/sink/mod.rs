@@ -69,7 +69,9 @@ impl SinkError {
 pub struct SinkSettings {
     pub url: Secret,
     pub exchange: String,
-    /// Declare the exchange (durable topic) at start; off when it is managed elsewhere.
+    /// Exchanges named by table rules and the flood reroute; declared like the default one.
+    pub extra_exchanges: Vec<String>,
+    /// Declare the exchanges (durable topic) at start; off when they are managed elsewhere.
     pub declare_exchange: bool,
     pub max_message_bytes: usize,
 }
@@ -98,18 +100,20 @@ impl Publisher {
             .await
             .map_err(amqp("enabling publisher confirms"))?;
         if settings.declare_exchange {
-            channel
-                .exchange_declare(
-                    settings.exchange.as_str().into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(amqp("declaring the exchange"))?;
+            for name in std::iter::once(&settings.exchange).chain(&settings.extra_exchanges) {
+                channel
+                    .exchange_declare(
+                        name.as_str().into(),
+                        ExchangeKind::Topic,
+                        ExchangeDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(amqp("declaring an exchange"))?;
+            }
         }
         Ok(Publisher {
             connection,
@@ -146,9 +150,13 @@ impl Publisher {
             let unix_secs = crate::event::time::pg_to_unix_us(t).div_euclid(1_000_000);
             props = props.with_timestamp(unix_secs.max(0) as u64);
         }
+        let exchange = match &event.exchange {
+            Some(x) => ShortString::from(&**x),
+            None => self.exchange.clone(),
+        };
         self.channel
             .basic_publish(
-                self.exchange.clone(),
+                exchange,
                 event.routing_key.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
@@ -169,13 +177,14 @@ impl Publisher {
         &self,
         answer: Result<Confirmation, lapin::Error>,
         id: &str,
+        exchange: Option<&str>,
         routing_key: &str,
     ) -> Result<(), SinkError> {
         match answer {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(_))) => Err(SinkError::Unroutable {
                 id: id.to_owned(),
-                exchange: self.exchange.to_string(),
+                exchange: exchange.map_or_else(|| self.exchange.to_string(), str::to_owned),
                 routing_key: routing_key.to_owned(),
             }),
             Ok(Confirmation::Nack(_)) => Err(SinkError::Nacked {

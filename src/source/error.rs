@@ -85,6 +85,8 @@ pub enum SourceError {
     SlotLost { slot: String, problem: String },
     #[error("setup: {0}")]
     Setup(String),
+    #[error(transparent)]
+    Filter(#[from] crate::filter::RuleError),
 }
 
 impl SourceError {

@@ -4,12 +4,15 @@
 //! - [`tls`]: rustls configuration for libpq's sslmode values.
 //! - [`wire`]: cancel-safe framing over TCP/TLS.
 //! - [`conn`]: startup, authentication (trust, cleartext, MD5, SCRAM-SHA-256), simple queries.
-//! - [`setup`]: publication, slot, type catalog, server timeouts.
+//! - [`publication`]: the publication, created from the filter's tables, and a start-up check
+//!   of the filter rules against the published tables.
+//! - [`setup`]: slot, type catalog, server timeouts.
 //! - [`stream`]: `START_REPLICATION`, XLogData/keepalive in, status updates out.
 
 pub mod conn;
 pub mod error;
 pub mod params;
+pub mod publication;
 pub mod setup;
 pub mod stream;
 pub mod tls;

@@ -1,5 +1,6 @@
-//! Preparing a replication connection: the publication, the slot, the type catalog and
-//! the server's `wal_sender_timeout`, all before `START_REPLICATION`.
+//! Preparing a replication connection: the slot, the type catalog and the server's
+//! `wal_sender_timeout`, all before `START_REPLICATION` (the publication is in
+//! [`super::publication`]).
 //!
 //! The slot is created when missing and never dropped: dropping it would throw away the
 //! position that makes delivery at-least-once. A slot that disappears or jumps ahead while
@@ -7,7 +8,7 @@
 
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use super::conn::Connection;
 use super::error::SourceError;
@@ -62,67 +63,6 @@ pub async fn identify_system(conn: &mut Connection) -> Result<(String, Lsn), Sou
         .parse::<Lsn>()
         .map_err(|e| SourceError::Protocol(e.to_string()))?;
     Ok((get(3), xlogpos))
-}
-
-/// Makes sure the publication exists, creating it for `tables` when it does not.
-pub async fn ensure_publication(
-    conn: &mut Connection,
-    publication: &str,
-    tables: &[TableName],
-) -> Result<(), SourceError> {
-    let exists = conn
-        .simple_query(&format!(
-            "SELECT 1 FROM pg_publication WHERE pubname = {}",
-            quote_literal(publication)
-        ))
-        .await?;
-    if exists.is_empty() {
-        if tables.is_empty() {
-            return Err(SourceError::Setup(format!(
-                "publication {publication:?} does not exist and postgres.tables is empty, so walrelay cannot create it"
-            )));
-        }
-        let list: Vec<String> = tables.iter().map(TableName::quoted).collect();
-        let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
-            quote_ident(publication),
-            list.join(", ")
-        );
-        match conn.simple_query(&sql).await {
-            Ok(_) => info!(publication, tables = list.len(), "created publication"),
-            Err(SourceError::Server(e)) if e.code == "42501" => {
-                return Err(SourceError::Setup(format!(
-                    "publication {publication:?} does not exist and this role may not create it ({}). \
-                     Ask the tables' owner to run: {sql}",
-                    e.message
-                )));
-            }
-            Err(SourceError::Server(e)) if e.code == "42P01" => {
-                return Err(SourceError::Setup(format!(
-                    "cannot create publication {publication:?}: {} (check postgres.tables)",
-                    e.message
-                )));
-            }
-            Err(e) => return Err(e),
-        }
-        return Ok(());
-    }
-    let published = conn
-        .simple_query(&format!(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {}",
-            quote_literal(publication)
-        ))
-        .await?;
-    for t in tables {
-        let found = published.iter().any(|r| {
-            r.first().cloned().flatten().as_deref() == Some(&t.schema)
-                && r.get(1).cloned().flatten().as_deref() == Some(&t.name)
-        });
-        if !found {
-            warn!(publication, table = %t, "configured table is not in the existing publication: its changes will not be streamed");
-        }
-    }
-    Ok(())
 }
 
 /// Finds the slot, creating it when missing. `known` is the position this process last

@@ -417,9 +417,10 @@ pub fn write_config(
 ) -> PathBuf {
     let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
     let text = format!(
-        "[postgres]\nurl = {pg_url:?}\nslot = {slot:?}\npublication = {slot:?}\ntables = [{}]\nstatus_interval_ms = 200\n\
+        "[postgres]\nurl = {pg_url:?}\nslot = {slot:?}\npublication = {slot:?}\nstatus_interval_ms = 200\n\
          [rabbitmq]\nurl = {amqp_url:?}\nexchange = {exchange:?}\nconfirm_timeout_ms = 5000\n\
-         [service]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nshutdown_timeout_ms = 5000\n{extra}",
+         [service]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nshutdown_timeout_ms = 5000\n\
+         [filter]\ninclude = [{}]\n{extra}",
         tables.join(", ")
     );
     let path = dir.join("walrelay.toml");

@@ -1,0 +1,307 @@
+//! The flood guard: decides, per transaction, whether it is a bulk "flood" (a migration, a
+//! backfill) and applies each table's flood policy to its changes.
+//!
+//! A transaction is a flood when a marker says so before its changes (a transactional logical
+//! message with the configured prefix, or a configured replication origin, which pgoutput
+//! reports right after `Begin`), or when it carries more published changes than `max_changes`
+//! (in total, or to one table). For the count, changes are held until the limit is passed or
+//! the transaction commits, so at most `max_changes` events of an undecided transaction are in
+//! memory. pgoutput v1 sends a transaction only after it committed, so holding them adds no
+//! latency. The LSN contract is untouched: the transaction's end LSN is still forwarded after
+//! its (possibly zero) events, so the slot moves past skipped and summarized floods.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::{FloodPolicy, FloodSettings, TableView};
+use crate::event::routing::RouteVars;
+use crate::event::{self, BulkSummary, Event, Op, TxContext};
+use crate::metrics::Metrics;
+use crate::pipeline::replicate::Outbound;
+
+/// A change that passed the filter, waiting for the flood decision.
+pub struct Candidate {
+    pub event: Event,
+    /// The table's rules; `None` for a logical message, which is held in order with the
+    /// changes but never counted, summarized or rerouted.
+    pub view: Option<Arc<TableView>>,
+    /// Position of the change in the transaction (the id's index).
+    pub index: u64,
+    /// Where the `key` object sits in the event body.
+    pub key: Option<std::ops::Range<usize>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Counting: changes are held until the limit or the commit.
+    Undecided,
+    /// Not a flood: changes pass straight through.
+    Normal,
+    /// A flood, for this reason.
+    Flood(&'static str),
+}
+
+/// One summarized table of a flood transaction.
+struct Summary {
+    view: Arc<TableView>,
+    first_index: u64,
+    bulk: BulkSummary,
+}
+
+/// Per-policy change counts of the current flood, for its log line.
+#[derive(Default)]
+struct Tally {
+    skipped: u64,
+    summarized: u64,
+    rerouted: u64,
+    published: u64,
+}
+
+/// The flood guard's state for the open transaction.
+pub struct FloodGuard {
+    settings: FloodSettings,
+    /// True when some count limit exists, so transactions start undecided.
+    counting: bool,
+    mode: Mode,
+    total: u64,
+    per_table: HashMap<u32, u64>,
+    held: Vec<Candidate>,
+    summaries: Vec<Summary>,
+    tally: Tally,
+    metrics: Arc<Metrics>,
+}
+
+impl FloodGuard {
+    /// `counting`: whether any count limit is configured (globally or on a table rule).
+    pub fn new(settings: FloodSettings, counting: bool, metrics: Arc<Metrics>) -> FloodGuard {
+        FloodGuard {
+            settings,
+            counting,
+            mode: Mode::Normal,
+            total: 0,
+            per_table: HashMap::new(),
+            held: Vec::new(),
+            summaries: Vec::new(),
+            tally: Tally::default(),
+            metrics,
+        }
+    }
+
+    /// Changes held while undecided (never more than the count limit, plus one).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// A transaction begins.
+    pub fn begin(&mut self) {
+        self.mode = if self.counting {
+            Mode::Undecided
+        } else {
+            Mode::Normal
+        };
+        self.total = 0;
+        self.per_table.clear();
+        self.held.clear();
+        self.summaries.clear();
+        self.tally = Tally::default();
+    }
+
+    /// pgoutput's Origin message: the transaction is replayed from a replication origin.
+    pub fn origin(&mut self, name: &str, out: &mut VecDeque<Outbound>) {
+        if self.settings.origins.iter().any(|o| o == name) {
+            self.declare(FloodReason::Origin, out);
+        }
+    }
+
+    /// A transactional logical message. Returns true when it is the flood marker (which is
+    /// consumed, never published).
+    pub fn marker(&mut self, prefix: &str, out: &mut VecDeque<Outbound>) -> bool {
+        if self.settings.marker_prefix.as_deref() != Some(prefix) {
+            return false;
+        }
+        if self.total > 0 && self.mode == Mode::Normal {
+            warn!(
+                changes_already_published = self.total,
+                "flood marker arrives after changes that were already published; it applies to the rest"
+            );
+        }
+        self.declare(FloodReason::Marker, out);
+        true
+    }
+
+    /// Offers a change that passed the filter.
+    pub fn offer(&mut self, c: Candidate, out: &mut VecDeque<Outbound>) {
+        let Some(view) = &c.view else {
+            match self.mode {
+                Mode::Undecided => self.held.push(c),
+                _ => out.push_back(Outbound::Event(c.event)),
+            }
+            return;
+        };
+        let table_max = view.max_changes;
+        self.total += 1;
+        let table_count = {
+            let n = self.per_table.entry(view.rel.oid).or_default();
+            *n += 1;
+            *n
+        };
+        match self.mode {
+            Mode::Normal => out.push_back(Outbound::Event(c.event)),
+            Mode::Flood(_) => self.apply(c, out),
+            Mode::Undecided => {
+                let over_total = self.settings.max_changes.is_some_and(|m| self.total > m);
+                let over_table = table_max.is_some_and(|m| table_count > m);
+                self.held.push(c);
+                if over_total || over_table {
+                    self.declare(FloodReason::MaxChanges, out);
+                }
+            }
+        }
+    }
+
+    /// The transaction commits: held changes are released, summaries are emitted.
+    pub fn commit(&mut self, tx: &TxContext, out: &mut VecDeque<Outbound>) {
+        match self.mode {
+            Mode::Undecided | Mode::Normal => {
+                out.extend(self.held.drain(..).map(|c| Outbound::Event(c.event)));
+            }
+            Mode::Flood(reason) => {
+                for s in self.summaries.drain(..) {
+                    let rel = &s.view.rel;
+                    let (id, body) = event::bulk_event_body(tx, s.first_index, rel, &s.bulk);
+                    let routing_key = s.view.routing.render(&RouteVars {
+                        schema: &rel.schema,
+                        table: &rel.name,
+                        op: Op::Bulk.as_str(),
+                        key: None,
+                        partition: s.view.partitions.map(|_| 0),
+                    });
+                    out.push_back(Outbound::Event(Event {
+                        id,
+                        op: Op::Bulk,
+                        schema: rel.schema.clone(),
+                        table: rel.name.clone(),
+                        commit_lsn: tx.commit_lsn,
+                        commit_time_us: tx.commit_time_us,
+                        routing_key,
+                        exchange: s.view.exchange.clone(),
+                        body,
+                    }));
+                }
+                let t = &self.tally;
+                info!(
+                    commit_lsn = %tx.commit_lsn,
+                    xid = tx.xid,
+                    reason,
+                    changes = self.total,
+                    skipped = t.skipped,
+                    summarized = t.summarized,
+                    rerouted = t.rerouted,
+                    published = t.published,
+                    "flood transaction"
+                );
+                self.metrics.flood_events("skip", t.skipped);
+                self.metrics.flood_events("summarize", t.summarized);
+                self.metrics.flood_events("reroute", t.rerouted);
+                self.metrics.flood_events("publish", t.published);
+            }
+        }
+        self.mode = Mode::Normal;
+    }
+
+    fn declare(&mut self, reason: FloodReason, out: &mut VecDeque<Outbound>) {
+        if matches!(self.mode, Mode::Flood(_)) {
+            return;
+        }
+        let reason = reason.as_str();
+        self.mode = Mode::Flood(reason);
+        self.metrics
+            .flood_transactions
+            .get_or_create(&[("trigger", reason)])
+            .inc();
+        let held: Vec<Candidate> = self.held.drain(..).collect();
+        for c in held {
+            self.apply(c, out);
+        }
+    }
+
+    fn apply(&mut self, mut c: Candidate, out: &mut VecDeque<Outbound>) {
+        let Some(view) = c.view.clone() else {
+            out.push_back(Outbound::Event(c.event));
+            return;
+        };
+        match view.flood_policy {
+            FloodPolicy::Publish => {
+                self.tally.published += 1;
+                out.push_back(Outbound::Event(c.event));
+            }
+            FloodPolicy::Skip => self.tally.skipped += 1,
+            FloodPolicy::Reroute => {
+                self.tally.rerouted += 1;
+                if let Some(r) = &self.settings.reroute {
+                    if let Some(x) = &r.exchange {
+                        c.event.exchange = Some(Arc::from(x.as_str()));
+                    }
+                    c.event.routing_key.insert_str(0, &r.prefix);
+                }
+                out.push_back(Outbound::Event(c.event));
+            }
+            FloodPolicy::Summarize => {
+                self.tally.summarized += 1;
+                let Mode::Flood(reason) = self.mode else {
+                    return;
+                };
+                let key = c
+                    .key
+                    .as_ref()
+                    .and_then(|r| c.event.body.get(r.clone()))
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .map(str::to_owned);
+                let oid = view.rel.oid;
+                let pos = match self.summaries.iter().position(|s| s.view.rel.oid == oid) {
+                    Some(p) => p,
+                    None => {
+                        self.summaries.push(Summary {
+                            view: Arc::clone(&view),
+                            first_index: c.index,
+                            bulk: BulkSummary {
+                                reason,
+                                first_key: key.clone(),
+                                ..Default::default()
+                            },
+                        });
+                        self.summaries.len() - 1
+                    }
+                };
+                let b = &mut self.summaries[pos].bulk;
+                match c.event.op {
+                    Op::Insert => b.inserts += 1,
+                    Op::Update => b.updates += 1,
+                    Op::Delete => b.deletes += 1,
+                    Op::Truncate => b.truncates += 1,
+                    Op::Message | Op::Bulk => {}
+                }
+                b.last_key = key;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum FloodReason {
+    MaxChanges,
+    Marker,
+    Origin,
+}
+
+impl FloodReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            FloodReason::MaxChanges => "max_changes",
+            FloodReason::Marker => "marker",
+            FloodReason::Origin => "origin",
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Row predicates (`where = "new.status == 'paid'"`): CEL syntax, parsed by the `cel` crate,
+//! compiled here into a small tree that is evaluated directly on pgoutput's text values.
+//!
+//! Why not run CEL's own interpreter: it wants every row converted into a map of CEL values
+//! (allocations per row and per column), and most of CEL (macros, arithmetic, maps) has no use
+//! in a row filter. The subset we accept is compiled once; evaluating it reads the borrowed
+//! column bytes and allocates nothing. Anything outside the subset is a config error.
+//!
+//! Accepted: `new.col` and `old.col`; `op`; string, integer, double, bool and `null` literals;
+//! `== != < <= > >=`; `&& || !`; `x in [literal, ...]`; `new.col.startsWith('p')`,
+//! `.endsWith(...)`, `.contains(...)`; a bare boolean column (`new.active`).
+
+use cel::common::ast::{Expr as CelExpr, IdedExpr, LiteralValue};
+
+use crate::pgoutput::{Datum, Relation, TupleData};
+
+/// Which row image a column reference reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Image {
+    New,
+    Old,
+}
+
+/// A literal from the expression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lit {
+    Null,
+    Bool(bool),
+    Number(f64),
+    Str(String),
+}
+
+/// One side of a comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Operand {
+    /// A column; `index` is bound per relation (`usize::MAX` until bound).
+    Column {
+        image: Image,
+        name: String,
+        index: usize,
+    },
+    /// The change's operation: `"insert"`, `"update"` or `"delete"`.
+    Op,
+    Lit(Lit),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StrFn {
+    StartsWith,
+    EndsWith,
+    Contains,
+}
+
+/// A compiled predicate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Predicate {
+    And(Box<Predicate>, Box<Predicate>),
+    Or(Box<Predicate>, Box<Predicate>),
+    Not(Box<Predicate>),
+    Cmp(Operand, CmpOp, Operand),
+    In(Operand, Vec<Lit>),
+    Str(Operand, StrFn, String),
+    /// A bare operand used as a condition: true only for a boolean `true`.
+    Truthy(Operand),
+    Const(bool),
+}
+
+/// The row a predicate is evaluated against.
+pub struct RowView<'a> {
+    pub op: &'a str,
+    pub new: Option<&'a TupleData<'a>>,
+    pub old: Option<&'a TupleData<'a>>,
+}
+
+/// A value during evaluation, borrowed from the row or the expression.
+#[derive(Clone, Copy, Debug)]
+enum Val<'a> {
+    Null,
+    /// An unchanged TOAST value: it exists, but its content was not sent.
+    Unknown,
+    /// A column's text form, or a string literal.
+    Text(&'a [u8]),
+    Bool(bool),
+    Number(f64),
+}
+
+impl Predicate {
+    /// Parses and compiles a CEL expression.
+    pub fn compile(source: &str) -> Result<Predicate, String> {
+        let ast = cel::parser::Parser::new()
+            .parse(source)
+            .map_err(|e| format!("not a valid expression: {e}"))?;
+        compile(&ast)
+    }
+
+    /// Resolves column names to positions in `rel`; an unknown column is an error naming it.
+    pub fn bind(&self, rel: &Relation) -> Result<Predicate, String> {
+        let mut out = self.clone();
+        out.visit_columns(&mut |image, name, index| {
+            *index = rel
+                .columns
+                .iter()
+                .position(|c| c.name == *name)
+                .ok_or_else(|| {
+                    format!(
+                        "{}.{name}: {}.{} has no column {name:?}",
+                        if image == Image::New { "new" } else { "old" },
+                        rel.schema,
+                        rel.name
+                    )
+                })?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The column names the predicate reads.
+    pub fn columns(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut copy = self.clone();
+        let _ = copy.visit_columns(&mut |_, name, _| {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+            Ok(())
+        });
+        names
+    }
+
+    fn visit_columns(
+        &mut self,
+        f: &mut dyn FnMut(Image, &String, &mut usize) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut operand = |o: &mut Operand| match o {
+            Operand::Column { image, name, index } => f(*image, name, index),
+            _ => Ok(()),
+        };
+        match self {
+            Predicate::And(a, b) | Predicate::Or(a, b) => {
+                a.visit_columns(f)?;
+                b.visit_columns(f)
+            }
+            Predicate::Not(a) => a.visit_columns(f),
+            Predicate::Cmp(a, _, b) => {
+                operand(a)?;
+                operand(b)
+            }
+            Predicate::In(a, _) | Predicate::Str(a, _, _) | Predicate::Truthy(a) => operand(a),
+            Predicate::Const(_) => Ok(()),
+        }
+    }
+
+    /// Evaluates a bound predicate. Allocates nothing.
+    pub fn eval(&self, row: &RowView<'_>) -> bool {
+        match self {
+            Predicate::And(a, b) => a.eval(row) && b.eval(row),
+            Predicate::Or(a, b) => a.eval(row) || b.eval(row),
+            Predicate::Not(a) => !a.eval(row),
+            Predicate::Cmp(a, op, b) => compare(value(a, row), *op, value(b, row)),
+            Predicate::In(a, list) => {
+                let v = value(a, row);
+                list.iter().any(|l| compare(v, CmpOp::Eq, lit_value(l)))
+            }
+            Predicate::Str(a, f, needle) => match value(a, row) {
+                Val::Text(t) => {
+                    let n = needle.as_bytes();
+                    match f {
+                        StrFn::StartsWith => t.starts_with(n),
+                        StrFn::EndsWith => t.ends_with(n),
+                        StrFn::Contains => n.is_empty() || t.windows(n.len()).any(|w| w == n),
+                    }
+                }
+                _ => false,
+            },
+            Predicate::Truthy(a) => matches!(as_bool(value(a, row)), Some(true)),
+            Predicate::Const(b) => *b,
+        }
+    }
+}
+
+fn lit_value(l: &Lit) -> Val<'_> {
+    match l {
+        Lit::Null => Val::Null,
+        Lit::Bool(b) => Val::Bool(*b),
+        Lit::Number(n) => Val::Number(*n),
+        Lit::Str(s) => Val::Text(s.as_bytes()),
+    }
+}
+
+fn value<'a>(o: &'a Operand, row: &RowView<'a>) -> Val<'a> {
+    match o {
+        Operand::Lit(l) => lit_value(l),
+        Operand::Op => Val::Text(row.op.as_bytes()),
+        Operand::Column { image, index, .. } => {
+            let tuple = match image {
+                Image::New => row.new,
+                Image::Old => row.old,
+            };
+            match tuple.and_then(|t| t.columns.get(*index)) {
+                None | Some(Datum::Null) => Val::Null,
+                Some(Datum::UnchangedToast) => Val::Unknown,
+                Some(Datum::Text(b) | Datum::Binary(b)) => Val::Text(b),
+            }
+        }
+    }
+}
+
+/// A column's text as a boolean (`t`/`f`, Postgres' text form), or a boolean literal.
+fn as_bool(v: Val<'_>) -> Option<bool> {
+    match v {
+        Val::Bool(b) => Some(b),
+        Val::Text(b"t") | Val::Text(b"true") => Some(true),
+        Val::Text(b"f") | Val::Text(b"false") => Some(false),
+        _ => None,
+    }
+}
+
+fn as_number(v: Val<'_>) -> Option<f64> {
+    match v {
+        Val::Number(n) => Some(n),
+        Val::Text(t) => std::str::from_utf8(t).ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// SQL-like comparison: anything compared with null (or an unknown TOAST value) is false,
+/// except `== null` / `!= null`. Numbers compare numerically, booleans as booleans, and text
+/// byte-wise (Postgres sends UTF-8, so this is code point order, not a collation).
+fn compare(a: Val<'_>, op: CmpOp, b: Val<'_>) -> bool {
+    use std::cmp::Ordering;
+    let ordering: Option<Ordering> = match (a, b) {
+        (Val::Null, Val::Null) => Some(Ordering::Equal),
+        (Val::Unknown, Val::Null) | (Val::Null, Val::Unknown) => return op == CmpOp::Ne,
+        (Val::Null, _) | (_, Val::Null) => return op == CmpOp::Ne,
+        (Val::Unknown, _) | (_, Val::Unknown) => return false,
+        (Val::Bool(_), _) | (_, Val::Bool(_)) => match (as_bool(a), as_bool(b)) {
+            (Some(x), Some(y)) => Some(x.cmp(&y)),
+            _ => None,
+        },
+        (Val::Number(_), _) | (_, Val::Number(_)) => match (as_number(a), as_number(b)) {
+            (Some(x), Some(y)) => x.partial_cmp(&y),
+            _ => None,
+        },
+        (Val::Text(x), Val::Text(y)) => match (as_number(a), as_number(b)) {
+            (Some(x), Some(y)) => x.partial_cmp(&y),
+            _ => Some(x.cmp(y)),
+        },
+    };
+    let Some(o) = ordering else {
+        return op == CmpOp::Ne;
+    };
+    match op {
+        CmpOp::Eq => o == Ordering::Equal,
+        CmpOp::Ne => o != Ordering::Equal,
+        CmpOp::Lt => o == Ordering::Less,
+        CmpOp::Le => o != Ordering::Greater,
+        CmpOp::Gt => o == Ordering::Greater,
+        CmpOp::Ge => o != Ordering::Less,
+    }
+}
+
+fn compile(e: &IdedExpr) -> Result<Predicate, String> {
+    match &e.expr {
+        CelExpr::Call(call) if call.target.is_none() => {
+            let args = &call.args;
+            let two = || -> Result<(&IdedExpr, &IdedExpr), String> {
+                match args.as_slice() {
+                    [a, b] => Ok((a, b)),
+                    _ => Err(format!("{} takes two operands", call.func_name)),
+                }
+            };
+            let cmp = |op| -> Result<Predicate, String> {
+                let (a, b) = two()?;
+                Ok(Predicate::Cmp(operand(a)?, op, operand(b)?))
+            };
+            match call.func_name.as_str() {
+                "_&&_" => {
+                    let (a, b) = two()?;
+                    Ok(Predicate::And(Box::new(compile(a)?), Box::new(compile(b)?)))
+                }
+                "_||_" => {
+                    let (a, b) = two()?;
+                    Ok(Predicate::Or(Box::new(compile(a)?), Box::new(compile(b)?)))
+                }
+                "!_" => match args.as_slice() {
+                    [a] => Ok(Predicate::Not(Box::new(compile(a)?))),
+                    _ => Err("! takes one operand".into()),
+                },
+                "_==_" => cmp(CmpOp::Eq),
+                "_!=_" => cmp(CmpOp::Ne),
+                "_<_" => cmp(CmpOp::Lt),
+                "_<=_" => cmp(CmpOp::Le),
+                "_>_" => cmp(CmpOp::Gt),
+                "_>=_" => cmp(CmpOp::Ge),
+                "@in" => {
+                    let (a, b) = two()?;
+                    let CelExpr::List(list) = &b.expr else {
+                        return Err("the right side of `in` must be a list of literals".into());
+                    };
+                    let lits = list
+                        .elements
+                        .iter()
+                        .map(|x| match operand(x)? {
+                            Operand::Lit(l) => Ok(l),
+                            _ => Err("`in` lists may hold only literals".to_owned()),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(Predicate::In(operand(a)?, lits))
+                }
+                other => Err(format!("unsupported operator or function {other:?}")),
+            }
+        }
+        CelExpr::Call(call) => {
+            let f = match call.func_name.as_str() {
+                "startsWith" => StrFn::StartsWith,
+                "endsWith" => StrFn::EndsWith,
+                "contains" => StrFn::Contains,
+                other => return Err(format!("unsupported method {other:?}")),
+            };
+            let target = call.target.as_deref().ok_or("method without a target")?;
+            match (operand(target)?, call.args.as_slice()) {
+                (t @ (Operand::Column { .. } | Operand::Op), [arg]) => match operand(arg)? {
+                    Operand::Lit(Lit::Str(s)) => Ok(Predicate::Str(t, f, s)),
+                    _ => Err(format!("{} takes a string literal", call.func_name)),
+                },
+                _ => Err(format!(
+                    "{} applies to a column and takes one string literal",
+                    call.func_name
+                )),
+            }
+        }
+        CelExpr::Literal(LiteralValue::Boolean(b)) => Ok(Predicate::Const(**b)),
+        _ => match operand(e)? {
+            o @ Operand::Column { .. } => Ok(Predicate::Truthy(o)),
+            _ => Err("a condition must compare something (e.g. new.status == 'paid')".into()),
+        },
+    }
+}
+
+fn operand(e: &IdedExpr) -> Result<Operand, String> {
+    match &e.expr {
+        CelExpr::Literal(l) => Ok(Operand::Lit(match l {
+            LiteralValue::Null => Lit::Null,
+            LiteralValue::Boolean(b) => Lit::Bool(**b),
+            LiteralValue::Int(i) => Lit::Number(**i as f64),
+            LiteralValue::UInt(u) => Lit::Number(**u as f64),
+            LiteralValue::Double(d) => Lit::Number(**d),
+            LiteralValue::String(s) => Lit::Str(s.inner().to_owned()),
+            LiteralValue::Bytes(_) => return Err("bytes literals are not supported".into()),
+        })),
+        CelExpr::Call(c) if c.func_name == "-_" && c.args.len() == 1 => {
+            match operand(&c.args[0])? {
+                Operand::Lit(Lit::Number(n)) => Ok(Operand::Lit(Lit::Number(-n))),
+                _ => Err("unary minus applies to number literals only".into()),
+            }
+        }
+        // `new["odd name"]`, for column names that are not CEL identifiers.
+        CelExpr::Call(c) if c.func_name == "_[_]" && c.args.len() == 2 => {
+            let image = image_of(&c.args[0])?;
+            match &c.args[1].expr {
+                CelExpr::Literal(LiteralValue::String(s)) => Ok(Operand::Column {
+                    image,
+                    name: s.inner().to_owned(),
+                    index: usize::MAX,
+                }),
+                _ => Err("index a row with a string literal: new[\"column\"]".into()),
+            }
+        }
+        CelExpr::Ident(name) if name == "op" => Ok(Operand::Op),
+        CelExpr::Select(sel) if !sel.test => {
+            let image = image_of(&sel.operand)?;
+            Ok(Operand::Column {
+                image,
+                name: sel.field.clone(),
+                index: usize::MAX,
+            })
+        }
+        CelExpr::Ident(name) => Err(format!(
+            "unknown name {name:?}: use new.<column>, old.<column> or op"
+        )),
+        _ => Err("unsupported expression: use columns, literals and comparisons".into()),
+    }
+}
+
+fn image_of(e: &IdedExpr) -> Result<Image, String> {
+    match &e.expr {
+        CelExpr::Ident(n) if n == "new" => Ok(Image::New),
+        CelExpr::Ident(n) if n == "old" => Ok(Image::Old),
+        _ => Err("columns are read as new.<column> or old.<column>".into()),
+    }
+}
+
+#[cfg(test)]
+#[path = "predicate_tests.rs"]
+mod tests;

@@ -1,0 +1,233 @@
+//! Prometheus metrics: one [`Metrics`] per process, shared as `Arc`, registered under the
+//! `walrelay_` prefix and served by the `http` module at `/metrics`.
+//!
+//! Labels are low-cardinality by construction: `op` (five values), `reason`, `policy`,
+//! `trigger`, `side`, `kind` (fixed sets), and `table` only for tables named exactly in the
+//! configuration (everything else is counted as `table="other"`). No row value, URL or secret
+//! is ever a label.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// A label set of static keys and values.
+pub type Labels1 = [(&'static str, &'static str); 1];
+pub type Labels2 = [(&'static str, &'static str); 2];
+/// `op` and `table` (the table name is owned: it comes from the configuration).
+pub type OpTable = [(&'static str, std::sync::Arc<str>); 2];
+
+/// Everything walrelay measures.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Broker-confirmed events, by op and table.
+    pub events_published: Family<OpTable, Counter>,
+    /// Bytes of confirmed event bodies.
+    pub bytes_published: Counter,
+    /// Changes the filter did not publish, by reason (table, op, predicate, noop).
+    pub events_filtered: Family<Labels1, Counter>,
+    /// Flood transactions, by trigger (max_changes, marker, origin).
+    pub flood_transactions: Family<Labels1, Counter>,
+    /// Changes of flood transactions, by the policy applied (skip, summarize, reroute, publish).
+    pub flood_events: Family<Labels1, Counter>,
+    /// Seconds from `basic.publish` to the broker's confirm.
+    pub publish_confirm_seconds: Histogram,
+    /// Seconds from the transaction's commit in Postgres to the broker's confirm.
+    pub commit_confirm_seconds: Histogram,
+    /// Messages published and not yet confirmed.
+    pub in_flight: Gauge,
+    /// The LSN confirmed to Postgres (flush position), as a number.
+    pub confirmed_lsn: Gauge<u64, AtomicU64>,
+    /// The server's WAL end, from the latest keepalive or data message.
+    pub server_wal_end: Gauge<u64, AtomicU64>,
+    /// Server WAL end minus the confirmed LSN.
+    pub lag_bytes: Gauge<u64, AtomicU64>,
+    /// WAL the slot retains (`pg_current_wal_lsn() - restart_lsn`), sampled over SQL.
+    pub slot_retained_wal_bytes: Gauge<i64, AtomicI64>,
+    /// 1 while a transaction is being received.
+    pub transactions_in_progress: Gauge,
+    /// Sessions restarted after a transient error, by side (postgres, rabbitmq).
+    pub reconnects: Family<Labels1, Counter>,
+    /// Errors by side and kind (transient, permanent).
+    pub errors: Family<Labels2, Counter>,
+    /// 1 while RabbitMQ has blocked the connection (resource alarm).
+    pub broker_blocked: Gauge,
+    /// Unix time (seconds) of the last message from the server.
+    pub last_server_message: Gauge<f64, AtomicU64>,
+    /// 1 while replication is streaming.
+    pub streaming: Gauge,
+    /// Round trip of the heartbeat message, from `pg_logical_emit_message` to its confirm.
+    pub heartbeat_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("walrelay");
+        let m = Metrics {
+            events_published: Family::default(),
+            bytes_published: Counter::default(),
+            events_filtered: Family::default(),
+            flood_transactions: Family::default(),
+            flood_events: Family::default(),
+            // 0.5 ms .. ~65 s
+            publish_confirm_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            commit_confirm_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            in_flight: Gauge::default(),
+            confirmed_lsn: Gauge::default(),
+            server_wal_end: Gauge::default(),
+            lag_bytes: Gauge::default(),
+            slot_retained_wal_bytes: Gauge::default(),
+            transactions_in_progress: Gauge::default(),
+            reconnects: Family::default(),
+            errors: Family::default(),
+            broker_blocked: Gauge::default(),
+            last_server_message: Gauge::default(),
+            streaming: Gauge::default(),
+            heartbeat_seconds: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "build",
+            "walrelay version",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let r = &mut registry;
+        r.register(
+            "events_published",
+            "Events confirmed by the broker",
+            m.events_published.clone(),
+        );
+        r.register(
+            "bytes_published",
+            "Bytes of event bodies confirmed by the broker",
+            m.bytes_published.clone(),
+        );
+        r.register(
+            "events_filtered",
+            "Changes not published by the filter, by reason",
+            m.events_filtered.clone(),
+        );
+        r.register(
+            "flood_transactions",
+            "Transactions treated as floods, by trigger",
+            m.flood_transactions.clone(),
+        );
+        r.register(
+            "flood_events",
+            "Changes of flood transactions, by policy applied",
+            m.flood_events.clone(),
+        );
+        r.register(
+            "publish_confirm_seconds",
+            "Time from publish to broker confirm",
+            m.publish_confirm_seconds.clone(),
+        );
+        r.register(
+            "commit_confirm_seconds",
+            "Time from Postgres commit to broker confirm (end-to-end freshness)",
+            m.commit_confirm_seconds.clone(),
+        );
+        r.register(
+            "in_flight_messages",
+            "Messages published and not yet confirmed",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "confirmed_flush_lsn",
+            "LSN confirmed to Postgres as flushed",
+            m.confirmed_lsn.clone(),
+        );
+        r.register(
+            "server_wal_end_lsn",
+            "Latest WAL end reported by the server",
+            m.server_wal_end.clone(),
+        );
+        r.register(
+            "replication_lag_bytes",
+            "Server WAL end minus the confirmed LSN",
+            m.lag_bytes.clone(),
+        );
+        r.register(
+            "slot_retained_wal_bytes",
+            "WAL retained by the slot (current WAL LSN minus restart_lsn)",
+            m.slot_retained_wal_bytes.clone(),
+        );
+        r.register(
+            "transactions_in_progress",
+            "1 while a transaction is being received",
+            m.transactions_in_progress.clone(),
+        );
+        r.register(
+            "reconnects",
+            "Sessions restarted after a transient error, by side",
+            m.reconnects.clone(),
+        );
+        r.register("errors", "Errors by side and kind", m.errors.clone());
+        r.register(
+            "broker_blocked",
+            "1 while RabbitMQ blocks the connection",
+            m.broker_blocked.clone(),
+        );
+        r.register(
+            "last_server_message_timestamp_seconds",
+            "Unix time of the last message from Postgres",
+            m.last_server_message.clone(),
+        );
+        r.register(
+            "streaming",
+            "1 while replication is streaming",
+            m.streaming.clone(),
+        );
+        r.register(
+            "heartbeat_round_trip_seconds",
+            "Last heartbeat's time from emit to broker confirm",
+            m.heartbeat_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn filtered(&self, reason: &'static str) {
+        self.events_filtered
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    pub fn flood_events(&self, policy: &'static str, n: u64) {
+        self.flood_events
+            .get_or_create(&[("policy", policy)])
+            .inc_by(n);
+    }
+
+    pub fn error(&self, side: &'static str, kind: &'static str) {
+        self.errors
+            .get_or_create(&[("side", side), ("kind", kind)])
+            .inc();
+    }
+
+    pub fn touch_server(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_server_message.set(now);
+    }
+}
