@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs walrelay's whole test suite on a fresh Debian/Ubuntu machine:
 # installs PostgreSQL and RabbitMQ from the distribution if missing, makes sure RabbitMQ is
-# running on 127.0.0.1:5672 (guest/guest), then runs every test. Each integration test starts
+# running on 127.0.0.1:5672 (guest/guest) with its management API on 15672, then runs every test. Each integration test starts
 # its own throwaway PostgreSQL cluster (initdb in a temp dir, wal_level=logical, a free port),
 # so the system PostgreSQL is never touched and needs no configuration.
 set -euo pipefail
@@ -27,6 +27,15 @@ if ! amqp_up; then
   for _ in $(seq 1 60); do amqp_up && break; sleep 1; done
 fi
 amqp_up || { echo "RabbitMQ is not reachable on 127.0.0.1:5672" >&2; exit 1; }
+
+# `walrelay doctor` reads bindings and queue types from the management API (port 15672).
+mgmt_up() { (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null; }
+if ! mgmt_up; then
+  echo "== enabling the RabbitMQ management plugin"
+  as_root rabbitmq-plugins enable rabbitmq_management >/dev/null
+  for _ in $(seq 1 60); do mgmt_up && break; sleep 1; done
+fi
+mgmt_up || { echo "RabbitMQ management API is not reachable on 127.0.0.1:15672" >&2; exit 1; }
 
 echo "== cargo test"
 cargo test --all-targets --locked "$@"

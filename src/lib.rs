@@ -7,7 +7,7 @@
 //! - [`event`]: the change event envelope consumers receive, and its JSON encoding.
 //! - [`filter`]: which changes are published (tables, ops, columns, row predicates, no-op
 //!   updates) and the flood guard for bulk transactions.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics; [`health`]: liveness and readiness; [`http`]: serves both.
 //! - [`checkpoint`]: the ack tracker that decides which LSN may be confirmed to PostgreSQL.
 //! - [`source`]: our replication connection (TLS, auth, framing, slot and publication setup).
 //! - [`sink`]: the RabbitMQ publisher (confirms, `mandatory`, bounded in-flight window).
@@ -16,12 +16,17 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod doctor;
 pub mod event;
 pub mod filter;
+pub mod health;
+pub mod http;
 pub mod lsn;
 pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
+pub mod probe;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod value;

@@ -26,9 +26,25 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
         config: PathBuf,
+        /// Log format: `text` or `json` (overrides `service.log_format`).
+        #[arg(long, env = "WALRELAY_LOG_FORMAT")]
+        log_format: Option<String>,
     },
     /// Validate the configuration file without connecting anywhere.
     CheckConfig {
+        #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
+        config: PathBuf,
+    },
+    /// Show the slot's state, lag and retained WAL (works while walrelay runs elsewhere).
+    Status {
+        #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check PostgreSQL and RabbitMQ before the first start; creates nothing.
+    Doctor {
         #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
         config: PathBuf,
     },
@@ -40,7 +56,10 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {
-        Command::Run { config } | Command::CheckConfig { config } => config.clone(),
+        Command::Run { config, .. }
+        | Command::CheckConfig { config }
+        | Command::Status { config, .. }
+        | Command::Doctor { config } => config.clone(),
     };
     let settings = match walrelay::config::load(&path) {
         Ok(s) => s,
@@ -49,11 +68,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Command::CheckConfig { .. } = cli.command {
-        println!("{}: configuration is valid", path.display());
-        return ExitCode::SUCCESS;
-    }
-    init_logging(settings.log_json);
+    let log_json = match &cli.command {
+        Command::CheckConfig { .. } => {
+            println!("{}: configuration is valid", path.display());
+            return ExitCode::SUCCESS;
+        }
+        Command::Run {
+            log_format: Some(f),
+            ..
+        } => match f.as_str() {
+            "json" => true,
+            "text" => false,
+            other => {
+                eprintln!("walrelay: --log-format {other:?} is not \"text\" or \"json\"");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        _ => settings.log_json,
+    };
+    init_logging(log_json);
     // lapin compiles in aws-lc-rs; make it the process-wide rustls provider explicitly.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -66,23 +99,90 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            info!("signal received: stopping (waiting for outstanding confirms)");
-            let _ = stop_tx.send(true);
-        });
-        info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.slot, "walrelay starting");
-        let metrics = std::sync::Arc::new(walrelay::metrics::Metrics::new());
-        match walrelay::pipeline::run(&settings, metrics, stop_rx).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!(error = %walrelay::pipeline::error_chain(&e), "walrelay stopped");
+    match cli.command {
+        Command::Status { json, .. } => runtime.block_on(async {
+            match walrelay::status::collect(&settings).await {
+                Ok(report) => {
+                    if json {
+                        println!("{}", report.to_json());
+                    } else {
+                        print!("{}", report.to_table());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("walrelay status: {}", walrelay::pipeline::error_chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Command::Doctor { .. } => runtime.block_on(async {
+            let findings = walrelay::doctor::run(&settings).await;
+            for f in &findings {
+                println!("{f}");
+            }
+            if walrelay::doctor::passed(&findings) {
+                ExitCode::SUCCESS
+            } else {
                 ExitCode::FAILURE
             }
+        }),
+        _ => runtime.block_on(serve(settings)),
+    }
+}
+
+/// `walrelay run`: the pipeline, the HTTP endpoint and the SQL probe, until a signal.
+async fn serve(settings: walrelay::config::Settings) -> ExitCode {
+    use std::sync::Arc;
+    use walrelay::health::Health;
+    use walrelay::metrics::Metrics;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signal_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received: stopping (waiting for outstanding confirms)");
+        let _ = signal_tx.send(true);
+    });
+    info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.slot, "walrelay starting");
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(
+        settings.status_interval,
+        settings.confirm_timeout,
+    ));
+    let http_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = settings.http_listen {
+        let listener = walrelay::http::serve(
+            addr,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            stop_rx.clone(),
+        );
+        let stop_tx = stop_tx.clone();
+        let failed = Arc::clone(&http_failed);
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                error!(error = %e, "HTTP endpoint failed; stopping");
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = stop_tx.send(true);
+            }
+        });
+    }
+    tokio::spawn(walrelay::probe::run(
+        settings.clone(),
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ));
+    let obs = walrelay::pipeline::Observers { metrics, health };
+    let code = match walrelay::pipeline::run(&settings, obs, stop_rx).await {
+        Ok(()) if http_failed.load(std::sync::atomic::Ordering::Relaxed) => ExitCode::FAILURE,
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %walrelay::pipeline::error_chain(&e), "walrelay stopped");
+            ExitCode::FAILURE
         }
-    })
+    };
+    info!("shutdown complete");
+    code
 }
 
 fn init_logging(json: bool) {

@@ -20,8 +20,12 @@ use prometheus_client::registry::Registry;
 /// A label set of static keys and values.
 pub type Labels1 = [(&'static str, &'static str); 1];
 pub type Labels2 = [(&'static str, &'static str); 2];
-/// `op` and `table` (the table name is owned: it comes from the configuration).
-pub type OpTable = [(&'static str, std::sync::Arc<str>); 2];
+/// `op` and `table` (the table name is shared: it comes from the configuration).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OpTable {
+    pub op: &'static str,
+    pub table: std::sync::Arc<str>,
+}
 
 /// Everything walrelay measures.
 pub struct Metrics {

@@ -9,9 +9,11 @@ fn accepted_keys(header: &str) -> BTreeSet<String> {
     let err = walrelay::config::from_str_with_env(&text, &[])
         .unwrap_err()
         .to_string();
+    // serde says "expected one of `a`, `b`" or, for a single field, "expected `a`".
     let list = err
         .split("expected one of")
         .nth(1)
+        .or_else(|| err.split("expected").nth(1))
         .unwrap_or_else(|| panic!("no key list in: {err}"));
     list.split(',')
         .map(|k| k.trim().trim_matches('`').to_owned())
@@ -40,12 +42,13 @@ fn configuration_reference_matches_the_config_struct() {
         "[postgres]",
         "[rabbitmq]",
         "[service]",
+        "[http]",
         "[filter]",
         "[[filter.table]]",
         "[flood]",
     ] {
         let accepted = accepted_keys(section);
-        assert!(accepted.len() >= 3, "{section}: {accepted:?}");
+        assert!(!accepted.is_empty(), "{section}: {accepted:?}");
         let documented = documented_keys(section);
         let undocumented: Vec<_> = accepted.difference(&documented).collect();
         let unknown: Vec<_> = documented.difference(&accepted).collect();

@@ -34,6 +34,13 @@ pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_RECONNECT_MIN_MS: u64 = 500;
 pub const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
+/// Loopback only by default: metrics are not for the whole network unless asked.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9187";
+/// How often the slot's retained WAL is sampled over SQL.
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 10_000;
+/// While another instance holds the slot, how often a standby tries to take it: the takeover
+/// time after the active instance dies.
+pub const DEFAULT_STANDBY_RETRY_MS: u64 = 2_000;
 
 /// The file as written. `deny_unknown_fields` turns typos into start-up errors.
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +52,8 @@ pub struct RawConfig {
     pub rabbitmq: RawRabbitmq,
     #[serde(default)]
     pub service: RawService,
+    #[serde(default)]
+    pub http: RawHttp,
     #[serde(default)]
     pub filter: filter::RawFilter,
     #[serde(default)]
@@ -71,6 +80,7 @@ pub struct RawRabbitmq {
     pub max_message_bytes: Option<usize>,
     pub confirm_timeout_ms: Option<u64>,
     pub publish_messages: Option<bool>,
+    pub management_url: Option<secret::Secret>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +90,15 @@ pub struct RawService {
     pub reconnect_min_ms: Option<u64>,
     pub reconnect_max_ms: Option<u64>,
     pub log_format: Option<String>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub probe_interval_ms: Option<u64>,
+    pub standby_retry_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for secret::Secret {
@@ -109,7 +128,8 @@ pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Setting
                 .and_then(|r| r.split_once('_'))
             {
                 Some((s, k))
-                    if ["POSTGRES", "RABBITMQ", "SERVICE", "FILTER", "FLOOD"].contains(&s) =>
+                    if ["POSTGRES", "RABBITMQ", "SERVICE", "FILTER", "FLOOD", "HTTP"]
+                        .contains(&s) =>
                 {
                     (s.to_lowercase(), k.to_lowercase())
                 }

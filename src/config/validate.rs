@@ -47,6 +47,14 @@ pub struct Settings {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub log_json: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` when turned off.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Emit a heartbeat logical message this often (off when `None`).
+    pub heartbeat_interval: Option<Duration>,
+    pub probe_interval: Duration,
+    pub standby_retry: Duration,
+    /// RabbitMQ's management API, for `walrelay doctor` (bindings and queue types).
+    pub management_url: Option<secret::Secret>,
 }
 
 fn is_valid_slot_name(s: &str) -> bool {
@@ -201,7 +209,43 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             ));
         }
     };
+    let http_listen = match raw.http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN) {
+        "" | "off" => None,
+        addr => Some(addr.parse().map_err(|_| {
+            ConfigError::new(
+                "http.listen",
+                format!("{addr:?} is not an address like 127.0.0.1:9187 (or \"off\")"),
+            )
+        })?),
+    };
+    let heartbeat_interval = match raw.service.heartbeat_interval_ms {
+        None | Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
+    };
+    let probe_interval = positive(
+        "service.probe_interval_ms",
+        raw.service.probe_interval_ms,
+        DEFAULT_PROBE_INTERVAL_MS,
+    )?;
+    let standby_retry = positive(
+        "service.standby_retry_ms",
+        raw.service.standby_retry_ms,
+        DEFAULT_STANDBY_RETRY_MS,
+    )?;
+    if let Some(m) = &raw.rabbitmq.management_url
+        && !m.expose().starts_with("http://")
+    {
+        return Err(ConfigError::new(
+            "rabbitmq.management_url",
+            "must be an http:// URL of the management API".into(),
+        ));
+    }
     Ok(Settings {
+        http_listen,
+        heartbeat_interval,
+        probe_interval,
+        standby_retry,
+        management_url: raw.rabbitmq.management_url,
         postgres,
         slot,
         publication,

@@ -67,6 +67,9 @@ pub struct Event {
     pub routing_key: String,
     /// The exchange, when a table rule or the flood guard overrides the default one.
     pub exchange: Option<Arc<str>>,
+    /// The `table` label of this event's metrics: the table's name when the configuration
+    /// names it exactly, else `other` (keeps label cardinality bounded).
+    pub metric_table: Arc<str>,
     pub body: Vec<u8>,
 }
 

@@ -187,6 +187,7 @@ impl FloodGuard {
                         commit_time_us: tx.commit_time_us,
                         routing_key,
                         exchange: s.view.exchange.clone(),
+                        metric_table: Arc::clone(&s.view.metric_table),
                         body,
                     }));
                 }

@@ -261,7 +261,18 @@ impl FilterSettings {
                 )));
             }
         }
+        let named = self
+            .include
+            .iter()
+            .chain(self.rules.iter().map(|r| &r.pattern))
+            .any(|p| p.exact() == Some((rel.schema.as_str(), rel.name.as_str())));
+        let metric_table: Arc<str> = if named {
+            Arc::from(format!("{}.{}", rel.schema, rel.name))
+        } else {
+            Arc::from("other")
+        };
         Ok(TableView {
+            metric_table,
             rel: Arc::clone(rel),
             included,
             ops: rule.map_or(OpSet::ALL, |r| r.ops),
@@ -299,6 +310,9 @@ pub struct TableView {
     pub flood_policy: FloodPolicy,
     /// Per-table flood threshold.
     pub max_changes: Option<u64>,
+    /// The `table` label for metrics: `schema.table` when the config names the table exactly
+    /// (in `include` or a rule), else `other`.
+    pub metric_table: Arc<str>,
 }
 
 impl TableView {

@@ -170,6 +170,7 @@ fn candidate(view: &Arc<TableView>, index: u64) -> Candidate {
             commit_time_us: Some(0),
             routing_key: format!("public.{}.update", view.rel.name),
             exchange: None,
+            metric_table: Arc::from("public.orders"),
             body,
         },
         view: Some(Arc::clone(view)),

@@ -13,6 +13,7 @@ use crate::filter::flood::Candidate;
 use crate::filter::predicate::RowView;
 use crate::filter::{Dropped, TableView};
 use crate::pgoutput::{Message, OldTuple};
+use crate::probe;
 use crate::source::SourceError;
 
 impl Replicator {
@@ -114,6 +115,7 @@ impl Replicator {
                         commit_time_us: ctx.commit_time_us,
                         routing_key,
                         exchange: view.exchange.clone(),
+                        metric_table: Arc::clone(&view.metric_table),
                         body,
                     };
                     let c = Candidate {
@@ -136,8 +138,14 @@ impl Replicator {
                     };
                     (ctx, 0)
                 };
+                let heartbeat = m.prefix == probe::HEARTBEAT_PREFIX;
+                if heartbeat && let Some(at) = probe::heartbeat_emitted_us(m.content) {
+                    let now_us = crate::health::now_ms() as i64 * 1000;
+                    let secs = (now_us - at).max(0) as f64 / 1e6;
+                    self.metrics.heartbeat_seconds.set(secs);
+                }
                 let marker = m.transactional && self.flood.marker(m.prefix, &mut self.pending);
-                if self.publish_messages && !marker {
+                if self.publish_messages && !marker && !heartbeat {
                     let (id, body) = event::message_event_body(
                         &ctx,
                         index,
@@ -161,6 +169,7 @@ impl Replicator {
                         commit_time_us: ctx.commit_time_us,
                         routing_key,
                         exchange: None,
+                        metric_table: Arc::from("message"),
                         body,
                     };
                     if m.transactional {
@@ -230,6 +239,7 @@ impl Replicator {
             commit_time_us: ctx.commit_time_us,
             routing_key,
             exchange: view.exchange.clone(),
+            metric_table: Arc::clone(&view.metric_table),
             body: out.body,
         };
         let c = Candidate {

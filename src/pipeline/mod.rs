@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::checkpoint::AckTracker;
 use crate::config::Settings;
 use crate::filter::flood::FloodGuard;
+use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::RelationCache;
@@ -54,6 +55,20 @@ impl RunError {
             RunError::Task(_) => false,
         }
     }
+
+    /// Another process is streaming from the slot (SQLSTATE 55006 on `START_REPLICATION`).
+    pub fn is_slot_busy(&self) -> bool {
+        matches!(self, RunError::Source(SourceError::Server(e)) if e.code == "55006")
+    }
+
+    /// Which side failed, for metrics and logs.
+    pub fn side(&self) -> &'static str {
+        match self {
+            RunError::Source(_) => "postgres",
+            RunError::Sink(_) => "rabbitmq",
+            RunError::Task(_) => "walrelay",
+        }
+    }
 }
 
 /// State kept across sessions.
@@ -65,9 +80,16 @@ struct Memory {
 }
 
 /// Runs sessions until `shutdown` becomes true (Ok) or a permanent error (Err).
+/// What a session reports to: metrics and health.
+#[derive(Clone)]
+pub struct Observers {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
 pub async fn run(
     settings: &Settings,
-    metrics: Arc<Metrics>,
+    obs: Observers,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     let mut memory = Memory::default();
@@ -77,13 +99,41 @@ pub async fn run(
             return Ok(());
         }
         let started = Instant::now();
-        match session(settings, &metrics, &mut shutdown, &mut memory).await {
+        let result = session(settings, &obs, &mut shutdown, &mut memory).await;
+        Health::set(&obs.health.streaming, false);
+        Health::set(&obs.health.broker_connected, false);
+        obs.metrics.streaming.set(0);
+        obs.metrics.in_flight.set(0);
+        obs.health.set_oldest_unconfirmed(None);
+        match result {
             Ok(()) => return Ok(()),
+            Err(e) if e.is_slot_busy() => {
+                // Hot standby: another instance streams from the slot. Its progress is not
+                // ours to question, so forget what we had confirmed ourselves.
+                memory.known = None;
+                if !obs
+                    .health
+                    .standby
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    info!(slot = %settings.slot, retry_ms = settings.standby_retry.as_millis() as u64,
+                          "slot is active in another process: waiting as standby");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(settings.standby_retry) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
             Err(e) if e.is_transient() => {
+                obs.metrics.error(e.side(), "transient");
+                obs.metrics
+                    .reconnects
+                    .get_or_create(&[("side", e.side())])
+                    .inc();
                 if started.elapsed() > settings.reconnect_max {
                     delay = settings.reconnect_min;
                 }
-                warn!(error = %error_chain(&e), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
+                warn!(error = %error_chain(&e), side = e.side(), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => {}
@@ -91,7 +141,8 @@ pub async fn run(
                 delay = (delay * 2).min(settings.reconnect_max);
             }
             Err(e) => {
-                error!(error = %error_chain(&e), "stopping: this needs an operator");
+                obs.metrics.error(e.side(), "permanent");
+                error!(error = %error_chain(&e), side = e.side(), "stopping: this needs an operator");
                 return Err(e);
             }
         }
@@ -115,11 +166,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 async fn session(
     settings: &Settings,
-    metrics: &Arc<Metrics>,
+    obs: &Observers,
     shutdown: &mut watch::Receiver<bool>,
     memory: &mut Memory,
 ) -> Result<(), RunError> {
+    let metrics = &obs.metrics;
     let publisher = Publisher::connect(&settings.sink).await?;
+    info!(exchange = %settings.sink.exchange, "connected to RabbitMQ");
+    Health::set(&obs.health.broker_connected, true);
+    let broker_watch = tokio::spawn(watch_broker(publisher.status(), obs.clone()));
+    let _stop_watch = AbortOnDrop(broker_watch);
     let mut conn = Connection::connect(&settings.postgres, true).await?;
     let (database, _) = setup::identify_system(&mut conn).await?;
     publication::ensure_publication(&mut conn, &settings.publication, &settings.filter).await?;
@@ -141,6 +197,10 @@ async fn session(
     let stream =
         ReplicationStream::start(conn, &settings.slot, start, &settings.publication).await?;
     info!(slot = %settings.slot, start = %start, publication = %settings.publication, "streaming");
+    Health::set(&obs.health.standby, false);
+    Health::set(&obs.health.streaming, true);
+    obs.health.status_sent();
+    metrics.streaming.set(1);
 
     let (tx, rx) = mpsc::channel(FORWARD_CHANNEL_CAPACITY);
     let (acked_tx, acked_rx) = watch::channel(start);
@@ -153,6 +213,8 @@ async fn session(
             max_in_flight: settings.max_in_flight,
             max_message_bytes: settings.sink.max_message_bytes,
             confirm_timeout: settings.confirm_timeout,
+            metrics: Arc::clone(metrics),
+            health: Arc::clone(&obs.health),
         }
         .run(),
     );
@@ -170,6 +232,7 @@ async fn session(
             Arc::clone(metrics),
         ),
         metrics: Arc::clone(metrics),
+        health: Arc::clone(&obs.health),
         tx,
         acked: acked_rx.clone(),
         status_interval,
@@ -218,6 +281,36 @@ async fn session(
             remember(memory);
             Err(e.into())
         }
+    }
+}
+
+/// Aborts a helper task when the session ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows the broker connection's `blocked` and `connected` state (RabbitMQ's resource
+/// alarms block publishing without closing anything), logging each change once.
+async fn watch_broker(status: lapin::ConnectionStatus, obs: Observers) {
+    let mut blocked = false;
+    loop {
+        let now = status.blocked();
+        if now != blocked {
+            blocked = now;
+            Health::set(&obs.health.broker_blocked, now);
+            obs.metrics.broker_blocked.set(i64::from(now));
+            if now {
+                warn!("RabbitMQ blocked the connection (memory or disk alarm): publishing waits");
+            } else {
+                info!("RabbitMQ unblocked the connection");
+            }
+        }
+        Health::set(&obs.health.broker_connected, status.connected());
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

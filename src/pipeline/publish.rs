@@ -8,6 +8,7 @@
 //! blocked or gone, and the session ends so the replication connection is released.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::PublisherConfirm;
@@ -17,15 +18,25 @@ use tracing::debug;
 
 use super::replicate::Outbound;
 use crate::checkpoint::AckTracker;
+use crate::event::Op;
+use crate::health::{Health, now_ms};
 use crate::lsn::Lsn;
+use crate::metrics::{Metrics, OpTable};
 use crate::sink::{Publisher, SinkError};
 
 /// What we remember about a message until its confirm arrives.
 struct InFlight {
     confirm: PublisherConfirm,
     id: String,
-    exchange: Option<std::sync::Arc<str>>,
+    exchange: Option<Arc<str>>,
     routing_key: String,
+    op: Op,
+    metric_table: Arc<str>,
+    bytes: usize,
+    /// When it was published: for the publish-to-confirm latency and readiness.
+    published_at: Instant,
+    published_ms: u64,
+    commit_time_us: Option<i64>,
 }
 
 /// Settings of the publish loop.
@@ -37,6 +48,8 @@ pub struct PublishLoop {
     pub max_in_flight: usize,
     pub max_message_bytes: usize,
     pub confirm_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
 }
 
 impl PublishLoop {
@@ -59,6 +72,7 @@ impl PublishLoop {
                     self.publisher.check(answer, &done.id, done.exchange.as_deref(), &done.routing_key)?;
                     self.tracker.confirmed_one()?;
                     last_progress = Instant::now();
+                    self.observe_confirm(&done, window.front());
                     self.publish_position();
                 }
                 item = self.rx.recv(), if input_open && window.len() < self.max_in_flight => match item {
@@ -76,7 +90,16 @@ impl PublishLoop {
                             .await
                             .map_err(|_| SinkError::Stalled { waited: self.confirm_timeout, in_flight: window.len() })??;
                         self.tracker.published();
-                        window.push_back(InFlight { confirm, id: ev.id, exchange: ev.exchange, routing_key: ev.routing_key });
+                        self.metrics.in_flight.inc();
+                        let published_ms = now_ms();
+                        if window.is_empty() {
+                            self.health.set_oldest_unconfirmed(Some(published_ms));
+                        }
+                        window.push_back(InFlight {
+                            confirm, id: ev.id, exchange: ev.exchange, routing_key: ev.routing_key,
+                            op: ev.op, metric_table: ev.metric_table, bytes: ev.body.len(),
+                            published_at: Instant::now(), published_ms, commit_time_us: ev.commit_time_us,
+                        });
                     }
                     Some(Outbound::Position(lsn)) => {
                         self.tracker.close_unit(lsn);
@@ -94,8 +117,33 @@ impl PublishLoop {
         }
     }
 
+    fn observe_confirm(&self, done: &InFlight, next: Option<&InFlight>) {
+        let m = &self.metrics;
+        m.in_flight.dec();
+        m.events_published
+            .get_or_create(&OpTable {
+                op: done.op.as_str(),
+                table: Arc::clone(&done.metric_table),
+            })
+            .inc();
+        m.bytes_published.inc_by(done.bytes as u64);
+        m.publish_confirm_seconds
+            .observe(done.published_at.elapsed().as_secs_f64());
+        if let Some(t) = done.commit_time_us {
+            let commit_unix_us = crate::event::time::pg_to_unix_us(t);
+            let now_us = now_ms() as i64 * 1000;
+            m.commit_confirm_seconds
+                .observe(((now_us - commit_unix_us).max(0)) as f64 / 1e6);
+        }
+        self.health
+            .set_oldest_unconfirmed(next.map(|n| n.published_ms));
+    }
+
     fn publish_position(&self) {
         let pos = self.tracker.confirmed();
+        self.metrics.confirmed_lsn.set(pos.0);
+        let wal_end = self.metrics.server_wal_end.get();
+        self.metrics.lag_bytes.set(wal_end.saturating_sub(pos.0));
         self.acked.send_if_modified(|cur| {
             if pos > *cur {
                 *cur = pos;

@@ -59,6 +59,7 @@ pub struct Replicator {
     pub views: HashMap<u32, Arc<TableView>>,
     pub flood: FloodGuard,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<crate::health::Health>,
     pub tx: mpsc::Sender<Outbound>,
     /// Latest broker-confirmed position, written by the publisher (a back edge that never blocks).
     pub acked: watch::Receiver<Lsn>,
@@ -141,7 +142,9 @@ impl Replicator {
         trace!(flush = %flush, write = %self.received, "standby status update");
         self.stream
             .send_status(self.received, flush, reply_requested)
-            .await
+            .await?;
+        self.health.status_sent();
+        Ok(())
     }
 
     async fn handle(&mut self, msg: ReplMessage) -> Result<(), SourceError> {

@@ -207,6 +207,11 @@ impl Publisher {
         }
     }
 
+    /// A live view of the connection's state (connected, blocked by an alarm).
+    pub fn status(&self) -> lapin::ConnectionStatus {
+        self.connection.status().clone()
+    }
+
     /// Closes channel and connection politely (best effort).
     pub async fn close(self) {
         let _ = self

@@ -420,6 +420,7 @@ pub fn write_config(
         "[postgres]\nurl = {pg_url:?}\nslot = {slot:?}\npublication = {slot:?}\nstatus_interval_ms = 200\n\
          [rabbitmq]\nurl = {amqp_url:?}\nexchange = {exchange:?}\nconfirm_timeout_ms = 5000\n\
          [service]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nshutdown_timeout_ms = 5000\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\
          [filter]\ninclude = [{}]\n{extra}",
         tables.join(", ")
     );
@@ -474,6 +475,24 @@ impl Relay {
         None
     }
 
+    /// The port of the HTTP endpoint (walrelay logs it; configs listen on port 0).
+    pub async fn http_port(&self) -> u16 {
+        let log_path = self.log_path.clone();
+        wait_for(
+            "the HTTP endpoint's address in the log",
+            Duration::from_secs(30),
+            || {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                async move {
+                    let line = text.lines().find(|l| l.contains("serving /metrics"))?;
+                    let addr = line.split("listen=").nth(1)?.split_whitespace().next()?;
+                    addr.rsplit(':').next()?.parse().ok()
+                }
+            },
+        )
+        .await
+    }
+
     /// Waits for the process to exit on its own.
     pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let child = &mut self.child;
@@ -508,4 +527,27 @@ impl Drop for Relay {
             eprintln!("---- walrelay log ----\n{}", self.log());
         }
     }
+}
+
+/// A plain HTTP GET on 127.0.0.1: (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of a Prometheus sample (`name{labels}`), or 0 when absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

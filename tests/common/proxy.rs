@@ -3,7 +3,7 @@
 //! withheld while publishes still go through) or sever every connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +15,8 @@ pub struct Proxy {
     /// Bumped to sever all current connections.
     generation: Arc<AtomicU64>,
     sever: watch::Sender<u64>,
+    /// While set, new connections are closed at once (the upstream looks down).
+    down: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -25,8 +27,14 @@ impl Proxy {
         let (hold, hold_rx) = watch::channel(false);
         let (sever, sever_rx) = watch::channel(0u64);
         let upstream = upstream.to_owned();
+        let down = Arc::new(AtomicBool::new(false));
+        let is_down = Arc::clone(&down);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if is_down.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
@@ -43,6 +51,15 @@ impl Proxy {
             hold,
             generation: Arc::new(AtomicU64::new(0)),
             sever,
+            down,
+        }
+    }
+
+    /// Makes the upstream look down (refuse new connections, cut current ones) or back up.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.sever_all();
         }
     }
 

@@ -1,0 +1,75 @@
+//! `walrelay doctor`: a preflight of both sides before anything is created. Every check reads;
+//! nothing is created or changed (RabbitMQ exchanges are probed passively). One line per
+//! finding; the exit code is 1 when any finding is a failure.
+//!
+//! - [`postgres`]: logical decoding, privileges, slot and sender headroom, WAL retention limits,
+//!   the publication and each table's replica identity.
+//! - [`rabbitmq`]: credentials, exchanges, bindings for every routing key the config can
+//!   produce, queue durability and type (through the management API).
+
+mod management;
+mod postgres;
+mod rabbitmq;
+pub mod topic;
+
+use crate::config::Settings;
+
+/// How serious a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub level: Level,
+    pub side: &'static str,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(level: Level, side: &'static str, message: impl Into<String>) -> Finding {
+        Finding {
+            level,
+            side,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tag = match self.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        write!(f, "{tag} {}: {}", self.side, self.message)
+    }
+}
+
+/// A table the configuration streams, with the operations it publishes.
+#[derive(Clone, Debug)]
+pub struct Streamed {
+    pub schema: String,
+    pub name: String,
+    pub ops: Vec<&'static str>,
+    /// Replica identity columns, for `{key.x}` and partitions in routing keys.
+    pub key_columns: Vec<String>,
+}
+
+/// Runs every check.
+pub async fn run(settings: &Settings) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let tables = postgres::check(settings, &mut findings).await;
+    rabbitmq::check(settings, &tables, &mut findings).await;
+    findings
+}
+
+/// True when no finding is a failure.
+pub fn passed(findings: &[Finding]) -> bool {
+    findings.iter().all(|f| f.level != Level::Fail)
+}

@@ -1,0 +1,277 @@
+//! The doctor's PostgreSQL checks, over an ordinary connection with the configured URL.
+
+use super::{Finding, Level, Streamed};
+use crate::config::Settings;
+use crate::filter::OpSet;
+use crate::source::publication;
+use crate::source::setup::{parse_pg_duration, quote_literal};
+use crate::source::{Connection, SourceError};
+
+const SIDE: &str = "postgres";
+
+fn ok(m: impl Into<String>) -> Finding {
+    Finding::new(Level::Ok, SIDE, m)
+}
+fn warn(m: impl Into<String>) -> Finding {
+    Finding::new(Level::Warn, SIDE, m)
+}
+fn fail(m: impl Into<String>) -> Finding {
+    Finding::new(Level::Fail, SIDE, m)
+}
+
+/// Runs the checks; returns the tables that will be streamed (for the RabbitMQ checks).
+pub async fn check(settings: &Settings, out: &mut Vec<Finding>) -> Vec<Streamed> {
+    let mut c = match Connection::connect(&settings.postgres, false).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(fail(format!(
+                "cannot connect to {}:{} as {}: {}",
+                settings.postgres.host,
+                settings.postgres.port,
+                settings.postgres.user,
+                crate::pipeline::error_chain(&e)
+            )));
+            return Vec::new();
+        }
+    };
+    let tables = match checks(settings, &mut c, out).await {
+        Ok(t) => t,
+        Err(e) => {
+            out.push(fail(format!(
+                "query failed: {}",
+                crate::pipeline::error_chain(&e)
+            )));
+            Vec::new()
+        }
+    };
+    c.close().await;
+    tables
+}
+
+async fn one(c: &mut Connection, sql: &str) -> Result<Vec<Option<String>>, SourceError> {
+    Ok(c.simple_query(sql)
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+fn col(row: &[Option<String>], i: usize) -> String {
+    row.get(i).cloned().flatten().unwrap_or_default()
+}
+
+async fn checks(
+    settings: &Settings,
+    c: &mut Connection,
+    out: &mut Vec<Finding>,
+) -> Result<Vec<Streamed>, SourceError> {
+    let r = one(
+        c,
+        "SELECT current_setting('wal_level'), current_setting('rds.logical_replication', true), \
+           current_setting('server_version')",
+    )
+    .await?;
+    match (col(&r, 0).as_str(), col(&r, 1).as_str()) {
+        ("logical", _) => out.push(ok(format!("wal_level is logical (PostgreSQL {})", col(&r, 2)))),
+        (level, "off") => out.push(fail(format!(
+            "wal_level is {level}: on RDS set rds.logical_replication = 1 in the parameter group and reboot"
+        ))),
+        (level, _) => out.push(fail(format!(
+            "wal_level is {level}: set wal_level = logical in postgresql.conf and restart"
+        ))),
+    }
+
+    let r = one(
+        c,
+        "SELECT r.rolname, r.rolsuper, r.rolreplication, \
+           coalesce((SELECT pg_has_role(current_user, oid, 'member') FROM pg_roles WHERE rolname = 'rds_replication'), false) \
+         FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .await?;
+    let who = col(&r, 0);
+    if col(&r, 1) == "t" || col(&r, 2) == "t" || col(&r, 3) == "t" {
+        out.push(ok(format!("role {who} may use replication")));
+    } else {
+        out.push(fail(format!(
+            "role {who} lacks REPLICATION: ALTER ROLE {who} REPLICATION (on RDS: GRANT rds_replication TO {who})"
+        )));
+    }
+
+    let slot = quote_literal(&settings.slot);
+    let r = one(
+        c,
+        &format!(
+            "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots), \
+               current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication), \
+               (SELECT count(*) FROM pg_replication_slots WHERE slot_name = {slot}), \
+               current_setting('max_slot_wal_keep_size'), current_setting('wal_sender_timeout')"
+        ),
+    )
+    .await?;
+    let n = |i| col(&r, i).parse::<i64>().unwrap_or(0);
+    let (max_slots, slots, max_senders, senders, ours) = (n(0), n(1), n(2), n(3), n(4));
+    if ours == 0 && slots >= max_slots {
+        out.push(fail(format!(
+            "no free replication slot ({slots} of max_replication_slots = {max_slots} used): raise it"
+        )));
+    } else {
+        out.push(ok(format!(
+            "replication slots: {slots} of {max_slots} used{}",
+            if ours == 1 {
+                format!(", {} exists", settings.slot)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    if senders >= max_senders {
+        out.push(fail(format!(
+            "no free WAL sender ({senders} of max_wal_senders = {max_senders} busy)"
+        )));
+    } else {
+        out.push(ok(format!("WAL senders: {senders} of {max_senders} busy")));
+    }
+    match col(&r, 5).as_str() {
+        "-1" => out.push(warn(
+            "max_slot_wal_keep_size = -1: while walrelay is stopped the slot retains WAL until the disk is full; set a limit and alert on walrelay_slot_retained_wal_bytes",
+        )),
+        v => out.push(ok(format!(
+            "max_slot_wal_keep_size = {v}: a slot further behind is invalidated and walrelay stops with \"slot lost\""
+        ))),
+    }
+    match parse_pg_duration(&col(&r, 6)) {
+        None => out.push(warn(
+            "wal_sender_timeout = 0: dead replication connections are never noticed by the server",
+        )),
+        Some(t) => out.push(ok(format!("wal_sender_timeout = {} s", t.as_secs_f64()))),
+    }
+
+    let pubname = quote_literal(&settings.publication);
+    let exists = !c
+        .simple_query(&format!(
+            "SELECT 1 FROM pg_publication WHERE pubname = {pubname}"
+        ))
+        .await?
+        .is_empty();
+    let filter = &settings.filter;
+    // The tables that will be streamed: the publication's, or those walrelay would put in it.
+    let candidates = if exists {
+        format!(
+            "SELECT pt.schemaname, pt.tablename FROM pg_publication_tables pt WHERE pt.pubname = {pubname}"
+        )
+    } else {
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg\\_%'"
+            .to_owned()
+    };
+    let rows = c
+        .simple_query(&format!(
+            "SELECT t.schemaname, t.tablename, c.relreplident, \
+               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+               (SELECT string_agg(a.attname, ',' ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid \
+                  AND a.attnum > 0 AND NOT a.attisdropped AND a.attstorage IN ('x', 'e')), \
+               (SELECT string_agg(a.attname, ',' ORDER BY a.attnum) FROM pg_attribute a JOIN pg_index i \
+                  ON i.indrelid = c.oid AND a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
+                  WHERE CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) \
+             FROM ({candidates}) AS t(schemaname, tablename) \
+             JOIN pg_namespace n ON n.nspname = t.schemaname \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
+             ORDER BY 1, 2"
+        ))
+        .await?;
+    let mut streamed = Vec::new();
+    for r in rows {
+        let (schema, name) = (col(&r, 0), col(&r, 1));
+        if !filter.included(&schema, &name) {
+            if exists {
+                out.push(warn(format!(
+                    "{schema}.{name} is published but the filter excludes it: its changes are decoded and dropped"
+                )));
+            }
+            continue;
+        }
+        let ops = filter.rule(&schema, &name).map_or(OpSet::ALL, |r| r.ops);
+        let identity = col(&r, 2);
+        let has_pk = col(&r, 3) == "t";
+        let toast = col(&r, 4);
+        let table = format!("{schema}.{name}");
+        let writes_old =
+            ops.contains(crate::event::Op::Update) || ops.contains(crate::event::Op::Delete);
+        match identity.as_str() {
+            "d" if !has_pk && writes_old => out.push(fail(format!(
+                "{table} has no primary key and REPLICA IDENTITY DEFAULT: once published, UPDATE and DELETE on it fail in PostgreSQL. Add a primary key or ALTER TABLE {table} REPLICA IDENTITY FULL"
+            ))),
+            "n" => out.push(warn(format!(
+                "{table} has REPLICA IDENTITY NOTHING: updates and deletes carry no key"
+            ))),
+            "f" => out.push(ok(format!("{table}: REPLICA IDENTITY FULL (old rows complete)"))),
+            _ => {
+                out.push(ok(format!("{table}: key ({})", col(&r, 5))));
+                if !toast.is_empty() {
+                    out.push(warn(format!(
+                        "{table}: TOASTable columns ({toast}) are listed in unchanged_toast when an update leaves them alone, and absent from old; use REPLICA IDENTITY FULL if consumers need them"
+                    )));
+                }
+            }
+        }
+        let key_columns = if identity == "f" {
+            Vec::new()
+        } else {
+            col(&r, 5)
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        streamed.push(Streamed {
+            schema,
+            name,
+            ops: ops.names(),
+            key_columns,
+        });
+    }
+    if exists {
+        out.push(ok(format!(
+            "publication {} exists ({} streamed tables)",
+            settings.publication,
+            streamed.len()
+        )));
+        for p in &filter.include {
+            if !streamed.iter().any(|t| p.matches(&t.schema, &t.name)) {
+                out.push(warn(format!(
+                    "filter.include {:?} matches no table of publication {}",
+                    p.text, settings.publication
+                )));
+            }
+        }
+        if let Err(e) =
+            publication::check_rules(c, &settings.publication, filter, &settings.routing_key).await
+        {
+            out.push(fail(e.to_string()));
+        }
+    } else if let Some(p) = filter
+        .include
+        .iter()
+        .find(|p| p.exact().is_some() && !streamed.iter().any(|t| p.matches(&t.schema, &t.name)))
+    {
+        out.push(fail(format!(
+            "filter.include names {}, which does not exist: walrelay cannot create the publication",
+            p.text
+        )));
+    } else if filter.include.is_empty() {
+        out.push(fail(format!(
+            "publication {} does not exist and filter.include is empty: nothing to create it from",
+            settings.publication
+        )));
+    } else if streamed.is_empty() {
+        out.push(fail("filter.include matches no existing table"));
+    } else {
+        out.push(ok(format!(
+            "publication {} will be created for {} tables",
+            settings.publication,
+            streamed.len()
+        )));
+    }
+    Ok(streamed)
+}

@@ -1,0 +1,246 @@
+//! The doctor's RabbitMQ checks: credentials over AMQP, exchanges probed passively (nothing is
+//! declared), and through the management API the bindings every routing key needs and the
+//! queues behind them.
+
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+
+use super::management::{Api, segment};
+use super::{Finding, Level, Streamed, topic};
+use crate::config::Settings;
+use crate::event::routing::{RouteVars, RoutingTemplate};
+use crate::pgoutput::{Column, Datum, Relation, ReplicaIdentity, TupleData};
+
+const SIDE: &str = "rabbitmq";
+
+fn f(level: Level, m: impl Into<String>) -> Finding {
+    Finding::new(level, SIDE, m)
+}
+
+/// The routing keys (and exchange) the config produces for a table. Key values are unknown
+/// ahead of time, so `{key.x}` renders a sample word and `{partition}` every partition.
+fn produced(settings: &Settings, t: &Streamed) -> (String, Vec<String>) {
+    let rule = settings.filter.rule(&t.schema, &t.name);
+    let exchange = rule
+        .and_then(|r| r.exchange.clone())
+        .unwrap_or_else(|| settings.sink.exchange.clone());
+    let template: &RoutingTemplate = rule
+        .and_then(|r| r.routing_key.as_ref())
+        .unwrap_or(&settings.routing_key);
+    let rel = Relation {
+        oid: 0,
+        schema: t.schema.clone(),
+        name: t.name.clone(),
+        replica_identity: ReplicaIdentity::Default,
+        columns: template
+            .key_columns()
+            .map(|c| Column {
+                name: c.to_owned(),
+                is_key: true,
+                type_oid: 25,
+                type_modifier: -1,
+            })
+            .collect(),
+    };
+    let sample = TupleData {
+        columns: rel.columns.iter().map(|_| Datum::Text(b"1")).collect(),
+    };
+    let partitions: Vec<Option<u32>> = match rule.and_then(|r| r.partitions) {
+        Some(n) => (0..n).map(Some).collect(),
+        None => vec![None],
+    };
+    let mut keys = Vec::new();
+    for op in &t.ops {
+        for p in &partitions {
+            keys.push(template.render(&RouteVars {
+                schema: &t.schema,
+                table: &t.name,
+                op,
+                key: Some((&rel, &sample)),
+                partition: *p,
+            }));
+        }
+    }
+    keys.dedup();
+    (exchange, keys)
+}
+
+pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Finding>) {
+    let uri: lapin::uri::AMQPUri = match settings.sink.url.expose().parse() {
+        Ok(u) => u,
+        Err(_) => return out.push(f(Level::Fail, "rabbitmq.url is not an AMQP URL")),
+    };
+    let conn = match Connection::connect(
+        settings.sink.url.expose(),
+        ConnectionProperties::default(),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return out.push(f(
+                Level::Fail,
+                format!(
+                    "cannot connect to {}:{} vhost {:?} as {}: {e}",
+                    uri.authority.host,
+                    uri.authority.port,
+                    uri.vhost,
+                    uri.authority.userinfo.username
+                ),
+            ));
+        }
+    };
+    out.push(f(
+        Level::Ok,
+        format!(
+            "connected to {}:{} as {}",
+            uri.authority.host, uri.authority.port, uri.authority.userinfo.username
+        ),
+    ));
+    let mut exchanges: Vec<String> = vec![settings.sink.exchange.clone()];
+    exchanges.extend(settings.sink.extra_exchanges.iter().cloned());
+    let mut missing = Vec::new();
+    for x in &exchanges {
+        // A passive declare only checks existence; a failed one closes the channel.
+        let Ok(ch) = conn.create_channel().await else {
+            out.push(f(Level::Fail, "cannot open a channel"));
+            return;
+        };
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match ch
+            .exchange_declare(
+                x.as_str().into(),
+                ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(()) => out.push(f(Level::Ok, format!("exchange {x:?} exists"))),
+            Err(_) if settings.sink.declare_exchange => {
+                missing.push(x.clone());
+                out.push(f(Level::Ok, format!("exchange {x:?} does not exist yet; walrelay declares it (durable topic) at start")));
+            }
+            Err(_) => out.push(f(
+                Level::Fail,
+                format!("exchange {x:?} does not exist and rabbitmq.declare_exchange = false"),
+            )),
+        }
+        let _ = ch.close(200, "doctor".into()).await;
+    }
+    let _ = conn.close(200, "doctor".into()).await;
+
+    let api_url = settings.management_url.as_ref().map_or_else(
+        || {
+            format!(
+                "http://{}:{}@{}:15672",
+                segment(&uri.authority.userinfo.username),
+                segment(&uri.authority.userinfo.password),
+                uri.authority.host
+            )
+        },
+        |u| u.expose().to_owned(),
+    );
+    let Some(api) = Api::from_url(&api_url) else {
+        return out.push(f(
+            Level::Warn,
+            "rabbitmq.management_url is not usable: bindings not checked",
+        ));
+    };
+    let vhost = segment(&uri.vhost);
+    let mut bindings: Vec<(String, Vec<Value>)> = Vec::new();
+    for x in &exchanges {
+        let found = if missing.contains(x) {
+            Vec::new()
+        } else {
+            match api
+                .get(&format!(
+                    "/api/exchanges/{vhost}/{}/bindings/source",
+                    segment(x)
+                ))
+                .await
+            {
+                Ok(Value::Array(list)) => list,
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    return out.push(f(
+                        Level::Warn,
+                        format!("management API at {}:{} not usable ({e}): bindings and queues not checked (enable rabbitmq_management or set rabbitmq.management_url)", api.host, api.port),
+                    ));
+                }
+            }
+        };
+        bindings.push((x.clone(), found));
+    }
+    let mut queues: Vec<String> = Vec::new();
+    for t in tables {
+        let (exchange, keys) = produced(settings, t);
+        let list = bindings
+            .iter()
+            .find(|(x, _)| *x == exchange)
+            .map(|(_, l)| l.as_slice())
+            .unwrap_or(&[]);
+        let mut unroutable = Vec::new();
+        for key in &keys {
+            let hits: Vec<&Value> = list
+                .iter()
+                .filter(|b| {
+                    b["routing_key"]
+                        .as_str()
+                        .is_some_and(|bk| topic::matches(bk, key))
+                })
+                .collect();
+            if hits.is_empty() {
+                unroutable.push(key.clone());
+            }
+            for b in hits {
+                if b["destination_type"] == "queue"
+                    && let Some(q) = b["destination"].as_str()
+                    && !queues.iter().any(|x| x == q)
+                {
+                    queues.push(q.to_owned());
+                }
+            }
+        }
+        if unroutable.is_empty() {
+            out.push(f(
+                Level::Ok,
+                format!(
+                    "{}.{}: every routing key is bound on exchange {exchange:?}",
+                    t.schema, t.name
+                ),
+            ));
+        } else {
+            out.push(f(
+                Level::Fail,
+                format!(
+                    "messages for {} would be unroutable: exchange {exchange:?} has no binding that matches (walrelay would stop and hold the slot)",
+                    unroutable.join(", ")
+                ),
+            ));
+        }
+    }
+    for q in queues {
+        match api
+            .get(&format!("/api/queues/{vhost}/{}", segment(&q)))
+            .await
+        {
+            Ok(v) => {
+                let kind = v["type"].as_str().unwrap_or("classic").to_owned();
+                if v["durable"] != Value::Bool(true) {
+                    out.push(f(Level::Warn, format!("queue {q:?} is not durable: its messages are lost when the broker restarts")));
+                } else if kind == "quorum" {
+                    out.push(f(Level::Ok, format!("queue {q:?}: durable quorum queue (replicated, fsynced before confirming)")));
+                } else {
+                    out.push(f(Level::Ok, format!("queue {q:?}: durable {kind} queue (confirms do not wait for fsync; use a quorum queue for power-loss safety)")));
+                }
+            }
+            Err(e) => out.push(f(Level::Warn, format!("queue {q:?}: cannot read it ({e})"))),
+        }
+    }
+}

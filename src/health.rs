@@ -1,0 +1,134 @@
+//! Liveness and readiness: a few atomics the pipeline writes as it works, and the rule that
+//! turns them into "ready" or a list of reasons why not. Served by the `http` module.
+//!
+//! Ready means: replication is streaming, the broker connection is open and not blocked, the
+//! broker has confirmed within `confirm_timeout` whenever messages are in flight, and a status
+//! update went to Postgres recently (so the slot's position is being reported). A standby
+//! instance waiting for the slot is alive but not ready.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The pipeline's live state, as far as health is concerned.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub streaming: AtomicBool,
+    pub broker_connected: AtomicBool,
+    pub broker_blocked: AtomicBool,
+    /// Waiting because another instance holds the slot.
+    pub standby: AtomicBool,
+    /// When the last standby status update went to Postgres (ms since the epoch; 0: never).
+    pub last_status_ms: AtomicU64,
+    /// When the oldest unconfirmed message was published (ms since the epoch; 0: none).
+    pub oldest_unconfirmed_ms: AtomicU64,
+    /// Limits, in ms: status updates older than this are stale; confirms slower than this
+    /// mean the broker is not confirming.
+    pub status_stale_ms: AtomicU64,
+    pub confirm_timeout_ms: AtomicU64,
+}
+
+impl Health {
+    pub fn new(status_interval: Duration, confirm_timeout: Duration) -> Health {
+        let h = Health::default();
+        // Three missed intervals, and never less than 5 s, so a busy second is not an outage.
+        let stale = (status_interval.as_millis() as u64 * 3).max(5_000);
+        h.status_stale_ms.store(stale, Ordering::Relaxed);
+        h.confirm_timeout_ms
+            .store(confirm_timeout.as_millis() as u64, Ordering::Relaxed);
+        h
+    }
+
+    pub fn set(flag: &AtomicBool, v: bool) {
+        flag.store(v, Ordering::Relaxed);
+    }
+
+    pub fn status_sent(&self) {
+        self.last_status_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// `None` when nothing is in flight.
+    pub fn set_oldest_unconfirmed(&self, published_ms: Option<u64>) {
+        self.oldest_unconfirmed_ms
+            .store(published_ms.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Ready, or the reasons why not (short, fixed phrases: no values, no secrets).
+    pub fn readiness(&self, now_ms: u64) -> Result<(), Vec<&'static str>> {
+        let mut why = Vec::new();
+        let get = |a: &AtomicBool| a.load(Ordering::Relaxed);
+        if get(&self.standby) {
+            why.push("standby: another instance holds the replication slot");
+        } else if !get(&self.streaming) {
+            why.push("replication is not streaming");
+        }
+        if !get(&self.broker_connected) {
+            why.push("not connected to RabbitMQ");
+        }
+        if get(&self.broker_blocked) {
+            why.push("RabbitMQ blocks publishing (resource alarm)");
+        }
+        let oldest = self.oldest_unconfirmed_ms.load(Ordering::Relaxed);
+        if oldest != 0
+            && now_ms.saturating_sub(oldest) > self.confirm_timeout_ms.load(Ordering::Relaxed)
+        {
+            why.push("RabbitMQ is not confirming messages");
+        }
+        let last = self.last_status_ms.load(Ordering::Relaxed);
+        if get(&self.streaming)
+            && now_ms.saturating_sub(last) > self.status_stale_ms.load(Ordering::Relaxed)
+        {
+            why.push("status updates to PostgreSQL are stale");
+        }
+        if why.is_empty() { Ok(()) } else { Err(why) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_rules() {
+        let h = Health::new(Duration::from_secs(1), Duration::from_secs(30));
+        let now = 1_000_000;
+        assert_eq!(
+            h.readiness(now),
+            Err(vec![
+                "replication is not streaming",
+                "not connected to RabbitMQ"
+            ])
+        );
+        Health::set(&h.streaming, true);
+        Health::set(&h.broker_connected, true);
+        h.last_status_ms.store(now - 1_000, Ordering::Relaxed);
+        assert_eq!(h.readiness(now), Ok(()));
+        h.last_status_ms.store(now - 6_000, Ordering::Relaxed);
+        assert_eq!(
+            h.readiness(now),
+            Err(vec!["status updates to PostgreSQL are stale"])
+        );
+        h.last_status_ms.store(now, Ordering::Relaxed);
+        h.set_oldest_unconfirmed(Some(now - 31_000));
+        assert_eq!(
+            h.readiness(now),
+            Err(vec!["RabbitMQ is not confirming messages"])
+        );
+        h.set_oldest_unconfirmed(None);
+        Health::set(&h.broker_blocked, true);
+        assert!(h.readiness(now).is_err());
+        Health::set(&h.broker_blocked, false);
+        Health::set(&h.streaming, false);
+        Health::set(&h.standby, true);
+        assert_eq!(
+            h.readiness(now),
+            Err(vec!["standby: another instance holds the replication slot"])
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! `walrelay status`: the slot's state as PostgreSQL sees it, read over plain SQL so it works
+//! from anywhere, including while walrelay runs on another machine (like `pgqadm status`).
+
+use serde_json::{Value, json};
+
+use crate::config::Settings;
+use crate::source::setup::quote_literal;
+use crate::source::{Connection, SourceError};
+
+/// What `status` reports. Values are as PostgreSQL printed them (`None` for NULL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub slot: String,
+    pub exists: bool,
+    pub fields: Vec<(&'static str, Option<String>)>,
+    pub publication: String,
+    pub publication_exists: bool,
+    pub tables: Vec<String>,
+}
+
+const FIELDS: [&str; 12] = [
+    "plugin",
+    "database",
+    "active",
+    "active_pid",
+    "confirmed_flush_lsn",
+    "restart_lsn",
+    "current_wal_lsn",
+    "lag_bytes",
+    "retained_wal_bytes",
+    "wal_status",
+    "safe_wal_size",
+    "last_reply",
+];
+
+/// Connects with the configured URL (no replication) and reads the slot and the publication.
+pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
+    let mut c = Connection::connect(&settings.postgres, false).await?;
+    let slot = quote_literal(&settings.slot);
+    let rows = c
+        .simple_query(&format!(
+            "SELECT s.plugin, s.database, s.active, s.active_pid, s.confirmed_flush_lsn, s.restart_lsn, \
+               pg_current_wal_lsn(), (pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint, \
+               (pg_current_wal_lsn() - s.restart_lsn)::bigint, s.wal_status, s.safe_wal_size, \
+               (SELECT r.reply_time FROM pg_stat_replication r WHERE r.pid = s.active_pid) \
+             FROM pg_replication_slots s WHERE s.slot_name = {slot}"
+        ))
+        .await?;
+    let pubname = quote_literal(&settings.publication);
+    let publication_exists = !c
+        .simple_query(&format!(
+            "SELECT 1 FROM pg_publication WHERE pubname = {pubname}"
+        ))
+        .await?
+        .is_empty();
+    let tables = c
+        .simple_query(&format!(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = {pubname} ORDER BY 1"
+        ))
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    c.close().await;
+    let row = rows.into_iter().next();
+    Ok(Report {
+        slot: settings.slot.clone(),
+        exists: row.is_some(),
+        fields: FIELDS
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                (
+                    *name,
+                    row.as_ref().and_then(|r| r.get(i).cloned().flatten()),
+                )
+            })
+            .collect(),
+        publication: settings.publication.clone(),
+        publication_exists,
+        tables,
+    })
+}
+
+impl Report {
+    pub fn to_json(&self) -> Value {
+        let mut slot = serde_json::Map::new();
+        slot.insert("name".into(), json!(self.slot));
+        slot.insert("exists".into(), json!(self.exists));
+        for (k, v) in &self.fields {
+            let value = match (k, v) {
+                (_, None) => Value::Null,
+                (&"active", Some(b)) => json!(b == "t"),
+                (
+                    &("active_pid" | "lag_bytes" | "retained_wal_bytes" | "safe_wal_size"),
+                    Some(n),
+                ) => n.parse::<i64>().map_or_else(|_| json!(n), |n| json!(n)),
+                (_, Some(s)) => json!(s),
+            };
+            slot.insert((*k).into(), value);
+        }
+        json!({
+            "slot": slot,
+            "publication": {
+                "name": self.publication,
+                "exists": self.publication_exists,
+                "tables": self.tables,
+            }
+        })
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<22}{v}\n"));
+        line("slot", &self.slot);
+        if !self.exists {
+            line(
+                "  state",
+                "missing (walrelay creates it on its first start)",
+            );
+        }
+        for (k, v) in &self.fields {
+            if self.exists {
+                line(&format!("  {k}"), v.as_deref().unwrap_or("-"));
+            }
+        }
+        line("publication", &self.publication);
+        if !self.publication_exists {
+            line(
+                "  state",
+                "missing (walrelay creates it from filter.include)",
+            );
+        }
+        line("  tables", &self.tables.join(", "));
+        out
+    }
+}
