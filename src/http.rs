@@ -82,3 +82,32 @@ async fn readyz(axum::extract::State(s): axum::extract::State<State>) -> impl In
         body.to_string(),
     )
 }
+
+/// A blocking `GET` of an `http://host:port/path` URL: (status code, body). Used by
+/// `walrelay ready` (the container HEALTHCHECK), which must not need curl in the image.
+pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("not an http:// URL: {url}"));
+    let u = url::Url::parse(url).map_err(|_| bad())?;
+    if u.scheme() != "http" {
+        return Err(bad());
+    }
+    let host = u.host_str().ok_or_else(bad)?;
+    let port = u.port().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+        .next()
+        .ok_or_else(bad)?;
+    let timeout = std::time::Duration::from_secs(5);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(s, "GET {} HTTP/1.0\r\nHost: {host}\r\n\r\n", u.path())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}

@@ -29,4 +29,5 @@ pub mod probe;
 pub mod sink;
 pub mod source;
 pub mod status;
+pub mod tail;
 pub mod value;

@@ -48,6 +48,28 @@ enum Command {
         #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
         config: PathBuf,
     },
+    /// Print the events walrelay publishes, from a queue bound to its exchange.
+    Tail {
+        #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
+        config: PathBuf,
+        /// Durable queue to declare and consume (shared by every `tail` using the name).
+        #[arg(long, default_value = "walrelay.tail")]
+        queue: String,
+        /// Binding key on the exchange.
+        #[arg(long, default_value = "#")]
+        binding: String,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit when no event arrived for this many seconds.
+        #[arg(long)]
+        idle_timeout_secs: Option<u64>,
+    },
+    /// Exit 0 when a walrelay's /readyz says ready (for container HEALTHCHECKs).
+    Ready {
+        #[arg(long, default_value = "http://127.0.0.1:9187/readyz")]
+        url: String,
+    },
 }
 
 /// Exit code for a configuration error (distinct from a runtime failure).
@@ -59,7 +81,21 @@ fn main() -> ExitCode {
         Command::Run { config, .. }
         | Command::CheckConfig { config }
         | Command::Status { config, .. }
+        | Command::Tail { config, .. }
         | Command::Doctor { config } => config.clone(),
+        Command::Ready { url } => {
+            return match walrelay::http::http_get(url) {
+                Ok((200, _)) => ExitCode::SUCCESS,
+                Ok((code, body)) => {
+                    eprintln!("walrelay ready: {code} {body}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("walrelay ready: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let settings = match walrelay::config::load(&path) {
         Ok(s) => s,
@@ -125,6 +161,27 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }),
+        Command::Tail {
+            queue,
+            binding,
+            count,
+            idle_timeout_secs,
+            ..
+        } => runtime.block_on(async {
+            let opts = walrelay::tail::TailOptions {
+                queue,
+                binding,
+                count,
+                idle_timeout: idle_timeout_secs.map(std::time::Duration::from_secs),
+            };
+            match walrelay::tail::run(&settings, &opts, &mut std::io::stdout()).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("walrelay tail: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }),
         _ => runtime.block_on(serve(settings)),

@@ -204,6 +204,9 @@ async fn readiness_flips_when_the_broker_is_cut_and_back() {
     .await;
     let reasons = body["reasons"].to_string();
     assert!(reasons.contains("not connected to RabbitMQ"), "{body}");
+    // The container HEALTHCHECK command agrees.
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    assert_eq!(walrelay(&["ready", "--url", &url]).status.code(), Some(1));
     assert_eq!(body["ready"], false);
     // Changes made meanwhile are delivered once the broker is back.
     client
@@ -217,6 +220,7 @@ async fn readiness_flips_when_the_broker_is_cut_and_back() {
     .await;
     let got = queue.take(1, T).await;
     assert_eq!(got[0].body["new"]["id"], 1);
+    assert_eq!(walrelay(&["ready", "--url", &url]).status.code(), Some(0));
     let m = scrape(port).await;
     assert!(
         metric(&m, "walrelay_reconnects_total{side=\"rabbitmq\"}") >= 1.0,
