@@ -87,7 +87,12 @@ async fn readyz(axum::extract::State(s): axum::extract::State<State>) -> impl In
 /// `walrelay ready` (the container HEALTHCHECK), which must not need curl in the image.
 pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("not an http:// URL: {url}"));
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not an http:// URL: {url}"),
+        )
+    };
     let u = url::Url::parse(url).map_err(|_| bad())?;
     if u.scheme() != "http" {
         return Err(bad());
@@ -108,6 +113,9 @@ pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((code, body))
 }

@@ -7,8 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
@@ -31,8 +30,8 @@ pub async fn run(
     opts: &TailOptions,
     out: &mut dyn Write,
 ) -> Result<u64, lapin::Error> {
-    let conn = Connection::connect(settings.sink.url.expose(), ConnectionProperties::default())
-        .await?;
+    let conn =
+        Connection::connect(settings.sink.url.expose(), ConnectionProperties::default()).await?;
     let exchange = settings.sink.exchange.as_str();
     // An existing queue is used as it is (whatever its type and arguments): a passive declare
     // checks it exists; a failed passive declare closes the channel, so open another.
@@ -89,7 +88,10 @@ pub async fn run(
             break;
         }
         match ch
-            .basic_get(opts.queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                opts.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await?
         {
             Some(msg) => {

@@ -41,7 +41,10 @@ fn compose_file_parses_and_references_existing_files() {
         );
         for v in svc["volumes"].as_sequence().into_iter().flatten() {
             let src = v.as_str().unwrap().split(':').next().unwrap();
-            assert!(src.starts_with("./"), "{name}: bind-mount {src} should be relative");
+            assert!(
+                src.starts_with("./"),
+                "{name}: bind-mount {src} should be relative"
+            );
             assert!(Path::new(src).exists(), "{name}: {src} does not exist");
         }
         for dep in svc["depends_on"]
@@ -50,7 +53,10 @@ fn compose_file_parses_and_references_existing_files() {
             .or_else(|| svc["depends_on"].as_sequence().cloned())
             .unwrap_or_default()
         {
-            assert!(services.contains_key(&dep), "{name} depends on unknown {dep:?}");
+            assert!(
+                services.contains_key(&dep),
+                "{name} depends on unknown {dep:?}"
+            );
         }
     }
     let build = &c["services"]["walrelay"]["build"];
@@ -67,7 +73,12 @@ fn compose_environment_makes_a_valid_walrelay_config() {
         .as_mapping()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.as_str().unwrap().to_owned(), v.as_str().unwrap().to_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_owned(),
+                v.as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     let mut env_with_image = env.clone();
     // Set by the Dockerfile.
@@ -110,9 +121,22 @@ fn dockerfile_builds_like_the_tests_and_runs_as_operators_need() {
         "the image builds with the lock file, as scripts/test.sh does"
     );
     assert!(read("scripts/test.sh").contains("--locked"));
-    for line in df.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
-        for src in line.split_whitespace().skip(1).collect::<Vec<_>>().split_last().unwrap().1 {
-            assert!(Path::new(src).exists(), "Dockerfile copies {src}, which does not exist");
+    for line in df
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        for src in line
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .split_last()
+            .unwrap()
+            .1
+        {
+            assert!(
+                Path::new(src).exists(),
+                "Dockerfile copies {src}, which does not exist"
+            );
         }
     }
     let entry = df.lines().find(|l| l.starts_with("ENTRYPOINT")).unwrap();
@@ -149,7 +173,9 @@ fn dashboard_queries_only_metrics_walrelay_exports() {
     m.flood_events("skip", 1);
     m.error("postgres", "transient");
     m.reconnects.get_or_create(&[("side", "postgres")]).inc();
-    m.flood_transactions.get_or_create(&[("trigger", "marker")]).inc();
+    m.flood_transactions
+        .get_or_create(&[("trigger", "marker")])
+        .inc();
     m.events_published
         .get_or_create(&walrelay::metrics::OpTable {
             op: "insert",
@@ -191,7 +217,10 @@ fn dashboard_queries_only_metrics_walrelay_exports() {
     }
     assert!(used.len() >= 10, "{used:?}");
     let unknown: Vec<_> = used.difference(&exported).collect();
-    assert!(unknown.is_empty(), "dashboard queries unknown metrics {unknown:?}; exported: {exported:?}");
+    assert!(
+        unknown.is_empty(),
+        "dashboard queries unknown metrics {unknown:?}; exported: {exported:?}"
+    );
     // And the metrics reference documents every exported metric.
     let doc = read("docs/metrics.md");
     for name in &exported {
@@ -199,7 +228,10 @@ fn dashboard_queries_only_metrics_walrelay_exports() {
             .iter()
             .find_map(|s| name.strip_suffix(s))
             .unwrap_or(name);
-        assert!(doc.contains(base), "docs/metrics.md does not mention {base}");
+        assert!(
+            doc.contains(base),
+            "docs/metrics.md does not mention {base}"
+        );
     }
 }
 
@@ -213,7 +245,10 @@ fn the_demo_script_runs_end_to_end_in_check_mode() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo --check failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "demo --check failed:\n{stdout}\n{stderr}"
+    );
     assert!(stderr.contains("demo check passed: 10 events"), "{stderr}");
     assert!(stdout.contains("public.orders.bulk"), "{stdout}");
 }
