@@ -36,6 +36,9 @@ pub const DEFAULT_RECONNECT_MIN_MS: u64 = 500;
 pub const DEFAULT_RECONNECT_MAX_MS: u64 = 30_000;
 /// Loopback only by default: metrics are not for the whole network unless asked.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9187";
+/// Silence from the server for this long (after asking it to answer) means the connection is
+/// dead: a blackholed network sends no RST, and TCP alone would wait for many minutes.
+pub const DEFAULT_RECEIVE_TIMEOUT_MS: u64 = 30_000;
 /// How often the slot's retained WAL is sampled over SQL.
 pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 10_000;
 /// While another instance holds the slot, how often a standby tries to take it: the takeover
@@ -67,6 +70,7 @@ pub struct RawPostgres {
     pub slot: Option<String>,
     pub publication: Option<String>,
     pub status_interval_ms: Option<u64>,
+    pub receive_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +97,7 @@ pub struct RawService {
     pub heartbeat_interval_ms: Option<u64>,
     pub probe_interval_ms: Option<u64>,
     pub standby_retry_ms: Option<u64>,
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -36,6 +36,8 @@ pub struct Settings {
     /// publication walrelay creates when it does not exist.
     pub filter: FilterSettings,
     pub status_interval: Duration,
+    /// Silence from the server after which the replication connection is presumed dead.
+    pub receive_timeout: Duration,
     pub sink: SinkSettings,
     pub routing_key: RoutingTemplate,
     pub max_in_flight: usize,
@@ -55,6 +57,8 @@ pub struct Settings {
     pub standby_retry: Duration,
     /// RabbitMQ's management API, for `walrelay doctor` (bindings and queue types).
     pub management_url: Option<secret::Secret>,
+    /// Where the last reported position is kept across restarts (off when `None`).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 fn is_valid_slot_name(s: &str) -> bool {
@@ -240,7 +244,20 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must be an http:// URL of the management API".into(),
         ));
     }
+    let receive_timeout = positive(
+        "postgres.receive_timeout_ms",
+        raw.postgres.receive_timeout_ms,
+        DEFAULT_RECEIVE_TIMEOUT_MS,
+    )?;
+    if receive_timeout < status_interval * 2 {
+        return Err(ConfigError::new(
+            "postgres.receive_timeout_ms",
+            "must be at least twice postgres.status_interval_ms".into(),
+        ));
+    }
     Ok(Settings {
+        receive_timeout,
+        state_file: raw.service.state_file,
         http_listen,
         heartbeat_interval,
         probe_interval,

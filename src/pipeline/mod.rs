@@ -26,6 +26,7 @@ use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::RelationCache;
+use crate::position_file::PositionFile;
 use crate::sink::{Publisher, SinkError};
 use crate::source::stream::ReplicationStream;
 use crate::source::{Connection, SourceError, publication, setup};
@@ -186,7 +187,19 @@ async fn session(
         &settings.routing_key,
     )
     .await?;
-    let slot = setup::ensure_slot(&mut conn, &settings.slot, &database, memory.known).await?;
+    // What we know we confirmed: this process's memory, and the position file across restarts.
+    let mut position_file = settings.state_file.as_deref().map(PositionFile::new);
+    let mut known = memory.known;
+    if let Some(f) = position_file.as_mut() {
+        let stored = f
+            .load()
+            .map_err(|e| SourceError::PositionFile(e.to_string()))?;
+        known = match (known, stored) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    let slot = setup::ensure_slot(&mut conn, &settings.slot, &database, known).await?;
     let types = setup::load_types(&mut conn).await?;
     let mut status_interval = settings.status_interval;
     if let Some(timeout) = setup::wal_sender_timeout(&mut conn).await? {
@@ -239,6 +252,10 @@ async fn session(
         open: None,
         received: start,
         last_idle: start,
+        last_heard: tokio::time::Instant::now(),
+        receive_timeout: settings.receive_timeout,
+        position_file,
+        reported: start,
         pending: VecDeque::new(),
     };
     let outcome = replicator.run(shutdown).await;
@@ -252,11 +269,21 @@ async fn session(
                 mut stream,
                 tx,
                 received,
+                mut position_file,
                 ..
             } = replicator;
             drop(tx);
-            let result = drain(&mut stream, publisher_task, &acked_rx, received, settings).await;
+            let result = drain(
+                &mut stream,
+                &mut position_file,
+                publisher_task,
+                &acked_rx,
+                received,
+                settings,
+            )
+            .await;
             let flush = *acked_rx.borrow();
+            replicate::write_ahead(&mut position_file, flush)?;
             let final_status = stream.send_status(received, flush, false).await;
             stream.close().await;
             remember(memory);
@@ -317,6 +344,7 @@ async fn watch_broker(status: lapin::ConnectionStatus, obs: Observers) {
 /// Waits (bounded) for the publisher to confirm what is in flight, answering the server meanwhile.
 async fn drain(
     stream: &mut ReplicationStream,
+    position_file: &mut Option<PositionFile>,
     mut publisher_task: tokio::task::JoinHandle<Result<Publisher, SinkError>>,
     acked: &watch::Receiver<Lsn>,
     received: Lsn,
@@ -340,6 +368,7 @@ async fn drain(
             }
             _ = tick.tick() => {
                 let flush = *acked.borrow();
+                replicate::write_ahead(position_file, flush)?;
                 stream.send_status(received, flush, false).await?;
             }
         }

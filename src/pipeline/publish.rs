@@ -90,6 +90,7 @@ impl PublishLoop {
                             .await
                             .map_err(|_| SinkError::Stalled { waited: self.confirm_timeout, in_flight: window.len() })??;
                         self.tracker.published();
+                        crate::failpoint::hit("publish.before_confirm");
                         self.metrics.in_flight.inc();
                         let published_ms = now_ms();
                         if window.is_empty() {
@@ -141,6 +142,9 @@ impl PublishLoop {
 
     fn publish_position(&self) {
         let pos = self.tracker.confirmed();
+        if pos > *self.acked.borrow() {
+            crate::failpoint::hit("confirm.before_status");
+        }
         self.metrics.confirmed_lsn.set(pos.0);
         let wal_end = self.metrics.server_wal_end.get();
         self.metrics.lag_bytes.set(wal_end.saturating_sub(pos.0));

@@ -24,6 +24,7 @@ use crate::filter::{FilterSettings, TableView};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::RelationCache;
+use crate::position_file::PositionFile;
 use crate::source::SourceError;
 use crate::source::stream::{ReplMessage, ReplicationStream};
 use crate::value::TypeRegistry;
@@ -72,6 +73,14 @@ pub struct Replicator {
     pub last_idle: Lsn,
     /// Items decoded but not yet accepted by the channel.
     pub pending: VecDeque<Outbound>,
+    /// When the server was last heard from while we were reading (reset while we are not
+    /// reading, during back-pressure, so a full channel is never mistaken for a dead link).
+    pub last_heard: tokio::time::Instant,
+    pub receive_timeout: Duration,
+    /// Written ahead of every new reported position (`service.state_file`).
+    pub position_file: Option<PositionFile>,
+    /// The last flush position reported to the server.
+    pub reported: Lsn,
 }
 
 impl Replicator {
@@ -84,6 +93,8 @@ impl Replicator {
                 return Ok(Stop::Shutdown);
             }
             if let Some(front) = self.pending.pop_front() {
+                // Not reading the socket now: silence from the server proves nothing.
+                self.last_heard = tokio::time::Instant::now();
                 // Decide first, act after: the reserve future borrows the channel.
                 enum Next {
                     Shutdown,
@@ -128,7 +139,14 @@ impl Replicator {
                 };
                 match next {
                     Next::Shutdown => {}
-                    Next::Status => self.send_status(false).await?,
+                    Next::Status => {
+                        let silent = self.last_heard.elapsed();
+                        if silent > self.receive_timeout {
+                            return Err(SourceError::Silent(silent));
+                        }
+                        // Quiet for a while: ask the server to answer, so a dead link shows.
+                        self.send_status(silent > self.status_interval).await?
+                    }
                     Next::Gone => return Ok(Stop::PublisherGone),
                     Next::Message(msg) => self.handle(msg?).await?,
                 }
@@ -140,15 +158,21 @@ impl Replicator {
     pub async fn send_status(&mut self, reply_requested: bool) -> Result<(), SourceError> {
         let flush = *self.acked.borrow();
         trace!(flush = %flush, write = %self.received, "standby status update");
+        write_ahead(&mut self.position_file, flush)?;
         self.stream
             .send_status(self.received, flush, reply_requested)
             .await?;
         self.health.status_sent();
+        if flush > self.reported {
+            self.reported = flush;
+            crate::failpoint::hit("status.after_send");
+        }
         Ok(())
     }
 
     async fn handle(&mut self, msg: ReplMessage) -> Result<(), SourceError> {
         self.metrics.touch_server();
+        self.last_heard = tokio::time::Instant::now();
         match msg {
             ReplMessage::Keepalive {
                 wal_end,
@@ -179,5 +203,15 @@ impl Replicator {
             }
         }
         Ok(())
+    }
+}
+
+/// Records `flush` in the position file (if any) before it is reported to the server.
+pub fn write_ahead(file: &mut Option<PositionFile>, flush: Lsn) -> Result<(), SourceError> {
+    match file {
+        Some(f) => f
+            .store(flush)
+            .map_err(|e| SourceError::PositionFile(e.to_string())),
+        None => Ok(()),
     }
 }

@@ -87,6 +87,12 @@ pub enum SourceError {
     Setup(String),
     #[error(transparent)]
     Filter(#[from] crate::filter::RuleError),
+    #[error(
+        "no message from PostgreSQL for {0:?} (not even an answer to a keepalive request): the connection is presumed dead"
+    )]
+    Silent(std::time::Duration),
+    #[error("position file: {0}")]
+    PositionFile(String),
 }
 
 impl SourceError {
@@ -96,7 +102,8 @@ impl SourceError {
             SourceError::Connect { .. }
             | SourceError::ConnectTimeout(_)
             | SourceError::Wire(WireError::Io(_) | WireError::Closed)
-            | SourceError::TlsHandshake(_) => true,
+            | SourceError::TlsHandshake(_)
+            | SourceError::Silent(_) => true,
             SourceError::Server(e) => is_transient_sqlstate(&e.code),
             _ => false,
         }

@@ -61,9 +61,19 @@ pub async fn ensure_publication(
         }
     }
     for p in &filter.include {
-        if !published.iter().any(|t| p.matches(&t.schema, &t.name)) {
-            warn!(publication, pattern = %p.text, "filter.include matches no table of the existing publication: nothing will be streamed for it");
+        if published.iter().any(|t| p.matches(&t.schema, &t.name)) {
+            continue;
         }
+        // A table named exactly but not published would silently never stream: refuse.
+        if p.exact().is_some() {
+            return Err(SourceError::Setup(format!(
+                "filter.include names {}, which is not in publication {publication:?}:                  ALTER PUBLICATION {} ADD TABLE {} (or remove it from filter.include)",
+                p.text,
+                quote_ident(publication),
+                p.text
+            )));
+        }
+        warn!(publication, pattern = %p.text, "filter.include matches no table of the existing publication: nothing will be streamed for it");
     }
     Ok(())
 }

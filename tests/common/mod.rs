@@ -3,6 +3,7 @@
 //! test can `kill -9` it. Waits are conditions with timeouts, never fixed sleeps.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod proxy;
 
 use std::net::TcpListener;
@@ -431,6 +432,11 @@ pub fn write_config(
 
 impl Relay {
     pub fn start(config: &Path) -> Relay {
+        Relay::start_env(config, &[])
+    }
+
+    /// Starts walrelay with extra environment variables (e.g. a failpoint).
+    pub fn start_env(config: &Path, env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let log_path = dir.path().join("walrelay.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -440,6 +446,7 @@ impl Relay {
             .env("WALRELAY_LOG", "walrelay=debug,info")
             .env_remove("DATABASE_URL")
             .env_remove("AMQP_URL")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
