@@ -271,7 +271,7 @@ async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
     let rss_second = peak_rss_kib(relay.child.id());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     consumer.await.unwrap();
-    let d = deliveries.lock().unwrap();
+    let d = std::mem::take(&mut *deliveries.lock().unwrap());
     let mut by_change = std::collections::HashMap::new();
     for x in d.iter() {
         let id = by_change
@@ -286,7 +286,6 @@ async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
     );
     assert_eq!(by_change.len() as i64, rows);
     assert!(rss_second < 96 * 1024, "peak RSS {rss_second} KiB");
-    drop(d);
     bed.queue.delete().await;
 }
 
