@@ -295,6 +295,9 @@ async fn session(
             Ok(())
         }
         Ok(Stop::PublisherGone) => {
+            // What the broker confirmed before the failure is progress: report it, or a
+            // session that always fails at the same message would never move the slot.
+            report_final(&mut replicator, &acked_rx).await;
             replicator.stream.close().await;
             remember(memory);
             match publisher_task.await {
@@ -305,9 +308,32 @@ async fn session(
         }
         Err(e) => {
             publisher_task.abort();
+            // A permanent error (bad data, a rule that cannot apply) leaves the connection
+            // usable: report the confirmed progress before stopping.
+            if !e.is_transient() {
+                report_final(&mut replicator, &acked_rx).await;
+            }
             remember(memory);
             Err(e.into())
         }
+    }
+}
+
+/// Best effort, bounded: tells the server the broker-confirmed position before the session
+/// ends on an error (the connection may already be unusable; then nothing is lost either).
+async fn report_final(replicator: &mut Replicator, acked: &watch::Receiver<Lsn>) {
+    let flush = *acked.borrow();
+    if flush <= replicator.reported {
+        return;
+    }
+    if replicate::write_ahead(&mut replicator.position_file, flush).is_err() {
+        return;
+    }
+    let send = replicator
+        .stream
+        .send_status(replicator.received, flush, false);
+    if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), send).await {
+        replicator.reported = flush;
     }
 }
 
