@@ -204,3 +204,80 @@ async fn unchanged_toast_is_marked_not_nulled_and_full_identity_sends_old_rows()
     );
     queue.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_mode_packs_a_transaction_into_arrays_and_never_spans_commits() {
+    let pg = PgCluster::start();
+    let db = unique("app");
+    let client = pg.create_db(&db).await;
+    client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let exchange = unique("ex");
+    let queue = TestQueue::new(&exchange, Some("#")).await;
+    let slot = unique("slot");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &pg.url(&db),
+        AMQP_URL,
+        &slot,
+        &exchange,
+        &["public.items"],
+        "",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[rabbitmq]\n", "[rabbitmq]\nbatch_max_events = 4\n");
+    std::fs::write(&cfg, text).unwrap();
+    let relay = Relay::start(&cfg);
+    relay.wait_log("streaming", T).await;
+    client
+        .batch_execute("INSERT INTO items SELECT g FROM generate_series(1, 10) g")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO items VALUES (11)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("BEGIN; UPDATE items SET id = id + 100 WHERE id <= 2; INSERT INTO items VALUES (12); COMMIT")
+        .await
+        .unwrap();
+    let after = current_lsn(&client).await;
+    // 10 inserts -> 4 + 4 + 2; 1 insert alone; then 2 updates (a new routing key) and 1 insert.
+    let got = queue.take(6, T).await;
+    let sizes: Vec<usize> = got
+        .iter()
+        .map(|m| m.body.as_array().map_or(1, Vec::len))
+        .collect();
+    assert_eq!(sizes, [4, 4, 2, 1, 2, 1]);
+    let first = &got[0];
+    let events = first.body.as_array().unwrap();
+    assert_eq!(
+        first.message_id,
+        format!("{}+4", events[0]["id"].as_str().unwrap())
+    );
+    let ids: Vec<i64> = got
+        .iter()
+        .take(3)
+        .flat_map(|m| {
+            m.body
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["key"]["id"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(ids, (1..=10).collect::<Vec<_>>());
+    assert!(got[3].body.is_object(), "a single event is sent as itself");
+    assert_eq!(got[4].routing_key, "public.items.update");
+    let headers = first.properties.headers().as_ref().unwrap();
+    assert!(format!("{headers:?}").contains("batch"));
+    wait_for("slot past the batches", T, || async {
+        (slot_confirmed(&client, &slot).await >= after).then_some(())
+    })
+    .await;
+    queue.delete().await;
+}

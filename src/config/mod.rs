@@ -25,6 +25,8 @@ pub const DEFAULT_ROUTING_KEY: &str = "{schema}.{table}.{op}";
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 2_000;
 /// 16 MiB: RabbitMQ 4.x's default `max_message_size` (3.x allowed 128 MiB).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Batch mode's byte limit per message (when batching is on).
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 1024 * 1024;
 /// Without a confirm for this long, the broker is treated as unavailable and the replication
 /// connection is released, so a Postgres shutdown or failover is never held hostage.
 pub const DEFAULT_CONFIRM_TIMEOUT_MS: u64 = 30_000;
@@ -85,6 +87,8 @@ pub struct RawRabbitmq {
     pub confirm_timeout_ms: Option<u64>,
     pub publish_messages: Option<bool>,
     pub management_url: Option<secret::Secret>,
+    pub batch_max_events: Option<usize>,
+    pub batch_max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

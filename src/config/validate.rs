@@ -59,6 +59,8 @@ pub struct Settings {
     pub management_url: Option<secret::Secret>,
     /// Where the last reported position is kept across restarts (off when `None`).
     pub state_file: Option<std::path::PathBuf>,
+    /// Batch mode: events of one transaction packed into one message (off at 1 event).
+    pub batch: crate::pipeline::publish::BatchLimits,
 }
 
 fn is_valid_slot_name(s: &str) -> bool {
@@ -255,7 +257,28 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must be at least twice postgres.status_interval_ms".into(),
         ));
     }
+    let batch_max_events = raw.rabbitmq.batch_max_events.unwrap_or(1);
+    if !(1..=100_000).contains(&batch_max_events) {
+        return Err(ConfigError::new(
+            "rabbitmq.batch_max_events",
+            "must be between 1 (off) and 100000".into(),
+        ));
+    }
+    let batch_max_bytes = raw
+        .rabbitmq
+        .batch_max_bytes
+        .unwrap_or(DEFAULT_BATCH_MAX_BYTES.min(max_message_bytes - 2));
+    if batch_max_bytes < 1024 || batch_max_bytes > max_message_bytes - 2 {
+        return Err(ConfigError::new(
+            "rabbitmq.batch_max_bytes",
+            "must be at least 1024 and below rabbitmq.max_message_bytes".into(),
+        ));
+    }
     Ok(Settings {
+        batch: crate::pipeline::publish::BatchLimits {
+            max_events: batch_max_events,
+            max_bytes: batch_max_bytes,
+        },
         receive_timeout,
         state_file: raw.service.state_file,
         http_listen,

@@ -228,6 +228,7 @@ async fn session(
             confirm_timeout: settings.confirm_timeout,
             metrics: Arc::clone(metrics),
             health: Arc::clone(&obs.health),
+            batch: settings.batch,
         }
         .run(),
     );

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use super::replicate::Outbound;
 use crate::checkpoint::AckTracker;
-use crate::event::Op;
+use crate::event::{Event, Op};
 use crate::health::{Health, now_ms};
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, OpTable};
@@ -37,6 +37,22 @@ struct InFlight {
     published_at: Instant,
     published_ms: u64,
     commit_time_us: Option<i64>,
+    /// Events in the message (more than one in batch mode).
+    events: usize,
+}
+
+/// Events of one transaction waiting to be packed into one message (batch mode).
+#[derive(Default)]
+struct Batch {
+    events: Vec<Event>,
+    bytes: usize,
+}
+
+/// Batch mode limits; `max_events <= 1` turns it off.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
 }
 
 /// Settings of the publish loop.
@@ -50,6 +66,7 @@ pub struct PublishLoop {
     pub confirm_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub batch: BatchLimits,
 }
 
 impl PublishLoop {
@@ -59,6 +76,7 @@ impl PublishLoop {
         let mut window: VecDeque<InFlight> = VecDeque::with_capacity(self.max_in_flight);
         let mut input_open = true;
         let mut last_progress = Instant::now();
+        let mut batch = Batch::default();
         loop {
             if !input_open && window.is_empty() {
                 return Ok(self.publisher);
@@ -83,30 +101,34 @@ impl PublishLoop {
                                 size: ev.body.len(), max: self.max_message_bytes,
                             });
                         }
-                        if window.is_empty() {
-                            last_progress = Instant::now();
+                        if self.batch.max_events <= 1 {
+                            self.send(&mut window, ev, 1, &mut last_progress).await?;
+                        } else {
+                            // A batch holds events of one transaction for one exchange and
+                            // routing key, within the limits; anything else flushes it first.
+                            let fits = batch.events.first().is_none_or(|f| {
+                                f.commit_lsn == ev.commit_lsn
+                                    && f.exchange == ev.exchange
+                                    && f.routing_key == ev.routing_key
+                                    && batch.events.len() < self.batch.max_events
+                                    && batch.bytes + ev.body.len() + 1 <= self.batch.max_bytes
+                            });
+                            if !fits {
+                                self.flush(&mut window, &mut batch, &mut last_progress).await?;
+                            }
+                            batch.bytes += ev.body.len() + 1;
+                            batch.events.push(ev);
                         }
-                        let confirm = tokio::time::timeout(self.confirm_timeout, self.publisher.publish(&ev))
-                            .await
-                            .map_err(|_| SinkError::Stalled { waited: self.confirm_timeout, in_flight: window.len() })??;
-                        self.tracker.published();
-                        crate::failpoint::hit("publish.before_confirm");
-                        self.metrics.in_flight.inc();
-                        let published_ms = now_ms();
-                        if window.is_empty() {
-                            self.health.set_oldest_unconfirmed(Some(published_ms));
-                        }
-                        window.push_back(InFlight {
-                            confirm, id: ev.id, exchange: ev.exchange, routing_key: ev.routing_key,
-                            op: ev.op, metric_table: ev.metric_table, bytes: ev.body.len(),
-                            published_at: Instant::now(), published_ms, commit_time_us: ev.commit_time_us,
-                        });
                     }
                     Some(Outbound::Position(lsn)) => {
+                        // Never across the LSN contract: a transaction's batch is sent before
+                        // its end position is recorded.
+                        self.flush(&mut window, &mut batch, &mut last_progress).await?;
                         self.tracker.close_unit(lsn);
                         self.publish_position();
                     }
                     None => {
+                        self.flush(&mut window, &mut batch, &mut last_progress).await?;
                         debug!(in_flight = window.len(), "replication side closed; draining confirms");
                         input_open = false;
                     }
@@ -118,6 +140,84 @@ impl PublishLoop {
         }
     }
 
+    /// Publishes one message (of `count` events) and adds it to the window.
+    async fn send(
+        &mut self,
+        window: &mut VecDeque<InFlight>,
+        ev: Event,
+        count: usize,
+        last_progress: &mut Instant,
+    ) -> Result<(), SinkError> {
+        if window.is_empty() {
+            *last_progress = Instant::now();
+        }
+        let confirm = tokio::time::timeout(
+            self.confirm_timeout,
+            self.publisher.publish_message(&ev, count),
+        )
+        .await
+        .map_err(|_| SinkError::Stalled {
+            waited: self.confirm_timeout,
+            in_flight: window.len(),
+        })??;
+        self.tracker.published();
+        crate::failpoint::hit("publish.before_confirm");
+        self.metrics.in_flight.inc();
+        let published_ms = now_ms();
+        if window.is_empty() {
+            self.health.set_oldest_unconfirmed(Some(published_ms));
+        }
+        window.push_back(InFlight {
+            confirm,
+            id: ev.id,
+            exchange: ev.exchange,
+            routing_key: ev.routing_key,
+            op: ev.op,
+            metric_table: ev.metric_table,
+            bytes: ev.body.len(),
+            published_at: Instant::now(),
+            published_ms,
+            commit_time_us: ev.commit_time_us,
+            events: count,
+        });
+        Ok(())
+    }
+
+    /// Sends the pending batch: one event as itself, several as a JSON array in one message
+    /// whose id is `<first id>+<count>`.
+    async fn flush(
+        &mut self,
+        window: &mut VecDeque<InFlight>,
+        batch: &mut Batch,
+        last_progress: &mut Instant,
+    ) -> Result<(), SinkError> {
+        let mut events = std::mem::take(&mut batch.events);
+        batch.bytes = 0;
+        let count = events.len();
+        let Some(mut first) = (if count == 0 {
+            None
+        } else {
+            Some(events.remove(0))
+        }) else {
+            return Ok(());
+        };
+        if count > 1 {
+            let mut body = Vec::with_capacity(
+                events.iter().map(|e| e.body.len() + 1).sum::<usize>() + first.body.len() + 2,
+            );
+            body.push(b'[');
+            body.extend_from_slice(&first.body);
+            for e in &events {
+                body.push(b',');
+                body.extend_from_slice(&e.body);
+            }
+            body.push(b']');
+            first.id = format!("{}+{count}", first.id);
+            first.body = body;
+        }
+        self.send(window, first, count, last_progress).await
+    }
+
     fn observe_confirm(&self, done: &InFlight, next: Option<&InFlight>) {
         let m = &self.metrics;
         m.in_flight.dec();
@@ -126,7 +226,7 @@ impl PublishLoop {
                 op: done.op.as_str(),
                 table: Arc::clone(&done.metric_table),
             })
-            .inc();
+            .inc_by(done.events as u64);
         m.bytes_published.inc_by(done.bytes as u64);
         m.publish_confirm_seconds
             .observe(done.published_at.elapsed().as_secs_f64());

@@ -124,7 +124,20 @@ impl Publisher {
 
     /// Publishes one event persistently with `mandatory`; the returned future is its confirm.
     pub async fn publish(&self, event: &Event) -> Result<PublisherConfirm, SinkError> {
+        self.publish_message(event, 1).await
+    }
+
+    /// Publishes a message holding `count` events (a batch when more than one: its body is a
+    /// JSON array of event objects and the `batch` header says how many).
+    pub async fn publish_message(
+        &self,
+        event: &Event,
+        count: usize,
+    ) -> Result<PublisherConfirm, SinkError> {
         let mut headers = FieldTable::default();
+        if count > 1 {
+            headers.insert("batch".into(), AMQPValue::LongLongInt(count as i64));
+        }
         headers.insert(
             "op".into(),
             AMQPValue::LongString(LongString::from(event.op.as_str())),
