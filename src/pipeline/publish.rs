@@ -111,7 +111,7 @@ impl PublishLoop {
                                     && f.exchange == ev.exchange
                                     && f.routing_key == ev.routing_key
                                     && batch.events.len() < self.batch.max_events
-                                    && batch.bytes + ev.body.len() + 1 <= self.batch.max_bytes
+                                    && batch.bytes + ev.body.len() < self.batch.max_bytes
                             });
                             if !fits {
                                 self.flush(&mut window, &mut batch, &mut last_progress).await?;
