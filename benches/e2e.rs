@@ -1,0 +1,96 @@
+//! End-to-end benchmark: walrelay against the decode limit (`pg_recvlogical`), the broker limit
+//! (a minimal lapin publisher with pipelined confirms) and a peer (a hand-written Python relay),
+//! on the same backlogs in one run; then live latency under `pgbench`, and memory and CPU.
+//! Run with `scripts/bench.sh` (it builds, prepares the Python peer and calls this). Not a
+//! criterion bench: each figure is one timed run on a noisy 2-core machine, printed as a table.
+//!
+//! `BENCH_SCALE` (default 1.0) scales every backlog; `BENCH_PYTHON` is the interpreter with
+//! psycopg2 and pika (the peer is skipped without it).
+
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod common;
+#[path = "e2e/parts.rs"]
+mod e2e_parts;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use e2e_parts::*;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let n = |base: f64| ((base * scale) as i64).max(1000);
+    // synchronous_commit on, as in production: with it off, the walsender only sees commits
+    // once the WAL writer flushes them (every wal_writer_delay), which would dominate latency.
+    let pg = PgCluster::start_with(&[
+        "max_wal_senders = 20",
+        "max_replication_slots = 20",
+        "synchronous_commit = on",
+    ]);
+    let db = "bench";
+    let client = pg.create_db(db).await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    let env = Env {
+        url: pg.url(db),
+        port: pg.port,
+        python: std::env::var("BENCH_PYTHON").ok(),
+    };
+    let mut rows = Vec::new();
+
+    let backlogs: [(&str, &str, i64); 3] = [
+        ("a: one transaction, 10-column rows", "orders", n(1_000_000.0)),
+        ("b: single-row transactions, 8 sessions", "orders", n(100_000.0)),
+        ("c: insert/update/delete mix, REPLICA IDENTITY FULL", "accounts", n(100_000.0)),
+    ];
+    for (i, (name, table, count)) in backlogs.iter().enumerate() {
+        let mut b = Backlog::build(&env, &client, i, table, *count).await;
+        eprintln!("== backlog {name}");
+        let decode = decode_limit(&env, &client, &b).await;
+        let relay = walrelay_catchup(&env, &client, &b, 1).await;
+        // The mix's change count is what walrelay published (updates may miss deleted rows).
+        if b.events == 0 {
+            b.events = relay.events;
+        }
+        let broker = broker_limit(b.events, relay.avg_bytes).await;
+        let peer = python_peer(&env, &client, &b).await;
+        rows.push(Row {
+            name: name.to_string(),
+            events: b.events,
+            decode,
+            broker,
+            relay,
+            peer,
+        });
+    }
+    // Batch mode on backlog (a)'s shape.
+    let b = Backlog::build(&env, &client, 3, "orders", n(1_000_000.0)).await;
+    eprintln!("== batch mode: {} changes", b.events);
+    let batched = walrelay_catchup(&env, &client, &b, 100).await;
+    let decode = decode_limit(&env, &client, &b).await;
+
+    let latencies = live_latency(&env, &client).await;
+    print_report(&rows, &batched, decode, &latencies);
+    drop(pg);
+}
+
+/// Elapsed seconds of a future.
+pub async fn timed<F: std::future::Future>(f: F) -> (F::Output, f64) {
+    let start = Instant::now();
+    let out = f.await;
+    (out, start.elapsed().as_secs_f64())
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(1800);

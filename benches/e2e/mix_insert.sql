@@ -1,0 +1,1 @@
+INSERT INTO accounts (owner, balance, note) VALUES ('o' || (random() * 1e6)::int, 100, 'new');
