@@ -33,6 +33,18 @@ async fn run() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     let n = |base: f64| ((base * scale) as i64).max(1000);
+    // Classic versus quorum queue: the broker's own limit, 500-byte persistent messages.
+    let count = n(200_000.0) as u64;
+    let classic = broker_limit_on(count, 500, false).await;
+    let quorum = broker_limit_on(count, 500, true).await;
+    println!(
+        "Broker limit, {count} persistent 500-byte messages, window 2,000: classic queue {:.0}/s, quorum queue {:.0}/s",
+        count as f64 / classic,
+        count as f64 / quorum
+    );
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "broker") {
+        return;
+    }
     // synchronous_commit on, as in production: with it off, the walsender only sees commits
     // once the WAL writer flushes them (every wal_writer_delay), which would dominate latency.
     let pg = PgCluster::start_with(&[

@@ -201,8 +201,32 @@ pub async fn walrelay_catchup(env: &Env, c: &tokio_postgres::Client, b: &Backlog
 /// A minimal publisher: `n` persistent messages of `size` bytes, mandatory, confirms pipelined
 /// with a window of 2,000 (walrelay's default), to a durable classic queue.
 pub async fn broker_limit(n: u64, size: usize) -> f64 {
+    broker_limit_on(n, size, false).await
+}
+
+/// The broker limit on a durable classic queue, or on a quorum queue.
+pub async fn broker_limit_on(n: u64, size: usize, quorum: bool) -> f64 {
     let exchange = unique("limit");
-    let queue = TestQueue::new(&exchange, Some("#")).await;
+    let queue = TestQueue::new(&exchange, None).await;
+    if quorum {
+        queue
+            .channel
+            .queue_delete(queue.queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+        let mut args = lapin::types::FieldTable::default();
+        args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+        queue
+            .channel
+            .queue_declare(
+                queue.queue.as_str().into(),
+                lapin::options::QueueDeclareOptions { durable: true, ..Default::default() },
+                args,
+            )
+            .await
+            .unwrap();
+    }
+    queue.bind("#").await;
     let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
