@@ -8,7 +8,7 @@
 //! psycopg2 and pika (the peer is skipped without it).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod common;
 #[path = "e2e/parts.rs"]
 mod e2e_parts;
