@@ -63,9 +63,21 @@ async fn run() {
     let mut rows = Vec::new();
 
     let backlogs: [(&str, &str, i64); 3] = [
-        ("a: one transaction, 10-column rows", "orders", n(1_000_000.0)),
-        ("b: single-row transactions, 8 sessions", "orders", n(100_000.0)),
-        ("c: insert/update/delete mix, REPLICA IDENTITY FULL", "accounts", n(100_000.0)),
+        (
+            "a: one transaction, 10-column rows",
+            "orders",
+            n(1_000_000.0),
+        ),
+        (
+            "b: single-row transactions, 8 sessions",
+            "orders",
+            n(100_000.0),
+        ),
+        (
+            "c: insert/update/delete mix, REPLICA IDENTITY FULL",
+            "accounts",
+            n(100_000.0),
+        ),
     ];
     for (i, (name, table, count)) in backlogs.iter().enumerate() {
         let mut b = Backlog::build(&env, &client, i, table, *count).await;

@@ -44,15 +44,34 @@ fn pg_bin(name: &str) -> String {
 fn pgbench(env: &Env, args: &[&str]) {
     let script_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e");
     let mut cmd = Command::new(pg_bin("pgbench"));
-    cmd.args(["-n", "-h", "127.0.0.1", "-p", &env.port.to_string(), "-U", "postgres", "bench"])
-        .current_dir(script_dir)
-        .args(args);
+    cmd.args([
+        "-n",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &env.port.to_string(),
+        "-U",
+        "postgres",
+        "bench",
+    ])
+    .current_dir(script_dir)
+    .args(args);
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "pgbench: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Backlog {
-    pub async fn build(env: &Env, c: &tokio_postgres::Client, i: usize, table: &str, count: i64) -> Backlog {
+    pub async fn build(
+        env: &Env,
+        c: &tokio_postgres::Client,
+        i: usize,
+        table: &str,
+        count: i64,
+    ) -> Backlog {
         // Separate statements: a slot cannot be created in a transaction that wrote.
         for sql in [
             format!("CREATE PUBLICATION pub_{i} FOR TABLE {table}"),
@@ -97,7 +116,12 @@ impl Backlog {
             .get(0);
         // Known for inserts; for the mix, walrelay's own count replaces it.
         let events = if i == 2 { 0 } else { (after - before) as u64 };
-        Backlog { i, table: table.to_owned(), events, end }
+        Backlog {
+            i,
+            table: table.to_owned(),
+            events,
+            end,
+        }
     }
 }
 
@@ -106,14 +130,41 @@ pub async fn decode_limit(env: &Env, _c: &tokio_postgres::Client, b: &Backlog) -
     let end = format!("{:X}/{:X}", b.end >> 32, b.end & 0xFFFF_FFFF);
     let (out, secs) = timed(async {
         Command::new(pg_bin("pg_recvlogical"))
-            .args(["-h", "127.0.0.1", "-p", &env.port.to_string(), "-U", "postgres", "-d", "bench"])
-            .args(["-S", &format!("dec_{}", b.i), "--start", "--no-loop", "-E", &end, "-f", "/dev/null"])
-            .args(["-o", "proto_version=1", "-o", &format!("publication_names=pub_{}", b.i)])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &env.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "bench",
+            ])
+            .args([
+                "-S",
+                &format!("dec_{}", b.i),
+                "--start",
+                "--no-loop",
+                "-E",
+                &end,
+                "-f",
+                "/dev/null",
+            ])
+            .args([
+                "-o",
+                "proto_version=1",
+                "-o",
+                &format!("publication_names=pub_{}", b.i),
+            ])
             .output()
             .unwrap()
     })
     .await;
-    assert!(out.status.success(), "pg_recvlogical: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_recvlogical: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     secs
 }
 
@@ -148,16 +199,35 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// walrelay from start until the slot is confirmed past the backlog's end.
-pub async fn walrelay_catchup(env: &Env, c: &tokio_postgres::Client, b: &Backlog, batch: usize) -> RelayRun {
+pub async fn walrelay_catchup(
+    env: &Env,
+    c: &tokio_postgres::Client,
+    b: &Backlog,
+    batch: usize,
+) -> RelayRun {
     let exchange = unique("bench");
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let dir = tempfile::tempdir().unwrap();
     let slot = format!("main_{}", b.i);
-    let cfg = write_config(dir.path(), &env.url, AMQP_URL, &slot, &exchange, &[&format!("public.{}", b.table)], "");
+    let cfg = write_config(
+        dir.path(),
+        &env.url,
+        AMQP_URL,
+        &slot,
+        &exchange,
+        &[&format!("public.{}", b.table)],
+        "",
+    );
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace(&format!("publication = {slot:?}"), &format!("publication = \"pub_{}\"", b.i))
-        .replace("[rabbitmq]\n", &format!("[rabbitmq]\nbatch_max_events = {batch}\n"))
+        .replace(
+            &format!("publication = {slot:?}"),
+            &format!("publication = \"pub_{}\"", b.i),
+        )
+        .replace(
+            "[rabbitmq]\n",
+            &format!("[rabbitmq]\nbatch_max_events = {batch}\n"),
+        )
         .replace("[service]\n", "[service]\nprobe_interval_ms = 600000\n")
         .replace("confirm_timeout_ms = 5000", "confirm_timeout_ms = 60000");
     std::fs::write(&cfg, text).unwrap();
@@ -175,7 +245,9 @@ pub async fn walrelay_catchup(env: &Env, c: &tokio_postgres::Client, b: &Backlog
     let cpu = cpu_secs(pid);
     let peak = proc_status(pid, "VmHWM:");
     let port = relay.http_port().await;
-    let metrics = tokio::task::spawn_blocking(move || http_get(port, "/metrics").1).await.unwrap();
+    let metrics = tokio::task::spawn_blocking(move || http_get(port, "/metrics").1)
+        .await
+        .unwrap();
     let events: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("walrelay_events_published_total{"))
@@ -215,21 +287,31 @@ pub async fn broker_limit_on(n: u64, size: usize, quorum: bool) -> f64 {
             .await
             .unwrap();
         let mut args = lapin::types::FieldTable::default();
-        args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
         queue
             .channel
             .queue_declare(
                 queue.queue.as_str().into(),
-                lapin::options::QueueDeclareOptions { durable: true, ..Default::default() },
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 args,
             )
             .await
             .unwrap();
     }
     queue.bind("#").await;
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let body = vec![b'x'; size.max(1)];
     let (_, secs) = timed(async {
         let mut window = std::collections::VecDeque::new();
@@ -242,7 +324,10 @@ pub async fn broker_limit_on(n: u64, size: usize, quorum: bool) -> f64 {
                 .basic_publish(
                     exchange.as_str().into(),
                     "public.orders.insert".into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &body,
                     BasicProperties::default().with_delivery_mode(2),
                 )
@@ -261,20 +346,37 @@ pub async fn broker_limit_on(n: u64, size: usize, quorum: bool) -> f64 {
 }
 
 /// The Python peer on a copy of the slot, for at most 30 s: (events, seconds).
-pub async fn python_peer(env: &Env, _c: &tokio_postgres::Client, b: &Backlog) -> Option<(u64, f64)> {
+pub async fn python_peer(
+    env: &Env,
+    _c: &tokio_postgres::Client,
+    b: &Backlog,
+) -> Option<(u64, f64)> {
     let python = env.python.as_ref()?;
     let exchange = unique("peer");
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peer/relay.py");
-    let dsn = format!("host=127.0.0.1 port={} user=postgres dbname=bench", env.port);
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=bench",
+        env.port
+    );
     let out = Command::new(python)
-        .args([script, &dsn, &format!("peer_{}", b.i), &format!("pub_{}", b.i), AMQP_URL, &exchange])
+        .args([
+            script,
+            &dsn,
+            &format!("peer_{}", b.i),
+            &format!("pub_{}", b.i),
+            AMQP_URL,
+            &exchange,
+        ])
         .args([&b.events.max(1).to_string(), "30"])
         .output()
         .unwrap();
     queue.delete().await;
     if !out.status.success() {
-        eprintln!("python peer failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "python peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     let text = String::from_utf8_lossy(&out.stdout);
@@ -317,23 +419,41 @@ pub struct Latency {
 
 pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency> {
     use futures_util::StreamExt;
-    c.batch_execute("CREATE PUBLICATION pub_live FOR TABLE orders").await.unwrap();
+    c.batch_execute("CREATE PUBLICATION pub_live FOR TABLE orders")
+        .await
+        .unwrap();
     let exchange = unique("live");
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &env.url, AMQP_URL, "live", &exchange, &["public.orders"], "");
+    let cfg = write_config(
+        dir.path(),
+        &env.url,
+        AMQP_URL,
+        "live",
+        &exchange,
+        &["public.orders"],
+        "",
+    );
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("publication = \"live\"", "publication = \"pub_live\"");
     std::fs::write(&cfg, text).unwrap();
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", TIMEOUT).await;
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let mut consumer = ch
-        .basic_consume(queue.queue.as_str().into(), "bench".into(),
-            lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() },
-            lapin::types::FieldTable::default())
+        .basic_consume(
+            queue.queue.as_str().into(),
+            "bench".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
         .await
         .unwrap();
     let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
@@ -354,7 +474,21 @@ pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency>
     for rate in [2000u32, 5000] {
         samples.lock().unwrap().clear();
         let start = Instant::now();
-        pgbench(env, &["-c", "4", "-j", "2", "-R", &rate.to_string(), "-T", "20", "-f", "single.sql"]);
+        pgbench(
+            env,
+            &[
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-R",
+                &rate.to_string(),
+                "-T",
+                "20",
+                "-f",
+                "single.sql",
+            ],
+        );
         let bench_secs = start.elapsed().as_secs_f64();
         let end = current_lsn(c).await;
         let caught = Instant::now();
@@ -365,7 +499,12 @@ pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency>
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut v = samples.lock().unwrap().clone();
         v.sort_unstable();
-        let pct = |p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+        let pct = |p: f64| {
+            v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
         out.push(Latency {
             rate,
             achieved_tps: v.len() as f64 / bench_secs,
@@ -399,28 +538,45 @@ pub struct Row {
 
 pub fn print_report(rows: &[Row], batched: &RelayRun, batch_decode: f64, lat: &[Latency]) {
     println!("\n## Catch-up throughput (events/s)\n");
-    println!("| backlog | events | decode limit | broker limit | walrelay | walrelay / min(limits) | Python peer | walrelay CPU µs/event | peak RSS MiB |");
+    println!(
+        "| backlog | events | decode limit | broker limit | walrelay | walrelay / min(limits) | Python peer | walrelay CPU µs/event | peak RSS MiB |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         let events = r.relay.events.max(r.events);
         let rate = |s: f64| events as f64 / s;
         let limit = rate(r.decode).min(rate(r.broker));
-        let peer = r.peer.map_or("-".to_owned(), |(n, s)| format!("{:.0}", n as f64 / s));
+        let peer = r
+            .peer
+            .map_or("-".to_owned(), |(n, s)| format!("{:.0}", n as f64 / s));
         println!(
             "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {:.1} | {:.1} |",
-            r.name, events, rate(r.decode), rate(r.broker), rate(r.relay.secs),
-            rate(r.relay.secs) / limit, peer,
-            r.relay.cpu_secs / events as f64 * 1e6, r.relay.peak_rss_kib as f64 / 1024.0
+            r.name,
+            events,
+            rate(r.decode),
+            rate(r.broker),
+            rate(r.relay.secs),
+            rate(r.relay.secs) / limit,
+            peer,
+            r.relay.cpu_secs / events as f64 * 1e6,
+            r.relay.peak_rss_kib as f64 / 1024.0
         );
     }
     let e = batched.events as f64;
     println!(
         "\nBatch mode (100 events per message), backlog (a) shape: {} events in {} messages, {:.0} events/s ({:.2}x the decode limit {:.0}/s), CPU {:.1} µs/event, peak RSS {:.1} MiB",
-        batched.events, batched.messages, e / batched.secs, (e / batched.secs) / (e / batch_decode), e / batch_decode,
-        batched.cpu_secs / e * 1e6, batched.peak_rss_kib as f64 / 1024.0
+        batched.events,
+        batched.messages,
+        e / batched.secs,
+        (e / batched.secs) / (e / batch_decode),
+        e / batch_decode,
+        batched.cpu_secs / e * 1e6,
+        batched.peak_rss_kib as f64 / 1024.0
     );
     println!("\n## Live latency, commit → consumer (pgbench, 4 clients, 20 s)\n");
-    println!("| target tx/s | achieved events/s | p50 ms | p99 ms | max ms | samples | slot caught up after s |");
+    println!(
+        "| target tx/s | achieved events/s | p50 ms | p99 ms | max ms | samples | slot caught up after s |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for l in lat {
         println!(
@@ -429,9 +585,15 @@ pub fn print_report(rows: &[Row], batched: &RelayRun, batch_decode: f64, lat: &[
         );
     }
     if let Some(l) = lat.last() {
-        println!("\nIdle RSS after the live runs: {:.1} MiB", l.idle_rss_kib as f64 / 1024.0);
+        println!(
+            "\nIdle RSS after the live runs: {:.1} MiB",
+            l.idle_rss_kib as f64 / 1024.0
+        );
     }
     if let Some(r) = rows.first() {
-        println!("Idle RSS after the 1M-row catch-up: {:.1} MiB", r.relay.idle_rss_kib as f64 / 1024.0);
+        println!(
+            "Idle RSS after the 1M-row catch-up: {:.1} MiB",
+            r.relay.idle_rss_kib as f64 / 1024.0
+        );
     }
 }
