@@ -204,6 +204,7 @@ async fn amqps_refuses_an_untrusted_broker_certificate() {
     )
     .await;
     let _ = server.kill();
+    let _ = server.wait();
     match result {
         Ok(Ok(_)) => panic!("connected to a broker whose certificate nobody trusts"),
         Ok(Err(e)) => {
