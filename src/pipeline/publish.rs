@@ -191,23 +191,18 @@ impl PublishLoop {
         batch: &mut Batch,
         last_progress: &mut Instant,
     ) -> Result<(), SinkError> {
-        let mut events = std::mem::take(&mut batch.events);
+        let events = std::mem::take(&mut batch.events);
         batch.bytes = 0;
         let count = events.len();
-        let Some(mut first) = (if count == 0 {
-            None
-        } else {
-            Some(events.remove(0))
-        }) else {
+        let mut parts = events.into_iter();
+        let Some(mut first) = parts.next() else {
             return Ok(());
         };
         if count > 1 {
-            let mut body = Vec::with_capacity(
-                events.iter().map(|e| e.body.len() + 1).sum::<usize>() + first.body.len() + 2,
-            );
+            let mut body = Vec::with_capacity(batch_body_capacity(&first, parts.as_slice()));
             body.push(b'[');
             body.extend_from_slice(&first.body);
-            for e in &events {
+            for e in parts {
                 body.push(b',');
                 body.extend_from_slice(&e.body);
             }
@@ -257,4 +252,9 @@ impl PublishLoop {
             }
         });
     }
+}
+
+/// Bytes of a batch body: the events, a separator each, and the brackets.
+fn batch_body_capacity(first: &Event, rest: &[Event]) -> usize {
+    first.body.len() + rest.iter().map(|e| e.body.len() + 1).sum::<usize>() + 2
 }
