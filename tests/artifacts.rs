@@ -137,6 +137,16 @@ fn dockerfile_builds_like_the_tests_and_runs_as_operators_need() {
                 Path::new(src).exists(),
                 "Dockerfile copies {src}, which does not exist"
             );
+            let ignored = read(".dockerignore");
+            assert!(
+                !ignored
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                    .any(|l| src
+                        .trim_end_matches('/')
+                        .starts_with(l.trim_end_matches('/'))),
+                ".dockerignore excludes {src}, which the Dockerfile copies"
+            );
         }
     }
     let entry = df.lines().find(|l| l.starts_with("ENTRYPOINT")).unwrap();

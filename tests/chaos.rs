@@ -8,112 +8,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::checker::{self, Monitor, Run, SCHEMA};
+use common::bed::{Bed, T, long, report, verdict};
+use common::checker::{self, Monitor, Run};
 use common::proxy::Proxy;
 use common::*;
-
-const T: Duration = Duration::from_secs(120);
-
-fn long() -> bool {
-    std::env::var("WALRELAY_CHAOS_LONG").is_ok_and(|v| v == "1")
-}
-
-/// A cluster with the workload's schema and a second, unpublished database.
-struct Bed {
-    pg: PgCluster,
-    url: String,
-    other_url: String,
-    client: tokio_postgres::Client,
-    exchange: String,
-    queue: TestQueue,
-    slot: String,
-    dir: tempfile::TempDir,
-}
-
-impl Bed {
-    async fn new(conf: &[&str]) -> Bed {
-        let pg = PgCluster::start_with(conf);
-        let db = unique("app");
-        let client = pg.create_db(&db).await;
-        client.batch_execute(SCHEMA).await.unwrap();
-        let other = unique("other");
-        pg.create_db(&other)
-            .await
-            .batch_execute("CREATE TABLE noise ()")
-            .await
-            .unwrap();
-        let exchange = unique("ex");
-        let queue = TestQueue::new(&exchange, Some("#")).await;
-        Bed {
-            url: pg.url(&db),
-            other_url: pg.url(&other),
-            pg,
-            client,
-            exchange,
-            queue,
-            slot: unique("slot"),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn config(&self, amqp: &str, extra_service: &str, extra: &str) -> std::path::PathBuf {
-        let cfg = write_config(
-            self.dir.path(),
-            &self.url,
-            amqp,
-            &self.slot,
-            &self.exchange,
-            &["public.t0", "public.t1", "public.t2"],
-            extra,
-        );
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("[service]\n", &format!("[service]\n{extra_service}"));
-        std::fs::write(&cfg, text).unwrap();
-        cfg
-    }
-
-    async fn slot_lsn(&self) -> u64 {
-        slot_confirmed(&self.client, &self.slot).await
-    }
-}
-
-fn report(name: &str, v: &checker::Verdict, faults: usize) {
-    eprintln!(
-        "chaos: {name}: faults={faults} committed={} delivered={} lost={} unexpected={} recovered={} duplicated={} id_mismatch={} order_violations={} passed_unconfirmed={} backwards={}",
-        v.committed,
-        v.delivered,
-        v.lost.len(),
-        v.unexpected.len(),
-        v.recovered,
-        v.duplicated,
-        v.id_mismatch.len(),
-        v.order_violations.len(),
-        v.passed_unconfirmed,
-        v.backwards.len()
-    );
-}
-
-async fn verdict(bed: &Bed, run: Run, monitor: Monitor) -> checker::Verdict {
-    let (history, deliveries) = run.finish(T).await;
-    // Let the slot catch up before the monitor stops (a fresh connection: the server may
-    // have restarted under the test's own).
-    let client = connect(&bed.url).await;
-    let last = current_lsn(&client).await;
-    let _ = tokio::time::timeout(Duration::from_secs(20), async {
-        while slot_confirmed(&client, &bed.slot).await < last {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    let (max, backwards) = monitor.stop().await;
-    checker::check(&history, &deliveries, max, backwards)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn steady_state_is_exactly_once_in_commit_order() {
     let bed = Bed::new(&[]).await;
-    let relay = Relay::start(&bed.config(AMQP_URL, "", ""));
+    let relay = Relay::start(&bed.config(AMQP_URL));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
     let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 4);
@@ -130,7 +33,7 @@ async fn steady_state_is_exactly_once_in_commit_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_at_random_moments_loses_nothing() {
     let bed = Bed::new(&[]).await;
-    let cfg = bed.config(AMQP_URL, "", "");
+    let cfg = bed.config(AMQP_URL);
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
@@ -156,7 +59,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crashes_at_the_seams_lose_nothing() {
     let bed = Bed::new(&[]).await;
-    let cfg = bed.config(AMQP_URL, "", "");
+    let cfg = bed.config(AMQP_URL);
     // The slot exists before the workload starts (changes before it are not ours to deliver).
     let mut first = Relay::start(&cfg);
     first.wait_log("streaming", T).await;
@@ -187,7 +90,7 @@ async fn crashes_at_the_seams_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_transaction_that_commits_while_walrelay_is_down_is_delivered() {
     let bed = Bed::new(&[]).await;
-    let cfg = bed.config(AMQP_URL, "", "");
+    let cfg = bed.config(AMQP_URL);
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let mut long_client = connect(&bed.url).await;
@@ -235,7 +138,7 @@ async fn a_long_transaction_that_commits_while_walrelay_is_down_is_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
     let bed = Bed::new(&[]).await;
-    let cfg = bed.config(AMQP_URL, "", "");
+    let cfg = bed.config(AMQP_URL);
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let rows: i64 = if long() { 1_000_000 } else { 100_000 };
@@ -248,11 +151,14 @@ async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
     let deliveries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let consumer = tokio::spawn(checker::consume(
+        bed.queue.url.clone(),
         bed.queue.queue.clone(),
         std::sync::Arc::clone(&deliveries),
         std::sync::Arc::clone(&stop),
     ));
-    wait_for("~40% delivered", T, || async {
+    // Debug builds relay a few thousand events a second: allow for the long variant's size.
+    let budget = T + Duration::from_secs(rows as u64 / 1000);
+    wait_for("~40% delivered", budget, || async {
         (deliveries.lock().unwrap().len() as i64 >= rows * 4 / 10).then_some(())
     })
     .await;
@@ -262,7 +168,7 @@ async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
     let at_kill = deliveries.lock().unwrap().len();
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
-    wait_for("every row delivered", Duration::from_secs(300), || async {
+    wait_for("every row delivered", budget * 3, || async {
         let d = deliveries.lock().unwrap();
         let distinct: std::collections::HashSet<i64> = d.iter().map(|x| x.change.1).collect();
         (distinct.len() as i64 == rows).then_some(())
@@ -289,21 +195,12 @@ async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
     bed.queue.delete().await;
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_unavailable_for_three_sender_timeouts_holds_the_slot_then_delivers() {
     let bed = Bed::new(&["wal_sender_timeout = 2s"]).await;
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
-    let relay = Relay::start(&bed.config(&amqp, "", ""));
+    let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
     let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 3);
@@ -335,7 +232,7 @@ async fn held_confirms_under_a_2s_sender_timeout_cause_no_walsender_timeout() {
     let bed = Bed::new(&["wal_sender_timeout = 2s"]).await;
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
-    let relay = Relay::start(&bed.config(&amqp, "", ""));
+    let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
     let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 3);
@@ -371,11 +268,7 @@ async fn a_blackholed_postgres_link_is_noticed_and_recovered() {
         &["public.t0", "public.t1", "public.t2"],
         "",
     );
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "status_interval_ms = 200\n",
-        "status_interval_ms = 200\nreceive_timeout_ms = 2000\n",
-    );
-    std::fs::write(&cfg, text).unwrap();
+    config_set(&cfg, "postgres", "receive_timeout_ms", "2000");
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
@@ -410,7 +303,7 @@ async fn postgres_crash_and_restart_mid_stream_loses_nothing() {
     // A crash must not lose acknowledged commits on the server itself, or the checker would
     // blame walrelay for PostgreSQL's asynchronous commit (the harness turns it off for speed).
     let bed = Bed::new(&["synchronous_commit = on"]).await;
-    let relay = Relay::start(&bed.config(AMQP_URL, "", ""));
+    let relay = Relay::start(&bed.config(AMQP_URL));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
     let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 3);
@@ -433,7 +326,7 @@ async fn postgres_fast_shutdown_is_not_held_up_while_the_broker_is_down() {
     let bed = Bed::new(&[]).await;
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
-    let relay = Relay::start(&bed.config(&amqp, "", ""));
+    let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;
     bed.client
         .batch_execute("INSERT INTO t0 VALUES (1, 0, 'x')")
@@ -455,7 +348,7 @@ async fn idle_published_tables_advance_the_slot_but_never_past_a_held_change() {
     let bed = Bed::new(&[]).await;
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
-    let relay = Relay::start(&bed.config(&amqp, "", ""));
+    let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;
     let other = connect(&bed.other_url).await;
     // Only unpublished tables and another database write: the slot still advances.

@@ -30,15 +30,10 @@ async fn ready(port: u16) -> (u16, serde_json::Value) {
 
 /// A cluster whose `walrelay` role logs in with the canary password (SCRAM).
 async fn cluster_with_password() -> (PgCluster, String, tokio_postgres::Client, String) {
-    let pg = PgCluster::start();
-    let db = unique("app");
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute(&format!(
-            "CREATE ROLE walrelay LOGIN REPLICATION SUPERUSER PASSWORD '{CANARY}'"
-        ))
-        .await
-        .unwrap();
+    let (pg, db, client) = PgCluster::with_db(&format!(
+        "CREATE ROLE walrelay LOGIN REPLICATION SUPERUSER PASSWORD '{CANARY}'"
+    ))
+    .await;
     pg.set_hba("host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n");
     let url = pg
         .url(&db)
@@ -167,13 +162,7 @@ async fn metrics_follow_the_stream_and_secrets_never_leak() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_flips_when_the_broker_is_cut_and_back() {
-    let pg = PgCluster::start();
-    let db = unique("app");
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (pg, db, client) = PgCluster::with_db("CREATE TABLE items (id int PRIMARY KEY)").await;
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let exchange = unique("ex");
     let queue = TestQueue::new(&exchange, Some("#")).await;
@@ -240,16 +229,11 @@ fn walrelay(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_finds_a_missing_binding_and_a_table_without_a_key_then_passes() {
-    let pg = PgCluster::start();
-    let db = unique("app");
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, note text);
+    let (pg, db, client) = PgCluster::with_db(
+        "CREATE TABLE orders (id int PRIMARY KEY, note text);
              CREATE TABLE nopk (v int);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let exchange = unique("ex");
     let queue = TestQueue::new(&exchange, Some("public.orders.*")).await;
     let dir = tempfile::tempdir().unwrap();
@@ -303,6 +287,34 @@ async fn doctor_finds_a_missing_binding_and_a_table_without_a_key_then_passes() 
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(!text.contains("FAIL"), "{text}");
 
+    // failover_slot: refused before PostgreSQL 17, and on 17+ a warning until the primary
+    // holds changes for its standby (synchronized_standby_slots).
+    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["doctor", "--config", cfg_s])
+        .env("WALRELAY_POSTGRES_FAILOVER_SLOT", "true")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if version < 170000 {
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("FAIL postgres: postgres.failover_slot needs PostgreSQL 17"),
+            "{text}"
+        );
+    } else {
+        assert!(
+            text.contains(
+                "WARN postgres: failover_slot is set but synchronized_standby_slots is empty"
+            ),
+            "{text}"
+        );
+    }
+
     // status before the first start, and while streaming.
     let out = walrelay(&["status", "--config", cfg_s, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -339,13 +351,7 @@ async fn doctor_finds_a_missing_binding_and_a_table_without_a_key_then_passes() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
-    let pg = PgCluster::start();
-    let db = unique("app");
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (pg, db, _) = PgCluster::with_db("CREATE TABLE items (id int PRIMARY KEY)").await;
     let exchange = unique("ex");
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let dir = tempfile::tempdir().unwrap();
@@ -358,13 +364,7 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
         &["public.items"],
         "",
     );
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("[service]\n", "[service]\nstandby_retry_ms = 300\n"),
-    )
-    .unwrap();
+    config_set(&cfg, "service", "standby_retry_ms", "300");
     let mut active = Relay::start(&cfg);
     active.wait_log("streaming", T).await;
     let standby = Relay::start(&cfg);

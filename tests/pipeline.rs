@@ -12,16 +12,11 @@ const T: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_every_operation_in_commit_order_and_advances_the_slot() {
-    let pg = PgCluster::start();
-    let db = unique("app");
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute(
-            "CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric(10,2));
+    let (pg, db, client) = PgCluster::with_db(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric(10,2));
              CREATE TABLE users (id bigint PRIMARY KEY, email text);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let exchange = unique("ex");
     let queue = TestQueue::new(&exchange, Some("public.#")).await;
     let slot = unique("slot");
@@ -126,19 +121,14 @@ async fn streams_every_operation_in_commit_order_and_advances_the_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_is_marked_not_nulled_and_full_identity_sends_old_rows() {
-    let pg = PgCluster::start();
-    let db = unique("app");
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute(
-            "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+    let (pg, db, client) = PgCluster::with_db(
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
              ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
              CREATE TABLE audit (id int, note text);
              ALTER TABLE audit REPLICA IDENTITY FULL;
              CREATE TABLE nokey (v int);",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let exchange = unique("ex");
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let slot = unique("slot");
@@ -207,13 +197,7 @@ async fn unchanged_toast_is_marked_not_nulled_and_full_identity_sends_old_rows()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_mode_packs_a_transaction_into_arrays_and_never_spans_commits() {
-    let pg = PgCluster::start();
-    let db = unique("app");
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let (pg, db, client) = PgCluster::with_db("CREATE TABLE items (id int PRIMARY KEY)").await;
     let exchange = unique("ex");
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let slot = unique("slot");
@@ -227,10 +211,7 @@ async fn batch_mode_packs_a_transaction_into_arrays_and_never_spans_commits() {
         &["public.items"],
         "",
     );
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[rabbitmq]\n", "[rabbitmq]\nbatch_max_events = 4\n");
-    std::fs::write(&cfg, text).unwrap();
+    config_set(&cfg, "rabbitmq", "batch_max_events", "4");
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     client

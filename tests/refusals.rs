@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions};
+use lapin::options::ExchangeDeleteOptions;
 use lapin::types::{AMQPValue, FieldTable};
 
 const T: Duration = Duration::from_secs(90);
@@ -41,7 +41,8 @@ impl Scene {
         }
     }
 
-    fn config(&self, extra_rabbit: &str, extra: &str) -> std::path::PathBuf {
+    /// A config for `public.items`; `rabbitmq` sets one `[rabbitmq]` key (`(key, value)`).
+    fn config(&self, rabbitmq: Option<(&str, &str)>, extra: &str) -> std::path::PathBuf {
         let cfg = write_config(
             self.dir.path(),
             &self.url,
@@ -51,10 +52,9 @@ impl Scene {
             &["public.items"],
             extra,
         );
-        let text = std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace("[rabbitmq]\n", &format!("[rabbitmq]\n{extra_rabbit}"));
-        std::fs::write(&cfg, text).unwrap();
+        if let Some((key, value)) = rabbitmq {
+            config_set(&cfg, "rabbitmq", key, value);
+        }
         cfg
     }
 
@@ -74,31 +74,15 @@ impl Scene {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nacks_from_a_full_queue_hold_the_slot_until_there_is_room() {
     let s = Scene::new(&[]).await;
-    let q = TestQueue::new(&s.exchange, None).await;
-    // Replace the plain queue by a bounded one that rejects publishes when full.
-    q.channel
-        .queue_delete(q.queue.as_str().into(), Default::default())
-        .await
-        .unwrap();
+    // A bounded queue that rejects publishes when full.
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(3));
     args.insert(
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    q.channel
-        .queue_declare(
-            q.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
-    q.bind("#").await;
-    let relay = Relay::start(&s.config("", ""));
+    let q = TestQueue::on(AMQP_URL, &s.exchange, Some("#"), args).await;
+    let relay = Relay::start(&s.config(None, ""));
     relay.wait_log("streaming", T).await;
     let mut lsns = Vec::new();
     for id in 1..=6 {
@@ -128,7 +112,7 @@ async fn nacks_from_a_full_queue_hold_the_slot_until_there_is_room() {
 async fn a_binding_deleted_mid_stream_holds_the_slot_until_it_is_back() {
     let s = Scene::new(&[]).await;
     let q = TestQueue::new(&s.exchange, Some("public.items.*")).await;
-    let relay = Relay::start(&s.config("", ""));
+    let relay = Relay::start(&s.config(None, ""));
     relay.wait_log("streaming", T).await;
     s.insert(1).await;
     q.take(1, T).await;
@@ -164,7 +148,7 @@ async fn a_binding_deleted_mid_stream_holds_the_slot_until_it_is_back() {
 async fn an_exchange_deleted_mid_stream_closes_the_channel_and_walrelay_recovers() {
     let s = Scene::new(&[]).await;
     let q = TestQueue::new(&s.exchange, Some("#")).await;
-    let relay = Relay::start(&s.config("declare_exchange = false\n", ""));
+    let relay = Relay::start(&s.config(Some(("declare_exchange", "false")), ""));
     relay.wait_log("streaming", T).await;
     s.insert(1).await;
     q.take(1, T).await;
@@ -186,7 +170,7 @@ async fn an_exchange_deleted_mid_stream_closes_the_channel_and_walrelay_recovers
 async fn an_oversized_row_stops_walrelay_naming_it_and_is_delivered_once_allowed() {
     let s = Scene::new(&[]).await;
     let q = TestQueue::new(&s.exchange, Some("#")).await;
-    let small = s.config("max_message_bytes = 2048\n", "");
+    let small = s.config(Some(("max_message_bytes", "2048")), "");
     let mut relay = Relay::start(&small);
     relay.wait_log("streaming", T).await;
     s.insert(1).await;
@@ -204,7 +188,7 @@ async fn an_oversized_row_stops_walrelay_naming_it_and_is_delivered_once_allowed
     );
     assert!(s.slot().await < held, "the slot passed the oversized row");
     assert_eq!(q.take(1, T).await[0].body["key"]["id"], 1);
-    let big = s.config("max_message_bytes = 1048576\n", "");
+    let big = s.config(Some(("max_message_bytes", "1048576")), "");
     let relay = Relay::start(&big);
     relay.wait_log("streaming", T).await;
     // Row 1 may come again (at least once); row 2 must come, whole.
@@ -228,7 +212,7 @@ async fn an_invalidated_slot_stops_walrelay_with_a_specific_message() {
     ])
     .await;
     let q = TestQueue::new(&s.exchange, Some("#")).await;
-    let cfg = s.config("", "");
+    let cfg = s.config(None, "");
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     relay.terminate(T);
@@ -267,7 +251,7 @@ async fn a_slot_recreated_or_advanced_while_walrelay_was_down_is_refused_with_th
         let s = Scene::new(&["synchronous_commit = on"]).await;
         let q = TestQueue::new(&s.exchange, Some("#")).await;
         let state = s.dir.path().join("position");
-        let cfg = s.config("", "");
+        let cfg = s.config(None, "");
         let text = std::fs::read_to_string(&cfg).unwrap().replace(
             "[service]\n",
             &format!("[service]\nstate_file = {:?}\n", state.to_str().unwrap()),
@@ -328,7 +312,7 @@ async fn a_table_missing_from_an_existing_publication_stops_the_start_before_any
         ))
         .await
         .unwrap();
-    let mut relay = Relay::start(&s.config("", ""));
+    let mut relay = Relay::start(&s.config(None, ""));
     let exit = relay.wait_exit(T).await;
     assert!(!exit.success());
     let log = relay.log();

@@ -73,6 +73,7 @@ pub struct RawPostgres {
     pub publication: Option<String>,
     pub status_interval_ms: Option<u64>,
     pub receive_timeout_ms: Option<u64>,
+    pub failover_slot: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,10 +125,31 @@ pub fn load(path: &std::path::Path) -> Result<Settings, ConfigError> {
     from_str_with_env(&text, &env)
 }
 
+/// A TOML syntax error with the line and the text it points at, so a duplicate or malformed
+/// key is named (toml's bare message is only "duplicate key").
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let Some(span) = e.span() else {
+        return ConfigError::new("(syntax)", e.message().to_owned());
+    };
+    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let at = text.get(span).unwrap_or("").trim();
+    // Quote the text only when it is a bare key: a value could be a URL with a password.
+    let is_key = !at.is_empty()
+        && at.len() <= 64
+        && at
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    let at = if is_key {
+        format!(", at `{at}`")
+    } else {
+        String::new()
+    };
+    ConfigError::new("(syntax)", format!("line {line}{at}: {}", e.message()))
+}
+
 /// Parses `text`, applies overrides from `env`, validates.
 pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Settings, ConfigError> {
-    let mut table: toml::Table =
-        toml::from_str(text).map_err(|e| ConfigError::new("(syntax)", e.message().to_owned()))?;
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
     for (name, value) in env {
         let (section, key) = match name.as_str() {
             "DATABASE_URL" => ("postgres".to_owned(), "url".to_owned()),

@@ -79,6 +79,24 @@ fn errors_name_the_key() {
     assert_eq!(e.key, "rabbitmq.routing_key");
     let e = err(MINIMAL, &[("AMQP_URL", "http://x")]);
     assert_eq!(e.key, "rabbitmq.url");
+    // A duplicate key is a syntax error; it still names the key and its line.
+    let e = err(
+        &format!("{MINIMAL}exchange = \"a\"\nexchange = \"b\"\n"),
+        &[],
+    );
+    assert!(
+        e.message.contains("line 9") && e.message.contains("exchange"),
+        "{e}"
+    );
+    // A broken value is located by line, never quoted: it could hold a password.
+    let e = err(
+        &MINIMAL.replace("s3cret-canary@db:5432/app\"", "s3cret-canary@db:5432/app"),
+        &[],
+    );
+    assert!(
+        e.message.contains("line 5") && !e.to_string().contains("s3cret"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -38,6 +38,9 @@ pub struct Settings {
     pub status_interval: Duration,
     /// Silence from the server after which the replication connection is presumed dead.
     pub receive_timeout: Duration,
+    /// Create the slot with `FAILOVER` (PostgreSQL 17+), so standbys with
+    /// `sync_replication_slots` keep a copy that survives a promotion.
+    pub failover_slot: bool,
     pub sink: SinkSettings,
     pub routing_key: RoutingTemplate,
     pub max_in_flight: usize,
@@ -280,6 +283,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             max_bytes: batch_max_bytes,
         },
         receive_timeout,
+        failover_slot: raw.postgres.failover_slot.unwrap_or(false),
         state_file: raw.service.state_file,
         http_listen,
         heartbeat_interval,

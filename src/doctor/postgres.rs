@@ -60,6 +60,46 @@ fn col(row: &[Option<String>], i: usize) -> String {
     row.get(i).cloned().flatten().unwrap_or_default()
 }
 
+/// `postgres.failover_slot`: the server must support it, and the primary should hold logical
+/// changes back until the standby has them (docs/operations.md#failover).
+async fn failover_checks(
+    settings: &Settings,
+    c: &mut Connection,
+    out: &mut Vec<Finding>,
+) -> Result<(), SourceError> {
+    let r = one(c, "SELECT current_setting('server_version_num')::int").await?;
+    if col(&r, 0).parse::<i64>().unwrap_or(0) < 170000 {
+        out.push(fail(
+            "postgres.failover_slot needs PostgreSQL 17 or later: failover slots do not exist here",
+        ));
+        return Ok(());
+    }
+    let r = one(
+        c,
+        &format!(
+            "SELECT current_setting('synchronized_standby_slots'), \
+               (SELECT failover FROM pg_replication_slots WHERE slot_name = {})",
+            quote_literal(&settings.slot)
+        ),
+    )
+    .await?;
+    if col(&r, 0).is_empty() {
+        out.push(warn(
+            "failover_slot is set but synchronized_standby_slots is empty: walrelay may receive changes \
+             a standby does not have yet, and after a promotion the slot copy can be ahead of the new primary",
+        ));
+    } else {
+        out.push(ok(format!("synchronized_standby_slots = {}", col(&r, 0))));
+    }
+    if col(&r, 1) == "f" {
+        out.push(warn(format!(
+            "slot {} exists without failover: walrelay enables it at start",
+            settings.slot
+        )));
+    }
+    Ok(())
+}
+
 async fn checks(
     settings: &Settings,
     c: &mut Connection,
@@ -144,6 +184,9 @@ async fn checks(
             "wal_sender_timeout = 0: dead replication connections are never noticed by the server",
         )),
         Some(t) => out.push(ok(format!("wal_sender_timeout = {} s", t.as_secs_f64()))),
+    }
+    if settings.failover_slot {
+        failover_checks(settings, c, out).await?;
     }
 
     let pubname = quote_literal(&settings.publication);

@@ -172,7 +172,14 @@ async fn session(
     memory: &mut Memory,
 ) -> Result<(), RunError> {
     let metrics = &obs.metrics;
-    let publisher = Publisher::connect(&settings.sink).await?;
+    // Bounded: a broker that accepts TCP but never finishes the handshake (or a half-open
+    // socket) would otherwise hold the session forever, with no retry and no error.
+    let publisher =
+        tokio::time::timeout(settings.confirm_timeout, Publisher::connect(&settings.sink))
+            .await
+            .map_err(|_| SinkError::ConnectTimeout {
+                waited: settings.confirm_timeout,
+            })??;
     info!(exchange = %settings.sink.exchange, "connected to RabbitMQ");
     Health::set(&obs.health.broker_connected, true);
     let broker_watch = tokio::spawn(watch_broker(publisher.status(), obs.clone()));
@@ -199,7 +206,14 @@ async fn session(
             (a, b) => a.or(b),
         };
     }
-    let slot = setup::ensure_slot(&mut conn, &settings.slot, &database, known).await?;
+    let slot = setup::ensure_slot(
+        &mut conn,
+        &settings.slot,
+        &database,
+        known,
+        settings.failover_slot,
+    )
+    .await?;
     let types = setup::load_types(&mut conn).await?;
     let mut status_interval = settings.status_interval;
     if let Some(timeout) = setup::wal_sender_timeout(&mut conn).await? {

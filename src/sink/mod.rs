@@ -53,6 +53,8 @@ pub enum SinkError {
         size: usize,
         max: usize,
     },
+    #[error("RabbitMQ: no complete connection (handshake, channel, exchanges) within {waited:?}")]
+    ConnectTimeout { waited: Duration },
     #[error("broker confirmed a message walrelay was not waiting for")]
     Tracker(#[from] crate::checkpoint::TrackerError),
 }

@@ -13,7 +13,7 @@ use tracing::info;
 use super::conn::Connection;
 use super::error::SourceError;
 use crate::lsn::Lsn;
-use crate::value::{PgTypeRow, TypeRegistry};
+use crate::value::{PgAttrRow, PgTypeRow, TypeRegistry};
 
 /// Quotes an SQL identifier: `we"ird` → `"we""ird"`.
 pub fn quote_ident(s: &str) -> String {
@@ -72,10 +72,15 @@ pub async fn ensure_slot(
     slot: &str,
     database: &str,
     known: Option<Lsn>,
+    failover: bool,
 ) -> Result<SlotState, SourceError> {
+    if failover {
+        require_failover_support(conn).await?;
+    }
     let rows = conn
         .simple_query(&format!(
-            "SELECT plugin, database, confirmed_flush_lsn, wal_status FROM pg_replication_slots WHERE slot_name = {}",
+            "SELECT plugin, database, confirmed_flush_lsn, wal_status{} FROM pg_replication_slots WHERE slot_name = {}",
+            if failover { ", failover" } else { "" },
             quote_literal(slot)
         ))
         .await?;
@@ -90,8 +95,14 @@ pub async fn ensure_slot(
                  changes after that point may be gone. Recreate it deliberately and re-sync consumers"
             )));
         }
+        // The option list syntax exists since PostgreSQL 15; the legacy keyword keeps 14 working.
+        let options = if failover {
+            "(SNAPSHOT 'nothing', FAILOVER)"
+        } else {
+            "NOEXPORT_SNAPSHOT"
+        };
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {options}",
             quote_ident(slot)
         );
         let created = conn.simple_query(&sql).await?;
@@ -129,6 +140,11 @@ pub async fn ensure_slot(
     let confirmed = get(2)
         .and_then(|s| s.parse::<Lsn>().ok())
         .unwrap_or(Lsn::ZERO);
+    if failover && get(4).as_deref() == Some("f") {
+        let sql = format!("ALTER_REPLICATION_SLOT {} (FAILOVER)", quote_ident(slot));
+        conn.simple_query(&sql).await?;
+        info!(slot, "enabled failover on the existing replication slot");
+    }
     if let Some(known) = known
         && confirmed > known
     {
@@ -143,11 +159,28 @@ pub async fn ensure_slot(
     })
 }
 
-/// Loads `pg_type` so domains and arrays render like `to_jsonb()` renders them.
+/// `postgres.failover_slot` needs PostgreSQL 17: say so instead of failing on the syntax.
+async fn require_failover_support(conn: &mut Connection) -> Result<(), SourceError> {
+    let rows = conn.simple_query("SHOW server_version_num").await?;
+    let version: u32 = rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if version < 170000 {
+        return Err(SourceError::Setup(format!(
+            "postgres.failover_slot needs PostgreSQL 17 or later; this server is {version}"
+        )));
+    }
+    Ok(())
+}
+
+/// Loads `pg_type` (and the attributes of composite types that columns use) so domains,
+/// arrays, composites and hstore render like `to_jsonb()` renders them.
 pub async fn load_types(conn: &mut Connection) -> Result<TypeRegistry, SourceError> {
     let rows = conn
         .simple_query(
-            "SELECT oid, typtype, typelem, typdelim, typbasetype, typlen FROM pg_catalog.pg_type",
+            "SELECT oid, typtype, typelem, typdelim, typbasetype, typlen, typname FROM pg_catalog.pg_type",
         )
         .await?;
     let parsed: Vec<PgTypeRow> = rows
@@ -161,10 +194,36 @@ pub async fn load_types(conn: &mut Connection) -> Result<TypeRegistry, SourceErr
                 typdelim: *s(3).as_bytes().first()?,
                 typbasetype: s(4).parse().ok()?,
                 typlen: s(5).parse().ok()?,
+                typname: s(6),
             })
         })
         .collect();
-    Ok(TypeRegistry::from_pg_type(&parsed))
+    // Every table has a row type; only standalone composite types and row types that some
+    // column (or array column) uses are worth loading.
+    let rows = conn
+        .simple_query(
+            "SELECT t.oid, a.attname, a.atttypid FROM pg_catalog.pg_type t \
+             JOIN pg_catalog.pg_class c ON c.oid = t.typrelid \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid \
+             WHERE t.typtype = 'c' AND a.attnum > 0 AND NOT a.attisdropped \
+               AND (c.relkind = 'c' \
+                    OR t.oid IN (SELECT atttypid FROM pg_catalog.pg_attribute WHERE attnum > 0) \
+                    OR t.typarray IN (SELECT atttypid FROM pg_catalog.pg_attribute WHERE attnum > 0)) \
+             ORDER BY t.oid, a.attnum",
+        )
+        .await?;
+    let attrs: Vec<PgAttrRow> = rows
+        .iter()
+        .filter_map(|r| {
+            let s = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            Some(PgAttrRow {
+                typoid: s(0).parse().ok()?,
+                name: s(1),
+                atttypid: s(2).parse().ok()?,
+            })
+        })
+        .collect();
+    Ok(TypeRegistry::from_pg_type(&parsed, &attrs))
 }
 
 /// Reads `wal_sender_timeout`, so status updates can be sent well within it.

@@ -207,4 +207,18 @@ mod tests {
         assert!(parse_copy_data(Bytes::from_static(b"")).is_err());
         assert!(parse_copy_data(Bytes::from_static(b"x")).is_err());
     }
+
+    proptest::proptest! {
+        /// Any CopyData payload is a message or an error, never a panic; the 'w' and 'k'
+        /// prefixes make the interesting cases likely.
+        #[test]
+        fn any_copy_data_is_a_message_or_an_error(
+            tag in proptest::sample::select(vec![b'w', b'k', b'x']),
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut body = vec![tag];
+            body.extend_from_slice(&rest);
+            let _ = parse_copy_data(Bytes::from(body));
+        }
+    }
 }

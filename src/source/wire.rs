@@ -16,6 +16,9 @@ use tokio_rustls::client::TlsStream;
 /// anything claiming more is corrupt and must not make us allocate.
 const MAX_FRAME_BYTES: usize = (1 << 30) + (1 << 20);
 
+/// How far ahead of the bytes received the buffer may grow for an incomplete frame.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 /// A TCP stream, encrypted or not.
 pub enum Stream {
     Plain(TcpStream),
@@ -111,7 +114,9 @@ impl Framed {
         }
         let total = 1 + len as usize;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Grow towards the frame, but never on the length word's word alone: a corrupt
+            // length (up to 1 GiB passes the check above) must not allocate before bytes arrive.
+            buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let mut frame = buf.split_to(total);
@@ -146,6 +151,10 @@ impl Framed {
         let _ = self.stream.shutdown().await;
     }
 }
+
+#[cfg(test)]
+#[path = "wire_props.rs"]
+mod props;
 
 #[cfg(test)]
 mod tests {

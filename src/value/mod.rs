@@ -10,14 +10,19 @@
 //! The rendering equals `to_jsonb()` in a session with the settings walrelay sets on its
 //! replication connection (see `source::SESSION_SETTINGS`): DateStyle ISO, TimeZone UTC,
 //! IntervalStyle iso_8601, extra_float_digits 3, bytea_output hex.
-//! Known difference: composite (row) values are written as their text, not as objects.
+//! Composite (row) values become objects of their attributes and `hstore` an object of
+//! strings, as `to_jsonb()` writes them. Other extension types with their own cast to json are
+//! written as their text output (a known difference, see docs/events.md).
 
 mod array;
 mod datetime;
+mod hstore;
 pub mod json_string;
 mod number;
+mod record;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use json_string::write_json_string;
 
@@ -37,8 +42,19 @@ pub enum TypeKind {
         elem: Box<TypeKind>,
         delim: u8,
     },
+    /// A composite (row) type: an object of its attributes.
+    Composite(Arc<[Field]>),
+    /// The `hstore` extension type: an object of strings (its cast to json).
+    Hstore,
     /// Everything else: a JSON string of the text output.
     Text,
+}
+
+/// One attribute of a composite type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub kind: TypeKind,
 }
 
 /// Why a value could not be rendered. Permanent: the value is not what its type promises.
@@ -50,12 +66,16 @@ pub enum ValueError {
     BadBool,
     #[error("array text output could not be parsed near byte {at}")]
     BadArray { at: usize },
+    #[error("composite text output could not be parsed near byte {at}")]
+    BadRecord { at: usize },
+    #[error("hstore text output could not be parsed near byte {at}")]
+    BadHstore { at: usize },
     #[error("binary-format values are not supported (walrelay requests text format)")]
     Binary,
 }
 
 /// A row of `pg_type`, as much as rendering needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PgTypeRow {
     pub oid: u32,
     /// `typtype`: b base, c composite, d domain, e enum, p pseudo, r range, m multirange.
@@ -64,6 +84,21 @@ pub struct PgTypeRow {
     pub typdelim: u8,
     pub typbasetype: u32,
     pub typlen: i16,
+    pub typname: String,
+}
+
+/// An attribute of a composite type (`pg_attribute` of its `typrelid`), in attribute order.
+#[derive(Clone, Debug)]
+pub struct PgAttrRow {
+    pub typoid: u32,
+    pub name: String,
+    pub atttypid: u32,
+}
+
+/// What `resolve` reads: types by OID and composite attributes by type OID.
+struct Catalog<'a> {
+    types: HashMap<u32, &'a PgTypeRow>,
+    attrs: HashMap<u32, Vec<&'a PgAttrRow>>,
 }
 
 /// Type OID → rendering kind.
@@ -129,11 +164,18 @@ impl TypeRegistry {
 
     /// Builds the registry from `pg_type` rows: resolves domains to their base type and arrays
     /// (`typelem` set and variable length) to their element kind, as `to_jsonb()` does.
-    pub fn from_pg_type(rows: &[PgTypeRow]) -> Self {
-        let by_oid: HashMap<u32, &PgTypeRow> = rows.iter().map(|r| (r.oid, r)).collect();
+    /// Composite types with attributes in `attrs` become objects.
+    pub fn from_pg_type(rows: &[PgTypeRow], attrs: &[PgAttrRow]) -> Self {
+        let mut cat = Catalog {
+            types: rows.iter().map(|r| (r.oid, r)).collect(),
+            attrs: HashMap::new(),
+        };
+        for a in attrs {
+            cat.attrs.entry(a.typoid).or_default().push(a);
+        }
         let mut kinds = HashMap::new();
         for row in rows {
-            let kind = resolve(row.oid, &by_oid, 0);
+            let kind = resolve(row.oid, &cat, 0);
             if kind != TypeKind::Text {
                 kinds.insert(row.oid, kind);
             }
@@ -149,26 +191,38 @@ impl TypeRegistry {
 }
 
 /// Domains nest and arrays nest; a depth bound keeps a cyclic catalog from looping forever.
-fn resolve(oid: u32, by_oid: &HashMap<u32, &PgTypeRow>, depth: u32) -> TypeKind {
+fn resolve(oid: u32, cat: &Catalog, depth: u32) -> TypeKind {
     if depth > 16 {
         return TypeKind::Text;
     }
-    let Some(row) = by_oid.get(&oid) else {
+    let Some(row) = cat.types.get(&oid) else {
         return scalar_kind(oid).unwrap_or(TypeKind::Text);
     };
     if row.typtype == b'd' && row.typbasetype != 0 {
-        return resolve(row.typbasetype, by_oid, depth + 1);
+        return resolve(row.typbasetype, cat, depth + 1);
     }
     if let Some(k) = scalar_kind(oid) {
         return k;
     }
     if row.typelem != 0 && row.typlen == -1 {
         // The delimiter belongs to the element type (box uses ';').
-        let delim = by_oid.get(&row.typelem).map_or(b',', |e| e.typdelim);
+        let delim = cat.types.get(&row.typelem).map_or(b',', |e| e.typdelim);
         return TypeKind::Array {
-            elem: Box::new(resolve(row.typelem, by_oid, depth + 1)),
+            elem: Box::new(resolve(row.typelem, cat, depth + 1)),
             delim,
         };
+    }
+    if row.typtype == b'c'
+        && let Some(attrs) = cat.attrs.get(&oid)
+    {
+        let fields = attrs.iter().map(|a| Field {
+            name: a.name.clone(),
+            kind: resolve(a.atttypid, cat, depth + 1),
+        });
+        return TypeKind::Composite(fields.collect());
+    }
+    if row.typtype == b'b' && row.typname == "hstore" {
+        return TypeKind::Hstore;
     }
     TypeKind::Text
 }
@@ -192,6 +246,8 @@ fn write_text_value(out: &mut String, kind: &TypeKind, text: &str) -> Result<(),
         TypeKind::TimestampTz => datetime::write_timestamptz(out, text),
         TypeKind::Json => out.push_str(text),
         TypeKind::Array { elem, delim } => array::write_array(out, text, elem, *delim)?,
+        TypeKind::Composite(fields) => record::write_record(out, text, fields)?,
+        TypeKind::Hstore => hstore::write_hstore(out, text)?,
     }
     Ok(())
 }
@@ -286,6 +342,7 @@ mod tests {
                 typdelim: b',',
                 typbasetype: 0,
                 typlen: 4,
+                ..Default::default()
             },
             PgTypeRow {
                 oid: 1007,
@@ -294,6 +351,7 @@ mod tests {
                 typdelim: b',',
                 typbasetype: 0,
                 typlen: -1,
+                ..Default::default()
             },
             PgTypeRow {
                 oid: 90001,
@@ -302,6 +360,7 @@ mod tests {
                 typdelim: b',',
                 typbasetype: 23,
                 typlen: 4,
+                ..Default::default()
             },
             PgTypeRow {
                 oid: 90002,
@@ -310,6 +369,7 @@ mod tests {
                 typdelim: b',',
                 typbasetype: 0,
                 typlen: -1,
+                ..Default::default()
             },
             PgTypeRow {
                 oid: 600,
@@ -318,9 +378,10 @@ mod tests {
                 typdelim: b',',
                 typbasetype: 0,
                 typlen: 16,
+                ..Default::default()
             },
         ];
-        let reg = TypeRegistry::from_pg_type(&rows);
+        let reg = TypeRegistry::from_pg_type(&rows, &[]);
         assert_eq!(reg.kind(90001), &TypeKind::Number);
         assert_eq!(reg.kind(1007), &arr(TypeKind::Number));
         assert_eq!(reg.kind(90002), &arr(TypeKind::Number));

@@ -15,7 +15,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 
-use super::{AMQP_URL, TestQueue, connect};
+use super::{TestQueue, connect};
 
 /// The published tables of the workload; `unpub` is deliberately not published.
 pub const TABLES: [&str; 3] = ["t0", "t1", "t2"];
@@ -194,25 +194,60 @@ async fn reconnect(url: &str) -> Option<tokio_postgres::Client> {
     Some(client)
 }
 
-/// Consumes the queue (manual acks) into `out` until `stop`.
-pub async fn consume(queue: String, out: Arc<Mutex<Vec<Delivery>>>, stop: Arc<AtomicBool>) {
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.basic_qos(500, BasicQosOptions::default()).await.unwrap();
+/// Consumes the queue (manual acks) into `out` until `stop`, reconnecting whenever the broker
+/// goes away (unacked deliveries then come again: counted as duplicates, never as lost).
+pub async fn consume(
+    url: String,
+    queue: String,
+    out: Arc<Mutex<Vec<Delivery>>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        // Bounded, like every connect to a broker that may be down (see common::broker).
+        let attempt = Connection::connect(&url, ConnectionProperties::default());
+        let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(2), attempt).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let _ = consume_session(&conn, &queue, &out, &stop).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "done".into())).await;
+    }
+}
+
+async fn consume_session(
+    conn: &Connection,
+    queue: &str,
+    out: &Mutex<Vec<Delivery>>,
+    stop: &AtomicBool,
+) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(500, BasicQosOptions::default()).await?;
     let mut consumer = ch
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             "checker".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await
-        .unwrap();
+        .await?;
+    // Acks go out every ACK_EVERY deliveries (`multiple`) or when the queue is quiet: awaiting
+    // one ack per message made the consumer, not walrelay, the bottleneck of the big runs.
+    const ACK_EVERY: usize = 100;
+    let mut unacked: Option<lapin::message::Delivery> = None;
+    let mut pending = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let next = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
-        let Ok(Some(Ok(d))) = next else { continue };
+        let d = match next {
+            Err(_) => {
+                if let Some(last) = unacked.take() {
+                    last.ack(BasicAckOptions { multiple: true }).await?;
+                    pending = 0;
+                }
+                continue;
+            }
+            Ok(Some(d)) => d?,
+            Ok(None) => return Ok(()),
+        };
         let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
         let id = body["key"]["id"].as_i64().unwrap();
         let v = body["new"]["v"].as_i64().unwrap() as i32;
@@ -222,9 +257,19 @@ pub async fn consume(queue: String, out: Arc<Mutex<Vec<Delivery>>>, stop: Arc<At
             message_id: body["id"].as_str().unwrap().to_owned(),
             commit_lsn: lsn,
         });
-        d.ack(BasicAckOptions::default()).await.unwrap();
+        pending += 1;
+        if pending >= ACK_EVERY {
+            d.ack(BasicAckOptions { multiple: true }).await?;
+            pending = 0;
+            unacked = None;
+        } else {
+            unacked = Some(d);
+        }
     }
-    let _ = conn.close(200, "done".into()).await;
+    if let Some(last) = unacked {
+        last.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    Ok(())
 }
 
 pub fn parse_lsn(s: &str) -> u64 {
@@ -423,6 +468,7 @@ impl Run {
             Arc::clone(&history),
         ));
         let c = tokio::spawn(consume(
+            queue.url.clone(),
             queue.queue.clone(),
             Arc::clone(&deliveries),
             Arc::clone(&consumer_stop),

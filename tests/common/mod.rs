@@ -3,6 +3,8 @@
 //! test can `kill -9` it. Waits are conditions with timeouts, never fixed sleeps.
 #![allow(dead_code)]
 
+pub mod bed;
+pub mod broker;
 pub mod checker;
 pub mod proxy;
 
@@ -47,7 +49,12 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The PostgreSQL binaries: `WALRELAY_PG_BIN` (set by `scripts/pg-matrix.sh` to another major
+/// version) or the Debian packages.
 fn pg_bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("WALRELAY_PG_BIN") {
+        return Path::new(&dir).join(name);
+    }
     for dir in [
         "/usr/lib/postgresql/15/bin",
         "/usr/lib/postgresql/16/bin",
@@ -190,6 +197,15 @@ impl PgCluster {
         )
     }
 
+    /// A cluster with one fresh database holding `schema`: the start of most tests.
+    pub async fn with_db(schema: &str) -> (PgCluster, String, tokio_postgres::Client) {
+        let pg = PgCluster::start();
+        let db = unique("app");
+        let client = pg.create_db(&db).await;
+        client.batch_execute(schema).await.unwrap();
+        (pg, db, client)
+    }
+
     /// Creates a database and returns a client connected to it.
     pub async fn create_db(&self, db: &str) -> tokio_postgres::Client {
         let admin = connect(&self.url("postgres")).await;
@@ -261,6 +277,7 @@ pub struct TestQueue {
     pub conn: Connection,
     pub exchange: String,
     pub queue: String,
+    pub url: String,
 }
 
 /// A message as a consumer sees it.
@@ -275,9 +292,19 @@ pub struct Received {
 impl TestQueue {
     /// Declares `exchange` (durable topic) and a queue bound with `binding` (None: no binding).
     pub async fn new(exchange: &str, binding: Option<&str>) -> TestQueue {
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        TestQueue::on(AMQP_URL, exchange, binding, FieldTable::default()).await
+    }
+
+    /// Like `new`, on the broker at `url`, with queue arguments (e.g. `x-queue-type`).
+    pub async fn on(
+        url: &str,
+        exchange: &str,
+        binding: Option<&str>,
+        args: FieldTable,
+    ) -> TestQueue {
+        let conn = Connection::connect(url, ConnectionProperties::default())
             .await
-            .expect("connect to RabbitMQ on 127.0.0.1:5672");
+            .expect("connect to RabbitMQ");
         let channel = conn.create_channel().await.unwrap();
         channel
             .exchange_declare(
@@ -299,7 +326,7 @@ impl TestQueue {
                     durable: true,
                     ..Default::default()
                 },
-                FieldTable::default(),
+                args,
             )
             .await
             .unwrap();
@@ -308,6 +335,7 @@ impl TestQueue {
             conn,
             exchange: exchange.to_owned(),
             queue,
+            url: url.to_owned(),
         };
         if let Some(b) = binding {
             q.bind(b).await;
@@ -428,6 +456,32 @@ pub fn write_config(
     let path = dir.join("walrelay.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Sets `key = value` (a TOML value, e.g. `"2000"` or `"true"`) in `[section]` of a config file
+/// from `write_config`: replaces the key if the section has it, else adds it under the header.
+pub fn config_set(path: &Path, section: &str, key: &str, value: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let header = format!("[{section}]");
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == header)
+        .unwrap_or_else(|| panic!("no {header} in {}", path.display()));
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with('['))
+        .map_or(lines.len(), |i| start + 1 + i);
+    let line = format!("{key} = {value}");
+    let prefix = format!("{key} =");
+    match lines[start + 1..end]
+        .iter()
+        .position(|l| l.starts_with(&prefix))
+    {
+        Some(i) => lines[start + 1 + i] = line,
+        None => lines.insert(start + 1, line),
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
 impl Relay {
@@ -557,4 +611,14 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .find_map(|l| l.strip_prefix(sample).and_then(|r| r.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The peak resident set (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }

