@@ -285,8 +285,8 @@ async fn a_blackholed_postgres_link_is_noticed_and_recovered() {
         noticed < Duration::from_secs(5),
         "noticed after {noticed:?}"
     );
-    proxy.release();
     proxy.sever_all();
+    proxy.release();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let v = verdict(&bed, run, monitor).await;
     report(
