@@ -85,6 +85,24 @@ async fn run() {
             n(100_000.0),
         ),
     ];
+    // `BENCH_ONLY=catchup`: backlog (a) only, walrelay against the broker limit, for iterating
+    // on the publish path without the full run.
+    let only_catchup = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "catchup");
+    if only_catchup {
+        let b = Backlog::build(&env, &client, 0, "orders", n(1_000_000.0)).await;
+        let relay = walrelay_catchup(&env, &client, &b, 1).await;
+        let broker = broker_limit(b.events, relay.avg_bytes).await;
+        println!(
+            "catch-up, {} events: walrelay {:.0}/s, broker limit {:.0}/s, ratio {:.2}, CPU {:.1} µs/event, peak RSS {:.1} MiB",
+            b.events,
+            b.events as f64 / relay.secs,
+            b.events as f64 / broker,
+            broker / relay.secs,
+            relay.cpu_secs * 1e6 / b.events as f64,
+            relay.peak_rss_kib as f64 / 1024.0
+        );
+        return;
+    }
     for (i, (name, table, count)) in backlogs.iter().enumerate() {
         let mut b = Backlog::build(&env, &client, i, table, *count).await;
         eprintln!("== backlog {name}");
