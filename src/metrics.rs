@@ -36,6 +36,8 @@ pub struct Metrics {
     pub bytes_published: Counter,
     /// Changes the filter did not publish, by reason (table, op, predicate, noop).
     pub events_filtered: Family<Labels1, Counter>,
+    /// Values of altered composite types sent as their text output (see `docs/events.md`).
+    pub values_as_text: Counter,
     /// Flood transactions, by trigger (max_changes, marker, origin).
     pub flood_transactions: Family<Labels1, Counter>,
     /// Changes of flood transactions, by the policy applied (skip, summarize, reroute, publish).
@@ -83,6 +85,7 @@ impl Metrics {
             events_published: Family::default(),
             bytes_published: Counter::default(),
             events_filtered: Family::default(),
+            values_as_text: Counter::default(),
             flood_transactions: Family::default(),
             flood_events: Family::default(),
             // 0.5 ms .. ~65 s
@@ -122,6 +125,11 @@ impl Metrics {
             "events_filtered",
             "Changes not published by the filter, by reason",
             m.events_filtered.clone(),
+        );
+        r.register(
+            "values_as_text",
+            "Composite values sent as their text output because the type was altered before walrelay read them",
+            m.values_as_text.clone(),
         );
         r.register(
             "flood_transactions",

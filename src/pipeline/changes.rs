@@ -4,17 +4,19 @@
 
 use std::sync::Arc;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::replicate::{Outbound, Replicator};
 use crate::event::routing::{RouteVars, partition_of};
-use crate::event::{self, Event, Op, RowChange, TxContext};
+use crate::event::{self, Event, EventError, Op, RowChange, TxContext};
 use crate::filter::flood::Candidate;
 use crate::filter::predicate::RowView;
 use crate::filter::{Dropped, TableView};
+use crate::lsn::Lsn;
 use crate::pgoutput::{Message, OldTuple};
 use crate::probe;
 use crate::source::SourceError;
+use crate::value::{TypeKind, TypeRegistry, ValueError};
 
 impl Replicator {
     fn open_tx(&mut self, what: &str) -> Result<(TxContext, u64), SourceError> {
@@ -32,6 +34,12 @@ impl Replicator {
             .get(&oid)
             .cloned()
             .ok_or(SourceError::Event(event::EventError::UnknownRelation(oid)))
+    }
+
+    /// True when this session read the catalog after a change at or after `at` was found not
+    /// to match it: a mismatch there is an old value, not a newer catalog.
+    fn types_are_stale_at(&self, at: Lsn) -> bool {
+        self.types_reloaded_at.is_some_and(|r| at <= r)
     }
 
     fn dropped(&self, reason: Dropped) {
@@ -62,6 +70,20 @@ impl Replicator {
             }
             Message::Relation(r) => {
                 debug!(schema = %r.schema, table = %r.name, oid = r.oid, "relation");
+                let at = self.open.map_or(self.received, |(ctx, _)| ctx.commit_lsn);
+                if let Some(col) = r.columns.iter().find(|c| !self.types.knows(c.type_oid)) {
+                    if !self.types_are_stale_at(at) {
+                        return Err(SourceError::TypesChanged {
+                            at,
+                            detail: format!(
+                                "{}.{} column {} has a type created after the catalog was read",
+                                r.schema, r.name, col.name
+                            ),
+                        });
+                    }
+                    warn!(schema = %r.schema, table = %r.name, column = %col.name, type_oid = col.type_oid,
+                          "the column's type no longer exists in the catalog: its values are sent as text");
+                }
                 let rel = self.relations.insert(r);
                 let view = self.filter.view(&rel, &self.routing)?;
                 self.views.insert(rel.oid, Arc::new(view));
@@ -220,8 +242,49 @@ impl Replicator {
             return Ok(());
         }
         let rel = &view.rel;
-        let out =
-            event::row_event_body(&ctx, index, rel, &change, view.mask.as_deref(), &self.types)?;
+        // A composite value whose attribute count differs from the catalog we read: the type
+        // was altered. Read the catalog again (a new session); if the value is still older
+        // than the catalog, send that column as text rather than stop for good.
+        let mut demoted: Option<TypeRegistry> = None;
+        let out = loop {
+            let types = demoted.as_ref().unwrap_or(&self.types);
+            match event::row_event_body(&ctx, index, rel, &change, view.mask.as_deref(), types) {
+                Err(EventError::Value {
+                    column,
+                    source: source @ ValueError::RecordShape { .. },
+                    ..
+                }) => {
+                    let type_oid = rel
+                        .columns
+                        .iter()
+                        .find(|c| c.name == column)
+                        .map_or(0, |c| c.type_oid);
+                    if !self.types_are_stale_at(ctx.commit_lsn) {
+                        return Err(SourceError::TypesChanged {
+                            at: ctx.commit_lsn,
+                            detail: format!(
+                                "{}.{} column {column}: {source}",
+                                rel.schema, rel.name
+                            ),
+                        });
+                    }
+                    if matches!(types.kind(type_oid), TypeKind::Text) {
+                        // Already text: cannot happen, but never loop.
+                        return Err(SourceError::Event(EventError::Value {
+                            schema: rel.schema.clone(),
+                            table: rel.name.clone(),
+                            column,
+                            source,
+                        }));
+                    }
+                    warn!(schema = %rel.schema, table = %rel.name, column = %column, lsn = %ctx.commit_lsn,
+                          "a composite value older than the type's current definition: sent as text");
+                    self.metrics.values_as_text.inc();
+                    demoted = Some(types.with_text(type_oid));
+                }
+                other => break other?,
+            }
+        };
         let key = event::key_tuple(rel, &change).map(|t| (&**rel, t));
         let routing_key = view.routing.render(&RouteVars {
             schema: &rel.schema,

@@ -78,6 +78,10 @@ struct Memory {
     /// The highest position this process confirmed: a slot that vanishes or moves past it
     /// means changes were skipped, which is reported rather than ignored.
     known: Option<Lsn>,
+    /// The commit position of the last transaction whose types were found changed. The
+    /// session that reads the catalog again and still finds a mismatch at or before it is
+    /// looking at values older than the catalog: it sends them as text rather than retry.
+    types_reloaded_at: Option<Lsn>,
 }
 
 /// Runs sessions until `shutdown` becomes true (Ok) or a permanent error (Err).
@@ -126,6 +130,9 @@ pub async fn run(
                 }
             }
             Err(e) if e.is_transient() => {
+                if let RunError::Source(SourceError::TypesChanged { at, .. }) = &e {
+                    memory.types_reloaded_at = Some(*at);
+                }
                 obs.metrics.error(e.side(), "transient");
                 obs.metrics
                     .reconnects
@@ -250,6 +257,7 @@ async fn session(
         stream,
         relations: RelationCache::default(),
         types,
+        types_reloaded_at: memory.types_reloaded_at,
         routing: settings.routing_key.clone(),
         publish_messages: settings.publish_messages,
         filter: Arc::new(settings.filter.clone()),

@@ -52,6 +52,9 @@ pub struct Replicator {
     pub stream: ReplicationStream,
     pub relations: RelationCache,
     pub types: TypeRegistry,
+    /// See `Memory::types_reloaded_at`: changes committed at or before it that still do not
+    /// match `types` are sent with the mismatching values as text.
+    pub types_reloaded_at: Option<Lsn>,
     /// The default routing key template (tables may override it).
     pub routing: RoutingTemplate,
     pub publish_messages: bool,

@@ -81,6 +81,10 @@ pub enum SourceError {
     Decode(#[from] DecodeError),
     #[error("building an event: {0}")]
     Event(#[from] EventError),
+    /// A type changed after this session read the catalog: the session restarts to read it
+    /// again, resuming from the slot (nothing is skipped).
+    #[error("the catalog changed while streaming ({detail}) at {at}; reading the types again")]
+    TypesChanged { at: crate::lsn::Lsn, detail: String },
     #[error("replication slot {slot:?} {problem}")]
     SlotLost { slot: String, problem: String },
     #[error("setup: {0}")]
@@ -103,7 +107,8 @@ impl SourceError {
             | SourceError::ConnectTimeout(_)
             | SourceError::Wire(WireError::Io(_) | WireError::Closed)
             | SourceError::TlsHandshake(_)
-            | SourceError::Silent(_) => true,
+            | SourceError::Silent(_)
+            | SourceError::TypesChanged { .. } => true,
             SourceError::Server(e) => is_transient_sqlstate(&e.code),
             _ => false,
         }

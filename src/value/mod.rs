@@ -68,6 +68,13 @@ pub enum ValueError {
     BadArray { at: usize },
     #[error("composite text output could not be parsed near byte {at}")]
     BadRecord { at: usize },
+    /// The value has more or fewer attributes than the type had when walrelay read the
+    /// catalog: the type was altered (or the value predates an alteration). Handled by
+    /// reloading the types, not by stopping (`pipeline::changes`).
+    #[error(
+        "composite value does not have the {known} attributes its type had when walrelay read the catalog (the type was altered)"
+    )]
+    RecordShape { known: usize },
     #[error("hstore text output could not be parsed near byte {at}")]
     BadHstore { at: usize },
     #[error("binary-format values are not supported (walrelay requests text format)")]
@@ -105,7 +112,14 @@ struct Catalog<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct TypeRegistry {
     kinds: HashMap<u32, TypeKind>,
+    /// Every OID of user-defined types (`>= FIRST_NORMAL_OID`) that `pg_type` had when loaded,
+    /// text-rendered ones included, so a type created later can be told apart.
+    user_types: std::collections::HashSet<u32>,
 }
+
+/// OIDs below this belong to built-in types, which never change while a server runs
+/// (PostgreSQL's `FirstNormalObjectId`).
+const FIRST_NORMAL_OID: u32 = 16384;
 
 /// OIDs of the built-in types whose `to_jsonb()` category is not "text".
 mod oid {
@@ -159,7 +173,10 @@ impl TypeRegistry {
                 kinds.insert(o, k);
             }
         }
-        TypeRegistry { kinds }
+        TypeRegistry {
+            kinds,
+            user_types: Default::default(),
+        }
     }
 
     /// Builds the registry from `pg_type` rows: resolves domains to their base type and arrays
@@ -180,7 +197,25 @@ impl TypeRegistry {
                 kinds.insert(row.oid, kind);
             }
         }
-        TypeRegistry { kinds }
+        let user_types = rows
+            .iter()
+            .map(|r| r.oid)
+            .filter(|o| *o >= FIRST_NORMAL_OID)
+            .collect();
+        TypeRegistry { kinds, user_types }
+    }
+
+    /// False for a user-defined type created after the registry was loaded.
+    pub fn knows(&self, type_oid: u32) -> bool {
+        type_oid < FIRST_NORMAL_OID || self.user_types.contains(&type_oid)
+    }
+
+    /// A copy in which `type_oid` renders as its text output: the fallback for a composite
+    /// value whose shape no longer matches the catalog (see `pipeline::changes`).
+    pub fn with_text(&self, type_oid: u32) -> TypeRegistry {
+        let mut copy = self.clone();
+        copy.kinds.remove(&type_oid);
+        copy
     }
 
     /// The kind for a type OID; unknown types render as text.
@@ -391,5 +426,11 @@ mod tests {
             "point has typelem but is fixed-length"
         );
         assert_eq!(reg.kind(12345), &TypeKind::Text);
+        // Built-in OIDs are always known; user types only if loaded, even when text.
+        assert!(reg.knows(12345) && reg.knows(90001) && !reg.knows(90003));
+        let demoted = reg.with_text(90002);
+        assert_eq!(demoted.kind(90002), &TypeKind::Text);
+        assert_eq!(demoted.kind(90001), &TypeKind::Number);
+        assert!(demoted.knows(90002));
     }
 }

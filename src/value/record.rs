@@ -16,8 +16,15 @@ pub fn write_record(out: &mut String, text: &str, fields: &[Field]) -> Result<()
     out.push('{');
     for (n, field) in fields.iter().enumerate() {
         if n > 0 {
-            if s.get(i) != Some(&b',') {
-                return Err(bad(i));
+            match s.get(i) {
+                Some(b',') => {}
+                // Well-formed, but ends before the known attributes do.
+                Some(b')') if i + 1 == s.len() => {
+                    return Err(ValueError::RecordShape {
+                        known: fields.len(),
+                    });
+                }
+                _ => return Err(bad(i)),
             }
             i += 1;
             out.push(',');
@@ -31,11 +38,35 @@ pub fn write_record(out: &mut String, text: &str, fields: &[Field]) -> Result<()
             Some(v) => write_text_value(out, &field.kind, &v)?,
         }
     }
+    if s.get(i) == Some(&b',') && count_fields(text).is_some() {
+        // Well-formed, with attributes beyond the known ones.
+        return Err(ValueError::RecordShape {
+            known: fields.len(),
+        });
+    }
     if s.get(i) != Some(&b')') || i + 1 != s.len() {
         return Err(bad(i));
     }
     out.push('}');
     Ok(())
+}
+
+/// The number of fields of a well-formed record text, or None when it is malformed.
+fn count_fields(text: &str) -> Option<usize> {
+    let s = text.as_bytes();
+    if s.first() != Some(&b'(') {
+        return None;
+    }
+    let (mut i, mut n) = (1, 0);
+    loop {
+        let (_, next) = field_text(text, i)?;
+        n += 1;
+        match s.get(next) {
+            Some(b',') => i = next + 1,
+            Some(b')') if next + 1 == s.len() => return Some(n),
+            _ => return None,
+        }
+    }
 }
 
 /// One field starting at byte `i`: its value (None for NULL) and the index of the `,` or `)`
@@ -128,17 +159,30 @@ mod tests {
     }
 
     #[test]
+    fn a_different_attribute_count_is_a_shape_error_not_a_parse_error() {
+        let shape = Err(ValueError::RecordShape { known: 3 });
+        assert_eq!(render("(1,2)"), shape);
+        assert_eq!(render("(1,2,t,x)"), shape);
+        assert_eq!(render("(1,\"a,b\",t,\"x)\")"), shape);
+        assert_eq!(render("(1,\"a,b\")"), shape);
+    }
+
+    #[test]
     fn malformed_records_are_errors() {
         for bad in [
             "",
             "1,2,3",
-            "(1,2)",
             "(1,2,t",
             "(1,2,t)x",
             "(1,\"open,t)",
             "(1,2,\\",
+            "(1,2,t,",
+            "(1,2,t,\"x",
         ] {
-            assert!(render(bad).is_err(), "{bad:?}");
+            assert!(
+                matches!(render(bad), Err(ValueError::BadRecord { .. })),
+                "{bad:?}"
+            );
         }
     }
 }
