@@ -41,8 +41,8 @@ async fn run() {
     let n = |base: f64| ((base * scale) as i64).max(1000);
     // Classic versus quorum queue: the broker's own limit, 500-byte persistent messages.
     let count = n(200_000.0) as u64;
-    let classic = broker_limit_on(count, 500, false).await;
-    let quorum = broker_limit_on(count, 500, true).await;
+    let classic = broker_limit_on(count, 500, false, false).await;
+    let quorum = broker_limit_on(count, 500, true, false).await;
     println!(
         "Broker limit, {count} persistent 500-byte messages, window 2,000: classic queue {:.0}/s, quorum queue {:.0}/s",
         count as f64 / classic,
@@ -92,11 +92,13 @@ async fn run() {
         let b = Backlog::build(&env, &client, 0, "orders", n(1_000_000.0)).await;
         let relay = walrelay_catchup(&env, &client, &b, 1).await;
         let broker = broker_limit(b.events, relay.avg_bytes).await;
+        let bare = broker_limit_on(b.events, relay.avg_bytes, false, false).await;
         println!(
-            "catch-up, {} events: walrelay {:.0}/s, broker limit {:.0}/s, ratio {:.2}, CPU {:.1} µs/event, peak RSS {:.1} MiB",
+            "catch-up, {} events: walrelay {:.0}/s, broker limit {:.0}/s (bare messages {:.0}/s), ratio {:.2}, CPU {:.1} µs/event, peak RSS {:.1} MiB",
             b.events,
             b.events as f64 / relay.secs,
             b.events as f64 / broker,
+            b.events as f64 / bare,
             broker / relay.secs,
             relay.cpu_secs * 1e6 / b.events as f64,
             relay.peak_rss_kib as f64 / 1024.0
@@ -131,6 +133,13 @@ async fn run() {
 
     let latencies = live_latency(&env, &client).await;
     print_report(&rows, &batched, decode, &latencies);
+    // The same count and size as backlog (a), with only `delivery_mode` as properties.
+    let a = &rows[0];
+    let bare = broker_limit_on(a.events, a.relay.avg_bytes, false, false).await;
+    println!(
+        "\nBroker limit for backlog (a) with bare messages (no id, headers or timestamp): {:.0}/s",
+        a.events as f64 / bare
+    );
     drop(pg);
 }
 
