@@ -228,6 +228,13 @@ async fn session(
     }
     let start = slot.confirmed_flush;
     memory.known = Some(memory.known.map_or(start, |k| k.max(start)));
+    // Stream on a fresh connection: the setup queries above fill this backend's catalog caches
+    // with today's catalog, and PostgreSQL 18's decoding can then use those entries for older
+    // changes (a table altered since showed its new column types while decoding a change made
+    // before them: "cache lookup failed for type"; tests/type_changes.rs). A new walsender
+    // starts with empty caches.
+    drop(conn);
+    let conn = Connection::connect(&settings.postgres, true).await?;
     let stream =
         ReplicationStream::start(conn, &settings.slot, start, &settings.publication).await?;
     info!(slot = %settings.slot, start = %start, publication = %settings.publication, "streaming");
