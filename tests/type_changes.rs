@@ -25,22 +25,32 @@ async fn to_jsonb(c: &tokio_postgres::Client, id: i32) -> serde_json::Value {
     serde_json::from_str(row.get::<_, &str>(0)).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn types_created_or_altered_while_streaming_render_after_a_catalog_reload() {
-    let (pg, db, c) = PgCluster::with_db(SCHEMA).await;
+/// A config streaming `public.people` to a fresh exchange with a queue bound to everything:
+/// (its directory, kept alive by the caller; the config; the slot; the queue).
+async fn scene(
+    pg: &PgCluster,
+    db: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, String, TestQueue) {
     let exchange = unique("ex");
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let dir = tempfile::tempdir().unwrap();
     let slot = unique("slot");
     let cfg = write_config(
         dir.path(),
-        &pg.url(&db),
+        &pg.url(db),
         AMQP_URL,
         &slot,
         &exchange,
         &["public.people"],
         "",
     );
+    (dir, cfg, slot, queue)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_created_or_altered_while_streaming_render_after_a_catalog_reload() {
+    let (pg, db, c) = PgCluster::with_db(SCHEMA).await;
+    let (_dir, cfg, slot, queue) = scene(&pg, &db).await;
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
 
@@ -93,18 +103,7 @@ async fn types_created_or_altered_while_streaming_render_after_a_catalog_reload(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_older_than_the_catalog_are_sent_as_text_not_stuck() {
     let (pg, db, c) = PgCluster::with_db(SCHEMA).await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("#")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &pg.url(&db),
-        AMQP_URL,
-        &unique("slot"),
-        &exchange,
-        &["public.people"],
-        "",
-    );
+    let (_dir, cfg, _slot, queue) = scene(&pg, &db).await;
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     relay.terminate(T).expect("walrelay stops on SIGTERM");
