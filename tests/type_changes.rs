@@ -79,9 +79,9 @@ async fn types_created_or_altered_while_streaming_render_after_a_catalog_reload(
     )
     .await
     .unwrap();
-    let got = queue.take(3, T).await;
-    let extra = queue.drain(Duration::from_secs(1)).await;
-    assert!(extra.is_empty(), "nothing replayed: {} more", extra.len());
+    // Each catalog reload is a new session: a change published but not yet confirmed when it
+    // ended comes again, with the same id.
+    let got = queue.take_distinct(3, T).await;
     for (m, id) in got.iter().zip(1..) {
         assert_eq!(m.body["new"]["id"], id);
         let mut want = to_jsonb(&c, id).await;
@@ -118,7 +118,7 @@ async fn values_older_than_the_catalog_are_sent_as_text_not_stuck() {
     .await
     .unwrap();
     let relay = Relay::start(&cfg);
-    let got = queue.take(2, T).await;
+    let got = queue.take_distinct(2, T).await;
     assert_eq!(got[0].body["new"]["id"], 1);
     assert_eq!(
         got[0].body["new"]["a"], "(\"Main St 1\",Oslo)",

@@ -399,6 +399,31 @@ impl TestQueue {
         got
     }
 
+    /// Collects messages until `n` distinct ids arrived (panics after `timeout`) and returns
+    /// the first delivery of each, in order. A replay (at-least-once, e.g. across a session
+    /// restart) must carry the same id and body as the first delivery.
+    pub async fn take_distinct(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let mut first: Vec<Received> = Vec::new();
+        let start = Instant::now();
+        while first.len() < n {
+            match self.get().await {
+                Some(m) => match first.iter().find(|f| f.message_id == m.message_id) {
+                    Some(f) => assert_eq!(f.body, m.body, "a replay differs from the original"),
+                    None => first.push(m),
+                },
+                None => {
+                    assert!(
+                        start.elapsed() < timeout,
+                        "timed out: got {} of {n} distinct messages",
+                        first.len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        first
+    }
+
     /// Drains until the queue stays empty for `quiet`.
     pub async fn drain(&self, quiet: Duration) -> Vec<Received> {
         let mut got = Vec::new();
