@@ -131,7 +131,8 @@ pub async fn run(
             }
             Err(e) if e.is_transient() => {
                 if let RunError::Source(SourceError::TypesChanged { at, .. }) = &e {
-                    memory.types_reloaded_at = Some(*at);
+                    // Never backwards: a later session must not forget an older reload.
+                    memory.types_reloaded_at = memory.types_reloaded_at.max(Some(*at));
                 }
                 obs.metrics.error(e.side(), "transient");
                 obs.metrics
