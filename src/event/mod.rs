@@ -73,6 +73,40 @@ pub struct Event {
     pub body: Vec<u8>,
 }
 
+/// What travels from the replication task to the publisher, in WAL order.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A change to publish; it belongs to the currently open transaction.
+    Event(Event),
+    /// The open transaction (possibly with no events) ends; confirm `end_lsn` once all of its
+    /// events and everything before are broker-confirmed.
+    Position(Lsn),
+}
+
+impl Event {
+    /// A logical message's event (`pg_logical_emit_message`): named by its prefix, in no table.
+    pub fn message(
+        id: String,
+        prefix: &str,
+        tx: &TxContext,
+        routing_key: String,
+        body: Vec<u8>,
+    ) -> Event {
+        Event {
+            id,
+            op: Op::Message,
+            schema: String::new(),
+            table: prefix.to_owned(),
+            commit_lsn: tx.commit_lsn,
+            commit_time_us: tx.commit_time_us,
+            routing_key,
+            exchange: None,
+            metric_table: Arc::from("message"),
+            body,
+        }
+    }
+}
+
 /// Why a change could not be turned into an event. Permanent: skipping it would lose data.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -110,7 +144,7 @@ pub enum RowChange<'a> {
 }
 
 impl RowChange<'_> {
-    fn op(&self) -> Op {
+    pub fn op(&self) -> Op {
         match self {
             RowChange::Insert { .. } => Op::Insert,
             RowChange::Update { .. } => Op::Update,

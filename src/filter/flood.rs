@@ -16,10 +16,9 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::{FloodPolicy, FloodSettings, TableView};
-use crate::event::routing::RouteVars;
+use crate::event::Outbound;
 use crate::event::{self, BulkSummary, Event, Op, TxContext};
 use crate::metrics::Metrics;
-use crate::pipeline::replicate::Outbound;
 
 /// A change that passed the filter, waiting for the flood decision.
 pub struct Candidate {
@@ -171,25 +170,7 @@ impl FloodGuard {
                 for s in self.summaries.drain(..) {
                     let rel = &s.view.rel;
                     let (id, body) = event::bulk_event_body(tx, s.first_index, rel, &s.bulk);
-                    let routing_key = s.view.routing.render(&RouteVars {
-                        schema: &rel.schema,
-                        table: &rel.name,
-                        op: Op::Bulk.as_str(),
-                        key: None,
-                        partition: s.view.partitions.map(|_| 0),
-                    });
-                    out.push_back(Outbound::Event(Event {
-                        id,
-                        op: Op::Bulk,
-                        schema: rel.schema.clone(),
-                        table: rel.name.clone(),
-                        commit_lsn: tx.commit_lsn,
-                        commit_time_us: tx.commit_time_us,
-                        routing_key,
-                        exchange: s.view.exchange.clone(),
-                        metric_table: Arc::clone(&s.view.metric_table),
-                        body,
-                    }));
+                    out.push_back(Outbound::Event(s.view.event(Op::Bulk, tx, id, body, None)));
                 }
                 let t = &self.tally;
                 info!(

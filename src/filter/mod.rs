@@ -16,9 +16,9 @@ pub mod predicate;
 
 use std::sync::Arc;
 
-use crate::event::Op;
-use crate::event::routing::RoutingTemplate;
-use crate::pgoutput::{Datum, Relation};
+use crate::event::routing::{RouteVars, RoutingTemplate, partition_of};
+use crate::event::{Event, Op, TxContext};
+use crate::pgoutput::{Datum, Relation, TupleData};
 use glob::TablePattern;
 use predicate::{Predicate, RowView};
 
@@ -316,6 +316,42 @@ pub struct TableView {
 }
 
 impl TableView {
+    /// The routing key of one of this table's events; `key` is the tuple holding its key.
+    pub fn route(&self, op: Op, key: Option<&TupleData<'_>>) -> String {
+        let key = key.map(|t| (&*self.rel, t));
+        self.routing.render(&RouteVars {
+            schema: &self.rel.schema,
+            table: &self.rel.name,
+            op: op.as_str(),
+            key,
+            partition: self.partitions.map(|n| partition_of(key, n)),
+        })
+    }
+
+    /// An event of this table, routed by its rule. `key` is the tuple holding the row's key
+    /// (`None` for truncates and bulk summaries, which go to partition 0).
+    pub fn event(
+        &self,
+        op: Op,
+        tx: &TxContext,
+        id: String,
+        body: Vec<u8>,
+        key: Option<&TupleData<'_>>,
+    ) -> Event {
+        Event {
+            id,
+            op,
+            schema: self.rel.schema.clone(),
+            table: self.rel.name.clone(),
+            commit_lsn: tx.commit_lsn,
+            commit_time_us: tx.commit_time_us,
+            routing_key: self.route(op, key),
+            exchange: self.exchange.clone(),
+            metric_table: Arc::clone(&self.metric_table),
+            body,
+        }
+    }
+
     /// Decides whether a row change (or truncate, with `row = None`) is published.
     pub fn admit(&self, op: Op, row: Option<&RowView<'_>>) -> Result<(), Dropped> {
         if !self.included {

@@ -4,11 +4,11 @@ use std::collections::VecDeque;
 
 use super::flood::{Candidate, FloodGuard};
 use super::*;
+use crate::event::Outbound;
 use crate::event::{Event, TxContext};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{Column, ReplicaIdentity, TupleData};
-use crate::pipeline::replicate::Outbound;
 
 fn rel(name: &str, identity: ReplicaIdentity) -> Arc<Relation> {
     let col = |n: &str, key| Column {

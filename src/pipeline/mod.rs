@@ -7,11 +7,11 @@
 //! confirming ends the session: while the broker is down walrelay holds no walsender, so a
 //! Postgres shutdown or failover never waits for us.
 
-mod changes;
 pub mod publish;
 pub mod replicate;
+pub mod transform;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,17 +21,16 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint::AckTracker;
 use crate::config::Settings;
-use crate::filter::flood::FloodGuard;
 use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::pgoutput::RelationCache;
 use crate::position_file::PositionFile;
 use crate::sink::{Publisher, SinkError};
 use crate::source::stream::ReplicationStream;
 use crate::source::{Connection, SourceError, publication, setup};
 use publish::PublishLoop;
 use replicate::{Replicator, Stop};
+use transform::{Transform, TransformSettings};
 
 /// Capacity of the forward channel, in events. Small: the in-flight window is the real buffer.
 const FORWARD_CHANNEL_CAPACITY: usize = 1024;
@@ -261,26 +260,24 @@ async fn session(
         }
         .run(),
     );
+    let transform = Transform::new(
+        TransformSettings {
+            routing: settings.routing_key.clone(),
+            publish_messages: settings.publish_messages,
+            filter: Arc::new(settings.filter.clone()),
+        },
+        types,
+        memory.types_reloaded_at,
+        Arc::clone(metrics),
+    );
     let mut replicator = Replicator {
         stream,
-        relations: RelationCache::default(),
-        types,
-        types_reloaded_at: memory.types_reloaded_at,
-        routing: settings.routing_key.clone(),
-        publish_messages: settings.publish_messages,
-        filter: Arc::new(settings.filter.clone()),
-        views: HashMap::new(),
-        flood: FloodGuard::new(
-            settings.filter.flood.clone(),
-            settings.filter.counts_changes(),
-            Arc::clone(metrics),
-        ),
+        transform,
         metrics: Arc::clone(metrics),
         health: Arc::clone(&obs.health),
         tx,
         acked: acked_rx.clone(),
         status_interval,
-        open: None,
         received: start,
         last_idle: start,
         last_heard: tokio::time::Instant::now(),

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::replicate::Outbound;
 use crate::checkpoint::AckTracker;
+use crate::event::Outbound;
 use crate::event::{Event, Op};
 use crate::health::{Health, now_ms};
 use crate::lsn::Lsn;

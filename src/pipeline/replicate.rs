@@ -10,34 +10,21 @@
 //!    anything is pending: TCP back-pressure, bounded memory);
 //! 4. reading the next message from the server.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::trace;
 
-use crate::event::routing::RoutingTemplate;
-use crate::event::{Event, TxContext};
-use crate::filter::flood::FloodGuard;
-use crate::filter::{FilterSettings, TableView};
+use super::transform::Transform;
+use crate::event::Outbound;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::pgoutput::RelationCache;
+use crate::pgoutput::Message;
 use crate::position_file::PositionFile;
 use crate::source::SourceError;
 use crate::source::stream::{ReplMessage, ReplicationStream};
-use crate::value::TypeRegistry;
-
-/// What travels from the replication task to the publisher, in WAL order.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A change to publish; it belongs to the currently open transaction.
-    Event(Event),
-    /// The open transaction (possibly with no events) ends; confirm `end_lsn` once all of its
-    /// events and everything before are broker-confirmed.
-    Position(Lsn),
-}
 
 /// How the replication loop ended without error.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,26 +37,14 @@ pub enum Stop {
 /// The state of one replication session.
 pub struct Replicator {
     pub stream: ReplicationStream,
-    pub relations: RelationCache,
-    pub types: TypeRegistry,
-    /// See `Memory::types_reloaded_at`: changes committed at or before it that still do not
-    /// match `types` are sent with the mismatching values as text.
-    pub types_reloaded_at: Option<Lsn>,
-    /// The default routing key template (tables may override it).
-    pub routing: RoutingTemplate,
-    pub publish_messages: bool,
-    pub filter: Arc<FilterSettings>,
-    /// The filter's verdicts per relation OID, resolved when pgoutput describes the relation.
-    pub views: HashMap<u32, Arc<TableView>>,
-    pub flood: FloodGuard,
+    /// The pure stage: decoded messages in, outbound items out.
+    pub transform: Transform,
     pub metrics: Arc<Metrics>,
     pub health: Arc<crate::health::Health>,
     pub tx: mpsc::Sender<Outbound>,
     /// Latest broker-confirmed position, written by the publisher (a back edge that never blocks).
     pub acked: watch::Receiver<Lsn>,
     pub status_interval: Duration,
-    /// The open transaction: its context and the index of its next change.
-    pub open: Option<(TxContext, u64)>,
     /// Highest WAL position received, reported as the `write` position.
     pub received: Lsn,
     /// Last idle position forwarded, so repeated keepalives do not flood the channel.
@@ -188,7 +163,10 @@ impl Replicator {
                 // Outside a transaction, everything before `wal_end` has been sent to us, so once
                 // the events queued before this point are confirmed, the slot may move here. This
                 // keeps an idle slot (or one whose tables are quiet) from holding WAL forever.
-                if self.open.is_none() && wal_end > self.last_idle && wal_end > self.received {
+                if !self.transform.in_transaction()
+                    && wal_end > self.last_idle
+                    && wal_end > self.received
+                {
                     self.last_idle = wal_end;
                     self.pending.push_back(Outbound::Position(wal_end));
                 }
@@ -202,7 +180,14 @@ impl Replicator {
                 if wal_start > self.received {
                     self.received = wal_start;
                 }
-                self.decode(&data)?;
+                let msg = Message::parse(&data)?;
+                if let Message::Commit(c) = &msg
+                    && c.end_lsn > self.received
+                {
+                    self.received = c.end_lsn;
+                }
+                self.transform
+                    .apply(msg, self.received, &mut self.pending)?;
             }
         }
         Ok(())

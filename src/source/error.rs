@@ -99,6 +99,18 @@ pub enum SourceError {
     PositionFile(String),
 }
 
+impl From<crate::pipeline::transform::TransformError> for SourceError {
+    fn from(e: crate::pipeline::transform::TransformError) -> Self {
+        use crate::pipeline::transform::TransformError as T;
+        match e {
+            T::Sequence(m) => SourceError::Protocol(m),
+            T::Event(e) => SourceError::Event(e),
+            T::Rule(e) => SourceError::Filter(e),
+            T::TypesChanged { at, detail } => SourceError::TypesChanged { at, detail },
+        }
+    }
+}
+
 impl SourceError {
     /// True when reconnecting later may succeed; false when the operator must act.
     pub fn is_transient(&self) -> bool {

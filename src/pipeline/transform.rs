@@ -1,0 +1,377 @@
+//! The transform stage: pure. It turns decoded pgoutput messages into outbound items —
+//! transaction ends become positions to confirm, changes go through the filter and the flood
+//! guard and become events — and owns everything that takes: the relations pgoutput described,
+//! the filter's verdict per relation, the type catalog, the flood guard and the open
+//! transaction. No I/O: the replication task calls it, and unit tests drive it with messages.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use crate::event::routing::RoutingTemplate;
+use crate::event::{self, Event, EventError, Op, Outbound, RowChange, TxContext};
+use crate::filter::flood::{Candidate, FloodGuard};
+use crate::filter::predicate::RowView;
+use crate::filter::{Dropped, FilterSettings, RuleError, TableView};
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::pgoutput::{LogicalMessage, Message, OldTuple, Relation, RelationCache, Truncate};
+use crate::probe;
+use crate::value::{TypeKind, TypeRegistry, ValueError};
+
+/// What the transform needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct TransformSettings {
+    /// The default routing key template (tables may override it).
+    pub routing: RoutingTemplate,
+    /// Publish `pg_logical_emit_message` messages (op `message`).
+    pub publish_messages: bool,
+    pub filter: Arc<FilterSettings>,
+}
+
+/// Why a message could not be transformed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    /// The server sent messages in an order pgoutput never uses.
+    #[error("{0}")]
+    Sequence(String),
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// A type changed after the catalog was read: a new session must read it again.
+    #[error("{detail}")]
+    TypesChanged { at: Lsn, detail: String },
+}
+
+/// The transform's state for one replication session.
+pub struct Transform {
+    settings: TransformSettings,
+    relations: RelationCache,
+    types: TypeRegistry,
+    /// See `Memory::types_reloaded_at` in the pipeline: changes committed at or before it that
+    /// still do not match `types` are sent with the mismatching values as text.
+    types_reloaded_at: Option<Lsn>,
+    /// The filter's verdicts per relation OID, resolved when pgoutput describes the relation.
+    views: HashMap<u32, Arc<TableView>>,
+    flood: FloodGuard,
+    metrics: Arc<Metrics>,
+    /// The open transaction: its context and the index of its next change.
+    open: Option<(TxContext, u64)>,
+}
+
+impl Transform {
+    pub fn new(
+        settings: TransformSettings,
+        types: TypeRegistry,
+        types_reloaded_at: Option<Lsn>,
+        metrics: Arc<Metrics>,
+    ) -> Transform {
+        let flood = FloodGuard::new(
+            settings.filter.flood.clone(),
+            settings.filter.counts_changes(),
+            Arc::clone(&metrics),
+        );
+        Transform {
+            settings,
+            relations: RelationCache::default(),
+            types,
+            types_reloaded_at,
+            views: HashMap::new(),
+            flood,
+            metrics,
+            open: None,
+        }
+    }
+
+    /// True between a transaction's Begin and its Commit.
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The commit LSN of the open transaction, else `fallback`.
+    fn position(&self, fallback: Lsn) -> Lsn {
+        self.open.map_or(fallback, |(ctx, _)| ctx.commit_lsn)
+    }
+
+    /// Transforms one message, appending what it yields to `out` in WAL order. `received` is
+    /// the highest WAL position received (the position of messages outside a transaction).
+    pub fn apply(
+        &mut self,
+        msg: Message<'_>,
+        received: Lsn,
+        out: &mut VecDeque<Outbound>,
+    ) -> Result<(), TransformError> {
+        match msg {
+            Message::Begin(b) => {
+                let ctx = TxContext {
+                    commit_lsn: b.final_lsn,
+                    xid: Some(b.xid),
+                    commit_time_us: Some(b.commit_time_us),
+                };
+                self.open = Some((ctx, 0));
+                self.flood.begin();
+                self.metrics.transactions_in_progress.set(1);
+            }
+            Message::Commit(c) => {
+                if let Some((ctx, _)) = self.open.take() {
+                    self.flood.commit(&ctx, out);
+                }
+                self.metrics.transactions_in_progress.set(0);
+                out.push_back(Outbound::Position(c.end_lsn));
+            }
+            Message::Relation(r) => self.relation(r, received)?,
+            Message::Type { oid, .. } => debug!(oid, "type message"),
+            Message::Origin { name, .. } => {
+                debug!(origin = name, "transaction from a replication origin");
+                self.flood.origin(name, out);
+            }
+            Message::Insert { relation_oid, new } => {
+                self.row(relation_oid, RowChange::Insert { new: &new }, out)?
+            }
+            Message::Update {
+                relation_oid,
+                old,
+                new,
+            } => self.row(
+                relation_oid,
+                RowChange::Update {
+                    old: old.as_ref(),
+                    new: &new,
+                },
+                out,
+            )?,
+            Message::Delete { relation_oid, old } => {
+                self.row(relation_oid, RowChange::Delete { old: &old }, out)?
+            }
+            Message::Truncate(t) => self.truncate(&t, out)?,
+            Message::Message(m) => self.message(&m, out)?,
+        }
+        Ok(())
+    }
+
+    fn open_tx(&mut self, what: &str) -> Result<(TxContext, u64), TransformError> {
+        let (ctx, index) = self
+            .open
+            .as_mut()
+            .ok_or_else(|| TransformError::Sequence(format!("{what} outside a transaction")))?;
+        let current = (*ctx, *index);
+        *index += 1;
+        Ok(current)
+    }
+
+    fn view(&self, oid: u32) -> Result<Arc<TableView>, TransformError> {
+        self.views
+            .get(&oid)
+            .cloned()
+            .ok_or(TransformError::Event(EventError::UnknownRelation(oid)))
+    }
+
+    /// True when this session read the catalog after a change at or after `at` was found not
+    /// to match it: a mismatch there is an old value, not a newer catalog.
+    fn types_are_stale_at(&self, at: Lsn) -> bool {
+        self.types_reloaded_at.is_some_and(|r| at <= r)
+    }
+
+    fn dropped(&self, reason: Dropped) {
+        self.metrics.filtered(reason.as_str());
+    }
+
+    fn relation(&mut self, r: Relation, received: Lsn) -> Result<(), TransformError> {
+        debug!(schema = %r.schema, table = %r.name, oid = r.oid, "relation");
+        let at = self.position(received);
+        if let Some(col) = r.columns.iter().find(|c| !self.types.knows(c.type_oid)) {
+            if !self.types_are_stale_at(at) {
+                return Err(TransformError::TypesChanged {
+                    at,
+                    detail: format!(
+                        "{}.{} column {} has a type created after the catalog was read",
+                        r.schema, r.name, col.name
+                    ),
+                });
+            }
+            warn!(schema = %r.schema, table = %r.name, column = %col.name, type_oid = col.type_oid,
+                  "the column's type no longer exists in the catalog: its values are sent as text");
+        }
+        let rel = self.relations.insert(r);
+        let view = self.settings.filter.view(&rel, &self.settings.routing)?;
+        self.views.insert(rel.oid, Arc::new(view));
+        Ok(())
+    }
+
+    fn truncate(
+        &mut self,
+        t: &Truncate,
+        out: &mut VecDeque<Outbound>,
+    ) -> Result<(), TransformError> {
+        for oid in &t.relation_oids {
+            let (ctx, index) = self.open_tx("truncate")?;
+            let view = self.view(*oid)?;
+            if let Err(reason) = view.admit(Op::Truncate, None) {
+                self.dropped(reason);
+                continue;
+            }
+            let (id, body) =
+                event::truncate_event_body(&ctx, index, &view.rel, t.cascade, t.restart_identity);
+            let event = view.event(Op::Truncate, &ctx, id, body, None);
+            let c = Candidate {
+                event,
+                view: Some(view),
+                index,
+                key: None,
+            };
+            self.flood.offer(c, out);
+        }
+        Ok(())
+    }
+
+    fn message(
+        &mut self,
+        m: &LogicalMessage<'_>,
+        out: &mut VecDeque<Outbound>,
+    ) -> Result<(), TransformError> {
+        let (ctx, index) = if m.transactional {
+            self.open_tx("transactional message")?
+        } else {
+            let ctx = TxContext {
+                commit_lsn: m.lsn,
+                xid: None,
+                commit_time_us: None,
+            };
+            (ctx, 0)
+        };
+        let heartbeat = m.prefix == probe::HEARTBEAT_PREFIX;
+        if heartbeat && let Some(at) = probe::heartbeat_emitted_us(m.content) {
+            let now_us = crate::health::now_ms() as i64 * 1000;
+            let secs = (now_us - at).max(0) as f64 / 1e6;
+            self.metrics.heartbeat_seconds.set(secs);
+        }
+        let marker = m.transactional && self.flood.marker(m.prefix, out);
+        if self.settings.publish_messages && !marker && !heartbeat {
+            let (id, body) =
+                event::message_event_body(&ctx, index, m.prefix, m.content, m.transactional);
+            let routing_key = self.settings.routing.render(&event::routing::RouteVars {
+                schema: "",
+                table: m.prefix,
+                op: Op::Message.as_str(),
+                key: None,
+                partition: None,
+            });
+            let ev = Event::message(id, m.prefix, &ctx, routing_key, body);
+            if m.transactional {
+                let c = Candidate {
+                    event: ev,
+                    view: None,
+                    index,
+                    key: None,
+                };
+                self.flood.offer(c, out);
+            } else {
+                out.push_back(Outbound::Event(ev));
+            }
+        }
+        // A non-transactional message stands alone: confirming its own LSN makes the server
+        // send it again after a reconnect (a duplicate, never a loss).
+        if !m.transactional && self.open.is_none() {
+            out.push_back(Outbound::Position(m.lsn));
+        }
+        Ok(())
+    }
+
+    fn row(
+        &mut self,
+        oid: u32,
+        change: RowChange<'_>,
+        out: &mut VecDeque<Outbound>,
+    ) -> Result<(), TransformError> {
+        let (ctx, index) = self.open_tx("row change")?;
+        let view = self.view(oid)?;
+        let op = change.op();
+        let (new, old) = match &change {
+            RowChange::Insert { new } => (Some(*new), None),
+            RowChange::Update { old, new } => (Some(*new), *old),
+            RowChange::Delete { old } => (None, Some(*old)),
+        };
+        let old = old.map(|o| match o {
+            OldTuple::Key(t) | OldTuple::Full(t) => t,
+        });
+        let row = RowView {
+            op: op.as_str(),
+            new,
+            old,
+        };
+        if let Err(reason) = view.admit(op, Some(&row)) {
+            self.dropped(reason);
+            return Ok(());
+        }
+        let out_body = self.render_row(&ctx, index, &view, &change)?;
+        let key = event::key_tuple(&view.rel, &change);
+        let event = view.event(op, &ctx, out_body.id, out_body.body, key);
+        let c = Candidate {
+            event,
+            view: Some(view),
+            index,
+            key: out_body.key,
+        };
+        self.flood.offer(c, out);
+        Ok(())
+    }
+
+    /// Renders a row change's body. A composite value whose attribute count differs from the
+    /// catalog we read means the type was altered: read the catalog again (a new session); if
+    /// the value is still older than the catalog, send that column as text rather than stop
+    /// for good.
+    fn render_row(
+        &self,
+        ctx: &TxContext,
+        index: u64,
+        view: &TableView,
+        change: &RowChange<'_>,
+    ) -> Result<event::RowBody, TransformError> {
+        let rel = &view.rel;
+        let mut demoted: Option<TypeRegistry> = None;
+        loop {
+            let types = demoted.as_ref().unwrap_or(&self.types);
+            match event::row_event_body(ctx, index, rel, change, view.mask.as_deref(), types) {
+                Err(EventError::Value {
+                    column,
+                    source: source @ ValueError::RecordShape { .. },
+                    ..
+                }) => {
+                    let type_oid = rel
+                        .columns
+                        .iter()
+                        .find(|c| c.name == column)
+                        .map_or(0, |c| c.type_oid);
+                    if !self.types_are_stale_at(ctx.commit_lsn) {
+                        return Err(TransformError::TypesChanged {
+                            at: ctx.commit_lsn,
+                            detail: format!(
+                                "{}.{} column {column}: {source}",
+                                rel.schema, rel.name
+                            ),
+                        });
+                    }
+                    if matches!(types.kind(type_oid), TypeKind::Text) {
+                        // Already text: cannot happen, but never loop.
+                        return Err(TransformError::Event(EventError::Value {
+                            schema: rel.schema.clone(),
+                            table: rel.name.clone(),
+                            column,
+                            source,
+                        }));
+                    }
+                    warn!(schema = %rel.schema, table = %rel.name, column = %column, lsn = %ctx.commit_lsn,
+                          "a composite value older than the type's current definition: sent as text");
+                    self.metrics.values_as_text.inc();
+                    demoted = Some(types.with_text(type_oid));
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

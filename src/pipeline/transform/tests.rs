@@ -1,0 +1,1 @@
+//! Unit tests of the transform stage: decoded pgoutput messages in, outbound items out.
