@@ -36,6 +36,9 @@ pub struct Metrics {
     pub bytes_published: Counter,
     /// Changes the filter did not publish, by reason (table, op, predicate, noop).
     pub events_filtered: Family<Labels1, Counter>,
+    /// Changes of relations that no `include` pattern matches and no `exclude` names: dropped
+    /// (with a warning per relation) or, with `filter.on_unmatched = "stop"`, never reached.
+    pub events_unmatched: Counter,
     /// Values of altered composite types sent as their text output (see `docs/events.md`).
     pub values_as_text: Counter,
     /// Flood transactions, by trigger (max_changes, marker, origin).
@@ -85,6 +88,7 @@ impl Metrics {
             events_published: Family::default(),
             bytes_published: Counter::default(),
             events_filtered: Family::default(),
+            events_unmatched: Counter::default(),
             values_as_text: Counter::default(),
             flood_transactions: Family::default(),
             flood_events: Family::default(),
@@ -125,6 +129,11 @@ impl Metrics {
             "events_filtered",
             "Changes not published by the filter, by reason",
             m.events_filtered.clone(),
+        );
+        r.register(
+            "events_unmatched",
+            "Changes of tables that no filter.include pattern matches and no filter.exclude names (dropped with a warning)",
+            m.events_unmatched.clone(),
         );
         r.register(
             "values_as_text",

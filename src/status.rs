@@ -4,8 +4,9 @@
 use serde_json::{Value, json};
 
 use crate::config::Settings;
+use crate::filter::Verdict;
 use crate::source::setup::quote_literal;
-use crate::source::{Connection, SourceError};
+use crate::source::{Connection, SourceError, publication};
 
 /// What `status` reports. Values are as PostgreSQL printed them (`None` for NULL).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,11 @@ pub struct Report {
     pub publication: String,
     pub publication_exists: bool,
     pub tables: Vec<String>,
+    /// Published tables no `filter.include` pattern matches and no `exclude` names: their
+    /// changes are dropped with a warning (or stop walrelay, with `on_unmatched = "stop"`).
+    pub unmatched: Vec<String>,
+    /// Published tables that `filter.exclude` names: decoded and dropped by that rule.
+    pub excluded: Vec<String>,
 }
 
 const FIELDS: [&str; 12] = [
@@ -61,6 +67,26 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
         .into_iter()
         .filter_map(|r| r.into_iter().next().flatten())
         .collect();
+    let mut unmatched = Vec::new();
+    let mut excluded = Vec::new();
+    if publication_exists {
+        for p in publication::published_relations(&mut c, &settings.publication).await? {
+            let rel = std::sync::Arc::new(p.rel);
+            // A rule that cannot apply is `doctor`'s and `run`'s to report; here only the verdict.
+            let Ok(view) = settings
+                .filter
+                .view(&rel, p.facts.as_ref(), &settings.routing_key)
+            else {
+                continue;
+            };
+            let name = format!("{}.{}", rel.schema, rel.name);
+            match view.verdict {
+                Verdict::Included => {}
+                Verdict::Excluded => excluded.push(name),
+                Verdict::Unmatched => unmatched.push(name),
+            }
+        }
+    }
     c.close().await;
     let row = rows.into_iter().next();
     Ok(Report {
@@ -79,6 +105,8 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
         publication: settings.publication.clone(),
         publication_exists,
         tables,
+        unmatched,
+        excluded,
     })
 }
 
@@ -105,6 +133,8 @@ impl Report {
                 "name": self.publication,
                 "exists": self.publication_exists,
                 "tables": self.tables,
+                "unmatched": self.unmatched,
+                "excluded": self.excluded,
             }
         })
     }
@@ -132,6 +162,24 @@ impl Report {
             );
         }
         line("  tables", &self.tables.join(", "));
+        if !self.unmatched.is_empty() {
+            line(
+                "  unmatched",
+                &format!(
+                    "{} (no filter.include pattern matches: changes dropped with a warning; add them to filter.include or filter.exclude)",
+                    self.unmatched.join(", ")
+                ),
+            );
+        }
+        if !self.excluded.is_empty() {
+            line(
+                "  excluded",
+                &format!(
+                    "{} (decoded and dropped by filter.exclude; remove them from the publication to save the work)",
+                    self.excluded.join(", ")
+                ),
+            );
+        }
         out
     }
 }

@@ -179,7 +179,7 @@ fn dockerfile_builds_like_the_tests_and_runs_as_operators_need() {
 fn dashboard_queries_only_metrics_walrelay_exports() {
     // Families print only once they have a labelled child: give each one.
     let m = walrelay::metrics::Metrics::new();
-    m.filtered("table");
+    m.filtered("excluded");
     m.flood_events("skip", 1);
     m.error("postgres", "transient");
     m.reconnects.get_or_create(&[("side", "postgres")]).inc();

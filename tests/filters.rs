@@ -353,7 +353,7 @@ async fn a_rule_that_hides_a_key_column_stops_the_start_naming_it() {
     let log = relay.log();
     assert!(
         log.contains("order_no")
-            && log.contains("replica identity")
+            && log.contains("row's key (primary key order_no)")
             && log.contains("public.orders"),
         "{log}"
     );

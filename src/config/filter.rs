@@ -8,7 +8,9 @@ use super::ConfigError;
 use crate::event::routing::RoutingTemplate;
 use crate::filter::glob::TablePattern;
 use crate::filter::predicate::Predicate;
-use crate::filter::{FilterSettings, FloodPolicy, FloodSettings, OpSet, Reroute, TableRule};
+use crate::filter::{
+    FilterSettings, FloodPolicy, FloodSettings, OnUnmatched, OpSet, Reroute, TableRule,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +20,7 @@ pub struct RawFilter {
     #[serde(default)]
     pub exclude: Vec<String>,
     pub skip_noop_updates: Option<bool>,
+    pub on_unmatched: Option<String>,
     #[serde(default)]
     pub table: Vec<RawTableRule>,
 }
@@ -205,11 +208,26 @@ pub(super) fn validate(raw: RawFilter, flood: RawFlood) -> Result<FilterSettings
             "must not be empty".into(),
         ));
     }
+    // "warn" by default: a change of a table the configuration does not mention is then logged,
+    // counted and shown by `status` (never silent), while a publication shared with other
+    // subscribers, or a table added to a FOR ALL TABLES publication, does not halt every
+    // other table's stream. "stop" is for deployments where any unplanned drop must halt.
+    let on_unmatched = match raw.on_unmatched.as_deref() {
+        None | Some("warn") => OnUnmatched::Warn,
+        Some("stop") => OnUnmatched::Stop,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "filter.on_unmatched",
+                "must be \"warn\" or \"stop\"".into(),
+            ));
+        }
+    };
     Ok(FilterSettings {
         include,
         exclude,
         rules,
         skip_noop_updates: raw.skip_noop_updates.unwrap_or(false),
+        on_unmatched,
         flood: FloodSettings {
             max_changes: limit("flood.max_changes", flood.max_changes)?,
             max_changes_per_table: limit(

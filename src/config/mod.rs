@@ -7,6 +7,7 @@
 //! `postgres`, `rabbitmq`, `service`, `filter`, `flood` and `http` sections.
 
 mod filter;
+mod location;
 pub mod secret;
 mod validate;
 
@@ -132,51 +133,129 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
         return ConfigError::new("(syntax)", e.message().to_owned());
     };
     let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let at = text.get(span).unwrap_or("").trim();
+    let at = text.get(span.clone()).unwrap_or("").trim();
     // Quote the text only when it is a bare key: a value could be a URL with a password.
     let is_key = !at.is_empty()
         && at.len() <= 64
         && at
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    let at = if is_key {
-        format!(", at `{at}`")
-    } else {
-        String::new()
-    };
-    ConfigError::new("(syntax)", format!("line {line}{at}: {}", e.message()))
+    // On a `key = value` line, name the key's full path; else the text, when it is a bare key.
+    let message = e.message().trim_end().to_owned();
+    match location::key_at(text, span.start).filter(|k| k.line == line) {
+        Some(k) => ConfigError {
+            line: Some(line),
+            ..ConfigError::new(&k.path, message)
+        },
+        None => ConfigError {
+            line: Some(line),
+            ..ConfigError::new(
+                "(syntax)",
+                if is_key {
+                    format!("{message}, at `{at}`")
+                } else {
+                    message
+                },
+            )
+        },
+    }
 }
+
+/// The sections `WALRELAY_<SECTION>_<KEY>` may override.
+const ENV_SECTIONS: [&str; 6] = ["POSTGRES", "RABBITMQ", "SERVICE", "FILTER", "FLOOD", "HTTP"];
+
+/// `WALRELAY_*` variables that are not config overrides: the binary's own options and the
+/// test and benchmark tools' settings.
+const ENV_NOT_CONFIG: [&str; 7] = [
+    "WALRELAY_CONFIG",
+    "WALRELAY_LOG",
+    "WALRELAY_LOG_FORMAT",
+    "WALRELAY_FAILPOINT",
+    "WALRELAY_BIN",
+    "WALRELAY_PG_BIN",
+    "WALRELAY_CHAOS_LONG",
+];
 
 /// Parses `text`, applies overrides from `env`, validates.
 pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Settings, ConfigError> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
+    // Keys set from the environment, with the variable that set them.
+    let mut from_env: Vec<(String, String)> = Vec::new();
     for (name, value) in env {
         let (section, key) = match name.as_str() {
             "DATABASE_URL" => ("postgres".to_owned(), "url".to_owned()),
             "AMQP_URL" => ("rabbitmq".to_owned(), "url".to_owned()),
+            other if !other.starts_with("WALRELAY_") || ENV_NOT_CONFIG.contains(&other) => continue,
             other => match other
                 .strip_prefix("WALRELAY_")
                 .and_then(|r| r.split_once('_'))
             {
-                Some((s, k))
-                    if ["POSTGRES", "RABBITMQ", "SERVICE", "FILTER", "FLOOD", "HTTP"]
-                        .contains(&s) =>
-                {
+                Some((s, k)) if ENV_SECTIONS.contains(&s) && !k.is_empty() => {
                     (s.to_lowercase(), k.to_lowercase())
                 }
-                _ => continue,
+                _ => {
+                    return Err(ConfigError::new(
+                        other,
+                        format!(
+                            "unknown environment variable: walrelay reads WALRELAY_<SECTION>_<KEY> for the sections {} \
+                             (e.g. WALRELAY_POSTGRES_SLOT), DATABASE_URL and AMQP_URL",
+                            ENV_SECTIONS.join(", ")
+                        ),
+                    ));
+                }
             },
         };
+        let path = format!("{section}.{key}");
+        let value = env_value(value);
+        // Check the override alone, so a wrong type or key names the variable, not the file.
+        let mut alone = toml::Table::new();
+        let mut inner = toml::Table::new();
+        inner.insert(key.clone(), value.clone());
+        alone.insert(section.clone(), toml::Value::Table(inner));
+        if let Err(e) = RawConfig::deserialize(toml::Value::Table(alone)) {
+            return Err(ConfigError::new(
+                &path,
+                format!(
+                    "from environment variable {name}: {}",
+                    location::explain(e.message(), &path)
+                ),
+            ));
+        }
         let section_table = table
             .entry(section.clone())
             .or_insert_with(|| toml::Value::Table(Default::default()))
             .as_table_mut()
             .ok_or_else(|| ConfigError::new(&section, "must be a table".into()))?;
-        section_table.insert(key, env_value(value));
+        section_table.insert(key, value);
+        from_env.push((path, name.clone()));
     }
-    let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(table))
-        .map_err(|e| ConfigError::new("(schema)", e.message().to_owned()))?;
-    validate::validate(raw)
+    let raw = match RawConfig::deserialize(toml::Value::Table(table)) {
+        Ok(raw) => raw,
+        // Every override passed alone, so the file is what is wrong: find where.
+        Err(e) => return Err(schema_error(text, e.message())),
+    };
+    validate::validate(raw).map_err(|mut e| {
+        match from_env.iter().find(|(path, _)| *path == e.key) {
+            Some((_, var)) => e.message = format!("from environment variable {var}: {}", e.message),
+            None => e.line = location::line_of(text, &e.key),
+        }
+        e
+    })
+}
+
+/// A type or unknown-key error in the file, with the key's full path and line.
+fn schema_error(text: &str, merged_message: &str) -> ConfigError {
+    let Err(e) = toml::from_str::<RawConfig>(text) else {
+        return ConfigError::new("(schema)", location::explain(merged_message, ""));
+    };
+    match e.span().and_then(|s| location::key_at(text, s.start)) {
+        Some(at) => ConfigError {
+            message: location::explain(e.message(), &at.path),
+            key: at.path,
+            line: Some(at.line),
+        },
+        None => ConfigError::new("(schema)", location::explain(e.message(), "")),
+    }
 }
 
 /// An environment value as TOML: integers and booleans keep their type, lists are TOML arrays.

@@ -53,6 +53,92 @@ fn environment_overrides_urls_and_keys() {
 }
 
 #[test]
+fn wrong_types_name_the_full_key_and_its_line_and_never_the_value() {
+    let text = format!("{MINIMAL}[service]\nshutdown_timeout_ms = \"ten\"\n");
+    let e = err(&text, &[]);
+    assert_eq!(
+        e.to_string(),
+        "config key service.shutdown_timeout_ms (line 9): expected milliseconds as a non-negative integer, found a string"
+    );
+    let e = err(
+        &MINIMAL.replace("[rabbitmq]\n", "[rabbitmq]\nmax_in_flight = -5\n"),
+        &[],
+    );
+    assert_eq!(e.key, "rabbitmq.max_in_flight");
+    assert_eq!(e.line, Some(7));
+    assert!(e.message.contains("negative"), "{e}");
+    // A secret in a mistyped value is never echoed.
+    let e = err(
+        &MINIMAL.replace(
+            "[rabbitmq]\n",
+            "[rabbitmq]\ndeclare_exchange = \"s3cret-canary\"\n",
+        ),
+        &[],
+    );
+    assert!(!e.to_string().contains("canary"), "{e}");
+    assert_eq!(e.key, "rabbitmq.declare_exchange");
+    // Keys in arrays of tables have their index.
+    let e = err(
+        &format!(
+            "{MINIMAL}[[filter.table]]\nname = \"a\"\n[[filter.table]]\nname = \"b\"\npartitions = \"8\"\n"
+        ),
+        &[],
+    );
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("filter.table[1].partitions", Some(12)),
+        "{e}"
+    );
+    // Errors found after parsing have their line too.
+    let e = err(&format!("{MINIMAL}[service]\nlog_format = \"xml\"\n"), &[]);
+    assert_eq!((e.key.as_str(), e.line), ("service.log_format", Some(9)));
+    // Unknown keys name themselves.
+    let e = err(
+        &MINIMAL.replace("[rabbitmq]\n", "[rabbitmq]\nexchnage = \"x\"\n"),
+        &[],
+    );
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("rabbitmq.exchnage", Some(7)),
+        "{e}"
+    );
+}
+
+#[test]
+fn environment_errors_name_the_variable() {
+    let e = err(MINIMAL, &[("WALRELAY_SERVICE_SHUTDOWN_TIMEOUT_MS", "ten")]);
+    assert_eq!(e.key, "service.shutdown_timeout_ms");
+    assert!(
+        e.message.starts_with(
+            "from environment variable WALRELAY_SERVICE_SHUTDOWN_TIMEOUT_MS: expected"
+        ),
+        "{e}"
+    );
+    assert_eq!(e.line, None);
+    let e = err(MINIMAL, &[("WALRELAY_POSTGRES_SLOTT", "x")]);
+    assert!(
+        e.message.contains("WALRELAY_POSTGRES_SLOTT") && e.message.contains("slott"),
+        "{e}"
+    );
+    let e = err(MINIMAL, &[("WALRELAY_NOPE_X", "1")]);
+    assert_eq!(e.key, "WALRELAY_NOPE_X");
+    assert!(e.message.contains("unknown environment variable"), "{e}");
+    let e = err(MINIMAL, &[("WALRELAY_SLOT", "x")]);
+    assert_eq!(e.key, "WALRELAY_SLOT");
+    // The binary's own variables are not overrides.
+    for var in ["WALRELAY_LOG", "WALRELAY_CONFIG", "WALRELAY_LOG_FORMAT"] {
+        assert!(
+            from_str_with_env(MINIMAL, &[(var.into(), "x".into())]).is_ok(),
+            "{var}"
+        );
+    }
+    // A value the environment set is reported as the environment's, without a file line.
+    let e = err(MINIMAL, &[("WALRELAY_POSTGRES_SLOT", "Bad-Slot")]);
+    assert!(e.message.contains("WALRELAY_POSTGRES_SLOT"), "{e}");
+    assert_eq!(e.line, None);
+}
+
+#[test]
 fn errors_name_the_key() {
     assert_eq!(
         err(
@@ -67,7 +153,8 @@ fn errors_name_the_key() {
     let e = err(&MINIMAL.replace("[rabbitmq]", "slott = 1\n[rabbitmq]"), &[]);
     assert!(e.message.contains("slott"), "{e}");
     let e = err(&MINIMAL.replace("[rabbitmq]", "slot = 5\n[rabbitmq]"), &[]);
-    assert!(e.message.contains("invalid type"), "{e}");
+    assert_eq!((e.key.as_str(), e.line), ("postgres.slot", Some(6)), "{e}");
+    assert_eq!(e.message, "expected a string, found an integer");
     let e = err(MINIMAL, &[("WALRELAY_POSTGRES_SLOT", "Bad-Slot")]);
     assert_eq!(e.key, "postgres.slot");
     let e = err(&MINIMAL.replace("public.users", "a.b.c"), &[]);
@@ -84,8 +171,9 @@ fn errors_name_the_key() {
         &format!("{MINIMAL}exchange = \"a\"\nexchange = \"b\"\n"),
         &[],
     );
-    assert!(
-        e.message.contains("line 9") && e.message.contains("exchange"),
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("rabbitmq.exchange", Some(9)),
         "{e}"
     );
     // A broken value is located by line, never quoted: it could hold a password.
@@ -94,7 +182,7 @@ fn errors_name_the_key() {
         &[],
     );
     assert!(
-        e.message.contains("line 5") && !e.to_string().contains("s3cret"),
+        e.line == Some(5) && !e.to_string().contains("s3cret"),
         "{e}"
     );
 }

@@ -9,19 +9,34 @@ use crate::filter::FilterSettings;
 use crate::sink::SinkSettings;
 use crate::source::params::ConnParams;
 
-/// A configuration problem, naming the key.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("config key {key}: {message}")]
+/// A configuration problem, naming the key (its full path) and, when the file sets it, its line.
+#[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError {
     pub key: String,
     pub message: String,
+    /// 1-based line of the key in the file; `None` for keys the file does not set (defaults,
+    /// environment overrides).
+    pub line: Option<usize>,
 }
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "config key {}", self.key)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     pub fn new(key: &str, message: String) -> Self {
         ConfigError {
             key: key.to_owned(),
             message,
+            line: None,
         }
     }
 }

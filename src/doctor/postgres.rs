@@ -2,7 +2,8 @@
 
 use super::{Finding, Level, Streamed};
 use crate::config::Settings;
-use crate::filter::OpSet;
+use crate::filter::Verdict;
+use crate::pgoutput::ReplicaIdentity;
 use crate::source::publication;
 use crate::source::setup::{parse_pg_duration, quote_literal};
 use crate::source::{Connection, SourceError};
@@ -197,82 +198,139 @@ async fn checks(
         .await?
         .is_empty();
     let filter = &settings.filter;
-    // The tables that will be streamed: the publication's, or those walrelay would put in it.
-    let candidates = if exists {
-        format!(
-            "SELECT pt.schemaname, pt.tablename FROM pg_publication_tables pt WHERE pt.pubname = {pubname}"
-        )
+    // The relations pgoutput will describe: the publication's, or those walrelay would put in
+    // the one it creates (partitions of an included root are published through the root).
+    let relations = if exists {
+        publication::published_relations(c, &settings.publication).await?
     } else {
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-         AND n.nspname NOT LIKE 'pg\\_%'"
-            .to_owned()
+        let rows = c
+            .simple_query(
+                "SELECT c.oid, n.nspname, c.relname, rn.nspname, r.relname FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid) \
+                 LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg\\_%'",
+            )
+            .await?;
+        let oids: Vec<u32> = rows
+            .iter()
+            .filter(|r| {
+                let own = filter.included(&col(r, 1), &col(r, 2));
+                let root_included = r.get(3).cloned().flatten().is_some()
+                    && filter.included(&col(r, 3), &col(r, 4));
+                own && !root_included
+            })
+            .filter_map(|r| col(r, 0).parse().ok())
+            .collect();
+        publication::relations_by_oid(c, &oids).await?
     };
-    let rows = c
-        .simple_query(&format!(
-            "SELECT t.schemaname, t.tablename, c.relreplident, \
-               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
-               (SELECT string_agg(a.attname, ',' ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid \
-                  AND a.attnum > 0 AND NOT a.attisdropped AND a.attstorage IN ('x', 'e')), \
-               (SELECT string_agg(a.attname, ',' ORDER BY a.attnum) FROM pg_attribute a JOIN pg_index i \
-                  ON i.indrelid = c.oid AND a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
-                  WHERE CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) \
-             FROM ({candidates}) AS t(schemaname, tablename) \
-             JOIN pg_namespace n ON n.nspname = t.schemaname \
-             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename \
-             ORDER BY 1, 2"
-        ))
-        .await?;
-    let mut streamed = Vec::new();
-    for r in rows {
-        let (schema, name) = (col(&r, 0), col(&r, 1));
-        if !filter.included(&schema, &name) {
-            if exists {
-                out.push(warn(format!(
-                    "{schema}.{name} is published but the filter excludes it: its changes are decoded and dropped"
-                )));
+    let mut streamed: Vec<Streamed> = Vec::new();
+    let mut rule_error = None;
+    for p in relations {
+        let rel = std::sync::Arc::new(p.rel);
+        let leaf = format!("{}.{}", rel.schema, rel.name);
+        let view = match filter.view(&rel, p.facts.as_ref(), &settings.routing_key) {
+            Ok(v) => v,
+            Err(e) => {
+                rule_error.get_or_insert(e.to_string());
+                continue;
             }
-            continue;
+        };
+        match view.verdict {
+            Verdict::Included => {}
+            Verdict::Excluded => {
+                out.push(warn(format!(
+                    "{leaf} is published but filter.exclude names it: its changes are decoded and dropped"
+                )));
+                continue;
+            }
+            Verdict::Unmatched => {
+                out.push(warn(format!(
+                    "{leaf} is published but no filter.include pattern matches it: its changes will be dropped \
+                     with a warning and counted in walrelay_events_unmatched_total (add it to filter.include or \
+                     filter.exclude; filter.on_unmatched = \"stop\" stops instead)"
+                )));
+                continue;
+            }
         }
-        let ops = filter.rule(&schema, &name).map_or(OpSet::ALL, |r| r.ops);
-        let identity = col(&r, 2);
-        let has_pk = col(&r, 3) == "t";
-        let toast = col(&r, 4);
-        let table = format!("{schema}.{name}");
+        let t = &view.table;
+        let table = format!("{}.{}", t.schema, t.name);
+        if p.partitioned {
+            out.push(ok(format!(
+                "{table} is partitioned and published under its own name (publish_via_partition_root): \
+                 changes of every partition are named {table}, with partition = null"
+            )));
+        }
+        if t.partition.is_some() {
+            out.push(ok(format!(
+                "{leaf} is a partition of {table}: its changes are named {table}, with partition = {leaf}"
+            )));
+        }
+        if p.facts.as_ref().is_some_and(|f| f.unlogged) {
+            out.push(warn(format!(
+                "{leaf} is UNLOGGED: PostgreSQL never writes its changes to the WAL, so none of them will stream \
+                 (ALTER TABLE {leaf} SET LOGGED to stream it)"
+            )));
+        }
+        if p.column_list {
+            let cols: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+            out.push(ok(format!(
+                "{leaf}: the publication's column list publishes only ({})",
+                cols.join(", ")
+            )));
+        }
+        if let Some(f) = &p.row_filter {
+            out.push(ok(format!(
+                "{leaf}: the publication's row filter publishes only rows WHERE {f}"
+            )));
+        }
+        let ops = view.ops;
         let writes_old =
             ops.contains(crate::event::Op::Update) || ops.contains(crate::event::Op::Delete);
-        match identity.as_str() {
-            "d" if !has_pk && writes_old => out.push(fail(format!(
-                "{table} has no primary key and REPLICA IDENTITY DEFAULT: once published, UPDATE and DELETE on it fail in PostgreSQL. Add a primary key or ALTER TABLE {table} REPLICA IDENTITY FULL"
-            ))),
-            "n" => out.push(warn(format!(
-                "{table} has REPLICA IDENTITY NOTHING: updates and deletes carry no key"
-            ))),
-            "f" => out.push(ok(format!("{table}: REPLICA IDENTITY FULL (old rows complete)"))),
-            _ => {
-                out.push(ok(format!("{table}: key ({})", col(&r, 5))));
-                if !toast.is_empty() {
-                    out.push(warn(format!(
-                        "{table}: TOASTable columns ({toast}) are listed in unchanged_toast when an update leaves them alone, and absent from old; use REPLICA IDENTITY FULL if consumers need them"
-                    )));
-                }
+        let has_identity = rel.columns.iter().any(|c| c.is_key);
+        match rel.replica_identity {
+            ReplicaIdentity::Default if !has_identity && writes_old && !p.partitioned => {
+                out.push(fail(format!(
+                    "{leaf} has no primary key and REPLICA IDENTITY DEFAULT: once published, UPDATE and DELETE on it fail in PostgreSQL. Add a primary key or ALTER TABLE {leaf} REPLICA IDENTITY FULL"
+                )))
             }
+            ReplicaIdentity::Nothing => out.push(warn(format!(
+                "{leaf} has REPLICA IDENTITY NOTHING: updates and deletes fail in PostgreSQL while it is published for them; inserts stream"
+            ))),
+            ReplicaIdentity::Full => {
+                out.push(ok(format!("{leaf}: REPLICA IDENTITY FULL (old rows complete)")))
+            }
+            _ => {}
         }
-        let key_columns = if identity == "f" {
-            Vec::new()
-        } else {
-            col(&r, 5)
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
-        streamed.push(Streamed {
-            schema,
-            name,
-            ops: ops.names(),
-            key_columns,
-        });
+        match &t.key {
+            Some(_) => out.push(ok(format!(
+                "{table}: key = {}",
+                crate::filter::key_description(t, &rel)
+            ))),
+            None => out.push(warn(format!(
+                "{table} has no key (no primary key, replica identity index or single unique NOT NULL index among the published columns): \
+                 its events carry \"key\": null and all go to partition 0"
+            ))),
+        }
+        if !streamed
+            .iter()
+            .any(|s| (s.schema.as_str(), s.name.as_str()) == (&t.schema, &t.name))
+        {
+            streamed.push(Streamed {
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+                ops: ops.names(),
+                key_columns: t
+                    .key_columns()
+                    .iter()
+                    .filter_map(|i| rel.columns.get(*i).map(|c| c.name.clone()))
+                    .collect(),
+            });
+        }
+    }
+    if let Some(e) = rule_error {
+        out.push(fail(e));
     }
     if exists {
         out.push(ok(format!(
@@ -290,6 +348,7 @@ async fn checks(
         }
         if let Err(e) =
             publication::check_rules(c, &settings.publication, filter, &settings.routing_key).await
+            && !matches!(e, SourceError::Filter(_))
         {
             out.push(fail(e.to_string()));
         }

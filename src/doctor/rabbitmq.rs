@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::management::{Api, segment};
 use super::{Finding, Level, Streamed, topic};
 use crate::config::Settings;
-use crate::event::routing::{RouteVars, RoutingTemplate};
+use crate::event::routing::{KeyRef, RouteVars, RoutingTemplate};
 use crate::pgoutput::{Column, Datum, Relation, ReplicaIdentity, TupleData};
 
 const SIDE: &str = "rabbitmq";
@@ -47,6 +47,12 @@ fn produced(settings: &Settings, t: &Streamed) -> (String, Vec<String>) {
     let sample = TupleData {
         columns: rel.columns.iter().map(|_| Datum::Text(b"1")).collect(),
     };
+    let positions: Vec<usize> = (0..rel.columns.len()).collect();
+    let key = KeyRef {
+        rel: &rel,
+        columns: &positions,
+        tuple: &sample,
+    };
     let partitions: Vec<Option<u32>> = match rule.and_then(|r| r.partitions) {
         Some(n) => (0..n).map(Some).collect(),
         None => vec![None],
@@ -58,7 +64,7 @@ fn produced(settings: &Settings, t: &Streamed) -> (String, Vec<String>) {
                 schema: &t.schema,
                 table: &t.name,
                 op,
-                key: Some((&rel, &sample)),
+                key: Some(key),
                 partition: *p,
             }));
         }

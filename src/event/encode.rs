@@ -2,10 +2,22 @@
 //! values are already JSON fragments from the `value` module.
 
 use crate::pgoutput::{Datum, Relation, TupleData};
+use crate::source::catalog::QualifiedName;
 use crate::value::{TypeRegistry, ValueError, write_json_string, write_value};
 
+use super::identity::TableIdentity;
 use super::time::format_pg_timestamp;
 use super::{Op, TxContext};
+
+/// Which columns of a row image [`Body::row`] writes.
+#[derive(Clone, Copy, Debug)]
+pub enum Columns<'a> {
+    All,
+    /// The replica identity columns as pgoutput flags them (what an old key image holds).
+    ReplicaIdentity,
+    /// These positions (the row's key).
+    Only(&'a [usize]),
+}
 
 /// A JSON object under construction.
 pub struct Body {
@@ -14,7 +26,7 @@ pub struct Body {
 
 impl Body {
     /// Opens the object with the fields every event has.
-    pub fn start(id: &str, op: Op, relation: Option<(&str, &str)>, tx: &TxContext) -> Body {
+    pub fn start(id: &str, op: Op, table: Option<&TableIdentity>, tx: &TxContext) -> Body {
         let mut b = Body {
             out: String::with_capacity(256),
         };
@@ -22,14 +34,16 @@ impl Body {
         b.key("id");
         write_json_string(&mut b.out, id);
         b.raw_field("op", &format!("\"{}\"", op.as_str()));
-        match relation {
-            Some((schema, table)) => {
-                b.string_field("schema", schema);
-                b.string_field("table", table);
+        match table {
+            Some(t) => {
+                b.string_field("schema", &t.schema);
+                b.string_field("table", &t.name);
+                b.name_field("partition", t.partition.as_ref());
             }
             None => {
                 b.null_field("schema");
                 b.null_field("table");
+                b.null_field("partition");
             }
         }
         b.string_field("commit_lsn", &tx.commit_lsn.to_string());
@@ -66,6 +80,19 @@ impl Body {
         write_json_string(&mut self.out, value);
     }
 
+    /// `{"schema":…,"table":…}`, or null.
+    pub fn name_field(&mut self, name: &str, value: Option<&QualifiedName>) {
+        let Some(q) = value else {
+            return self.null_field(name);
+        };
+        self.key(name);
+        self.out.push_str("{\"schema\":");
+        write_json_string(&mut self.out, &q.schema);
+        self.out.push_str(",\"table\":");
+        write_json_string(&mut self.out, &q.name);
+        self.out.push('}');
+    }
+
     pub fn string_list(&mut self, name: &str, values: &[&str]) {
         self.key(name);
         self.out.push('[');
@@ -78,8 +105,8 @@ impl Body {
         self.out.push(']');
     }
 
-    /// Writes a row image as an object of column name → value. With `only_keys`, only replica
-    /// identity columns; with a `mask`, only the columns it marks (filters drop the others).
+    /// Writes a row image as an object of column name → value: the `columns` chosen and, with
+    /// a `mask`, only those it marks (filters drop the others).
     /// Unchanged TOAST values are left out (they are listed separately).
     /// Returns the byte range of the object; on a bad value, the column name with the error.
     pub fn row(
@@ -87,7 +114,7 @@ impl Body {
         name: &str,
         rel: &Relation,
         tuple: &TupleData<'_>,
-        only_keys: bool,
+        columns: Columns<'_>,
         mask: Option<&[bool]>,
         types: &TypeRegistry,
     ) -> Result<std::ops::Range<usize>, (String, ValueError)> {
@@ -96,7 +123,12 @@ impl Body {
         self.out.push('{');
         let mut first = true;
         for (i, (col, datum)) in rel.columns.iter().zip(&tuple.columns).enumerate() {
-            if only_keys && !col.is_key {
+            let wanted = match columns {
+                Columns::All => true,
+                Columns::ReplicaIdentity => col.is_key,
+                Columns::Only(positions) => positions.contains(&i),
+            };
+            if !wanted {
                 continue;
             }
             if mask.is_some_and(|m| !m.get(i).copied().unwrap_or(true)) {

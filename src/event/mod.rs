@@ -7,6 +7,7 @@
 //! produces the same ids, which is what lets consumers de-duplicate.
 
 mod encode;
+pub mod identity;
 pub mod routing;
 pub mod time;
 
@@ -16,7 +17,8 @@ use crate::lsn::Lsn;
 use crate::pgoutput::{Datum, OldTuple, Relation, ReplicaIdentity, TupleData};
 use crate::value::{TypeRegistry, ValueError};
 
-pub use encode::Body;
+pub use encode::{Body, Columns};
+pub use identity::TableIdentity;
 
 /// What happened to the row(s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -166,13 +168,16 @@ pub struct RowBody {
     pub key: Option<std::ops::Range<usize>>,
 }
 
-/// The tuple an event's key comes from: the old image when there is one (it holds the key the
-/// row had), else the new image (an insert, or an update that left the key unchanged).
-pub fn key_tuple<'a>(rel: &Relation, change: &'a RowChange<'a>) -> Option<&'a TupleData<'a>> {
-    let has_identity =
-        rel.replica_identity != ReplicaIdentity::Nothing && rel.columns.iter().any(|c| c.is_key);
+/// The tuple an event's key comes from: the old image when there is one (under DEFAULT and
+/// USING INDEX it holds the key the row had before an update changed it; under FULL, every
+/// column), else the new image (an insert, or an update that left the replica identity
+/// unchanged). `None` when the table has no key.
+pub fn key_tuple<'a>(
+    table: &TableIdentity,
+    change: &'a RowChange<'a>,
+) -> Option<&'a TupleData<'a>> {
+    table.key.as_ref()?;
     match change {
-        _ if !has_identity => None,
         RowChange::Insert { new } => Some(new),
         RowChange::Update {
             old: Some(OldTuple::Key(t) | OldTuple::Full(t)),
@@ -191,16 +196,17 @@ pub fn row_event_body(
     tx: &TxContext,
     index: u64,
     rel: &Arc<Relation>,
+    table: &TableIdentity,
     change: &RowChange<'_>,
     mask: Option<&[bool]>,
     types: &TypeRegistry,
 ) -> Result<RowBody, EventError> {
     let id = event_id(tx.commit_lsn, index);
     let op = change.op();
-    let mut body = Body::start(&id, op, Some((&rel.schema, &rel.name)), tx);
-    let render = |b: &mut Body, field: &str, tuple: &TupleData<'_>, only_keys: bool| {
+    let mut body = Body::start(&id, op, Some(table), tx);
+    let render = |b: &mut Body, field: &str, tuple: &TupleData<'_>, columns: Columns<'_>| {
         check_width(rel, tuple)?;
-        b.row(field, rel, tuple, only_keys, mask, types)
+        b.row(field, rel, tuple, columns, mask, types)
             .map_err(|(column, source)| EventError::Value {
                 schema: rel.schema.clone(),
                 table: rel.name.clone(),
@@ -210,13 +216,19 @@ pub fn row_event_body(
     };
     let has_identity =
         rel.replica_identity != ReplicaIdentity::Nothing && rel.columns.iter().any(|c| c.is_key);
-    let key = match key_tuple(rel, change) {
-        Some(t) => Some(render(&mut body, "key", t, true)?),
+    let key = match key_tuple(table, change) {
+        Some(t) => Some(render(
+            &mut body,
+            "key",
+            t,
+            Columns::Only(table.key_columns()),
+        )?),
         None => {
             body.null_field("key");
             None
         }
     };
+    let identity = Columns::ReplicaIdentity;
     match change {
         RowChange::Insert { .. } => body.null_field("old"),
         RowChange::Update {
@@ -225,23 +237,23 @@ pub fn row_event_body(
         }
         | RowChange::Delete {
             old: OldTuple::Full(t),
-        } => render(&mut body, "old", t, false).map(|_| ())?,
+        } => render(&mut body, "old", t, Columns::All).map(|_| ())?,
         RowChange::Update {
             old: Some(OldTuple::Key(t)),
             ..
         }
         | RowChange::Delete {
             old: OldTuple::Key(t),
-        } => render(&mut body, "old", t, true).map(|_| ())?,
-        // The key did not change, so the old key is the new row's key.
+        } => render(&mut body, "old", t, identity).map(|_| ())?,
+        // The replica identity did not change, so the old identity is the new row's.
         RowChange::Update { old: None, new } if has_identity => {
-            render(&mut body, "old", new, true).map(|_| ())?
+            render(&mut body, "old", new, identity).map(|_| ())?
         }
         RowChange::Update { old: None, .. } => body.null_field("old"),
     }
     match change {
         RowChange::Insert { new } | RowChange::Update { new, .. } => {
-            render(&mut body, "new", new, false).map(|_| ())?
+            render(&mut body, "new", new, Columns::All).map(|_| ())?
         }
         RowChange::Delete { .. } => body.null_field("new"),
     }
@@ -283,12 +295,12 @@ fn check_width(rel: &Relation, tuple: &TupleData<'_>) -> Result<(), EventError> 
 pub fn truncate_event_body(
     tx: &TxContext,
     index: u64,
-    rel: &Relation,
+    table: &TableIdentity,
     cascade: bool,
     restart_identity: bool,
 ) -> (String, Vec<u8>) {
     let id = event_id(tx.commit_lsn, index);
-    let mut body = Body::start(&id, Op::Truncate, Some((&rel.schema, &rel.name)), tx);
+    let mut body = Body::start(&id, Op::Truncate, Some(table), tx);
     for f in ["key", "old", "new"] {
         body.null_field(f);
     }
@@ -352,11 +364,11 @@ pub struct BulkSummary {
 pub fn bulk_event_body(
     tx: &TxContext,
     index: u64,
-    rel: &Relation,
+    table: &TableIdentity,
     summary: &BulkSummary,
 ) -> (String, Vec<u8>) {
     let id = event_id(tx.commit_lsn, index);
-    let mut body = Body::start(&id, Op::Bulk, Some((&rel.schema, &rel.name)), tx);
+    let mut body = Body::start(&id, Op::Bulk, Some(table), tx);
     for f in ["key", "old", "new"] {
         body.null_field(f);
     }

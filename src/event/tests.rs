@@ -30,8 +30,29 @@ const TX: TxContext = TxContext {
     commit_time_us: Some(1_500_000),
 };
 
+/// The identity of `rel` when the catalog says its primary key is `pk` (none: no key).
+fn ident(rel: &Relation, pk: &[&str]) -> TableIdentity {
+    let facts = crate::source::catalog::RelationFacts {
+        keys: if pk.is_empty() {
+            Vec::new()
+        } else {
+            vec![crate::source::catalog::KeyCandidate {
+                source: crate::source::catalog::KeySource::PrimaryKey,
+                columns: pk.iter().map(|c| (*c).to_owned()).collect(),
+            }]
+        },
+        ..Default::default()
+    };
+    TableIdentity::resolve(rel, Some(&facts))
+}
+
 fn body(rel: &Arc<Relation>, change: RowChange<'_>) -> Value {
-    let out = row_event_body(&TX, 3, rel, &change, None, &TypeRegistry::builtin()).unwrap();
+    body_keyed(rel, &["id"], change)
+}
+
+fn body_keyed(rel: &Arc<Relation>, pk: &[&str], change: RowChange<'_>) -> Value {
+    let table = ident(rel, pk);
+    let out = row_event_body(&TX, 3, rel, &table, &change, None, &TypeRegistry::builtin()).unwrap();
     assert_eq!(out.id, "1/10:3");
     let v: Value = serde_json::from_slice(&out.body).unwrap();
     // The recorded key span is exactly the `key` object.
@@ -57,7 +78,7 @@ fn insert_has_key_and_new() {
     assert_eq!(
         v,
         json!({"id": "1/10:3", "op": "insert", "schema": "public", "table": "users",
-               "commit_lsn": "1/10", "xid": 42, "commit_time": "2000-01-01T00:00:01.5+00:00",
+               "partition": null, "commit_lsn": "1/10", "xid": 42, "commit_time": "2000-01-01T00:00:01.5+00:00",
                "key": {"id": 7}, "old": null, "new": {"id": 7, "name": "ann", "bio": null},
                "unchanged_toast": []})
     );
@@ -117,14 +138,65 @@ fn full_identity_delete_has_the_whole_old_row() {
     assert_eq!(v["old"], json!({"id": 7, "name": "ann", "bio": "hi"}));
     assert_eq!(v["new"], Value::Null);
     assert_eq!(v["op"], "delete");
+    assert_eq!(
+        v["key"],
+        json!({"id": 7}),
+        "the key is the primary key, not every column"
+    );
+}
+
+#[test]
+fn full_identity_update_keys_by_the_old_primary_key() {
+    let r = rel(ReplicaIdentity::Full, [true, true, true]);
+    let old = OldTuple::Full(tuple(vec![
+        Datum::Text(b"7"),
+        Datum::Text(b"ann"),
+        Datum::Text(b"hi"),
+    ]));
+    let new = tuple(vec![Datum::Text(b"8"), Datum::Text(b"ann"), Datum::Null]);
+    let v = body(
+        &r,
+        RowChange::Update {
+            old: Some(&old),
+            new: &new,
+        },
+    );
+    assert_eq!(v["key"], json!({"id": 7}));
+    assert_eq!(v["new"]["id"], json!(8));
+    // Without any key in the catalog, FULL gives no key at all (not every column).
+    let v = body_keyed(&r, &[], RowChange::Delete { old: &old });
+    assert_eq!(v["key"], Value::Null);
+    assert_eq!(v["old"]["name"], "ann");
+}
+
+#[test]
+fn a_partition_names_its_root_and_itself() {
+    let r = rel(ReplicaIdentity::Default, [true, false, false]);
+    let facts = crate::source::catalog::RelationFacts {
+        root: Some(crate::source::catalog::QualifiedName {
+            schema: "sales".into(),
+            name: "people".into(),
+        }),
+        ..Default::default()
+    };
+    let table = TableIdentity::resolve(&r, Some(&facts));
+    let (_, b) = truncate_event_body(&TX, 0, &table, false, false);
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(v["schema"], "sales");
+    assert_eq!(v["table"], "people");
+    assert_eq!(
+        v["partition"],
+        json!({"schema": "public", "table": "users"})
+    );
 }
 
 #[test]
 fn nothing_identity_has_no_key_and_no_old() {
     let r = rel(ReplicaIdentity::Nothing, [false, false, false]);
     let new = tuple(vec![Datum::Text(b"7"), Datum::Text(b"x"), Datum::Null]);
-    let v = body(
+    let v = body_keyed(
         &r,
+        &[],
         RowChange::Update {
             old: None,
             new: &new,
@@ -143,6 +215,7 @@ fn column_count_mismatch_and_bad_values_are_errors() {
             &TX,
             0,
             &r,
+            &ident(&r, &["id"]),
             &RowChange::Insert { new: &short },
             None,
             &TypeRegistry::builtin()
@@ -154,6 +227,7 @@ fn column_count_mismatch_and_bad_values_are_errors() {
         &TX,
         0,
         &r,
+        &ident(&r, &["id"]),
         &RowChange::Insert { new: &bad },
         None,
         &TypeRegistry::builtin(),
@@ -169,7 +243,7 @@ fn column_count_mismatch_and_bad_values_are_errors() {
 #[test]
 fn truncate_and_message_bodies() {
     let r = rel(ReplicaIdentity::Default, [true, false, false]);
-    let (_, b) = truncate_event_body(&TX, 0, &r, true, false);
+    let (_, b) = truncate_event_body(&TX, 0, &ident(&r, &["id"]), true, false);
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["op"], "truncate");
     assert_eq!(
@@ -201,7 +275,17 @@ fn masked_columns_vanish_from_every_image() {
         new: &new,
     };
     let mask = [true, false, false];
-    let out = row_event_body(&TX, 0, &r, &change, Some(&mask), &TypeRegistry::builtin()).unwrap();
+    let table = ident(&r, &["id"]);
+    let out = row_event_body(
+        &TX,
+        0,
+        &r,
+        &table,
+        &change,
+        Some(&mask[..]),
+        &TypeRegistry::builtin(),
+    )
+    .unwrap();
     let v: Value = serde_json::from_slice(&out.body).unwrap();
     for image in ["old", "new"] {
         let cols: Vec<&String> = v[image].as_object().unwrap().keys().collect();
@@ -220,7 +304,7 @@ fn bulk_body() {
         first_key: Some("{\"id\":1}".into()),
         ..Default::default()
     };
-    let (id, b) = bulk_event_body(&TX, 5, &r, &s);
+    let (id, b) = bulk_event_body(&TX, 5, &ident(&r, &["id"]), &s);
     assert_eq!(id, "1/10:5");
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["op"], "bulk");

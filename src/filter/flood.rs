@@ -168,8 +168,8 @@ impl FloodGuard {
             }
             Mode::Flood(reason) => {
                 for s in self.summaries.drain(..) {
-                    let rel = &s.view.rel;
-                    let (id, body) = event::bulk_event_body(tx, s.first_index, rel, &s.bulk);
+                    let (id, body) =
+                        event::bulk_event_body(tx, s.first_index, &s.view.table, &s.bulk);
                     out.push_back(Outbound::Event(s.view.event(Op::Bulk, tx, id, body, None)));
                 }
                 let t = &self.tally;

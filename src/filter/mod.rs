@@ -16,9 +16,10 @@ pub mod predicate;
 
 use std::sync::Arc;
 
-use crate::event::routing::{RouteVars, RoutingTemplate, partition_of};
-use crate::event::{Event, Op, TxContext};
+use crate::event::routing::{KeyRef, RouteVars, RoutingTemplate, partition_of};
+use crate::event::{Event, Op, TableIdentity, TxContext};
 use crate::pgoutput::{Datum, Relation, TupleData};
+use crate::source::catalog::RelationFacts;
 use glob::TablePattern;
 use predicate::{Predicate, RowView};
 
@@ -145,14 +146,45 @@ pub struct FilterSettings {
     pub exclude: Vec<TablePattern>,
     pub rules: Vec<TableRule>,
     pub skip_noop_updates: bool,
+    pub on_unmatched: OnUnmatched,
     pub flood: FloodSettings,
+}
+
+/// What `filter.on_unmatched` says to do with a change of a relation that no `include`
+/// pattern matches and no `exclude` pattern names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnUnmatched {
+    /// Drop it, but warn once per relation, count it and show it in `walrelay status`.
+    Warn,
+    /// Stop walrelay, naming the table: nothing may be dropped without a rule saying so.
+    Stop,
+}
+
+/// How the configuration classifies a relation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Included,
+    /// An `exclude` pattern names it: dropped by an explicit rule.
+    Excluded,
+    /// `include` is not empty and matches neither its name nor (for a partition) its root's.
+    Unmatched,
+}
+
+/// What happens to one change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    Publish,
+    /// Dropped by an explicit rule of the configuration, counted by reason.
+    Drop(Dropped),
+    /// Of a relation the configuration does not mention (see [`OnUnmatched`]).
+    Unmatched,
 }
 
 /// Why a change was not published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
-    /// The table is not included, or is excluded.
-    Table,
+    /// An `exclude` pattern names the table.
+    Excluded,
     /// The table's rule does not publish this operation.
     Op,
     /// The row predicate is false.
@@ -164,7 +196,7 @@ pub enum Dropped {
 impl Dropped {
     pub fn as_str(self) -> &'static str {
         match self {
-            Dropped::Table => "table",
+            Dropped::Excluded => "excluded",
             Dropped::Op => "op",
             Dropped::Predicate => "predicate",
             Dropped::Noop => "noop",
@@ -201,17 +233,40 @@ impl FilterSettings {
         self.rules.iter().find(|r| r.pattern.matches(schema, table))
     }
 
-    /// Resolves everything about one relation.
+    /// Classifies a table by its names: the name events carry and, for a partition, the name
+    /// PostgreSQL published it under. Either may be matched by `include` or `exclude`.
+    pub fn verdict(&self, names: &[(&str, &str)]) -> Verdict {
+        let any = |pats: &[TablePattern]| {
+            pats.iter()
+                .any(|p| names.iter().any(|(s, t)| p.matches(s, t)))
+        };
+        if any(&self.exclude) {
+            Verdict::Excluded
+        } else if self.include.is_empty() || any(&self.include) {
+            Verdict::Included
+        } else {
+            Verdict::Unmatched
+        }
+    }
+
+    /// Resolves everything about one relation: `facts` are the catalog's (`None`: the catalog
+    /// no longer has the relation).
     pub fn view(
         &self,
         rel: &Arc<Relation>,
+        facts: Option<&RelationFacts>,
         default_routing: &RoutingTemplate,
     ) -> Result<TableView, RuleError> {
-        let included = self.included(&rel.schema, &rel.name);
-        let rule = self.rule(&rel.schema, &rel.name);
+        let table = TableIdentity::resolve(rel, facts);
+        let mut names = vec![(table.schema.as_str(), table.name.as_str())];
+        if let Some(p) = &table.partition {
+            names.push((p.schema.as_str(), p.name.as_str()));
+        }
+        let verdict = self.verdict(&names);
+        let rule = names.iter().find_map(|(s, t)| self.rule(s, t));
         let err = |message: String| RuleError {
             rule: rule.map_or_else(|| "(default)".to_owned(), |r| r.pattern.text.clone()),
-            table: format!("{}.{}", rel.schema, rel.name),
+            table: format!("{}.{}", table.schema, table.name),
             message,
         };
         let mut mask = None;
@@ -229,18 +284,19 @@ impl FilterSettings {
                         && r.columns.as_ref().is_none_or(|cols| cols.contains(&c.name))
                 })
                 .collect();
-            // Under REPLICA IDENTITY FULL every column is "key", and hiding one just hides it
-            // from `key` too; otherwise the key identifies the row and must stay whole.
-            let identity_is_row = rel.replica_identity == crate::pgoutput::ReplicaIdentity::Full;
-            if let Some(c) = rel
+            // The key identifies the row and must stay whole.
+            if let Some((c, _)) = rel
                 .columns
                 .iter()
                 .zip(&keep)
-                .find(|(c, k)| c.is_key && !**k && !identity_is_row)
+                .enumerate()
+                .find(|(i, (_, k))| table.is_key(*i) && !**k)
+                .map(|(_, ck)| ck)
             {
                 return Err(err(format!(
-                    "column {:?} is part of the replica identity (the event key) and cannot be left out",
-                    c.0.name
+                    "column {:?} is part of the row's key ({}), which identifies the row in every event, and cannot be left out",
+                    c.name,
+                    key_description(&table, rel)
                 )));
             }
             if keep.iter().any(|k| !k) {
@@ -255,9 +311,15 @@ impl FilterSettings {
             .and_then(|r| r.routing_key.clone())
             .unwrap_or_else(|| default_routing.clone());
         for col in routing.key_columns() {
-            if !rel.columns.iter().any(|c| c.name == col && c.is_key) {
+            let is_key = rel
+                .columns
+                .iter()
+                .position(|c| c.name == col)
+                .is_some_and(|i| table.is_key(i));
+            if !is_key {
                 return Err(err(format!(
-                    "routing key uses {{key.{col}}}, but {col:?} is not a replica identity column"
+                    "routing key uses {{key.{col}}}, but {col:?} is not a column of the row's key ({})",
+                    key_description(&table, rel)
                 )));
             }
         }
@@ -265,16 +327,17 @@ impl FilterSettings {
             .include
             .iter()
             .chain(self.rules.iter().map(|r| &r.pattern))
-            .any(|p| p.exact() == Some((rel.schema.as_str(), rel.name.as_str())));
+            .any(|p| p.exact() == Some((table.schema.as_str(), table.name.as_str())));
         let metric_table: Arc<str> = if named {
-            Arc::from(format!("{}.{}", rel.schema, rel.name))
+            Arc::from(format!("{}.{}", table.schema, table.name))
         } else {
             Arc::from("other")
         };
         Ok(TableView {
             metric_table,
             rel: Arc::clone(rel),
-            included,
+            table,
+            verdict,
             ops: rule.map_or(OpSet::ALL, |r| r.ops),
             mask,
             predicate,
@@ -294,11 +357,31 @@ impl FilterSettings {
     }
 }
 
+/// "the primary key (id)", "no key", for messages.
+pub fn key_description(table: &TableIdentity, rel: &Relation) -> String {
+    let Some(k) = &table.key else {
+        return "the table has no key".to_owned();
+    };
+    let cols: Vec<&str> = k
+        .columns
+        .iter()
+        .filter_map(|i| rel.columns.get(*i).map(|c| c.name.as_str()))
+        .collect();
+    let source = match k.source {
+        crate::event::identity::KeyOrigin::Catalog(s) => s.as_str(),
+        crate::event::identity::KeyOrigin::ReplicaIdentity => "replica identity",
+    };
+    format!("{source} {}", cols.join(", "))
+}
+
 /// Everything the filter decided about one relation, ready for the hot path.
 #[derive(Debug)]
 pub struct TableView {
+    /// The relation as pgoutput described it (its columns, in the tuples' order).
     pub rel: Arc<Relation>,
-    pub included: bool,
+    /// The name events carry and the row's key.
+    pub table: TableIdentity,
+    pub verdict: Verdict,
     pub ops: OpSet,
     /// Published columns by position; `None` when all are.
     pub mask: Option<Vec<bool>>,
@@ -318,10 +401,14 @@ pub struct TableView {
 impl TableView {
     /// The routing key of one of this table's events; `key` is the tuple holding its key.
     pub fn route(&self, op: Op, key: Option<&TupleData<'_>>) -> String {
-        let key = key.map(|t| (&*self.rel, t));
+        let key = key.map(|tuple| KeyRef {
+            rel: &self.rel,
+            columns: self.table.key_columns(),
+            tuple,
+        });
         self.routing.render(&RouteVars {
-            schema: &self.rel.schema,
-            table: &self.rel.name,
+            schema: &self.table.schema,
+            table: &self.table.name,
             op: op.as_str(),
             key,
             partition: self.partitions.map(|n| partition_of(key, n)),
@@ -341,8 +428,8 @@ impl TableView {
         Event {
             id,
             op,
-            schema: self.rel.schema.clone(),
-            table: self.rel.name.clone(),
+            schema: self.table.schema.clone(),
+            table: self.table.name.clone(),
             commit_lsn: tx.commit_lsn,
             commit_time_us: tx.commit_time_us,
             routing_key: self.route(op, key),
@@ -352,26 +439,28 @@ impl TableView {
         }
     }
 
-    /// Decides whether a row change (or truncate, with `row = None`) is published.
-    pub fn admit(&self, op: Op, row: Option<&RowView<'_>>) -> Result<(), Dropped> {
-        if !self.included {
-            return Err(Dropped::Table);
+    /// Decides what happens to a row change (or a truncate, with `row = None`).
+    pub fn admit(&self, op: Op, row: Option<&RowView<'_>>) -> Admit {
+        match self.verdict {
+            Verdict::Included => {}
+            Verdict::Excluded => return Admit::Drop(Dropped::Excluded),
+            Verdict::Unmatched => return Admit::Unmatched,
         }
         if !self.ops.contains(op) {
-            return Err(Dropped::Op);
+            return Admit::Drop(Dropped::Op);
         }
         let Some(row) = row else {
-            return Ok(());
+            return Admit::Publish;
         };
         if let Some(p) = &self.predicate
             && !p.eval(row)
         {
-            return Err(Dropped::Predicate);
+            return Admit::Drop(Dropped::Predicate);
         }
         if self.skip_noop && op == Op::Update && self.is_noop(row) {
-            return Err(Dropped::Noop);
+            return Admit::Drop(Dropped::Noop);
         }
-        Ok(())
+        Admit::Publish
     }
 
     /// An update is a no-op when every published column has the same text in the old and new

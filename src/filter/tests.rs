@@ -9,6 +9,7 @@ use crate::event::{Event, TxContext};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{Column, ReplicaIdentity, TupleData};
+use crate::source::catalog::RelationFacts;
 
 fn rel(name: &str, identity: ReplicaIdentity) -> Arc<Relation> {
     let col = |n: &str, key| Column {
@@ -35,6 +36,17 @@ fn settings(toml_rules: &str, flood: &str) -> FilterSettings {
         .filter
 }
 
+/// The catalog's facts: the primary key is `id`.
+fn pk() -> RelationFacts {
+    RelationFacts {
+        keys: vec![crate::source::catalog::KeyCandidate {
+            source: crate::source::catalog::KeySource::PrimaryKey,
+            columns: vec!["id".into()],
+        }],
+        ..Default::default()
+    }
+}
+
 fn routing() -> RoutingTemplate {
     RoutingTemplate::parse("{schema}.{table}.{op}").unwrap()
 }
@@ -51,18 +63,99 @@ fn include_exclude_and_first_matching_rule() {
     assert!(!s.included("public", "audit_log"));
     assert!(!s.included("other", "orders"));
     let v = s
-        .view(&rel("orders", ReplicaIdentity::Default), &routing())
+        .view(
+            &rel("orders", ReplicaIdentity::Default),
+            Some(&pk()),
+            &routing(),
+        )
         .unwrap();
-    assert_eq!(v.admit(Op::Insert, None), Ok(()));
-    assert_eq!(v.admit(Op::Delete, None), Err(Dropped::Op));
+    assert_eq!(v.admit(Op::Insert, None), Admit::Publish);
+    assert_eq!(v.admit(Op::Delete, None), Admit::Drop(Dropped::Op));
     let v = s
-        .view(&rel("users", ReplicaIdentity::Default), &routing())
+        .view(
+            &rel("users", ReplicaIdentity::Default),
+            Some(&pk()),
+            &routing(),
+        )
         .unwrap();
-    assert_eq!(v.admit(Op::Delete, None), Ok(()));
+    assert_eq!(v.admit(Op::Delete, None), Admit::Publish);
     let v = s
-        .view(&rel("audit_log", ReplicaIdentity::Default), &routing())
+        .view(
+            &rel("audit_log", ReplicaIdentity::Default),
+            Some(&pk()),
+            &routing(),
+        )
         .unwrap();
-    assert_eq!(v.admit(Op::Insert, None), Err(Dropped::Table));
+    assert_eq!(v.admit(Op::Insert, None), Admit::Drop(Dropped::Excluded));
+    // Not excluded, not included: unmatched (warned about and counted, never quietly).
+    let v = s
+        .view(&rel_in("other", "orders"), Some(&pk()), &routing())
+        .unwrap();
+    assert_eq!(v.admit(Op::Insert, None), Admit::Unmatched);
+}
+
+fn rel_in(schema: &str, name: &str) -> Arc<Relation> {
+    let mut r = (*rel(name, ReplicaIdentity::Default)).clone();
+    r.schema = schema.into();
+    Arc::new(r)
+}
+
+#[test]
+fn a_partition_is_filtered_by_its_root_or_its_own_name() {
+    let root = |schema: &str, name: &str| RelationFacts {
+        root: Some(crate::source::catalog::QualifiedName {
+            schema: schema.into(),
+            name: name.into(),
+        }),
+        ..pk()
+    };
+    let s = settings(
+        "[filter]\ninclude = [\"public.m\"]\n[[filter.table]]\nname = \"public.m\"\nops = [\"insert\"]\n",
+        "",
+    );
+    let v = s
+        .view(
+            &rel("m_eu", ReplicaIdentity::Default),
+            Some(&root("public", "m")),
+            &routing(),
+        )
+        .unwrap();
+    assert_eq!(v.admit(Op::Insert, None), Admit::Publish);
+    assert_eq!(
+        v.admit(Op::Delete, None),
+        Admit::Drop(Dropped::Op),
+        "the root's rule applies"
+    );
+    assert_eq!(
+        (v.table.schema.as_str(), v.table.name.as_str()),
+        ("public", "m")
+    );
+    assert_eq!(&*v.metric_table, "public.m");
+    assert_eq!(v.route(Op::Insert, None), "public.m.insert");
+    // Excluding the partition by its own name drops it even though the root is included.
+    let s = settings(
+        "[filter]\ninclude = [\"public.m\"]\nexclude = [\"m_us\"]\n",
+        "",
+    );
+    let v = s
+        .view(
+            &rel("m_us", ReplicaIdentity::Default),
+            Some(&root("public", "m")),
+            &routing(),
+        )
+        .unwrap();
+    assert_eq!(v.admit(Op::Insert, None), Admit::Drop(Dropped::Excluded));
+    // Included by the partition's own name only: published, under the root's name.
+    let s = settings("[filter]\ninclude = [\"public.m_eu\"]\n", "");
+    let v = s
+        .view(
+            &rel("m_eu", ReplicaIdentity::Default),
+            Some(&root("public", "m")),
+            &routing(),
+        )
+        .unwrap();
+    assert_eq!(v.admit(Op::Insert, None), Admit::Publish);
+    assert_eq!(v.table.name, "m");
 }
 
 #[test]
@@ -72,39 +165,71 @@ fn rules_that_cannot_apply_are_errors_naming_the_column() {
         "",
     );
     let e = s
-        .view(&rel("orders", ReplicaIdentity::Default), &routing())
+        .view(
+            &rel("orders", ReplicaIdentity::Default),
+            Some(&pk()),
+            &routing(),
+        )
         .unwrap_err();
     assert!(
         e.message.contains("\"id\"") && e.table == "public.orders",
         "{e}"
     );
-    // Under FULL the whole row is the identity: hiding a column is allowed.
-    let v = s
-        .view(&rel("orders", ReplicaIdentity::Full), &routing())
+    // Under FULL the key is still the primary key: it cannot be hidden, other columns can.
+    assert!(
+        s.view(
+            &rel("orders", ReplicaIdentity::Full),
+            Some(&pk()),
+            &routing()
+        )
+        .is_err()
+    );
+    let hide_status = settings(
+        "[[filter.table]]\nname = \"orders\"\nignore = [\"status\"]\n",
+        "",
+    );
+    let v = hide_status
+        .view(
+            &rel("orders", ReplicaIdentity::Full),
+            Some(&pk()),
+            &routing(),
+        )
         .unwrap();
-    assert_eq!(v.mask, Some(vec![false, true, true]));
+    assert_eq!(v.mask, Some(vec![true, false, true]));
     let s = settings(
         "[[filter.table]]\nname = \"orders\"\nignore = [\"nope\"]\n",
         "",
     );
     assert!(
-        s.view(&rel("orders", ReplicaIdentity::Default), &routing())
-            .is_err()
+        s.view(
+            &rel("orders", ReplicaIdentity::Default),
+            Some(&pk()),
+            &routing()
+        )
+        .is_err()
     );
     let s = settings(
         "[[filter.table]]\nname = \"orders\"\nwhere = \"new.nope == 1\"\n",
         "",
     );
     assert!(
-        s.view(&rel("orders", ReplicaIdentity::Default), &routing())
-            .is_err()
+        s.view(
+            &rel("orders", ReplicaIdentity::Default),
+            Some(&pk()),
+            &routing()
+        )
+        .is_err()
     );
     let s = settings(
         "[[filter.table]]\nname = \"orders\"\nrouting_key = \"{key.status}\"\n",
         "",
     );
     let e = s
-        .view(&rel("orders", ReplicaIdentity::Default), &routing())
+        .view(
+            &rel("orders", ReplicaIdentity::Default),
+            Some(&pk()),
+            &routing(),
+        )
         .unwrap_err();
     assert!(e.message.contains("status"), "{e}");
     let s = settings(
@@ -112,7 +237,11 @@ fn rules_that_cannot_apply_are_errors_naming_the_column() {
         "",
     );
     let v = s
-        .view(&rel("orders", ReplicaIdentity::Default), &routing())
+        .view(
+            &rel("orders", ReplicaIdentity::Default),
+            Some(&pk()),
+            &routing(),
+        )
         .unwrap();
     assert_eq!(v.mask, Some(vec![true, true, false]));
 }
@@ -124,7 +253,11 @@ fn predicates_and_noop_updates() {
         "",
     );
     let v = s
-        .view(&rel("orders", ReplicaIdentity::Full), &routing())
+        .view(
+            &rel("orders", ReplicaIdentity::Full),
+            Some(&pk()),
+            &routing(),
+        )
         .unwrap();
     let t = |vals: [&'static str; 3]| TupleData {
         columns: vals
@@ -142,19 +275,22 @@ fn predicates_and_noop_updates() {
     };
     assert_eq!(
         v.admit(Op::Insert, Some(&row(Some(&open), None))),
-        Err(Dropped::Predicate)
+        Admit::Drop(Dropped::Predicate)
     );
     assert_eq!(
         v.admit(Op::Update, Some(&row(Some(&paid), Some(&open)))),
-        Ok(())
+        Admit::Publish
     );
     // Only the ignored column changed: a no-op for consumers.
     assert_eq!(
         v.admit(Op::Update, Some(&row(Some(&paid_new_secret), Some(&paid)))),
-        Err(Dropped::Noop)
+        Admit::Drop(Dropped::Noop)
     );
     // Without an old image a no-op cannot be proven: published.
-    assert_eq!(v.admit(Op::Update, Some(&row(Some(&paid), None))), Ok(()));
+    assert_eq!(
+        v.admit(Op::Update, Some(&row(Some(&paid), None))),
+        Admit::Publish
+    );
 }
 
 fn candidate(view: &Arc<TableView>, index: u64) -> Candidate {
@@ -219,8 +355,12 @@ fn flood_policies() {
             &format!("max_changes = 10\npolicy = \"{policy}\"\nreroute_routing_prefix = \"slow.\""),
         );
         let view = Arc::new(
-            s.view(&rel("orders", ReplicaIdentity::Default), &routing())
-                .unwrap(),
+            s.view(
+                &rel("orders", ReplicaIdentity::Default),
+                Some(&pk()),
+                &routing(),
+            )
+            .unwrap(),
         );
         let mut g = FloodGuard::new(s.flood.clone(), s.counts_changes(), Arc::clone(&m));
         let mut peak = 0;
@@ -272,8 +412,12 @@ fn markers_and_origins_decide_before_any_change() {
     );
     assert!(!s.counts_changes());
     let view = Arc::new(
-        s.view(&rel("orders", ReplicaIdentity::Default), &routing())
-            .unwrap(),
+        s.view(
+            &rel("orders", ReplicaIdentity::Default),
+            Some(&pk()),
+            &routing(),
+        )
+        .unwrap(),
     );
     let mut g = FloodGuard::new(s.flood.clone(), false, m);
     let mut out = VecDeque::new();

@@ -26,6 +26,7 @@ use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::position_file::PositionFile;
 use crate::sink::{Publisher, SinkError};
+use crate::source::catalog::Catalog;
 use crate::source::stream::ReplicationStream;
 use crate::source::{Connection, SourceError, publication, setup};
 use publish::PublishLoop;
@@ -234,6 +235,7 @@ async fn session(
     // before them: "cache lookup failed for type"; tests/type_changes.rs). A new walsender
     // starts with empty caches.
     drop(conn);
+    let catalog = Catalog::new(Connection::connect(&settings.postgres, false).await?);
     let conn = Connection::connect(&settings.postgres, true).await?;
     let stream =
         ReplicationStream::start(conn, &settings.slot, start, &settings.publication).await?;
@@ -273,6 +275,7 @@ async fn session(
     let mut replicator = Replicator {
         stream,
         transform,
+        catalog,
         metrics: Arc::clone(metrics),
         health: Arc::clone(&obs.health),
         tx,
@@ -295,6 +298,7 @@ async fn session(
         Ok(Stop::Shutdown) => {
             let Replicator {
                 mut stream,
+                catalog,
                 tx,
                 received,
                 mut position_file,
@@ -314,6 +318,7 @@ async fn session(
             replicate::write_ahead(&mut position_file, flush)?;
             let final_status = stream.send_status(received, flush, false).await;
             stream.close().await;
+            catalog.close().await;
             remember(memory);
             info!(confirmed = %flush, "shut down cleanly");
             if let Some(publisher) = result? {

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::pgoutput::Message;
 use crate::position_file::PositionFile;
 use crate::source::SourceError;
+use crate::source::catalog::Catalog;
 use crate::source::stream::{ReplMessage, ReplicationStream};
 
 /// How the replication loop ended without error.
@@ -39,6 +40,10 @@ pub struct Replicator {
     pub stream: ReplicationStream,
     /// The pure stage: decoded messages in, outbound items out.
     pub transform: Transform,
+    /// A plain SQL connection for what pgoutput does not say about a relation (its partition
+    /// root, its key), read each time pgoutput describes one. Relation messages are rare (once
+    /// per relation per session, and after DDL), so the lookup's round trips cost nothing.
+    pub catalog: Catalog,
     pub metrics: Arc<Metrics>,
     pub health: Arc<crate::health::Health>,
     pub tx: mpsc::Sender<Outbound>,
@@ -181,6 +186,10 @@ impl Replicator {
                     self.received = wal_start;
                 }
                 let msg = Message::parse(&data)?;
+                if let Message::Relation(r) = &msg {
+                    let facts = self.catalog.facts(r.oid).await?;
+                    self.transform.learn(r.oid, facts);
+                }
                 if let Message::Commit(c) = &msg
                     && c.end_lsn > self.received
                 {

@@ -4,7 +4,7 @@
 //! the filter's verdict per relation, the type catalog, the flood guard and the open
 //! transaction. No I/O: the replication task calls it, and unit tests drive it with messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tracing::{debug, warn};
@@ -13,11 +13,12 @@ use crate::event::routing::RoutingTemplate;
 use crate::event::{self, Event, EventError, Op, Outbound, RowChange, TxContext};
 use crate::filter::flood::{Candidate, FloodGuard};
 use crate::filter::predicate::RowView;
-use crate::filter::{Dropped, FilterSettings, RuleError, TableView};
+use crate::filter::{Admit, FilterSettings, OnUnmatched, RuleError, TableView};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{LogicalMessage, Message, OldTuple, Relation, RelationCache, Truncate};
 use crate::probe;
+use crate::source::catalog::RelationFacts;
 use crate::value::{TypeKind, TypeRegistry, ValueError};
 
 /// What the transform needs from the configuration.
@@ -43,6 +44,13 @@ pub enum TransformError {
     /// A type changed after the catalog was read: a new session must read it again.
     #[error("{detail}")]
     TypesChanged { at: Lsn, detail: String },
+    /// A change of a table the configuration does not mention, with `on_unmatched = "stop"`.
+    #[error(
+        "a change of {table} reached walrelay, but no filter.include pattern matches it{root}: \
+         add it to filter.include to publish its changes or to filter.exclude to drop them \
+         (filter.on_unmatched = \"stop\" stops instead of dropping them with a warning)"
+    )]
+    Unmatched { table: String, root: String },
 }
 
 /// The transform's state for one replication session.
@@ -59,6 +67,11 @@ pub struct Transform {
     metrics: Arc<Metrics>,
     /// The open transaction: its context and the index of its next change.
     open: Option<(TxContext, u64)>,
+    /// The catalog's facts by relation OID, learned before pgoutput's description of the
+    /// relation is applied (`None`: the catalog did not have it).
+    facts: HashMap<u32, Option<RelationFacts>>,
+    /// Relations whose unmatched changes were already warned about (once per relation).
+    warned_unmatched: HashSet<u32>,
 }
 
 impl Transform {
@@ -82,7 +95,14 @@ impl Transform {
             flood,
             metrics,
             open: None,
+            facts: HashMap::new(),
+            warned_unmatched: HashSet::new(),
         }
+    }
+
+    /// Records what the catalog says about relation `oid`, for its next Relation message.
+    pub fn learn(&mut self, oid: u32, facts: Option<RelationFacts>) {
+        self.facts.insert(oid, facts);
     }
 
     /// True between a transaction's Begin and its Commit.
@@ -174,8 +194,38 @@ impl Transform {
         self.types_reloaded_at.is_some_and(|r| at <= r)
     }
 
-    fn dropped(&self, reason: Dropped) {
-        self.metrics.filtered(reason.as_str());
+    /// Applies the accounting rule: every change the filter looks at is published (`true`),
+    /// dropped by an explicit rule and counted by reason, or — for a table the configuration
+    /// does not mention — warned about once per relation and counted, or stopped on.
+    fn admitted(&mut self, view: &TableView, admit: Admit) -> Result<bool, TransformError> {
+        match admit {
+            Admit::Publish => Ok(true),
+            Admit::Drop(reason) => {
+                self.metrics.filtered(reason.as_str());
+                Ok(false)
+            }
+            Admit::Unmatched => {
+                let t = &view.table;
+                let (table, root) = match &t.partition {
+                    Some(p) => (
+                        p.to_string(),
+                        format!(" (nor its partition root {}.{})", t.schema, t.name),
+                    ),
+                    None => (format!("{}.{}", t.schema, t.name), String::new()),
+                };
+                if self.settings.filter.on_unmatched == OnUnmatched::Stop {
+                    return Err(TransformError::Unmatched { table, root });
+                }
+                self.metrics.events_unmatched.inc();
+                if self.warned_unmatched.insert(view.rel.oid) {
+                    warn!(table = %table, root = %format!("{}.{}", t.schema, t.name),
+                          "changes of this table reach walrelay but no filter.include pattern matches it: \
+                           they are dropped (add it to filter.include to publish them, or to filter.exclude \
+                           to drop them without this warning; filter.on_unmatched = \"stop\" stops instead)");
+                }
+                Ok(false)
+            }
+        }
     }
 
     fn relation(&mut self, r: Relation, received: Lsn) -> Result<(), TransformError> {
@@ -194,8 +244,16 @@ impl Transform {
             warn!(schema = %r.schema, table = %r.name, column = %col.name, type_oid = col.type_oid,
                   "the column's type no longer exists in the catalog: its values are sent as text");
         }
+        let facts = self.facts.get(&r.oid).cloned().flatten();
         let rel = self.relations.insert(r);
-        let view = self.settings.filter.view(&rel, &self.settings.routing)?;
+        let view = self
+            .settings
+            .filter
+            .view(&rel, facts.as_ref(), &self.settings.routing)?;
+        if view.table.partition.is_some() {
+            debug!(partition = %format!("{}.{}", rel.schema, rel.name), root = %format!("{}.{}", view.table.schema, view.table.name),
+                   "a partition's changes are named after its root");
+        }
         self.views.insert(rel.oid, Arc::new(view));
         Ok(())
     }
@@ -208,12 +266,11 @@ impl Transform {
         for oid in &t.relation_oids {
             let (ctx, index) = self.open_tx("truncate")?;
             let view = self.view(*oid)?;
-            if let Err(reason) = view.admit(Op::Truncate, None) {
-                self.dropped(reason);
+            if !self.admitted(&view, view.admit(Op::Truncate, None))? {
                 continue;
             }
             let (id, body) =
-                event::truncate_event_body(&ctx, index, &view.rel, t.cascade, t.restart_identity);
+                event::truncate_event_body(&ctx, index, &view.table, t.cascade, t.restart_identity);
             let event = view.event(Op::Truncate, &ctx, id, body, None);
             let c = Candidate {
                 event,
@@ -301,12 +358,11 @@ impl Transform {
             new,
             old,
         };
-        if let Err(reason) = view.admit(op, Some(&row)) {
-            self.dropped(reason);
+        if !self.admitted(&view, view.admit(op, Some(&row)))? {
             return Ok(());
         }
         let out_body = self.render_row(&ctx, index, &view, &change)?;
-        let key = event::key_tuple(&view.rel, &change);
+        let key = event::key_tuple(&view.table, &change);
         let event = view.event(op, &ctx, out_body.id, out_body.body, key);
         let c = Candidate {
             event,
@@ -333,7 +389,8 @@ impl Transform {
         let mut demoted: Option<TypeRegistry> = None;
         loop {
             let types = demoted.as_ref().unwrap_or(&self.types);
-            match event::row_event_body(ctx, index, rel, change, view.mask.as_deref(), types) {
+            let mask = view.mask.as_deref();
+            match event::row_event_body(ctx, index, rel, &view.table, change, mask, types) {
                 Err(EventError::Value {
                     column,
                     source: source @ ValueError::RecordShape { .. },

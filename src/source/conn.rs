@@ -246,7 +246,7 @@ async fn negotiate_tls(mut tcp: TcpStream, params: &ConnParams) -> Result<Stream
             Ok(Stream::Tls(Box::new(tls)))
         }
         b'N' if params.sslmode == SslMode::Prefer => Ok(Stream::Plain(tcp)),
-        b'N' => Err(SourceError::TlsRefused),
+        b'N' => Err(SourceError::TlsRefused(params.sslmode)),
         other => Err(SourceError::Protocol(format!(
             "answer {:?} to the TLS request",
             other as char

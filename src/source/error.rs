@@ -69,8 +69,14 @@ pub enum SourceError {
     Tls(#[from] TlsError),
     #[error("TLS handshake with PostgreSQL failed: {0}")]
     TlsHandshake(#[source] std::io::Error),
-    #[error("PostgreSQL does not offer TLS, and sslmode requires it")]
-    TlsRefused,
+    #[error(
+        "PostgreSQL does not offer TLS, and sslmode={} {}requires it. For a local server without TLS, \
+         add sslmode=disable to postgres.url (postgres://user@host:5432/db?sslmode=disable); in production, \
+         enable TLS on the server instead (ssl = on), or passwords and row data cross the network in clear text",
+        .0.as_str(),
+        if *.0 == super::params::SslMode::VerifyFull { "(the default) " } else { "" }
+    )]
+    TlsRefused(super::params::SslMode),
     #[error("PostgreSQL: {0}")]
     Server(ServerError),
     #[error("authentication: {0}")]
@@ -107,6 +113,7 @@ impl From<crate::pipeline::transform::TransformError> for SourceError {
             T::Event(e) => SourceError::Event(e),
             T::Rule(e) => SourceError::Filter(e),
             T::TypesChanged { at, detail } => SourceError::TypesChanged { at, detail },
+            e @ T::Unmatched { .. } => SourceError::Setup(e.to_string()),
         }
     }
 }

@@ -7,8 +7,10 @@
 //! - [`publication`]: the publication, created from the filter's tables, and a start-up check
 //!   of the filter rules against the published tables.
 //! - [`setup`]: slot, type catalog, server timeouts.
+//! - [`catalog`]: a relation's partition root and row key, read when pgoutput describes it.
 //! - [`stream`]: `START_REPLICATION`, XLogData/keepalive in, status updates out.
 
+pub mod catalog;
 pub mod conn;
 pub mod error;
 pub mod params;

@@ -22,6 +22,17 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// The name as written in a URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "disable" => SslMode::Disable,

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use super::catalog::{self, RelationFacts};
 use super::conn::Connection;
 use super::error::SourceError;
-use super::setup::{TableName, quote_ident, quote_literal};
+use super::setup::{self, TableName, quote_ident, quote_literal};
 use crate::event::routing::RoutingTemplate;
-use crate::filter::{FilterSettings, OpSet};
+use crate::filter::{FilterSettings, OpSet, Verdict};
 use crate::pgoutput::{Column, Relation, ReplicaIdentity};
 
 /// User tables (ordinary and partitioned) outside the system schemas.
@@ -47,33 +48,6 @@ pub async fn ensure_publication(
         .await?;
     if exists.is_empty() {
         return create(conn, publication, filter).await;
-    }
-    let published = pairs(
-        conn.simple_query(&format!(
-            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {} ORDER BY 1, 2",
-            quote_literal(publication)
-        ))
-        .await?,
-    );
-    for t in &published {
-        if !filter.included(&t.schema, &t.name) {
-            warn!(publication, table = %t, "table is published but the filter excludes it: its changes are decoded and dropped (remove it from the publication to save the work)");
-        }
-    }
-    for p in &filter.include {
-        if published.iter().any(|t| p.matches(&t.schema, &t.name)) {
-            continue;
-        }
-        // A table named exactly but not published would silently never stream: refuse.
-        if p.exact().is_some() {
-            return Err(SourceError::Setup(format!(
-                "filter.include names {}, which is not in publication {publication:?}:                  ALTER PUBLICATION {} ADD TABLE {} (or remove it from filter.include)",
-                p.text,
-                quote_ident(publication),
-                p.text
-            )));
-        }
-        warn!(publication, pattern = %p.text, "filter.include matches no table of the existing publication: nothing will be streamed for it");
     }
     Ok(())
 }
@@ -116,7 +90,7 @@ async fn create(
     });
     let list: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
     let sql = format!(
-        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})",
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {}, publish_via_partition_root = true)",
         quote_ident(publication),
         list.join(", "),
         quote_literal(&ops.names().join(", "))
@@ -135,61 +109,226 @@ async fn create(
     }
 }
 
-/// Resolves the filter against every published table's real columns and replica identity,
+/// A relation as pgoutput will describe it (the published columns, in table order, flagged
+/// as replica identity the way pgoutput flags them), with the catalog's facts about it.
+pub struct Published {
+    pub rel: Relation,
+    pub facts: Option<RelationFacts>,
+    /// The publication's row filter (PostgreSQL 15+), as the server prints it.
+    pub row_filter: Option<String>,
+    /// True when a column list limits the published columns (PostgreSQL 15+).
+    pub column_list: bool,
+    /// A partitioned table (published under its own name, via `publish_via_partition_root`).
+    pub partitioned: bool,
+}
+
+/// Every relation the publication makes pgoutput send, as pgoutput will describe it.
+pub async fn published_relations(
+    conn: &mut Connection,
+    publication: &str,
+) -> Result<Vec<Published>, SourceError> {
+    let v15 = setup::server_version(conn).await? >= 150_000;
+    let (attnames, rowfilter) = if v15 {
+        ("pt.attnames::text", "pt.rowfilter")
+    } else {
+        ("NULL", "NULL")
+    };
+    let source = format!(
+        "SELECT c.oid, {attnames}, {rowfilter} FROM pg_publication_tables pt \
+         JOIN pg_namespace n ON n.nspname = pt.schemaname \
+         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+         WHERE pt.pubname = {}",
+        quote_literal(publication)
+    );
+    describe_relations(conn, &source).await
+}
+
+/// The relations with these OIDs, described as a publication of all their columns would.
+pub async fn relations_by_oid(
+    conn: &mut Connection,
+    oids: &[u32],
+) -> Result<Vec<Published>, SourceError> {
+    if oids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = oids.iter().map(u32::to_string).collect();
+    let source = format!(
+        "SELECT c.oid, NULL, NULL FROM pg_class c WHERE c.oid IN ({})",
+        list.join(", ")
+    );
+    describe_relations(conn, &source).await
+}
+
+/// Describes the relations `source` lists as `(oid, attnames, rowfilter)` rows.
+async fn describe_relations(
+    conn: &mut Connection,
+    source: &str,
+) -> Result<Vec<Published>, SourceError> {
+    let sql = format!(
+        "SELECT c.oid, n.nspname, c.relname, c.relreplident, s.attnames, s.rowfilter, \
+           (SELECT count(*) FROM pg_attribute x WHERE x.attrelid = c.oid AND x.attnum > 0 AND NOT x.attisdropped), \
+           c.relkind \
+         FROM ({source}) AS s(oid, attnames, rowfilter) \
+         JOIN pg_class c ON c.oid = s.oid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         ORDER BY 2, 3"
+    );
+    let tables = conn.simple_query(&sql).await?;
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        let get = |i: usize| t.get(i).cloned().flatten().unwrap_or_default();
+        let oid: u32 = get(0).parse().unwrap_or(0);
+        let replident = get(3).bytes().next().unwrap_or(b'd');
+        // `{a,b}` as PostgreSQL prints a name[]; NULL before 15 (every column is published).
+        let published: Option<Vec<String>> =
+            t.get(4).cloned().flatten().map(|a| parse_name_array(&a));
+        let all_columns: usize = get(6).parse().unwrap_or(0);
+        let cols = conn
+            .simple_query(&format!(
+                "SELECT a.attname, a.atttypid::text, \
+                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY(i.indkey) \
+                     AND CASE {replident} WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) \
+                 FROM pg_attribute a WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                replident = quote_literal(&(replident as char).to_string()),
+            ))
+            .await?;
+        let columns: Vec<Column> = cols
+            .into_iter()
+            .filter_map(|r| {
+                let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+                let name = get(0);
+                if let Some(p) = &published
+                    && !p.contains(&name)
+                {
+                    return None;
+                }
+                let is_key = match replident {
+                    b'f' => true,
+                    b'n' => false,
+                    _ => get(2) == "t",
+                };
+                Some(Column {
+                    name,
+                    is_key,
+                    type_oid: get(1).parse().unwrap_or(0),
+                    type_modifier: -1,
+                })
+            })
+            .collect();
+        let column_list = published.as_ref().is_some_and(|p| p.len() < all_columns);
+        out.push(Published {
+            rel: Relation {
+                oid,
+                schema: get(1),
+                name: get(2),
+                replica_identity: ReplicaIdentity::from_byte(replident)
+                    .unwrap_or(ReplicaIdentity::Default),
+                columns,
+            },
+            facts: catalog::relation_facts(conn, oid).await?,
+            row_filter: t.get(5).cloned().flatten(),
+            column_list,
+            partitioned: get(7) == "p",
+        });
+    }
+    Ok(out)
+}
+
+/// Parses PostgreSQL's text form of a `name[]`: `{a,"b c","d\"e"}`.
+fn parse_name_array(s: &str) -> Vec<String> {
+    let inner = s.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => cur.extend(chars.next()),
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if !inner.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Resolves the filter against every published table's real columns, key and partition root,
 /// exactly as it will be resolved when pgoutput describes the table, so a bad rule stops the
-/// start instead of the stream.
+/// start instead of the stream. Says what happens to published tables the filter drops, and
+/// refuses a table that `filter.include` names exactly but the publication does not hold.
 pub async fn check_rules(
     conn: &mut Connection,
     publication: &str,
     filter: &FilterSettings,
     routing: &RoutingTemplate,
 ) -> Result<(), SourceError> {
-    let sql = format!(
-        "SELECT n.nspname, c.relname, c.relreplident, a.attname, a.atttypid::text, \
-           CASE c.relreplident WHEN 'f' THEN true WHEN 'n' THEN false ELSE \
-             EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND a.attnum = ANY(i.indkey) \
-               AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) \
-           END \
-         FROM pg_publication_tables pt \
-         JOIN pg_namespace n ON n.nspname = pt.schemaname \
-         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         WHERE pt.pubname = {} ORDER BY 1, 2, a.attnum",
-        quote_literal(publication)
-    );
-    let rows = conn.simple_query(&sql).await?;
-    let mut current: Option<Relation> = None;
-    let check = |rel: Relation| -> Result<(), SourceError> {
-        filter.view(&Arc::new(rel), routing)?;
-        Ok(())
-    };
-    for r in rows {
-        let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-        let (schema, name) = (get(0), get(1));
-        if current
-            .as_ref()
-            .is_some_and(|c| c.schema != schema || c.name != name)
-            && let Some(done) = current.take()
-        {
-            check(done)?;
-        }
-        let rel = current.get_or_insert_with(|| Relation {
-            oid: 0,
-            schema,
-            name,
-            replica_identity: ReplicaIdentity::from_byte(get(2).bytes().next().unwrap_or(b'd'))
-                .unwrap_or(ReplicaIdentity::Default),
-            columns: Vec::new(),
-        });
-        rel.columns.push(Column {
-            name: get(3),
-            is_key: get(5) == "t",
-            type_oid: get(4).parse().unwrap_or(0),
-            type_modifier: -1,
-        });
+    let published = published_relations(conn, publication).await?;
+    let via_leaf = published
+        .iter()
+        .any(|p| p.facts.as_ref().is_some_and(|f| f.root.is_some()));
+    if via_leaf {
+        info!(
+            publication,
+            "the publication publishes partitions under their own names (publish_via_partition_root is off): \
+              walrelay names their changes after each partition's root, read from the catalog, and puts the partition in the event's `partition` field"
+        );
     }
-    if let Some(done) = current {
-        check(done)?;
+    let mut names: Vec<(String, String)> = Vec::new();
+    for p in published {
+        let view = filter.view(&Arc::new(p.rel), p.facts.as_ref(), routing)?;
+        let t = &view.table;
+        let name = format!("{}.{}", view.rel.schema, view.rel.name);
+        match view.verdict {
+            Verdict::Included => {}
+            Verdict::Excluded => warn!(publication, table = %name,
+                "table is published but filter.exclude names it: its changes are decoded and dropped (remove it from the publication to save the work)"),
+            Verdict::Unmatched => warn!(publication, table = %name,
+                "table is published but no filter.include pattern matches it: its changes will be dropped with a warning and counted in walrelay_events_unmatched_total \
+                 (add it to filter.include or filter.exclude; filter.on_unmatched = \"stop\" stops instead)"),
+        }
+        names.push((t.schema.clone(), t.name.clone()));
+        if let Some(leaf) = &t.partition {
+            names.push((leaf.schema.clone(), leaf.name.clone()));
+        }
+    }
+    for p in &filter.include {
+        if names.iter().any(|(s, t)| p.matches(s, t)) {
+            continue;
+        }
+        // A table named exactly but not published would silently never stream: refuse.
+        if let Some((schema, name)) = p.exact() {
+            let table = TableName {
+                schema: schema.to_owned(),
+                name: name.to_owned(),
+            };
+            return Err(SourceError::Setup(format!(
+                "filter.include names {}, which is not in publication {publication:?}: \
+                 ALTER PUBLICATION {} ADD TABLE {} (or remove it from filter.include)",
+                p.text,
+                quote_ident(publication),
+                table.quoted()
+            )));
+        }
+        warn!(publication, pattern = %p.text, "filter.include matches no table of the existing publication: nothing will be streamed for it");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_arrays() {
+        assert_eq!(parse_name_array("{a,b}"), ["a", "b"]);
+        assert_eq!(parse_name_array("{}"), Vec::<String>::new());
+        assert_eq!(
+            parse_name_array(r#"{"a b","c,d","e\"f",g}"#),
+            ["a b", "c,d", "e\"f", "g"]
+        );
+    }
 }

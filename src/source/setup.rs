@@ -159,14 +159,19 @@ pub async fn ensure_slot(
     })
 }
 
-/// `postgres.failover_slot` needs PostgreSQL 17: say so instead of failing on the syntax.
-async fn require_failover_support(conn: &mut Connection) -> Result<(), SourceError> {
+/// `server_version_num`, e.g. 150004 (0 when unreadable).
+pub async fn server_version(conn: &mut Connection) -> Result<u32, SourceError> {
     let rows = conn.simple_query("SHOW server_version_num").await?;
-    let version: u32 = rows
+    Ok(rows
         .first()
         .and_then(|r| r.first().cloned().flatten())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+        .unwrap_or(0))
+}
+
+/// `postgres.failover_slot` needs PostgreSQL 17: say so instead of failing on the syntax.
+async fn require_failover_support(conn: &mut Connection) -> Result<(), SourceError> {
+    let version = server_version(conn).await?;
     if version < 170000 {
         return Err(SourceError::Setup(format!(
             "postgres.failover_slot needs PostgreSQL 17 or later; this server is {version}"

@@ -7,6 +7,7 @@ pub mod bed;
 pub mod broker;
 pub mod checker;
 pub mod proxy;
+pub mod scene;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -302,6 +303,17 @@ impl TestQueue {
         binding: Option<&str>,
         args: FieldTable,
     ) -> TestQueue {
+        TestQueue::named(url, exchange, &format!("{exchange}_q"), binding, args).await
+    }
+
+    /// A queue of its own name on `exchange` (several queues on one exchange).
+    pub async fn named(
+        url: &str,
+        exchange: &str,
+        queue: &str,
+        binding: Option<&str>,
+        args: FieldTable,
+    ) -> TestQueue {
         let conn = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect to RabbitMQ");
@@ -318,7 +330,7 @@ impl TestQueue {
             )
             .await
             .unwrap();
-        let queue = format!("{exchange}_q");
+        let queue = queue.to_owned();
         channel
             .queue_declare(
                 queue.as_str().into(),

@@ -1,0 +1,279 @@
+//! What PostgreSQL's catalog says about a relation beyond what pgoutput sends: the root of its
+//! partition tree and the columns that identify its rows. Read over a plain SQL connection
+//! (the walsender's is busy streaming) when pgoutput describes a relation, and at start-up for
+//! `doctor` and the rule check.
+//!
+//! The catalog is read as it is *now*, not as it was when the change was written: after a
+//! partition is detached or a primary key replaced, changes still in the backlog from before
+//! are named and keyed by the current catalog (see `docs/events.md`).
+
+use super::conn::Connection;
+use super::error::SourceError;
+
+/// Where a row's identity (the event's `key`) comes from, in order of preference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    PrimaryKey,
+    /// The index named by `REPLICA IDENTITY USING INDEX`.
+    ReplicaIdentityIndex,
+    /// The one unique, non-partial index over NOT NULL columns (when there is exactly one).
+    UniqueIndex,
+}
+
+impl KeySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySource::PrimaryKey => "primary key",
+            KeySource::ReplicaIdentityIndex => "replica identity index",
+            KeySource::UniqueIndex => "unique index",
+        }
+    }
+}
+
+/// One candidate identity: its source and its column names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyCandidate {
+    pub source: KeySource,
+    pub columns: Vec<String>,
+}
+
+/// A `schema.name` pair as the catalog spells it (no quoting).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QualifiedName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for QualifiedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// The catalog's facts about one relation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelationFacts {
+    /// The root of the partition tree (`pg_partition_root`) when the relation is a partition.
+    pub root: Option<QualifiedName>,
+    /// Identities in order of preference; the first whose columns pgoutput publishes wins.
+    pub keys: Vec<KeyCandidate>,
+    /// `relpersistence = 'u'`: PostgreSQL never logs its changes, so they never stream.
+    pub unlogged: bool,
+}
+
+/// Root, persistence and replica identity of one relation.
+fn relation_sql(oid: u32) -> String {
+    format!(
+        "SELECT rn.nspname, r.relname, c.relpersistence, c.relreplident \
+         FROM pg_catalog.pg_class c \
+         LEFT JOIN pg_catalog.pg_class r ON c.relispartition AND r.oid = pg_catalog.pg_partition_root(c.oid) \
+         LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
+         WHERE c.oid = {oid}"
+    )
+}
+
+/// The columns of every index that can identify a row, one row per column in index order:
+/// index OID, kind (`p` primary key, `i` replica identity index, `u` other unique index),
+/// column name, NOT NULL.
+fn keys_sql(oid: u32) -> String {
+    format!(
+        "SELECT i.indexrelid, CASE WHEN i.indisprimary THEN 'p' WHEN i.indisreplident THEN 'i' ELSE 'u' END, \
+                a.attname, a.attnotnull \
+         FROM pg_catalog.pg_index i \
+         CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE i.indrelid = {oid} AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+         ORDER BY i.indisprimary DESC, i.indisreplident DESC, i.indexrelid, k.ord"
+    )
+}
+
+/// Chooses the identity candidates from the index rows of [`keys_sql`] and the table's
+/// replica identity (`relreplident`). Pure, so the preference order is unit-tested.
+///
+/// The primary key comes first, except under `REPLICA IDENTITY USING INDEX` when the key is
+/// not inside that index: a delete then carries only the index's columns, and a key that a
+/// delete cannot carry would not be stable. A unique index counts only when every column is
+/// NOT NULL and it is the only such index (two would make the choice arbitrary).
+pub fn choose_keys(replident: u8, rows: &[(String, u8, String, bool)]) -> Vec<KeyCandidate> {
+    let mut pk = None;
+    let mut ri = None;
+    let mut uniques: Vec<Vec<String>> = Vec::new();
+    let mut last_index = None;
+    for (index, kind, column, not_null) in rows {
+        let new_index = last_index.as_deref() != Some(index.as_str());
+        last_index = Some(index.clone());
+        let slot = match kind {
+            b'p' => &mut pk,
+            b'i' => &mut ri,
+            _ => {
+                if new_index {
+                    uniques.push(Vec::new());
+                }
+                let cols = uniques.last_mut().expect("pushed above");
+                // A nullable column disqualifies the index: mark it with an empty name.
+                cols.push(if *not_null {
+                    column.clone()
+                } else {
+                    String::new()
+                });
+                continue;
+            }
+        };
+        slot.get_or_insert_with(Vec::new).push(column.clone());
+    }
+    let uniques: Vec<Vec<String>> = uniques
+        .into_iter()
+        .filter(|c| c.iter().all(|n| !n.is_empty()))
+        .collect();
+    let mut out = Vec::new();
+    let candidate = |source, columns| KeyCandidate { source, columns };
+    let pk_in_ri = match (&pk, &ri) {
+        (Some(p), Some(r)) => p.iter().all(|c| r.contains(c)),
+        _ => true,
+    };
+    if replident == b'i' && !pk_in_ri {
+        out.extend(
+            ri.clone()
+                .map(|c| candidate(KeySource::ReplicaIdentityIndex, c)),
+        );
+        out.extend(pk.map(|c| candidate(KeySource::PrimaryKey, c)));
+    } else {
+        out.extend(pk.map(|c| candidate(KeySource::PrimaryKey, c)));
+        out.extend(ri.map(|c| candidate(KeySource::ReplicaIdentityIndex, c)));
+    }
+    if let [only] = uniques.as_slice() {
+        out.push(candidate(KeySource::UniqueIndex, only.clone()));
+    }
+    out
+}
+
+/// Reads the facts of relation `oid`; `None` when the catalog no longer has it (a table
+/// dropped after the changes walrelay is still reading).
+pub async fn relation_facts(
+    conn: &mut Connection,
+    oid: u32,
+) -> Result<Option<RelationFacts>, SourceError> {
+    let rows = conn.simple_query(&relation_sql(oid)).await?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    let get = |i: usize| row.get(i).cloned().flatten();
+    let root = match (get(0), get(1)) {
+        (Some(schema), Some(name)) => Some(QualifiedName { schema, name }),
+        _ => None,
+    };
+    let unlogged = get(2).as_deref() == Some("u");
+    let replident = get(3).and_then(|s| s.bytes().next()).unwrap_or(b'd');
+    let rows: Vec<(String, u8, String, bool)> = conn
+        .simple_query(&keys_sql(oid))
+        .await?
+        .into_iter()
+        .map(|r| {
+            let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            (
+                get(0),
+                get(1).bytes().next().unwrap_or(b'u'),
+                get(2),
+                get(3) == "t",
+            )
+        })
+        .collect();
+    Ok(Some(RelationFacts {
+        root,
+        keys: choose_keys(replident, &rows),
+        unlogged,
+    }))
+}
+
+/// A plain SQL connection for catalog lookups while the replication connection streams.
+pub struct Catalog {
+    conn: Connection,
+}
+
+impl Catalog {
+    pub fn new(conn: Connection) -> Catalog {
+        Catalog { conn }
+    }
+
+    pub async fn facts(&mut self, oid: u32) -> Result<Option<RelationFacts>, SourceError> {
+        relation_facts(&mut self.conn, oid).await
+    }
+
+    pub async fn close(self) {
+        self.conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(index: &str, kind: u8, col: &str, not_null: bool) -> (String, u8, String, bool) {
+        (index.into(), kind, col.into(), not_null)
+    }
+
+    fn sources(keys: &[KeyCandidate]) -> Vec<(KeySource, Vec<&str>)> {
+        keys.iter()
+            .map(|k| (k.source, k.columns.iter().map(String::as_str).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn primary_key_first() {
+        let rows = [row("1", b'p', "id", true), row("2", b'u', "email", true)];
+        for replident in [b'd', b'f', b'n'] {
+            assert_eq!(
+                sources(&choose_keys(replident, &rows)),
+                [
+                    (KeySource::PrimaryKey, vec!["id"]),
+                    (KeySource::UniqueIndex, vec!["email"])
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn replica_index_first_when_it_does_not_hold_the_primary_key() {
+        let rows = [
+            row("1", b'p', "id", true),
+            row("2", b'i', "tenant", true),
+            row("2", b'i', "code", true),
+        ];
+        assert_eq!(
+            sources(&choose_keys(b'i', &rows)),
+            [
+                (KeySource::ReplicaIdentityIndex, vec!["tenant", "code"]),
+                (KeySource::PrimaryKey, vec!["id"])
+            ]
+        );
+        // The index holds the key: the key is still the primary key.
+        let rows = [
+            row("1", b'p', "id", true),
+            row("2", b'i', "id", true),
+            row("2", b'i', "tenant", true),
+        ];
+        assert_eq!(
+            choose_keys(b'i', &rows)[0].source,
+            KeySource::PrimaryKey,
+            "the primary key is inside the replica identity index"
+        );
+    }
+
+    #[test]
+    fn a_unique_index_counts_only_when_alone_and_not_null() {
+        let nullable = [row("2", b'u', "email", false)];
+        assert!(choose_keys(b'f', &nullable).is_empty());
+        let two = [row("2", b'u', "email", true), row("3", b'u', "code", true)];
+        assert!(choose_keys(b'f', &two).is_empty());
+        let one = [
+            row("2", b'u', "a", true),
+            row("2", b'u', "b", true),
+            row("3", b'u', "c", false),
+        ];
+        assert_eq!(
+            sources(&choose_keys(b'f', &one)),
+            [(KeySource::UniqueIndex, vec!["a", "b"])]
+        );
+        assert!(choose_keys(b'f', &[]).is_empty());
+    }
+}
