@@ -269,6 +269,16 @@ async fn column_lists_row_filters_generated_columns_and_replica_identities() {
     .await;
     s.set("postgres", "publication", &format!("\"{}\"", s.slot));
     s.append("[[filter.table]]\nname = \"public.t\"\nwhere = \"new.a < 100\"\n");
+    let doctor = s.command(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("public.t: the publication's column list publishes only (id, a")
+            && text.contains(
+                "public.t: the publication's row filter publishes only rows WHERE (a > 0)"
+            )
+            && text.contains("public.ui: key = replica identity index code, tenant"),
+        "{text}"
+    );
     let relay = s.start_streaming().await;
     s.sql(
         "INSERT INTO t VALUES (1, 5, 'x'), (2, 0, 'x'), (3, 500, 'x'), (4, 7, 'x');
@@ -481,5 +491,34 @@ async fn an_unmatched_table_stops_walrelay_when_configured() {
         after < stray_lsn && after >= before,
         "the slot holds the unmatched change"
     );
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlogged_tables_are_left_out_of_the_publication_and_doctor_says_why() {
+    let s = Scene::new(
+        "CREATE TABLE kept (id int PRIMARY KEY); CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY);",
+        &["public.*"],
+    )
+    .await;
+    let doctor = s.command(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("WARN postgres: public.scratch is UNLOGGED"),
+        "{text}"
+    );
+    let relay = s.start_streaming().await;
+    assert!(relay.log().contains("table is UNLOGGED"), "{}", relay.log());
+    s.sql("INSERT INTO scratch VALUES (1); INSERT INTO kept VALUES (1);")
+        .await;
+    let got = s.queue.take(1, T).await;
+    assert_eq!(got[0].body["table"], "kept");
+    drop(relay);
+    // Named exactly, an unlogged table stops the start with the remedy.
+    s.set("filter", "include", "[\"public.scratch\"]");
+    s.set("postgres", "publication", &format!("\"{}_2\"", s.slot));
+    let mut relay = s.start();
+    assert!(!relay.wait_exit(T).await.success());
+    assert!(relay.log().contains("SET LOGGED"), "{}", relay.log());
     s.finish().await;
 }

@@ -173,7 +173,7 @@ pub fn explain(message: &str, key: &str) -> String {
             .split_once("expected ")
             .map(|(_, k)| k.replace('`', ""))
             .unwrap_or_default();
-        return format!("unknown key {name:?} (known here: {known})");
+        return format!("unknown key {name:?}; expected {known}");
     }
     // Anything else: drop quoted parts, which could be values.
     let mut out = String::new();
@@ -253,7 +253,7 @@ mod tests {
             "unknown field `slott`, expected one of `url`, `slot`",
             "postgres",
         );
-        assert_eq!(e, "unknown key \"slott\" (known here: one of url, slot)");
+        assert_eq!(e, "unknown key \"slott\"; expected one of url, slot");
         let e = explain("something odd with \"a-secret\" inside", "k");
         assert!(!e.contains("a-secret"), "{e}");
     }

@@ -15,8 +15,8 @@ use crate::event::routing::RoutingTemplate;
 use crate::filter::{FilterSettings, OpSet, Verdict};
 use crate::pgoutput::{Column, Relation, ReplicaIdentity};
 
-/// User tables (ordinary and partitioned) outside the system schemas.
-const USER_TABLES: &str = "SELECT n.nspname, c.relname FROM pg_class c \
+/// User tables (ordinary and partitioned) outside the system schemas, with `relpersistence`.
+const USER_TABLES: &str = "SELECT n.nspname, c.relname, c.relpersistence FROM pg_class c \
      JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
      AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
@@ -62,7 +62,33 @@ async fn create(
             "publication {publication:?} does not exist and filter.include is empty, so walrelay cannot create it"
         )));
     }
-    let all = pairs(conn.simple_query(USER_TABLES).await?);
+    let rows = conn.simple_query(USER_TABLES).await?;
+    let unlogged: Vec<TableName> = pairs(
+        rows.iter()
+            .filter(|r| r.get(2).cloned().flatten().as_deref() != Some("p"))
+            .cloned()
+            .collect(),
+    );
+    let all = pairs(rows);
+    // PostgreSQL never writes unlogged tables to the WAL and refuses them in a publication.
+    for t in unlogged
+        .iter()
+        .filter(|t| filter.included(&t.schema, &t.name))
+    {
+        let exact = filter
+            .include
+            .iter()
+            .any(|p| p.exact() == Some((t.schema.as_str(), t.name.as_str())));
+        if exact {
+            return Err(SourceError::Setup(format!(
+                "cannot create publication {publication:?}: table {t} (filter.include) is UNLOGGED, and PostgreSQL never \
+                 replicates unlogged tables. ALTER TABLE {} SET LOGGED, or remove it from filter.include",
+                t.quoted()
+            )));
+        }
+        warn!(publication, table = %t, "table is UNLOGGED: PostgreSQL never replicates it, so it is left out of the publication");
+    }
+    let all: Vec<TableName> = all.into_iter().filter(|t| !unlogged.contains(t)).collect();
     for p in &filter.include {
         if let Some((schema, name)) = p.exact()
             && !all.iter().any(|t| t.schema == schema && t.name == name)

@@ -1,0 +1,97 @@
+//! The binary's answers to a user's mistakes: a config value of the wrong type names the key's
+//! full path and line without echoing the value, exits 2 and ends its line; a server without
+//! TLS under the default sslmode says what to do.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn walrelay(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_wrong_type_names_the_key_and_line_and_never_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walrelay.toml");
+    for (line, expect) in [
+        (
+            "shutdown_timeout_ms = \"s3cret-canary\"",
+            "config key service.shutdown_timeout_ms (line 7): expected milliseconds as a non-negative integer, found a string\n",
+        ),
+        (
+            "reconnect_min_ms = -5",
+            "config key service.reconnect_min_ms (line 7): expected milliseconds as a non-negative integer, found a negative number\n",
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!(
+                "[postgres]\nurl = \"postgres://u@h/db\"\n[rabbitmq]\nurl = \"amqp://h\"\n\
+                 [filter]\n[service]\n{line}\n"
+            ),
+        )
+        .unwrap();
+        let out = walrelay(&["check-config"], &path);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.ends_with(expect), "{err:?}");
+        assert!(!err.contains("canary"), "{err}");
+    }
+    // An unknown WALRELAY_ variable names the variable, not the file.
+    std::fs::write(
+        &path,
+        "[postgres]\nurl = \"postgres://u@h/db\"\n[rabbitmq]\nurl = \"amqp://h\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("WALRELAY_SERVICE_SHUTDOWN_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WALRELAY_SERVICE_SHUTDOWN_TIMEOUT") && err.contains("unknown key"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_tls_under_the_default_sslmode_says_what_to_do() {
+    let (pg, db, _client) = PgCluster::with_db("CREATE TABLE t (id int PRIMARY KEY);").await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.url(&db).replace("?sslmode=disable", "");
+    let cfg = write_config(
+        dir.path(),
+        &url,
+        AMQP_URL,
+        &unique("slot"),
+        &unique("ex"),
+        &["public.t"],
+        "",
+    );
+    let mut relay = Relay::start(&cfg);
+    let status = relay.wait_exit(Duration::from_secs(60)).await;
+    assert!(!status.success());
+    let log = relay.log();
+    assert!(
+        log.contains("sslmode=verify-full (the default) requires it")
+            && log.contains("add sslmode=disable to postgres.url"),
+        "{log}"
+    );
+    let doctor = walrelay(&["doctor"], &cfg);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(text.contains("sslmode=disable"), "{text}");
+}
