@@ -32,6 +32,31 @@ pub struct Health {
     /// mean the broker is not confirming.
     pub status_stale_ms: AtomicU64,
     pub confirm_timeout_ms: AtomicU64,
+    /// Why the last session ended, while walrelay retries (0: it did not, or streaming resumed).
+    /// One of the `RETRY_*` codes, so `/readyz` gives the real reason instead of the symptom
+    /// ("not connected" between sessions).
+    pub retrying: std::sync::atomic::AtomicU8,
+}
+
+/// Why walrelay is between sessions, for [`Health::retrying`].
+pub const RETRY_NONE: u8 = 0;
+pub const RETRY_UNROUTABLE: u8 = 1;
+pub const RETRY_NACKED: u8 = 2;
+pub const RETRY_BROKER: u8 = 3;
+pub const RETRY_POSTGRES: u8 = 4;
+
+fn retry_reason(code: u8) -> Option<&'static str> {
+    match code {
+        RETRY_UNROUTABLE => Some(
+            "a message was returned unroutable (no queue is bound for its routing key): retrying until one is",
+        ),
+        RETRY_NACKED => {
+            Some("RabbitMQ nacked a message (e.g. a full queue that rejects): retrying")
+        }
+        RETRY_BROKER => Some("RabbitMQ is unavailable or not confirming: reconnecting"),
+        RETRY_POSTGRES => Some("PostgreSQL is unavailable: reconnecting"),
+        _ => None,
+    }
 }
 
 impl Health {
@@ -63,12 +88,16 @@ impl Health {
     pub fn readiness(&self, now_ms: u64) -> Result<(), Vec<&'static str>> {
         let mut why = Vec::new();
         let get = |a: &AtomicBool| a.load(Ordering::Relaxed);
+        let retrying = retry_reason(self.retrying.load(Ordering::Relaxed));
         if get(&self.standby) {
             why.push("standby: another instance holds the replication slot");
+        } else if let Some(r) = retrying {
+            // Between sessions nothing is connected; the cause is what matters.
+            why.push(r);
         } else if !get(&self.streaming) {
             why.push("replication is not streaming");
         }
-        if !get(&self.broker_connected) {
+        if retrying.is_none() && !get(&self.broker_connected) {
             why.push("not connected to RabbitMQ");
         }
         if get(&self.broker_blocked) {
@@ -130,5 +159,10 @@ mod tests {
             h.readiness(now),
             Err(vec!["standby: another instance holds the replication slot"])
         );
+        Health::set(&h.standby, false);
+        h.retrying.store(RETRY_UNROUTABLE, Ordering::Relaxed);
+        let why = h.readiness(now).unwrap_err();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("unroutable"));
     }
 }

@@ -13,6 +13,8 @@
 //! - [`sink`]: the RabbitMQ publisher (confirms, `mandatory`, bounded in-flight window).
 //! - [`pipeline`]: wires source and sink into sessions, reconnects, shuts down cleanly.
 //! - [`config`]: the TOML file and environment overrides, validated into typed values.
+//! - [`service`]: `walrelay run` as a library call (pipeline, HTTP, probe, progress line).
+//! - [`doctor`], [`status`], [`tail`]: the operator commands.
 
 pub mod checkpoint;
 pub mod config;
@@ -28,6 +30,7 @@ pub mod pgoutput;
 pub mod pipeline;
 pub mod position_file;
 pub mod probe;
+pub mod service;
 pub mod sink;
 pub mod source;
 pub mod status;

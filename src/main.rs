@@ -1,5 +1,5 @@
-//! The `walrelay` binary: parses the command line, sets up logging and signals, and runs the
-//! library's pipeline. Logic lives in the library so tests can drive it.
+//! The `walrelay` binary: parses the command line, sets up logging and signals, and calls the
+//! library (`walrelay::service::run` for `run`). Logic lives in the library so tests can drive it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,15 @@ use tracing::{error, info};
     about = "Streams committed PostgreSQL changes to RabbitMQ, at least once"
 )]
 struct Cli {
+    /// The TOML configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "WALRELAY_CONFIG",
+        default_value = "walrelay.toml"
+    )]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,41 +32,39 @@ struct Cli {
 enum Command {
     /// Stream changes until SIGTERM or SIGINT.
     Run {
-        /// The TOML configuration file.
-        #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
-        config: PathBuf,
         /// Log format: `text` or `json` (overrides `service.log_format`).
         #[arg(long, env = "WALRELAY_LOG_FORMAT")]
         log_format: Option<String>,
     },
     /// Validate the configuration file without connecting anywhere.
     CheckConfig {
-        #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
-        config: PathBuf,
+        /// Print the effective configuration (the file with environment overrides applied,
+        /// secrets redacted).
+        #[arg(long)]
+        show: bool,
     },
     /// Show the slot's state, lag and retained WAL (works while walrelay runs elsewhere).
     Status {
-        #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
-        config: PathBuf,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Check PostgreSQL and RabbitMQ before the first start; creates nothing.
-    Doctor {
-        #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
-        config: PathBuf,
-    },
-    /// Print the events walrelay publishes, from a queue bound to its exchange.
+    Doctor,
+    /// Print the events walrelay publishes: by default through a temporary queue bound to its
+    /// exchange, from now on.
     Tail {
-        #[arg(long, short, env = "WALRELAY_CONFIG", default_value = "walrelay.toml")]
-        config: PathBuf,
-        /// Durable queue to declare and consume (shared by every `tail` using the name).
-        #[arg(long, default_value = "walrelay.tail")]
-        queue: String,
-        /// Binding key on the exchange.
-        #[arg(long, default_value = "#")]
-        binding: String,
+        /// Read this queue instead (declared durable when missing). It is only peeked at —
+        /// messages go back when tail exits — unless `--ack` is given.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Binding key on the exchange (default `#` for the temporary queue; for `--queue`,
+        /// bound only when given).
+        #[arg(long)]
+        binding: Option<String>,
+        /// With `--queue`: remove the printed messages from the queue.
+        #[arg(long)]
+        ack: bool,
         /// Exit after this many events.
         #[arg(long)]
         count: Option<u64>,
@@ -67,8 +74,9 @@ enum Command {
     },
     /// Exit 0 when a walrelay's /readyz says ready (for container HEALTHCHECKs).
     Ready {
-        #[arg(long, default_value = "http://127.0.0.1:9187/readyz")]
-        url: String,
+        /// Defaults to `/readyz` on `http.listen`'s default address.
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -77,26 +85,22 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let path = match &cli.command {
-        Command::Run { config, .. }
-        | Command::CheckConfig { config }
-        | Command::Status { config, .. }
-        | Command::Tail { config, .. }
-        | Command::Doctor { config } => config.clone(),
-        Command::Ready { url } => {
-            return match walrelay::http::http_get(url) {
-                Ok((200, _)) => ExitCode::SUCCESS,
-                Ok((code, body)) => {
-                    eprintln!("walrelay ready: {code} {body}");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("walrelay ready: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-    };
+    if let Command::Ready { url } = &cli.command {
+        let default = format!("http://{}/readyz", walrelay::config::DEFAULT_HTTP_LISTEN);
+        let url = url.as_deref().unwrap_or(&default);
+        return match walrelay::http::http_get(url) {
+            Ok((200, _)) => ExitCode::SUCCESS,
+            Ok((code, body)) => {
+                eprintln!("walrelay ready: {code} {body}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("walrelay ready: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let path = cli.config.clone();
     let settings = match walrelay::config::load(&path) {
         Ok(s) => s,
         Err(e) => {
@@ -105,18 +109,26 @@ fn main() -> ExitCode {
         }
     };
     let log_json = match &cli.command {
-        Command::CheckConfig { .. } => {
-            println!("{}: configuration is valid", path.display());
+        Command::CheckConfig { show } => {
+            if *show {
+                match walrelay::config::effective(&path) {
+                    Ok(text) => print!("{text}"),
+                    Err(e) => {
+                        eprintln!("walrelay: invalid configuration in {}: {e}", path.display());
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            } else {
+                println!("{}: configuration is valid", path.display());
+            }
             return ExitCode::SUCCESS;
         }
         Command::Run {
             log_format: Some(f),
-            ..
-        } => match f.as_str() {
-            "json" => true,
-            "text" => false,
-            other => {
-                eprintln!("walrelay: --log-format {other:?} is not \"text\" or \"json\"");
+        } => match walrelay::config::log_format_is_json(f) {
+            Some(json) => json,
+            None => {
+                eprintln!("walrelay: --log-format {f:?} is not \"text\" or \"json\"");
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
@@ -140,7 +152,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Status { json, .. } => runtime.block_on(async {
+        Command::Status { json } => runtime.block_on(async {
             match walrelay::status::collect(&settings).await {
                 Ok(report) => {
                     if json {
@@ -156,7 +168,7 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::Doctor { .. } => runtime.block_on(async {
+        Command::Doctor => runtime.block_on(async {
             let findings = walrelay::doctor::run(&settings).await;
             for f in &findings {
                 println!("{f}");
@@ -170,13 +182,14 @@ fn main() -> ExitCode {
         Command::Tail {
             queue,
             binding,
+            ack,
             count,
             idle_timeout_secs,
-            ..
         } => runtime.block_on(async {
             let opts = walrelay::tail::TailOptions {
                 queue,
                 binding,
+                ack,
                 count,
                 idle_timeout: idle_timeout_secs.map(std::time::Duration::from_secs),
             };
@@ -192,50 +205,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// `walrelay run`: the pipeline, the HTTP endpoint and the SQL probe, until a signal.
+/// `walrelay run`: the service until a signal.
 async fn serve(settings: walrelay::config::Settings) -> ExitCode {
-    use std::sync::Arc;
-    use walrelay::health::Health;
-    use walrelay::metrics::Metrics;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let signal_tx = stop_tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("signal received: stopping (waiting for outstanding confirms)");
-        let _ = signal_tx.send(true);
+        let _ = stop_tx.send(true);
     });
-    info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.slot, "walrelay starting");
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(
-        settings.status_interval,
-        settings.confirm_timeout,
-    ));
-    let http_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(addr) = settings.http_listen {
-        let listener = walrelay::http::serve(
-            addr,
-            Arc::clone(&metrics),
-            Arc::clone(&health),
-            stop_rx.clone(),
-        );
-        let stop_tx = stop_tx.clone();
-        let failed = Arc::clone(&http_failed);
-        tokio::spawn(async move {
-            if let Err(e) = listener.await {
-                error!(error = %e, "HTTP endpoint failed; stopping");
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                let _ = stop_tx.send(true);
-            }
-        });
-    }
-    tokio::spawn(walrelay::probe::run(
-        settings.clone(),
-        Arc::clone(&metrics),
-        stop_rx.clone(),
-    ));
-    let obs = walrelay::pipeline::Observers { metrics, health };
-    let code = match walrelay::pipeline::run(&settings, obs, stop_rx).await {
-        Ok(()) if http_failed.load(std::sync::atomic::Ordering::Relaxed) => ExitCode::FAILURE,
+    let code = match walrelay::service::run(settings, stop_rx).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %walrelay::pipeline::error_chain(&e), "walrelay stopped");
@@ -246,18 +224,32 @@ async fn serve(settings: walrelay::config::Settings) -> ExitCode {
     code
 }
 
+/// Logs to stderr, filtered by `WALRELAY_LOG` (default `info`). Only walrelay's own events are
+/// ever written: its log lines never carry row values, while a dependency's may (the AMQP
+/// client logs a returned message whole, body included), and no `WALRELAY_LOG` setting can turn
+/// those back on. walrelay reports every failure itself, with its cause.
 fn init_logging(json: bool) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{EnvFilter, filter_fn};
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_env("WALRELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files and container logs get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let own = filter_fn(|meta| meta.target().starts_with("walrelay"));
+    // Colours only on a terminal: log files and container logs get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry();
     if json {
-        builder.json().init();
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .with_filter(own);
+        registry.with(layer).init();
     } else {
-        builder.init();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .with_filter(own);
+        registry.with(layer).init();
     }
 }
 

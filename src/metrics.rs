@@ -73,6 +73,11 @@ pub struct Metrics {
     pub streaming: Gauge,
     /// Round trip of the heartbeat message, from `pg_logical_emit_message` to its confirm.
     pub heartbeat_seconds: Gauge<f64, AtomicU64>,
+    /// Events confirmed since start, for the progress log line (not exported: the exported
+    /// counters have labels).
+    pub progress_events: AtomicU64,
+    /// Transactions received since start, for the progress log line.
+    pub progress_transactions: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -107,6 +112,8 @@ impl Metrics {
             last_server_message: Gauge::default(),
             streaming: Gauge::default(),
             heartbeat_seconds: Gauge::default(),
+            progress_events: AtomicU64::new(0),
+            progress_transactions: AtomicU64::new(0),
             registry: Registry::default(),
         };
         registry.register(
@@ -211,12 +218,40 @@ impl Metrics {
             "1 while replication is streaming",
             m.streaming.clone(),
         );
-        r.register(
-            "heartbeat_round_trip_seconds",
-            "Last heartbeat's time from emit to broker confirm",
-            m.heartbeat_seconds.clone(),
-        );
+        // Families with known label sets are exported at 0 from the start, so alerts and
+        // dashboards work on a fresh instance (Prometheus: avoid missing metrics).
+        for reason in ["excluded", "op", "predicate", "noop"] {
+            let _ = m.events_filtered.get_or_create(&[("reason", reason)]);
+        }
+        for policy in ["skip", "summarize", "reroute", "publish"] {
+            let _ = m.flood_events.get_or_create(&[("policy", policy)]);
+        }
+        for trigger in ["max_changes", "marker", "origin"] {
+            let _ = m.flood_transactions.get_or_create(&[("trigger", trigger)]);
+        }
+        for side in ["postgres", "rabbitmq"] {
+            let _ = m.reconnects.get_or_create(&[("side", side)]);
+        }
+        for side in ["postgres", "rabbitmq", "walrelay"] {
+            for kind in ["transient", "permanent"] {
+                let _ = m.errors.get_or_create(&[("side", side), ("kind", kind)]);
+            }
+        }
         Metrics { registry, ..m }
+    }
+
+    /// The metrics of a service with these settings: the heartbeat gauge exists only when
+    /// heartbeats are on (a 0 would read as a perfect round trip).
+    pub fn for_heartbeats(heartbeats: bool) -> Metrics {
+        let mut m = Metrics::new();
+        if heartbeats {
+            m.registry.register(
+                "heartbeat_round_trip_seconds",
+                "Last heartbeat's time from pg_logical_emit_message to walrelay decoding it",
+                m.heartbeat_seconds.clone(),
+            );
+        }
+        m
     }
 
     /// The text exposition.

@@ -1,7 +1,12 @@
 //! `walrelay tail`: a small consumer that prints what walrelay publishes, one line per event
-//! (`<routing key> <JSON body>`). It declares a durable queue bound to the configured exchange,
-//! so it doubles as the demo's consumer and as a debugging tool: point it at a binding
-//! (`--binding 'public.orders.*'`) and watch. Messages are acknowledged after printing.
+//! (`<routing key> <JSON body>`).
+//!
+//! By default it binds a temporary queue of its own (server-named, exclusive, auto-delete, not
+//! durable) to the exchange with `--binding`, so it shows events published from the moment it
+//! starts and leaves nothing behind: no queue that keeps collecting messages after it exits, no
+//! binding that makes `doctor` think someone reads those events. `--queue NAME` reads a queue
+//! that exists instead; it only *peeks* (messages go back to the queue when tail exits) unless
+//! `--ack` says to consume them, which is what the demo's consumer does.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -16,8 +21,13 @@ use crate::config::Settings;
 
 /// What to consume.
 pub struct TailOptions {
-    pub queue: String,
-    pub binding: String,
+    /// A named queue (durable, declared when missing); `None`: a temporary queue of our own.
+    pub queue: Option<String>,
+    /// Binding key on the exchange. For a named queue, bound only when given.
+    pub binding: Option<String>,
+    /// Acknowledge (remove) what is printed from a named queue; a temporary queue is always
+    /// consumed, since it is ours and vanishes anyway.
+    pub ack: bool,
     /// Stop after this many messages.
     pub count: Option<u64>,
     /// Stop when nothing arrived for this long (after the first message, or from the start).
@@ -33,17 +43,6 @@ pub async fn run(
     let conn =
         Connection::connect(settings.sink.url.expose(), ConnectionProperties::default()).await?;
     let exchange = settings.sink.exchange.as_str();
-    // An existing queue is used as it is (whatever its type and arguments): a passive declare
-    // checks it exists; a failed passive declare closes the channel, so open another.
-    let probe = conn.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let exists = probe
-        .queue_declare(opts.queue.as_str().into(), passive, FieldTable::default())
-        .await
-        .is_ok();
     let ch = conn.create_channel().await?;
     ch.exchange_declare(
         exchange.into(),
@@ -55,29 +54,75 @@ pub async fn run(
         FieldTable::default(),
     )
     .await?;
-    if !exists {
-        ch.queue_declare(
-            opts.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
+    let (queue, ack) = match &opts.queue {
+        None => {
+            let q = ch
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        durable: false,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            (q.name().to_string(), true)
+        }
+        Some(name) => {
+            // An existing queue is used as it is (whatever its type and arguments): a passive
+            // declare checks it exists; a failed passive declare closes the channel.
+            let probe = conn.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
                 ..Default::default()
-            },
+            };
+            let exists = probe
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await
+                .is_ok();
+            if !exists {
+                ch.queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            }
+            (name.clone(), opts.ack)
+        }
+    };
+    let binding = match (&opts.queue, &opts.binding) {
+        (None, b) => Some(b.as_deref().unwrap_or("#")),
+        (Some(_), b) => b.as_deref(),
+    };
+    if let Some(b) = binding {
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.into(),
+            b.into(),
+            QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
     }
-    ch.queue_bind(
-        opts.queue.as_str().into(),
-        exchange.into(),
-        opts.binding.as_str().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    eprintln!(
-        "walrelay tail: consuming queue {:?} bound to exchange {exchange:?} with {:?}",
-        opts.queue, opts.binding
-    );
+    match &opts.queue {
+        None => eprintln!(
+            "walrelay tail: consuming a temporary queue bound to exchange {exchange:?} with {:?}: \
+             events published from now on are shown",
+            binding.unwrap_or("#")
+        ),
+        Some(q) if ack => {
+            eprintln!("walrelay tail: consuming queue {q:?} (printed messages are removed from it)")
+        }
+        Some(q) => eprintln!(
+            "walrelay tail: consuming queue {q:?} without removing anything (messages go back when tail exits; --ack consumes them)"
+        ),
+    }
     let mut printed = 0;
     let mut last = Instant::now();
     loop {
@@ -88,23 +133,23 @@ pub async fn run(
             break;
         }
         match ch
-            .basic_get(
-                opts.queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
             .await?
         {
             Some(msg) => {
                 let body = String::from_utf8_lossy(&msg.delivery.data);
                 let _ = writeln!(out, "{} {}", msg.delivery.routing_key, body);
                 let _ = out.flush();
-                msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+                if ack {
+                    msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
                 printed += 1;
                 last = Instant::now();
             }
             None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+    // Closing returns every unacknowledged (peeked) message to its queue and deletes ours.
     let _ = conn.close(200, "walrelay tail done".into()).await;
     Ok(printed)
 }

@@ -46,7 +46,7 @@ fn count(relay: &Relay, needle: &str) -> usize {
     relay.log().matches(needle).count()
 }
 
-const ENDED: &str = "session ended; reconnecting";
+const ENDED: &str = "session ended; retrying";
 
 /// Waits until walrelay has ended one more session than `before`; returns how long it took.
 async fn noticed(relay: &Relay, before: usize, bound: Duration) -> Duration {

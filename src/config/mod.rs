@@ -42,6 +42,9 @@ pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9187";
 /// Silence from the server for this long (after asking it to answer) means the connection is
 /// dead: a blackholed network sends no RST, and TCP alone would wait for many minutes.
 pub const DEFAULT_RECEIVE_TIMEOUT_MS: u64 = 30_000;
+/// How often a progress line is logged: often enough to show life in a log, rare enough not to
+/// flood it.
+pub const DEFAULT_PROGRESS_INTERVAL_MS: u64 = 60_000;
 /// How often the slot's retained WAL is sampled over SQL.
 pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 10_000;
 /// While another instance holds the slot, how often a standby tries to take it: the takeover
@@ -101,6 +104,7 @@ pub struct RawService {
     pub reconnect_max_ms: Option<u64>,
     pub log_format: Option<String>,
     pub heartbeat_interval_ms: Option<u64>,
+    pub progress_interval_ms: Option<u64>,
     pub probe_interval_ms: Option<u64>,
     pub standby_retry_ms: Option<u64>,
     pub state_file: Option<std::path::PathBuf>,
@@ -176,8 +180,80 @@ const ENV_NOT_CONFIG: [&str; 7] = [
     "WALRELAY_CHAOS_LONG",
 ];
 
+/// The one reading of a log format name (`service.log_format`, `--log-format`): `Some(true)`
+/// for JSON, `Some(false)` for text.
+pub fn log_format_is_json(name: &str) -> Option<bool> {
+    match name {
+        "text" => Some(false),
+        "json" => Some(true),
+        _ => None,
+    }
+}
+
+/// The effective configuration of a file, as TOML: the file with the environment's overrides
+/// applied and every URL's password redacted. Keys it does not list take their defaults.
+pub fn effective(path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("(file)", format!("cannot read {}: {e}", path.display())))?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let (mut table, _) = merged(&text, &env)?;
+    for (_, section) in table.iter_mut() {
+        let Some(section) = section.as_table_mut() else {
+            continue;
+        };
+        for (key, value) in section.iter_mut() {
+            if let toml::Value::String(s) = value
+                && (key.as_str() == "url" || key.as_str() == "management_url")
+            {
+                let redacted = redact_url(s.as_str());
+                *value = toml::Value::String(redacted);
+            }
+        }
+    }
+    let body = toml::to_string(&table).unwrap_or_default();
+    Ok(format!(
+        "# effective configuration of {}: the file with environment overrides applied, passwords redacted;\n\
+         # keys not listed take their defaults (docs/configuration.md)\n{body}",
+        path.display()
+    ))
+}
+
+/// A URL with its password replaced by `redacted` (unparsable: entirely redacted).
+fn redact_url(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("redacted"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<redacted>".to_owned(),
+    }
+}
+
 /// Parses `text`, applies overrides from `env`, validates.
 pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Settings, ConfigError> {
+    let (table, from_env) = merged(text, env)?;
+    let raw = match RawConfig::deserialize(toml::Value::Table(table)) {
+        Ok(raw) => raw,
+        // Every override passed alone, so the file is what is wrong: find where.
+        Err(e) => return Err(schema_error(text, e.message())),
+    };
+    validate::validate(raw).map_err(|mut e| {
+        match from_env.iter().find(|(path, _)| *path == e.key) {
+            Some((_, var)) => e.message = format!("from environment variable {var}: {}", e.message),
+            None => e.line = location::line_of(text, &e.key),
+        }
+        e
+    })
+}
+
+/// The file's table with the environment's overrides applied, and which keys they set (path,
+/// variable). Each override is checked alone, so a wrong one names its variable.
+fn merged(
+    text: &str,
+    env: &[(String, String)],
+) -> Result<(toml::Table, Vec<(String, String)>), ConfigError> {
     let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
     // Keys set from the environment, with the variable that set them.
     let mut from_env: Vec<(String, String)> = Vec::new();
@@ -229,18 +305,7 @@ pub fn from_str_with_env(text: &str, env: &[(String, String)]) -> Result<Setting
         section_table.insert(key, value);
         from_env.push((path, name.clone()));
     }
-    let raw = match RawConfig::deserialize(toml::Value::Table(table)) {
-        Ok(raw) => raw,
-        // Every override passed alone, so the file is what is wrong: find where.
-        Err(e) => return Err(schema_error(text, e.message())),
-    };
-    validate::validate(raw).map_err(|mut e| {
-        match from_env.iter().find(|(path, _)| *path == e.key) {
-            Some((_, var)) => e.message = format!("from environment variable {var}: {}", e.message),
-            None => e.line = location::line_of(text, &e.key),
-        }
-        e
-    })
+    Ok((table, from_env))
 }
 
 /// A type or unknown-key error in the file, with the key's full path and line.

@@ -71,6 +71,8 @@ pub struct Settings {
     pub http_listen: Option<std::net::SocketAddr>,
     /// Emit a heartbeat logical message this often (off when `None`).
     pub heartbeat_interval: Option<Duration>,
+    /// Log a progress line this often while running (off when `None`).
+    pub progress_interval: Option<Duration>,
     pub probe_interval: Duration,
     pub standby_retry: Duration,
     /// RabbitMQ's management API, for `walrelay doctor` (bindings and queue types).
@@ -223,16 +225,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must not be below service.reconnect_min_ms".into(),
         ));
     }
-    let log_json = match raw.service.log_format.as_deref().unwrap_or("text") {
-        "text" => false,
-        "json" => true,
-        other => {
-            return Err(ConfigError::new(
-                "service.log_format",
-                format!("{other:?} is not \"text\" or \"json\""),
-            ));
-        }
-    };
+    let format = raw.service.log_format.as_deref().unwrap_or("text");
+    let log_json = super::log_format_is_json(format).ok_or_else(|| {
+        ConfigError::new(
+            "service.log_format",
+            format!("{format:?} is not \"text\" or \"json\""),
+        )
+    })?;
     let http_listen = match raw.http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN) {
         "" | "off" => None,
         addr => Some(addr.parse().map_err(|_| {
@@ -241,6 +240,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 format!("{addr:?} is not an address like 127.0.0.1:9187 (or \"off\")"),
             )
         })?),
+    };
+    let progress_interval = match raw
+        .service
+        .progress_interval_ms
+        .unwrap_or(DEFAULT_PROGRESS_INTERVAL_MS)
+    {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
     };
     let heartbeat_interval = match raw.service.heartbeat_interval_ms {
         None | Some(0) => None,
@@ -302,6 +309,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         state_file: raw.service.state_file,
         http_listen,
         heartbeat_interval,
+        progress_interval,
         probe_interval,
         standby_retry,
         management_url: raw.rabbitmq.management_url,

@@ -61,6 +61,44 @@ fn col(row: &[Option<String>], i: usize) -> String {
     row.get(i).cloned().flatten().unwrap_or_default()
 }
 
+/// Why this role could not run the plan's `CREATE PUBLICATION` (it needs `CREATE` on the
+/// database and ownership of every table, or superuser), or `None` when it can.
+async fn create_refusal(
+    c: &mut Connection,
+    plan: &publication::Plan,
+) -> Result<Option<String>, SourceError> {
+    let r = one(
+        c,
+        "SELECT r.rolsuper, has_database_privilege(current_database(), 'CREATE'), current_database() \
+         FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .await?;
+    if col(&r, 0) == "t" {
+        return Ok(None);
+    }
+    let mut why = Vec::new();
+    if col(&r, 1) != "t" {
+        why.push(format!("it lacks CREATE on database {}", col(&r, 2)));
+    }
+    let names: Vec<String> = plan
+        .tables
+        .iter()
+        .map(|t| format!("({}, {})", quote_literal(&t.schema), quote_literal(&t.name)))
+        .collect();
+    let rows = c
+        .simple_query(&format!(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE (n.nspname, c.relname) IN ({}) AND NOT pg_has_role(c.relowner, 'USAGE') ORDER BY 1",
+            names.join(", ")
+        ))
+        .await?;
+    let foreign: Vec<String> = rows.into_iter().map(|r| col(&r, 0)).collect();
+    if !foreign.is_empty() {
+        why.push(format!("it does not own {}", foreign.join(", ")));
+    }
+    Ok((!why.is_empty()).then(|| why.join("; ")))
+}
+
 /// `postgres.failover_slot`: the server must support it, and the primary should hold logical
 /// changes back until the standby has them (docs/operations.md#failover).
 async fn failover_checks(
@@ -332,48 +370,51 @@ async fn checks(
     if let Some(e) = rule_error {
         out.push(fail(e));
     }
+    let tables = |n: usize| {
+        if n == 1 {
+            "1 table".to_owned()
+        } else {
+            format!("{n} tables")
+        }
+    };
     if exists {
         out.push(ok(format!(
-            "publication {} exists ({} streamed tables)",
+            "publication {} exists ({} streamed)",
             settings.publication,
-            streamed.len()
+            tables(streamed.len())
         )));
         for p in &filter.include {
-            if !streamed.iter().any(|t| p.matches(&t.schema, &t.name)) {
+            if p.exact().is_none() && !streamed.iter().any(|t| p.matches(&t.schema, &t.name)) {
                 out.push(warn(format!(
                     "filter.include {:?} matches no table of publication {}",
                     p.text, settings.publication
                 )));
             }
         }
+        // The same checks `run` makes at start (an exactly named table missing from the
+        // publication, a rule that cannot apply), with the same remedy.
         if let Err(e) =
             publication::check_rules(c, &settings.publication, filter, &settings.routing_key).await
             && !matches!(e, SourceError::Filter(_))
         {
             out.push(fail(e.to_string()));
         }
-    } else if let Some(p) = filter
-        .include
-        .iter()
-        .find(|p| p.exact().is_some() && !streamed.iter().any(|t| p.matches(&t.schema, &t.name)))
-    {
-        out.push(fail(format!(
-            "filter.include names {}, which does not exist: walrelay cannot create the publication",
-            p.text
-        )));
-    } else if filter.include.is_empty() {
-        out.push(fail(format!(
-            "publication {} does not exist and filter.include is empty: nothing to create it from",
-            settings.publication
-        )));
-    } else if streamed.is_empty() {
-        out.push(fail("filter.include matches no existing table"));
     } else {
-        out.push(ok(format!(
-            "publication {} will be created for {} tables",
-            settings.publication,
-            streamed.len()
-        )));
+        match publication::plan(c, &settings.publication, filter).await {
+            Err(e) => out.push(fail(e.to_string())),
+            Ok(plan) => match create_refusal(c, &plan).await? {
+                Some(why) => out.push(fail(publication::may_not_create(
+                    &settings.publication,
+                    &why,
+                    &plan.sql,
+                ))),
+                None => out.push(ok(format!(
+                    "publication {} will be created for {}",
+                    settings.publication,
+                    tables(plan.tables.len())
+                ))),
+            },
+        }
     }
     Ok(streamed)
 }

@@ -70,6 +70,9 @@ pub struct FloodGuard {
     summaries: Vec<Summary>,
     tally: Tally,
     metrics: Arc<Metrics>,
+    /// False while replaying a transaction an earlier session already counted (a retry after
+    /// a failure): its floods are not counted twice.
+    count: bool,
 }
 
 impl FloodGuard {
@@ -85,6 +88,7 @@ impl FloodGuard {
             summaries: Vec::new(),
             tally: Tally::default(),
             metrics,
+            count: true,
         }
     }
 
@@ -93,8 +97,10 @@ impl FloodGuard {
         self.held.len()
     }
 
-    /// A transaction begins.
-    pub fn begin(&mut self) {
+    /// A transaction begins; `count`: whether its floods go into the metrics (false for a
+    /// transaction an earlier session already counted).
+    pub fn begin(&mut self, count: bool) {
+        self.count = count;
         self.mode = if self.counting {
             Mode::Undecided
         } else {
@@ -184,10 +190,12 @@ impl FloodGuard {
                     published = t.published,
                     "flood transaction"
                 );
-                self.metrics.flood_events("skip", t.skipped);
-                self.metrics.flood_events("summarize", t.summarized);
-                self.metrics.flood_events("reroute", t.rerouted);
-                self.metrics.flood_events("publish", t.published);
+                if self.count {
+                    self.metrics.flood_events("skip", t.skipped);
+                    self.metrics.flood_events("summarize", t.summarized);
+                    self.metrics.flood_events("reroute", t.rerouted);
+                    self.metrics.flood_events("publish", t.published);
+                }
             }
         }
         self.mode = Mode::Normal;
@@ -199,10 +207,12 @@ impl FloodGuard {
         }
         let reason = reason.as_str();
         self.mode = Mode::Flood(reason);
-        self.metrics
-            .flood_transactions
-            .get_or_create(&[("trigger", reason)])
-            .inc();
+        if self.count {
+            self.metrics
+                .flood_transactions
+                .get_or_create(&[("trigger", reason)])
+                .inc();
+        }
         let held: Vec<Candidate> = self.held.drain(..).collect();
         for c in held {
             self.apply(c, out);

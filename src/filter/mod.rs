@@ -340,6 +340,9 @@ impl FilterSettings {
             verdict,
             ops: rule.map_or(OpSet::ALL, |r| r.ops),
             mask,
+            predicate_on_deletes: predicate
+                .as_ref()
+                .is_some_and(Predicate::applies_to_deletes),
             predicate,
             skip_noop: rule
                 .and_then(|r| r.skip_noop_updates)
@@ -386,6 +389,8 @@ pub struct TableView {
     /// Published columns by position; `None` when all are.
     pub mask: Option<Vec<bool>>,
     pub predicate: Option<Predicate>,
+    /// The predicate decides deletes too ([`Predicate::applies_to_deletes`]); else they pass.
+    pub predicate_on_deletes: bool,
     pub skip_noop: bool,
     pub exchange: Option<Arc<str>>,
     pub routing: RoutingTemplate,
@@ -453,6 +458,7 @@ impl TableView {
             return Admit::Publish;
         };
         if let Some(p) = &self.predicate
+            && (op != Op::Delete || self.predicate_on_deletes)
             && !p.eval(row)
         {
             return Admit::Drop(Dropped::Predicate);

@@ -19,6 +19,18 @@ use crate::pgoutput::{Datum, Relation, TupleData};
 pub enum Image {
     New,
     Old,
+    /// The row the change is about: `new` for inserts and updates, `old` for deletes.
+    Row,
+}
+
+impl Image {
+    fn as_str(self) -> &'static str {
+        match self {
+            Image::New => "new",
+            Image::Old => "old",
+            Image::Row => "row",
+        }
+    }
 }
 
 /// A literal from the expression.
@@ -114,7 +126,7 @@ impl Predicate {
                 .ok_or_else(|| {
                     format!(
                         "{}.{name}: {}.{} has no column {name:?}",
-                        if image == Image::New { "new" } else { "old" },
+                        image.as_str(),
                         rel.schema,
                         rel.name
                     )
@@ -122,6 +134,31 @@ impl Predicate {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// Whether the predicate decides deletes. A delete has no new row, so a predicate that
+    /// reads only `new.…` would drop every delete — the consumer would keep deleted rows
+    /// forever. Such a predicate does not apply to deletes: they pass. Naming `old`, `row` or
+    /// `op` anywhere makes it apply to deletes too.
+    pub fn applies_to_deletes(&self) -> bool {
+        let mut decides = self.reads_op();
+        let mut copy = self.clone();
+        let _ = copy.visit_columns(&mut |image, _, _| {
+            decides |= image != Image::New;
+            Ok(())
+        });
+        decides
+    }
+
+    fn reads_op(&self) -> bool {
+        let op = |o: &Operand| matches!(o, Operand::Op);
+        match self {
+            Predicate::And(a, b) | Predicate::Or(a, b) => a.reads_op() || b.reads_op(),
+            Predicate::Not(a) => a.reads_op(),
+            Predicate::Cmp(a, _, b) => op(a) || op(b),
+            Predicate::In(a, _) | Predicate::Str(a, _, _) | Predicate::Truthy(a) => op(a),
+            Predicate::Const(_) => false,
+        }
     }
 
     /// The column names the predicate reads.
@@ -205,6 +242,8 @@ fn value<'a>(o: &'a Operand, row: &RowView<'a>) -> Val<'a> {
             let tuple = match image {
                 Image::New => row.new,
                 Image::Old => row.old,
+                Image::Row if row.op == "delete" => row.old,
+                Image::Row => row.new,
             };
             match tuple.and_then(|t| t.columns.get(*index)) {
                 None | Some(Datum::Null) => Val::Null,
@@ -386,7 +425,7 @@ fn operand(e: &IdedExpr) -> Result<Operand, String> {
             })
         }
         CelExpr::Ident(name) => Err(format!(
-            "unknown name {name:?}: use new.<column>, old.<column> or op"
+            "unknown name {name:?}: use new.<column>, old.<column>, row.<column> or op"
         )),
         _ => Err("unsupported expression: use columns, literals and comparisons".into()),
     }
@@ -396,7 +435,8 @@ fn image_of(e: &IdedExpr) -> Result<Image, String> {
     match &e.expr {
         CelExpr::Ident(n) if n == "new" => Ok(Image::New),
         CelExpr::Ident(n) if n == "old" => Ok(Image::Old),
-        _ => Err("columns are read as new.<column> or old.<column>".into()),
+        CelExpr::Ident(n) if n == "row" => Ok(Image::Row),
+        _ => Err("columns are read as new.<column>, old.<column> or row.<column>".into()),
     }
 }
 

@@ -143,3 +143,38 @@ fn rejects_what_it_cannot_evaluate() {
         vec!["status".to_owned(), "amount".to_owned()]
     );
 }
+
+#[test]
+fn a_predicate_on_new_only_lets_deletes_pass_and_row_reads_the_deleted_row() {
+    let only_new = Predicate::compile("new.active").unwrap();
+    assert!(!only_new.applies_to_deletes());
+    for src in [
+        "old.active",
+        "row.active",
+        "op == 'delete' || new.active",
+        "new.a == old.a",
+    ] {
+        assert!(
+            Predicate::compile(src).unwrap().applies_to_deletes(),
+            "{src}"
+        );
+    }
+    let r = rel();
+    let p = Predicate::compile("row.status == 'x'")
+        .unwrap()
+        .bind(&r)
+        .unwrap();
+    let t = row([Some("1"), Some("x"), None, None, None]);
+    let deleted = RowView {
+        op: "delete",
+        new: None,
+        old: Some(&t),
+    };
+    assert!(p.eval(&deleted), "row is the old row of a delete");
+    let inserted = RowView {
+        op: "insert",
+        new: Some(&t),
+        old: None,
+    };
+    assert!(p.eval(&inserted), "row is the new row of an insert");
+}

@@ -324,7 +324,7 @@ const TX: TxContext = TxContext {
 fn run_tx(guard: &mut FloodGuard, view: &Arc<TableView>, n: u64, peak: &mut usize) -> Vec<Event> {
     let mut out = VecDeque::new();
     let mut sent = Vec::new();
-    guard.begin();
+    guard.begin(true);
     for i in 0..n {
         guard.offer(candidate(view, i), &mut out);
         *peak = (*peak).max(out.len() + guard.held());
@@ -421,23 +421,23 @@ fn markers_and_origins_decide_before_any_change() {
     );
     let mut g = FloodGuard::new(s.flood.clone(), false, m);
     let mut out = VecDeque::new();
-    g.begin();
+    g.begin(true);
     assert!(!g.marker("other", &mut out));
     g.offer(candidate(&view, 0), &mut out);
     assert_eq!(out.len(), 1, "not counting: changes pass straight through");
     g.commit(&TX, &mut out);
     out.clear();
-    g.begin();
+    g.begin(true);
     assert!(g.marker("walrelay", &mut out));
     g.offer(candidate(&view, 1), &mut out);
     g.commit(&TX, &mut out);
     assert!(out.is_empty());
-    g.begin();
+    g.begin(true);
     g.origin("loader", &mut out);
     g.offer(candidate(&view, 1), &mut out);
     g.commit(&TX, &mut out);
     assert!(out.is_empty());
-    g.begin();
+    g.begin(true);
     g.origin("someone_else", &mut out);
     g.offer(candidate(&view, 1), &mut out);
     g.commit(&TX, &mut out);

@@ -62,6 +62,38 @@ impl RunError {
         matches!(self, RunError::Source(SourceError::Server(e)) if e.code == "55006")
     }
 
+    /// What an operator should check while walrelay retries this error (none: nothing to do
+    /// but wait).
+    pub fn hint(&self) -> &'static str {
+        match self {
+            RunError::Source(SourceError::Connect { .. } | SourceError::ConnectTimeout(_)) => {
+                "cannot reach PostgreSQL: check postgres.url's host and port, that the server runs and listens there (listen_addresses), and the network between"
+            }
+            RunError::Source(SourceError::Silent(_)) => {
+                "PostgreSQL stopped answering: check the server and the network path to it"
+            }
+            RunError::Source(SourceError::Server(e)) if e.code.starts_with("57") => {
+                "PostgreSQL is shutting down or restarting: walrelay resumes when it is back"
+            }
+            RunError::Source(SourceError::Server(e)) if e.code.starts_with("53") => {
+                "PostgreSQL is out of a resource (connections, memory, disk): check max_connections and the server's log"
+            }
+            RunError::Source(SourceError::TypesChanged { .. }) => "",
+            RunError::Source(_) => "check the PostgreSQL server's log",
+            RunError::Sink(SinkError::Unroutable { .. }) => {
+                "bind a queue for that routing key (walrelay doctor lists every unbound key); the stream resumes once the message is routable"
+            }
+            RunError::Sink(SinkError::Nacked { .. }) => {
+                "the queue refused the message: check its length limits and overflow policy"
+            }
+            RunError::Sink(SinkError::ConnectTimeout { .. }) => {
+                "cannot reach RabbitMQ: check rabbitmq.url's host and port, that the broker runs, and the network between"
+            }
+            RunError::Sink(_) => "check RabbitMQ's state and log (alarms, connections)",
+            RunError::Task(_) => "",
+        }
+    }
+
     /// Which side failed, for metrics and logs.
     pub fn side(&self) -> &'static str {
         match self {
@@ -82,6 +114,9 @@ struct Memory {
     /// session that reads the catalog again and still finds a mismatch at or before it is
     /// looking at values older than the catalog: it sends them as text rather than retry.
     types_reloaded_at: Option<Lsn>,
+    /// How far sessions have counted the filter and flood metrics: the next session replays
+    /// what was not confirmed, and counts it only once.
+    counted: transform::Counted,
 }
 
 /// Runs sessions until `shutdown` becomes true (Ok) or a permanent error (Err).
@@ -130,6 +165,15 @@ pub async fn run(
                 }
             }
             Err(e) if e.is_transient() => {
+                let code = match &e {
+                    RunError::Sink(SinkError::Unroutable { .. }) => crate::health::RETRY_UNROUTABLE,
+                    RunError::Sink(SinkError::Nacked { .. }) => crate::health::RETRY_NACKED,
+                    RunError::Sink(_) => crate::health::RETRY_BROKER,
+                    _ => crate::health::RETRY_POSTGRES,
+                };
+                obs.health
+                    .retrying
+                    .store(code, std::sync::atomic::Ordering::Relaxed);
                 if let RunError::Source(SourceError::TypesChanged { at, .. }) = &e {
                     // Never backwards: a later session must not forget an older reload.
                     memory.types_reloaded_at = memory.types_reloaded_at.max(Some(*at));
@@ -142,7 +186,8 @@ pub async fn run(
                 if started.elapsed() > settings.reconnect_max {
                     delay = settings.reconnect_min;
                 }
-                warn!(error = %error_chain(&e), side = e.side(), retry_in_ms = delay.as_millis() as u64, "session ended; reconnecting");
+                warn!(error = %error_chain(&e), side = e.side(), retry_in_ms = delay.as_millis() as u64,
+                      hint = e.hint(), "session ended; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => {}
@@ -188,7 +233,16 @@ async fn session(
             .map_err(|_| SinkError::ConnectTimeout {
                 waited: settings.confirm_timeout,
             })??;
-    info!(exchange = %settings.sink.exchange, "connected to RabbitMQ");
+    // A standby retries every few seconds: say it once, not at every attempt.
+    if obs
+        .health
+        .standby
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::debug!(exchange = %settings.sink.exchange, "connected to RabbitMQ");
+    } else {
+        info!(exchange = %settings.sink.exchange, "connected to RabbitMQ");
+    }
     Health::set(&obs.health.broker_connected, true);
     let broker_watch = tokio::spawn(watch_broker(publisher.status(), obs.clone()));
     let _stop_watch = AbortOnDrop(broker_watch);
@@ -240,6 +294,10 @@ async fn session(
     let stream =
         ReplicationStream::start(conn, &settings.slot, start, &settings.publication).await?;
     info!(slot = %settings.slot, start = %start, publication = %settings.publication, "streaming");
+    obs.health.retrying.store(
+        crate::health::RETRY_NONE,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Health::set(&obs.health.standby, false);
     Health::set(&obs.health.streaming, true);
     obs.health.status_sent();
@@ -271,7 +329,8 @@ async fn session(
         types,
         memory.types_reloaded_at,
         Arc::clone(metrics),
-    );
+    )
+    .counted(memory.counted);
     let mut replicator = Replicator {
         stream,
         transform,
@@ -290,6 +349,7 @@ async fn session(
         pending: VecDeque::new(),
     };
     let outcome = replicator.run(shutdown).await;
+    memory.counted = memory.counted.max(replicator.transform.seen());
     let remember = |memory: &mut Memory| {
         let acked = *acked_rx.borrow();
         memory.known = Some(memory.known.map_or(acked, |k| k.max(acked)));

@@ -223,6 +223,8 @@ impl PublishLoop {
             })
             .inc_by(done.events as u64);
         m.bytes_published.inc_by(done.bytes as u64);
+        m.progress_events
+            .fetch_add(done.events as u64, std::sync::atomic::Ordering::Relaxed);
         m.publish_confirm_seconds
             .observe(done.published_at.elapsed().as_secs_f64());
         if let Some(t) = done.commit_time_us {

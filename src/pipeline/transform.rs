@@ -72,6 +72,30 @@ pub struct Transform {
     facts: HashMap<u32, Option<RelationFacts>>,
     /// Relations whose unmatched changes were already warned about (once per relation).
     warned_unmatched: HashSet<u32>,
+    /// What earlier sessions counted in the metrics: a session that ends on an error replays
+    /// what was not confirmed, and a change is counted once, not once per attempt.
+    counted: Counted,
+    /// What this session counted so far (for the next session).
+    seen: Counted,
+}
+
+/// How far the metrics have counted, in stream order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// The last change counted: its transaction's commit LSN and its index.
+    pub change: Option<(Lsn, u64)>,
+    /// The last transaction whose commit was seen (its flood counted).
+    pub commit: Option<Lsn>,
+}
+
+impl Counted {
+    /// The later of two, field by field.
+    pub fn max(self, other: Counted) -> Counted {
+        Counted {
+            change: self.change.max(other.change),
+            commit: self.commit.max(other.commit),
+        }
+    }
 }
 
 impl Transform {
@@ -97,7 +121,27 @@ impl Transform {
             open: None,
             facts: HashMap::new(),
             warned_unmatched: HashSet::new(),
+            counted: Counted::default(),
+            seen: Counted::default(),
         }
+    }
+
+    /// What earlier sessions already counted.
+    pub fn counted(mut self, counted: Counted) -> Transform {
+        self.counted = counted;
+        self
+    }
+
+    /// What this session counted (for the next session's [`Transform::counted`]).
+    pub fn seen(&self) -> Counted {
+        self.seen
+    }
+
+    /// True when the change at `index` of the transaction committing at `lsn` is counted now:
+    /// no earlier session counted it.
+    fn count_change(&mut self, lsn: Lsn, index: u64) -> bool {
+        self.seen.change = self.seen.change.max(Some((lsn, index)));
+        self.counted.change.is_none_or(|c| (lsn, index) > c)
     }
 
     /// Records what the catalog says about relation `oid`, for its next Relation message.
@@ -131,14 +175,19 @@ impl Transform {
                     commit_time_us: Some(b.commit_time_us),
                 };
                 self.open = Some((ctx, 0));
-                self.flood.begin();
+                let count = self.counted.commit.is_none_or(|c| b.final_lsn > c);
+                self.flood.begin(count);
                 self.metrics.transactions_in_progress.set(1);
             }
             Message::Commit(c) => {
                 if let Some((ctx, _)) = self.open.take() {
                     self.flood.commit(&ctx, out);
+                    self.seen.commit = self.seen.commit.max(Some(ctx.commit_lsn));
                 }
                 self.metrics.transactions_in_progress.set(0);
+                self.metrics
+                    .progress_transactions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 out.push_back(Outbound::Position(c.end_lsn));
             }
             Message::Relation(r) => self.relation(r, received)?,
@@ -197,11 +246,19 @@ impl Transform {
     /// Applies the accounting rule: every change the filter looks at is published (`true`),
     /// dropped by an explicit rule and counted by reason, or — for a table the configuration
     /// does not mention — warned about once per relation and counted, or stopped on.
-    fn admitted(&mut self, view: &TableView, admit: Admit) -> Result<bool, TransformError> {
+    fn admitted(
+        &mut self,
+        view: &TableView,
+        admit: Admit,
+        (ctx, index): (&TxContext, u64),
+    ) -> Result<bool, TransformError> {
+        let count = admit != Admit::Publish && self.count_change(ctx.commit_lsn, index);
         match admit {
             Admit::Publish => Ok(true),
             Admit::Drop(reason) => {
-                self.metrics.filtered(reason.as_str());
+                if count {
+                    self.metrics.filtered(reason.as_str());
+                }
                 Ok(false)
             }
             Admit::Unmatched => {
@@ -216,7 +273,9 @@ impl Transform {
                 if self.settings.filter.on_unmatched == OnUnmatched::Stop {
                     return Err(TransformError::Unmatched { table, root });
                 }
-                self.metrics.events_unmatched.inc();
+                if count {
+                    self.metrics.events_unmatched.inc();
+                }
                 if self.warned_unmatched.insert(view.rel.oid) {
                     warn!(table = %table, root = %format!("{}.{}", t.schema, t.name),
                           "changes of this table reach walrelay but no filter.include pattern matches it: \
@@ -266,7 +325,7 @@ impl Transform {
         for oid in &t.relation_oids {
             let (ctx, index) = self.open_tx("truncate")?;
             let view = self.view(*oid)?;
-            if !self.admitted(&view, view.admit(Op::Truncate, None))? {
+            if !self.admitted(&view, view.admit(Op::Truncate, None), (&ctx, index))? {
                 continue;
             }
             let (id, body) =
@@ -358,7 +417,7 @@ impl Transform {
             new,
             old,
         };
-        if !self.admitted(&view, view.admit(op, Some(&row)))? {
+        if !self.admitted(&view, view.admit(op, Some(&row)), (&ctx, index))? {
             return Ok(());
         }
         let out_body = self.render_row(&ctx, index, &view, &change)?;

@@ -52,11 +52,22 @@ pub async fn ensure_publication(
     Ok(())
 }
 
-async fn create(
+/// The publication walrelay would create: its tables (`filter.include` minus `exclude`, logged
+/// tables only) and the `CREATE PUBLICATION` statement. Errors say why it cannot be planned.
+pub struct Plan {
+    pub tables: Vec<TableName>,
+    pub ops: OpSet,
+    pub sql: String,
+    /// Included tables left out because they are UNLOGGED (PostgreSQL refuses them).
+    pub unlogged: Vec<TableName>,
+}
+
+/// Plans the publication walrelay creates when it is missing (nothing is changed).
+pub async fn plan(
     conn: &mut Connection,
     publication: &str,
     filter: &FilterSettings,
-) -> Result<(), SourceError> {
+) -> Result<Plan, SourceError> {
     if filter.include.is_empty() {
         return Err(SourceError::Setup(format!(
             "publication {publication:?} does not exist and filter.include is empty, so walrelay cannot create it"
@@ -69,12 +80,13 @@ async fn create(
             .cloned()
             .collect(),
     );
+    let unlogged: Vec<TableName> = unlogged
+        .into_iter()
+        .filter(|t| filter.included(&t.schema, &t.name))
+        .collect();
     let all = pairs(rows);
     // PostgreSQL never writes unlogged tables to the WAL and refuses them in a publication.
-    for t in unlogged
-        .iter()
-        .filter(|t| filter.included(&t.schema, &t.name))
-    {
+    for t in &unlogged {
         let exact = filter
             .include
             .iter()
@@ -86,7 +98,6 @@ async fn create(
                 t.quoted()
             )));
         }
-        warn!(publication, table = %t, "table is UNLOGGED: PostgreSQL never replicates it, so it is left out of the publication");
     }
     let all: Vec<TableName> = all.into_iter().filter(|t| !unlogged.contains(t)).collect();
     for p in &filter.include {
@@ -94,12 +105,13 @@ async fn create(
             && !all.iter().any(|t| t.schema == schema && t.name == name)
         {
             return Err(SourceError::Setup(format!(
-                "cannot create publication {publication:?}: table {schema}.{name} (filter.include) does not exist"
+                "cannot create publication {publication:?}: table {schema}.{name} (filter.include) does not exist \
+                 (names are case-sensitive; check the spelling)"
             )));
         }
     }
-    let tables: Vec<&TableName> = all
-        .iter()
+    let tables: Vec<TableName> = all
+        .into_iter()
         .filter(|t| filter.included(&t.schema, &t.name))
         .collect();
     if tables.is_empty() {
@@ -121,16 +133,45 @@ async fn create(
         list.join(", "),
         quote_literal(&ops.names().join(", "))
     );
+    Ok(Plan {
+        tables,
+        ops,
+        sql,
+        unlogged,
+    })
+}
+
+/// What `run` says when the role may not create the publication: the owner's statement.
+pub fn may_not_create(publication: &str, why: &str, sql: &str) -> String {
+    format!(
+        "publication {publication:?} does not exist and this role may not create it ({why}). \
+         Ask the tables' owner to run: {sql}"
+    )
+}
+
+async fn create(
+    conn: &mut Connection,
+    publication: &str,
+    filter: &FilterSettings,
+) -> Result<(), SourceError> {
+    let Plan {
+        tables,
+        ops,
+        sql,
+        unlogged,
+    } = plan(conn, publication, filter).await?;
+    for t in &unlogged {
+        warn!(publication, table = %t, "table is UNLOGGED: PostgreSQL never replicates it, so it is left out of the publication");
+    }
+    let list = tables;
     match conn.simple_query(&sql).await {
         Ok(_) => {
             info!(publication, tables = list.len(), publish = %ops.names().join(","), "created publication");
             Ok(())
         }
-        Err(SourceError::Server(e)) if e.code == "42501" => Err(SourceError::Setup(format!(
-            "publication {publication:?} does not exist and this role may not create it ({}). \
-             Ask the tables' owner to run: {sql}",
-            e.message
-        ))),
+        Err(SourceError::Server(e)) if e.code == "42501" => Err(SourceError::Setup(
+            may_not_create(publication, &e.message, &sql),
+        )),
         Err(e) => Err(e),
     }
 }
@@ -331,6 +372,22 @@ pub async fn check_rules(
                 schema: schema.to_owned(),
                 name: name.to_owned(),
             };
+            let exists = !conn
+                .simple_query(&format!(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = {} AND c.relname = {}",
+                    quote_literal(schema),
+                    quote_literal(name)
+                ))
+                .await?
+                .is_empty();
+            if !exists {
+                return Err(SourceError::Setup(format!(
+                    "filter.include names {}, which does not exist in this database \
+                     (names are case-sensitive; check the spelling, or remove it from filter.include)",
+                    p.text
+                )));
+            }
             return Err(SourceError::Setup(format!(
                 "filter.include names {}, which is not in publication {publication:?}: \
                  ALTER PUBLICATION {} ADD TABLE {} (or remove it from filter.include)",

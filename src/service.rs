@@ -1,0 +1,107 @@
+//! `walrelay run` as a library call: the pipeline, the HTTP endpoint, the SQL probe and the
+//! periodic progress line, until `shutdown` turns true or a permanent error. `main.rs` only
+//! parses arguments, sets up logging and signals, and calls [`run`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::Settings;
+use crate::health::Health;
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Observers, RunError};
+
+/// Why the service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("HTTP endpoint failed: {0}")]
+    Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Runs until `shutdown` becomes true (Ok) or a permanent error.
+pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), ServiceError> {
+    info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.slot, "walrelay starting");
+    let metrics = Arc::new(Metrics::for_heartbeats(
+        settings.heartbeat_interval.is_some(),
+    ));
+    let health = Arc::new(Health::new(
+        settings.status_interval,
+        settings.confirm_timeout,
+    ));
+    // One stop signal for everything: the caller's shutdown, or a failed HTTP endpoint.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let forward = stop_tx.clone();
+    let mut outer = shutdown;
+    tokio::spawn(async move {
+        while !*outer.borrow() {
+            if outer.changed().await.is_err() {
+                return;
+            }
+        }
+        let _ = forward.send(true);
+    });
+    let (http_err_tx, mut http_err_rx) = tokio::sync::mpsc::channel::<std::io::Error>(1);
+    if let Some(addr) = settings.http_listen {
+        let listener = crate::http::serve(
+            addr,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            stop_rx.clone(),
+        );
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                error!(error = %e, "HTTP endpoint failed; stopping");
+                let _ = http_err_tx.try_send(e);
+                let _ = stop_tx.send(true);
+            }
+        });
+    }
+    tokio::spawn(crate::probe::run(
+        settings.clone(),
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ));
+    if let Some(every) = settings.progress_interval {
+        tokio::spawn(progress(every, Arc::clone(&metrics), stop_rx.clone()));
+    }
+    let obs = Observers { metrics, health };
+    let result = pipeline::run(&settings, obs, stop_rx).await;
+    if let Ok(e) = http_err_rx.try_recv() {
+        return Err(ServiceError::Http(e));
+    }
+    Ok(result?)
+}
+
+/// Logs one line every `every` while streaming, so an operator reading the log sees walrelay
+/// working: events confirmed and transactions received since the last line, lag, position.
+async fn progress(every: std::time::Duration, m: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let (mut events, mut txs) = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let (e, t) = (
+            m.progress_events.load(Ordering::Relaxed),
+            m.progress_transactions.load(Ordering::Relaxed),
+        );
+        info!(
+            events = e - events,
+            transactions = t - txs,
+            lag_bytes = m.lag_bytes.get(),
+            confirmed_lsn = %Lsn(m.confirmed_lsn.get()),
+            streaming = m.streaming.get() == 1,
+            interval_s = every.as_secs(),
+            "progress"
+        );
+        (events, txs) = (e, t);
+    }
+}

@@ -1,0 +1,135 @@
+//! `walrelay doctor` fails wherever `run` would fail at setup, with the same remedy: a role
+//! that may not create the publication, a table that does not exist, a table the publication
+//! does not hold, and a routing key nothing is bound to (where `run` would hold the stream,
+//! and `/readyz` says why).
+
+mod common;
+
+use std::time::Duration;
+
+use common::scene::Scene;
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Runs doctor; returns (passed, stdout).
+fn doctor(s: &Scene) -> (bool, String) {
+    let out = s.command(&["doctor"]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Starts walrelay and waits for it to stop; returns its log.
+async fn run_fails(s: &Scene) -> String {
+    let mut relay = s.start();
+    let status = relay.wait_exit(T).await;
+    assert!(!status.success(), "{}", relay.log());
+    relay.log()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_owns_no_table_fails_doctor_as_it_fails_run() {
+    let s = Scene::new(
+        "CREATE ROLE owner_role; CREATE TABLE orders (id int PRIMARY KEY); ALTER TABLE orders OWNER TO owner_role;
+         CREATE ROLE relay_role LOGIN REPLICATION;",
+        &["public.orders"],
+    )
+    .await;
+    let url = s.pg.url(&s.db).replace("postgres@", "relay_role@");
+    s.set("postgres", "url", &format!("{url:?}"));
+    let (passed, text) = doctor(&s);
+    assert!(!passed, "{text}");
+    assert!(
+        text.contains("FAIL postgres: publication")
+            && text.contains("this role may not create it")
+            && text.contains("does not own public.orders")
+            && text.contains("Ask the tables' owner to run: CREATE PUBLICATION"),
+        "{text}"
+    );
+    let log = run_fails(&s).await;
+    assert!(
+        log.contains("Ask the tables' owner to run: CREATE PUBLICATION"),
+        "{log}"
+    );
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_and_an_unpublished_table_fail_doctor_as_they_fail_run() {
+    let s = Scene::new(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);",
+        &["public.a", "public.nope"],
+    )
+    .await;
+    let (passed, text) = doctor(&s);
+    assert!(!passed);
+    assert!(
+        text.contains("public.nope") && text.contains("does not exist"),
+        "{text}"
+    );
+    let log = run_fails(&s).await;
+    assert!(
+        log.contains("public.nope") && log.contains("does not exist"),
+        "{log}"
+    );
+    // The publication exists without b: named exactly, b must be added, and both say how.
+    s.sql(&format!("CREATE PUBLICATION {} FOR TABLE a", s.slot))
+        .await;
+    s.set("filter", "include", "[\"public.a\", \"public.b\"]");
+    let (passed, text) = doctor(&s);
+    assert!(!passed, "{text}");
+    let remedy = format!(
+        "ALTER PUBLICATION \"{}\" ADD TABLE \"public\".\"b\"",
+        s.slot
+    );
+    assert!(text.contains(&remedy), "{text}");
+    let log = run_fails(&s).await;
+    assert!(log.contains(&remedy), "{log}");
+    // A misspelled name in an existing publication's config is told apart from an unpublished one.
+    s.set("filter", "include", "[\"public.a\", \"public.bb\"]");
+    let (passed, text) = doctor(&s);
+    assert!(!passed);
+    assert!(
+        text.contains("public.bb") && text.contains("does not exist in this database"),
+        "{text}"
+    );
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbound_routing_key_fails_doctor_and_readyz_names_it() {
+    let s = Scene::new("CREATE TABLE a (id int PRIMARY KEY);", &["public.a"]).await;
+    // Only deletes are bound: inserts would be unroutable.
+    let _ = s
+        .queue
+        .channel
+        .queue_unbind(
+            s.queue.queue.as_str().into(),
+            s.exchange.as_str().into(),
+            "#".into(),
+            Default::default(),
+        )
+        .await;
+    s.queue.bind("*.*.delete").await;
+    let (passed, text) = doctor(&s);
+    assert!(!passed);
+    assert!(
+        text.contains("public.a.insert") && text.contains("would be unroutable"),
+        "{text}"
+    );
+    let relay = s.start_streaming().await;
+    let port = relay.http_port().await;
+    s.sql("INSERT INTO a VALUES (1);").await;
+    let body = wait_for("readyz to name the unroutable message", T, || async {
+        let (code, body) = http_get(port, "/readyz");
+        (code == 503 && body.contains("unroutable")).then_some(body)
+    })
+    .await;
+    assert!(!body.contains("not connected to RabbitMQ"), "{body}");
+    s.queue.bind("#").await;
+    let got = s.queue.take_distinct(1, T).await;
+    assert_eq!(got[0].body["key"]["id"], 1);
+    s.finish().await;
+}
