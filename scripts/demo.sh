@@ -60,9 +60,6 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   as_pg "$PGBIN/pg_ctl" -D "$WORK/pgdata" -m fast stop >/dev/null 2>&1 || true
-  if [ "$CHECK" = 1 ] && [ -n "${QUEUE:-}" ]; then
-    as_root rabbitmqctl -q delete_queue "$QUEUE" >/dev/null 2>&1 || true
-  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -83,13 +80,12 @@ export DATABASE_URL="postgres://postgres@127.0.0.1:$PORT/shop?sslmode=disable"
 export WALRELAY_RABBITMQ_EXCHANGE="walrelay_demo$SUFFIX"
 export WALRELAY_POSTGRES_SLOT="walrelay_demo$SUFFIX"
 export WALRELAY_HTTP_LISTEN=$([ $CHECK = 1 ] && echo "127.0.0.1:0" || echo "127.0.0.1:9187")
-QUEUE="walrelay_demo$SUFFIX"
-
+# The consumer: `tail` with a temporary queue of its own bound to `#`, gone when it exits.
 if [ $CHECK = 1 ]; then
-  "$WALRELAY_BIN" tail --config docker/walrelay.toml --queue "$QUEUE" --idle-timeout-secs 30 \
+  "$WALRELAY_BIN" tail --config docker/walrelay.toml --binding '#' --idle-timeout-secs 30 \
     >"$WORK/events.txt" 2>"$WORK/tail.log" &
 else
-  "$WALRELAY_BIN" tail --config docker/walrelay.toml --queue "$QUEUE" 2>"$WORK/tail.log" &
+  "$WALRELAY_BIN" tail --config docker/walrelay.toml --binding '#' 2>"$WORK/tail.log" &
 fi
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q consuming "$WORK/tail.log" 2>/dev/null && break; sleep 0.1; done
