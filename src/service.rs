@@ -99,7 +99,7 @@ async fn progress(every: std::time::Duration, m: Arc<Metrics>, mut stop: watch::
             lag_bytes = m.lag_bytes.get(),
             confirmed_lsn = %Lsn(m.confirmed_lsn.get()),
             streaming = m.streaming.get() == 1,
-            interval_s = every.as_secs(),
+            interval_ms = every.as_millis() as u64,
             "progress"
         );
         (events, txs) = (e, t);

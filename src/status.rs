@@ -12,6 +12,8 @@ use crate::source::{Connection, SourceError, publication};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub slot: String,
+    /// The role `status` connected as (for the grant it may need).
+    pub role: String,
     pub exists: bool,
     pub fields: Vec<(&'static str, Option<String>)>,
     pub publication: String,
@@ -91,6 +93,7 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
     let row = rows.into_iter().next();
     Ok(Report {
         slot: settings.slot.clone(),
+        role: settings.postgres.user.clone(),
         exists: row.is_some(),
         fields: FIELDS
             .iter()
@@ -149,9 +152,21 @@ impl Report {
                 "missing (walrelay creates it on its first start)",
             );
         }
+        let active = self
+            .fields
+            .iter()
+            .any(|(k, v)| *k == "active" && v.as_deref() == Some("t"));
         for (k, v) in &self.fields {
-            if self.exists {
-                line(&format!("  {k}"), v.as_deref().unwrap_or("-"));
+            if !self.exists {
+                continue;
+            }
+            match (k, v) {
+                // PostgreSQL hides another role's pg_stat_replication row details.
+                (&"last_reply", None) if active => line(
+                    "  last_reply",
+                    &format!("- (GRANT pg_read_all_stats TO {} to see it)", self.role),
+                ),
+                _ => line(&format!("  {k}"), v.as_deref().unwrap_or("-")),
             }
         }
         line("publication", &self.publication);

@@ -95,3 +95,62 @@ async fn a_server_without_tls_under_the_default_sslmode_says_what_to_do() {
     let text = String::from_utf8_lossy(&doctor.stdout);
     assert!(text.contains("sslmode=disable"), "{text}");
 }
+
+#[test]
+fn check_config_show_prints_the_effective_configuration_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walrelay.toml");
+    std::fs::write(
+        &path,
+        "[postgres]\nurl = \"postgres://u:s3cret-canary@h/db\"\n[rabbitmq]\nurl = \"amqp://h\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["check-config", "--show", "--config"])
+        .arg(&path)
+        .env("WALRELAY_POSTGRES_SLOT", "from_env")
+        .env("AMQP_URL", "amqp://guest:another-canary@broker:5672/%2f")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("slot = \"from_env\""), "{text}");
+    assert!(text.contains("postgres://u:redacted@h/db"), "{text}");
+    assert!(
+        text.contains("amqp://guest:redacted@broker:5672/%2f"),
+        "{text}"
+    );
+    assert!(!text.contains("canary"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_line_shows_walrelay_working() {
+    let s = common::scene::Scene::new("CREATE TABLE t (id int PRIMARY KEY);", &["public.t"]).await;
+    s.set("service", "progress_interval_ms", "300");
+    let relay = s.start_streaming().await;
+    s.sql("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);")
+        .await;
+    s.queue.take(2, Duration::from_secs(30)).await;
+    // Each line counts what happened since the previous one: the sums cover both changes.
+    let sum = |log: &str, field: &str| -> u64 {
+        log.lines()
+            .filter(|l| l.contains(" progress "))
+            .filter_map(|l| {
+                let v = l.split(&format!("{field}=")).nth(1)?;
+                v.split(' ').next()?.parse::<u64>().ok()
+            })
+            .sum()
+    };
+    wait_for(
+        "progress lines counting both",
+        Duration::from_secs(30),
+        || {
+            let log = relay.log();
+            // One simple query, one transaction (more may come from tables nobody publishes).
+            let done = sum(&log, "events") == 2 && sum(&log, "transactions") >= 1;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    s.finish().await;
+}

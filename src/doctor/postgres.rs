@@ -341,6 +341,35 @@ async fn checks(
             }
             _ => {}
         }
+        if rel.replica_identity != ReplicaIdentity::Full {
+            let rows = c
+                .simple_query(&format!(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = {} AND attnum > 0 \
+                     AND NOT attisdropped AND attstorage IN ('x', 'e') ORDER BY attnum",
+                    rel.oid
+                ))
+                .await?;
+            // Only columns that are published and not hidden by a rule matter to consumers.
+            let toast: Vec<String> = rows
+                .into_iter()
+                .map(|r| col(&r, 0))
+                .filter(|name| {
+                    rel.columns.iter().enumerate().any(|(i, c)| {
+                        c.name == *name
+                            && view
+                                .mask
+                                .as_ref()
+                                .is_none_or(|m| m.get(i).copied().unwrap_or(true))
+                    })
+                })
+                .collect();
+            if !toast.is_empty() {
+                out.push(warn(format!(
+                    "{leaf}: TOASTable columns ({}) are listed in unchanged_toast when an update leaves them alone, and absent from old; use REPLICA IDENTITY FULL if consumers need them",
+                    toast.join(", ")
+                )));
+            }
+        }
         match &t.key {
             Some(_) => out.push(ok(format!(
                 "{table}: key = {}",

@@ -274,3 +274,46 @@ fn a_relation_the_catalog_lost_is_keyed_by_its_replica_identity() {
     assert_eq!(body(&events[0])["key"], json!({"id": 3}));
     assert_eq!(body(&events[0])["partition"], Value::Null);
 }
+
+#[test]
+fn a_replayed_transaction_is_counted_once() {
+    let toml = "[filter]\ninclude = [\"public.orders\"]\nexclude = [\"public.audit\"]\n";
+    let (mut first, m) = transform(toml);
+    let run = |t: &mut Transform| {
+        for (oid, name) in [(1, "orders"), (2, "audit")] {
+            t.learn(oid, Some(facts(None)));
+            let mut out = VecDeque::new();
+            let rel = relation(oid, "public", name, ReplicaIdentity::Default);
+            t.apply(Message::Relation(rel), Lsn(1), &mut out).unwrap();
+        }
+        run_tx(
+            t,
+            0x700,
+            vec![insert(2, b"1"), insert(1, b"1"), insert(2, b"2")],
+        )
+    };
+    assert_eq!(run(&mut first).len(), 1);
+    let excluded = || {
+        m.events_filtered
+            .get_or_create(&[("reason", "excluded")])
+            .get()
+    };
+    assert_eq!(excluded(), 2);
+    // The session failed before the confirm: the next one replays the same transaction.
+    let mut second = Transform::new(
+        first.settings.clone(),
+        TypeRegistry::builtin(),
+        None,
+        Arc::clone(&m),
+    )
+    .counted(first.seen());
+    assert_eq!(
+        run(&mut second).len(),
+        1,
+        "the event itself is published again"
+    );
+    assert_eq!(excluded(), 2, "the drops are not counted twice");
+    // A later transaction counts.
+    run_tx(&mut second, 0x800, vec![insert(2, b"3")]);
+    assert_eq!(excluded(), 3);
+}
