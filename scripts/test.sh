@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/services.sh
+. scripts/tools.sh
 
 echo "== cargo test"
 cargo test --all-targets --locked "$@"

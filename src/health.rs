@@ -38,6 +38,22 @@ pub struct Health {
     pub retrying: std::sync::atomic::AtomicU8,
 }
 
+/// Which part an instance plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Active,
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
+}
+
 /// Why walrelay is between sessions, for [`Health::retrying`].
 pub const RETRY_NONE: u8 = 0;
 pub const RETRY_UNROUTABLE: u8 = 1;
@@ -84,8 +100,20 @@ impl Health {
             .store(published_ms.unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// Ready, or the reasons why not (short, fixed phrases: no values, no secrets).
-    pub fn readiness(&self, now_ms: u64) -> Result<(), Vec<&'static str>> {
+    /// Ready (`/readyz`): healthy in its role — the active instance streaming and confirming,
+    /// or a hot standby waiting for the slot. A standby counts as ready so that a rolling
+    /// update or a disruption budget never waits forever on a pod that is standing by by
+    /// design; [`Health::activity`] (`/activez`) tells the roles apart.
+    pub fn readiness(&self, now_ms: u64) -> Result<Role, Vec<&'static str>> {
+        if self.standby.load(Ordering::Relaxed) {
+            return Ok(Role::Standby);
+        }
+        self.activity(now_ms).map(|()| Role::Active)
+    }
+
+    /// Active (`/activez`): this instance holds the slot, streams and confirms; or the reasons
+    /// why not (short, fixed phrases: no values, no secrets).
+    pub fn activity(&self, now_ms: u64) -> Result<(), Vec<&'static str>> {
         let mut why = Vec::new();
         let get = |a: &AtomicBool| a.load(Ordering::Relaxed);
         let retrying = retry_reason(self.retrying.load(Ordering::Relaxed));
@@ -128,7 +156,7 @@ mod tests {
         let h = Health::new(Duration::from_secs(1), Duration::from_secs(30));
         let now = 1_000_000;
         assert_eq!(
-            h.readiness(now),
+            h.activity(now),
             Err(vec![
                 "replication is not streaming",
                 "not connected to RabbitMQ"
@@ -137,7 +165,7 @@ mod tests {
         Health::set(&h.streaming, true);
         Health::set(&h.broker_connected, true);
         h.last_status_ms.store(now - 1_000, Ordering::Relaxed);
-        assert_eq!(h.readiness(now), Ok(()));
+        assert_eq!(h.readiness(now), Ok(Role::Active));
         h.last_status_ms.store(now - 6_000, Ordering::Relaxed);
         assert_eq!(
             h.readiness(now),
@@ -156,9 +184,10 @@ mod tests {
         Health::set(&h.streaming, false);
         Health::set(&h.standby, true);
         assert_eq!(
-            h.readiness(now),
+            h.activity(now),
             Err(vec!["standby: another instance holds the replication slot"])
         );
+        assert_eq!(h.readiness(now), Ok(Role::Standby), "a standby is ready");
         Health::set(&h.standby, false);
         h.retrying.store(RETRY_UNROUTABLE, Ordering::Relaxed);
         let why = h.readiness(now).unwrap_err();

@@ -1,6 +1,7 @@
 //! The HTTP endpoint (`[http] listen`, loopback by default): `/metrics` (Prometheus text),
-//! `/healthz` (the process is alive) and `/readyz` (streaming and confirming, with a small JSON
-//! body saying why not). Nothing here reads row values or configuration secrets.
+//! `/healthz` (the process is alive), `/readyz` (healthy in its role: streaming and confirming,
+//! or a hot standby waiting for the slot) and `/activez` (the active instance only), with a
+//! small JSON body saying why not. Nothing here reads row values or configuration secrets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,11 +36,12 @@ pub async fn serve(
             format!("cannot listen on {addr} (http.listen): {e}"),
         )
     })?;
-    info!(listen = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    info!(listen = %listener.local_addr()?, "serving /metrics, /healthz, /readyz and /activez");
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/activez", get(activez))
         .with_state(State { metrics, health });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -48,14 +50,33 @@ pub async fn serve(
         .await
 }
 
-async fn metrics_text(axum::extract::State(s): axum::extract::State<State>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the Prometheus text format
+/// (curl, `promtool check metrics`, older scrapers).
+async fn metrics_text(
+    axum::extract::State(s): axum::extract::State<State>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            s.metrics.render(),
+        )
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            s.metrics.render_text(),
+        )
+    }
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -67,13 +88,33 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(axum::extract::State(s): axum::extract::State<State>) -> impl IntoResponse {
     let (code, body) = match s.health.readiness(now_ms()) {
-        Ok(()) => (
+        Ok(role) => (
             StatusCode::OK,
-            serde_json::json!({"ready": true, "reasons": []}),
+            serde_json::json!({"ready": true, "role": role.as_str(), "reasons": []}),
         ),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"ready": false, "reasons": why}),
+            serde_json::json!({"ready": false, "role": "active", "reasons": why}),
+        ),
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+/// 200 only on the instance that holds the slot and streams: the role signal, for alerts and
+/// for routing to the active instance.
+async fn activez(axum::extract::State(s): axum::extract::State<State>) -> impl IntoResponse {
+    let (code, body) = match s.health.activity(now_ms()) {
+        Ok(()) => (
+            StatusCode::OK,
+            serde_json::json!({"active": true, "reasons": []}),
+        ),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"active": false, "reasons": why}),
         ),
     };
     (

@@ -14,7 +14,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// A label set of static keys and values.
@@ -116,11 +115,14 @@ impl Metrics {
             progress_transactions: AtomicU64::new(0),
             registry: Registry::default(),
         };
-        registry.register(
-            "build",
-            "walrelay version",
-            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        // The Prometheus convention for build information: a gauge of 1 with the version as a
+        // label (`walrelay_build_info`). OpenMetrics' `info` type would be the same sample,
+        // but the Prometheus text format, and so `promtool check metrics`, does not know it.
+        let build: Family<Labels1, Gauge> = Family::default();
+        build
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register("build_info", "walrelay version (always 1)", build);
         let r = &mut registry;
         r.register(
             "events_published",
@@ -254,7 +256,14 @@ impl Metrics {
         m
     }
 
-    /// The text exposition.
+    /// The Prometheus text exposition (format 0.0.4): what a scraper gets unless it asks for
+    /// OpenMetrics, and what `promtool check metrics` reads. Same samples as [`Self::render`];
+    /// a counter's `HELP`/`TYPE` lines name its `_total` sample, and there is no `# EOF`.
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+
+    /// The OpenMetrics exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -262,6 +271,7 @@ impl Metrics {
         out
     }
 
+    /// Counts a change dropped by a rule, by reason.
     pub fn filtered(&self, reason: &'static str) {
         self.events_filtered
             .get_or_create(&[("reason", reason)])
@@ -285,5 +295,66 @@ impl Metrics {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.last_server_message.set(now);
+    }
+}
+
+/// Rewrites an OpenMetrics exposition as Prometheus text: counters' metadata names the `_total`
+/// sample, `# EOF` and `# UNIT` lines go. Pure, so it is unit-tested.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut counters: Vec<&str> = Vec::new();
+    for l in om.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            if let (Some(name), Some("counter")) = (it.next(), it.next()) {
+                counters.push(name);
+            }
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for l in om.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .iter()
+            .find_map(|p| l.strip_prefix(p).map(|rest| (*p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(&name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                out.push_str(prefix);
+                out.push_str(&name);
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(l),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_names_counter_samples_and_has_no_eof() {
+        let m = Metrics::new();
+        m.filtered("op");
+        let text = m.render_text();
+        assert!(
+            text.contains("# TYPE walrelay_events_filtered_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP walrelay_events_filtered_total "));
+        assert!(text.contains("walrelay_events_filtered_total{reason=\"op\"} 1"));
+        assert!(text.contains("# TYPE walrelay_streaming gauge"));
+        assert!(!text.contains("# EOF"));
+        assert!(m.render().ends_with("# EOF\n"));
     }
 }

@@ -212,7 +212,7 @@ fn dashboard_queries_only_metrics_walrelay_exports() {
         })
         .collect();
     let dash: serde_json::Value =
-        serde_json::from_str(&read("docker/grafana/dashboards/walrelay.json")).unwrap();
+        serde_json::from_str(&read("deploy/kubernetes/walrelay-dashboard.json")).unwrap();
     let mut used = BTreeSet::new();
     for p in dash["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().unwrap() {

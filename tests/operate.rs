@@ -22,7 +22,11 @@ async fn scrape(port: u16) -> String {
 }
 
 async fn ready(port: u16) -> (u16, serde_json::Value) {
-    let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/readyz"))
+    probe(port, "/readyz").await
+}
+
+async fn probe(port: u16, path: &'static str) -> (u16, serde_json::Value) {
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(port, path))
         .await
         .unwrap();
     (code, serde_json::from_str(&body).unwrap())
@@ -370,9 +374,19 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
     let standby = Relay::start(&cfg);
     standby.wait_log("waiting as standby", T).await;
     let sport = standby.http_port().await;
+    // A standby is ready (healthy in its role), and /activez tells the roles apart.
     let (code, body) = ready(sport).await;
+    assert_eq!(
+        (code, body["role"].as_str()),
+        (200, Some("standby")),
+        "{body}"
+    );
+    let (code, body) = probe(sport, "/activez").await;
     assert_eq!(code, 503);
     assert!(body["reasons"].to_string().contains("standby"), "{body}");
+    let aport = active.http_port().await;
+    assert_eq!(probe(aport, "/activez").await.0, 200);
+    assert_eq!(ready(aport).await.1["role"], "active");
 
     let writer = {
         let client = connect(&pg.url(&db)).await;
@@ -389,6 +403,10 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     active.kill9();
     standby.wait_log("streaming", T).await;
+    wait_for("the standby to become active", T, || async move {
+        (probe(sport, "/activez").await.0 == 200).then_some(())
+    })
+    .await;
     writer.await.unwrap();
     let mut ids = HashSet::new();
     let mut received = 0;
