@@ -4,6 +4,8 @@
 //! exec-form entrypoint, readiness HEALTHCHECK), and the Grafana dashboard only queries metrics
 //! walrelay really exports. Plus the no-Docker demo, run in its `--check` mode.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -193,37 +195,13 @@ fn dashboard_queries_only_metrics_walrelay_exports() {
             table: std::sync::Arc::from("other"),
         })
         .inc();
-    let exported: BTreeSet<String> = m
-        .render()
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .flat_map(|l| {
-            let mut it = l.split_whitespace();
-            let (name, kind) = (it.next().unwrap().to_owned(), it.next().unwrap());
-            match kind {
-                "counter" => vec![format!("{name}_total")],
-                "histogram" => ["_bucket", "_count", "_sum"]
-                    .iter()
-                    .map(|s| format!("{name}{s}"))
-                    .collect(),
-                "info" => vec![format!("{name}_info")],
-                _ => vec![name],
-            }
-        })
-        .collect();
+    let exported = common::exported_metric_names(&m.render());
     let dash: serde_json::Value =
         serde_json::from_str(&read("deploy/kubernetes/walrelay-dashboard.json")).unwrap();
     let mut used = BTreeSet::new();
     for p in dash["panels"].as_array().unwrap() {
         for t in p["targets"].as_array().unwrap() {
-            let expr = t["expr"].as_str().unwrap();
-            for (i, _) in expr.match_indices("walrelay_") {
-                let name: String = expr[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                used.insert(name);
-            }
+            used.extend(common::queried_metric_names(t["expr"].as_str().unwrap()));
         }
     }
     assert!(used.len() >= 10, "{used:?}");

@@ -102,16 +102,7 @@ async fn a_missing_and_an_unpublished_table_fail_doctor_as_they_fail_run() {
 async fn an_unbound_routing_key_fails_doctor_and_readyz_names_it() {
     let s = Scene::new("CREATE TABLE a (id int PRIMARY KEY);", &["public.a"]).await;
     // Only deletes are bound: inserts would be unroutable.
-    let _ = s
-        .queue
-        .channel
-        .queue_unbind(
-            s.queue.queue.as_str().into(),
-            s.exchange.as_str().into(),
-            "#".into(),
-            Default::default(),
-        )
-        .await;
+    s.queue.unbind("#").await;
     s.queue.bind("*.*.delete").await;
     let (passed, text) = doctor(&s);
     assert!(!passed);

@@ -46,16 +46,7 @@ async fn no_failure_path_logs_a_row_value() {
         |id: i32| format!("INSERT INTO users VALUES ({id}, '{CANARY}', repeat('{CANARY}', 20));");
 
     // 1. Unroutable: nothing bound; walrelay retries and logs each attempt.
-    let _ = s
-        .queue
-        .channel
-        .queue_unbind(
-            s.queue.queue.as_str().into(),
-            s.exchange.as_str().into(),
-            "#".into(),
-            Default::default(),
-        )
-        .await;
+    s.queue.unbind("#").await;
     let relay = Relay::start_env(&s.config, &verbose());
     relay.wait_log("streaming", T).await;
     s.sql(&insert(1)).await;

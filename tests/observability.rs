@@ -50,28 +50,6 @@ fn check_metrics(text: &str) -> (bool, String) {
     )
 }
 
-/// The metric names a text exposition defines (`# TYPE` lines, with their sample suffixes).
-fn exported(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .flat_map(|l| {
-            let mut it = l.split_whitespace();
-            let (name, kind) = (it.next().unwrap().to_owned(), it.next().unwrap());
-            match kind {
-                // The text format already names the sample (`…_total`).
-                "counter" if name.ends_with("_total") => vec![name],
-                "counter" => vec![format!("{name}_total")],
-                "histogram" => ["_bucket", "_count", "_sum"]
-                    .iter()
-                    .map(|s| format!("{name}{s}"))
-                    .collect(),
-                "info" => vec![format!("{name}_info")],
-                _ => vec![name],
-            }
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_metrics_pass_promtool_and_the_rules_query_only_exported_metrics() {
     let s = Scene::new("CREATE TABLE t (id int PRIMARY KEY);", &["public.t"]).await;
@@ -105,20 +83,13 @@ async fn live_metrics_pass_promtool_and_the_rules_query_only_exported_metrics() 
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let names = exported(&text);
+    let names = exported_metric_names(&text);
     let doc: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(rules).unwrap()).unwrap();
     let mut used = BTreeSet::new();
     for group in doc["groups"].as_sequence().unwrap() {
         for rule in group["rules"].as_sequence().unwrap() {
-            let expr = rule["expr"].as_str().unwrap();
-            for (i, _) in expr.match_indices("walrelay_") {
-                let name: String = expr[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                used.insert(name);
-            }
+            used.extend(queried_metric_names(rule["expr"].as_str().unwrap()));
         }
     }
     assert!(used.len() >= 6, "{used:?}");

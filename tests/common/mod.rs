@@ -368,6 +368,18 @@ impl TestQueue {
             .unwrap();
     }
 
+    pub async fn unbind(&self, key: &str) {
+        self.channel
+            .queue_unbind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                key.into(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Takes one message if any.
     pub async fn get(&self) -> Option<Received> {
         let msg = self
@@ -658,4 +670,38 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// The sample names an exposition (OpenMetrics or Prometheus text) defines, from its `# TYPE`
+/// lines: a counter's `_total`, a histogram's `_bucket`, `_count` and `_sum`.
+pub fn exported_metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .flat_map(|l| {
+            let mut it = l.split_whitespace();
+            let (name, kind) = (it.next().unwrap().to_owned(), it.next().unwrap());
+            match kind {
+                "counter" if name.ends_with("_total") => vec![name],
+                "counter" => vec![format!("{name}_total")],
+                "histogram" => ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .map(|s| format!("{name}{s}"))
+                    .collect(),
+                "info" => vec![format!("{name}_info")],
+                _ => vec![name],
+            }
+        })
+        .collect()
+}
+
+/// The `walrelay_…` metric names a PromQL expression queries.
+pub fn queried_metric_names(expr: &str) -> Vec<String> {
+    expr.match_indices("walrelay_")
+        .map(|(i, _)| {
+            expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
 }
