@@ -16,6 +16,11 @@ if [ ! -x "$TOOLS/bin/promtool" ]; then
 fi
 if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
   echo "== installing kubernetes-validate (PyPI) into $TOOLS/venv"
-  python3 -m venv "$TOOLS/venv"
+  # Debian's python3 needs its venv module as a package of its own.
+  python3 -m venv "$TOOLS/venv" 2>/dev/null || {
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    rm -rf "$TOOLS/venv" && python3 -m venv "$TOOLS/venv"
+  }
   "$TOOLS/venv/bin/pip" install -q kubernetes-validate
 fi
