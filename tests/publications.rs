@@ -522,3 +522,30 @@ async fn unlogged_tables_are_left_out_of_the_publication_and_doctor_says_why() {
     assert!(relay.log().contains("SET LOGGED"), "{}", relay.log());
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_catalog_connection_is_reopened_without_ending_the_session() {
+    let s = Scene::new("CREATE TABLE a (id int PRIMARY KEY);", &["public.a"]).await;
+    let relay = s.start_streaming().await;
+    s.sql("INSERT INTO a VALUES (1);").await;
+    s.queue.take(1, T).await;
+    // An idle timeout or a proxy closes walrelay's plain SQL connection…
+    let killed: i64 = s
+        .client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND application_name = 'walrelay'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "walrelay keeps one catalog connection");
+    // …and the next Relation message (after DDL) needs it.
+    s.sql("ALTER TABLE a ADD COLUMN note text; INSERT INTO a VALUES (2, 'after');")
+        .await;
+    let got = s.queue.take(1, T).await;
+    assert_eq!(got[0].body["new"], json!({"id": 2, "note": "after"}));
+    assert!(!relay.log().contains("session ended"), "{}", relay.log());
+    s.finish().await;
+}

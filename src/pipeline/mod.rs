@@ -289,7 +289,7 @@ async fn session(
     // before them: "cache lookup failed for type"; tests/type_changes.rs). A new walsender
     // starts with empty caches.
     drop(conn);
-    let catalog = Catalog::new(Connection::connect(&settings.postgres, false).await?);
+    let catalog = Catalog::connect(&settings.postgres, settings.receive_timeout).await?;
     let conn = Connection::connect(&settings.postgres, true).await?;
     let stream =
         ReplicationStream::start(conn, &settings.slot, start, &settings.publication).await?;

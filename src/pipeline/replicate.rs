@@ -187,6 +187,9 @@ impl Replicator {
                 }
                 let msg = Message::parse(&data)?;
                 if let Message::Relation(r) = &msg {
+                    // The lookup holds this task (bounded by receive_timeout): report the
+                    // position first, so the server has fresh feedback while it waits.
+                    self.send_status(false).await?;
                     let facts = self.catalog.facts(r.oid).await?;
                     self.transform.learn(r.oid, facts);
                 }

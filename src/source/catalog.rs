@@ -61,29 +61,42 @@ pub struct RelationFacts {
     pub unlogged: bool,
 }
 
-/// Root, persistence and replica identity of one relation.
-fn relation_sql(oid: u32) -> String {
+/// `c.oid IN (…)` for a list of OIDs (never empty: `IN (0)` matches nothing).
+pub fn oid_list(oids: &[u32]) -> String {
+    if oids.is_empty() {
+        return "0".to_owned();
+    }
+    oids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// OID, root, persistence and replica identity of each relation.
+fn relations_sql(oids: &[u32]) -> String {
     format!(
-        "SELECT rn.nspname, r.relname, c.relpersistence, c.relreplident \
+        "SELECT c.oid, rn.nspname, r.relname, c.relpersistence, c.relreplident \
          FROM pg_catalog.pg_class c \
          LEFT JOIN pg_catalog.pg_class r ON c.relispartition AND r.oid = pg_catalog.pg_partition_root(c.oid) \
          LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
-         WHERE c.oid = {oid}"
+         WHERE c.oid IN ({})",
+        oid_list(oids)
     )
 }
 
 /// The columns of every index that can identify a row, one row per column in index order:
-/// index OID, kind (`p` primary key, `i` replica identity index, `u` other unique index),
-/// column name, NOT NULL.
-fn keys_sql(oid: u32) -> String {
+/// table OID, index OID, kind (`p` primary key, `i` replica identity index, `u` other unique
+/// index), column name, NOT NULL.
+fn keys_sql(oids: &[u32]) -> String {
     format!(
-        "SELECT i.indexrelid, CASE WHEN i.indisprimary THEN 'p' WHEN i.indisreplident THEN 'i' ELSE 'u' END, \
+        "SELECT i.indrelid, i.indexrelid, CASE WHEN i.indisprimary THEN 'p' WHEN i.indisreplident THEN 'i' ELSE 'u' END, \
                 a.attname, a.attnotnull \
          FROM pg_catalog.pg_index i \
          CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE i.indrelid = {oid} AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
-         ORDER BY i.indisprimary DESC, i.indisreplident DESC, i.indexrelid, k.ord"
+         WHERE i.indrelid IN ({}) AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+         ORDER BY i.indrelid, i.indisprimary DESC, i.indisreplident DESC, i.indexrelid, k.ord",
+        oid_list(oids)
     )
 }
 
@@ -153,54 +166,107 @@ pub async fn relation_facts(
     conn: &mut Connection,
     oid: u32,
 ) -> Result<Option<RelationFacts>, SourceError> {
-    let rows = conn.simple_query(&relation_sql(oid)).await?;
-    let Some(row) = rows.first() else {
-        return Ok(None);
-    };
-    let get = |i: usize| row.get(i).cloned().flatten();
-    let root = match (get(0), get(1)) {
-        (Some(schema), Some(name)) => Some(QualifiedName { schema, name }),
-        _ => None,
-    };
-    let unlogged = get(2).as_deref() == Some("u");
-    let replident = get(3).and_then(|s| s.bytes().next()).unwrap_or(b'd');
-    let rows: Vec<(String, u8, String, bool)> = conn
-        .simple_query(&keys_sql(oid))
-        .await?
-        .into_iter()
-        .map(|r| {
-            let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-            (
-                get(0),
-                get(1).bytes().next().unwrap_or(b'u'),
-                get(2),
-                get(3) == "t",
-            )
-        })
-        .collect();
-    Ok(Some(RelationFacts {
-        root,
-        keys: choose_keys(replident, &rows),
-        unlogged,
-    }))
+    Ok(relations_facts(conn, &[oid]).await?.remove(&oid))
 }
 
-/// A plain SQL connection for catalog lookups while the replication connection streams.
+/// The facts of many relations in two queries, whatever their number (a session start checks
+/// every published table; a standby does so at each attempt).
+pub async fn relations_facts(
+    conn: &mut Connection,
+    oids: &[u32],
+) -> Result<std::collections::HashMap<u32, RelationFacts>, SourceError> {
+    let mut out = std::collections::HashMap::new();
+    let mut replident = std::collections::HashMap::new();
+    for row in conn.simple_query(&relations_sql(oids)).await? {
+        let get = |i: usize| row.get(i).cloned().flatten();
+        let Some(oid) = get(0).and_then(|o| o.parse::<u32>().ok()) else {
+            continue;
+        };
+        let root = match (get(1), get(2)) {
+            (Some(schema), Some(name)) => Some(QualifiedName { schema, name }),
+            _ => None,
+        };
+        replident.insert(oid, get(4).and_then(|s| s.bytes().next()).unwrap_or(b'd'));
+        out.insert(
+            oid,
+            RelationFacts {
+                root,
+                keys: Vec::new(),
+                unlogged: get(3).as_deref() == Some("u"),
+            },
+        );
+    }
+    let mut index_rows: std::collections::HashMap<u32, Vec<(String, u8, String, bool)>> =
+        std::collections::HashMap::new();
+    for r in conn.simple_query(&keys_sql(oids)).await? {
+        let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+        let Ok(table) = get(0).parse::<u32>() else {
+            continue;
+        };
+        index_rows.entry(table).or_default().push((
+            get(1),
+            get(2).bytes().next().unwrap_or(b'u'),
+            get(3),
+            get(4) == "t",
+        ));
+    }
+    for (oid, facts) in out.iter_mut() {
+        let rows = index_rows.remove(oid).unwrap_or_default();
+        facts.keys = choose_keys(replident[oid], &rows);
+    }
+    Ok(out)
+}
+
+/// A plain SQL connection for catalog lookups while the replication connection streams. It
+/// can sit idle for hours between Relation messages, so a lookup that finds it closed (an
+/// idle timeout, a proxy) reconnects once before it gives up, and every lookup is bounded: the
+/// replication task waits for it, and must get back to its status updates.
 pub struct Catalog {
-    conn: Connection,
+    conn: Option<Connection>,
+    params: super::params::ConnParams,
+    /// The most one lookup (with its reconnect) may take.
+    limit: std::time::Duration,
 }
 
 impl Catalog {
-    pub fn new(conn: Connection) -> Catalog {
-        Catalog { conn }
+    pub async fn connect(
+        params: &super::params::ConnParams,
+        limit: std::time::Duration,
+    ) -> Result<Catalog, SourceError> {
+        Ok(Catalog {
+            conn: Some(Connection::connect(params, false).await?),
+            params: params.clone(),
+            limit,
+        })
     }
 
     pub async fn facts(&mut self, oid: u32) -> Result<Option<RelationFacts>, SourceError> {
-        relation_facts(&mut self.conn, oid).await
+        let limit = self.limit;
+        tokio::time::timeout(limit, self.lookup(oid))
+            .await
+            .map_err(|_| SourceError::CatalogTimeout(limit))?
+    }
+
+    async fn lookup(&mut self, oid: u32) -> Result<Option<RelationFacts>, SourceError> {
+        if let Some(conn) = self.conn.as_mut() {
+            match relation_facts(conn, oid).await {
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(error = %e, "catalog connection lost; reconnecting it");
+                    self.conn = None;
+                }
+                other => return other,
+            }
+        }
+        let conn = self
+            .conn
+            .insert(Connection::connect(&self.params, false).await?);
+        relation_facts(conn, oid).await
     }
 
     pub async fn close(self) {
-        self.conn.close().await;
+        if let Some(conn) = self.conn {
+            conn.close().await;
+        }
     }
 }
 

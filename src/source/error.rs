@@ -101,6 +101,10 @@ pub enum SourceError {
         "no message from PostgreSQL for {0:?} (not even an answer to a keepalive request): the connection is presumed dead"
     )]
     Silent(std::time::Duration),
+    #[error(
+        "the catalog lookup on the plain SQL connection took more than {0:?}: PostgreSQL is overloaded or unreachable"
+    )]
+    CatalogTimeout(std::time::Duration),
     #[error("position file: {0}")]
     PositionFile(String),
 }
@@ -127,6 +131,7 @@ impl SourceError {
             | SourceError::Wire(WireError::Io(_) | WireError::Closed)
             | SourceError::TlsHandshake(_)
             | SourceError::Silent(_)
+            | SourceError::CatalogTimeout(_)
             | SourceError::TypesChanged { .. } => true,
             SourceError::Server(e) => is_transient_sqlstate(&e.code),
             _ => false,

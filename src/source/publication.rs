@@ -218,10 +218,9 @@ pub async fn relations_by_oid(
     if oids.is_empty() {
         return Ok(Vec::new());
     }
-    let list: Vec<String> = oids.iter().map(u32::to_string).collect();
     let source = format!(
         "SELECT c.oid, NULL, NULL FROM pg_class c WHERE c.oid IN ({})",
-        list.join(", ")
+        catalog::oid_list(oids)
     );
     describe_relations(conn, &source).await
 }
@@ -241,6 +240,38 @@ async fn describe_relations(
          ORDER BY 2, 3"
     );
     let tables = conn.simple_query(&sql).await?;
+    let oids: Vec<u32> = tables
+        .iter()
+        .filter_map(|t| t.first().cloned().flatten()?.parse().ok())
+        .collect();
+    let mut facts = catalog::relations_facts(conn, &oids).await?;
+    // Every relation's columns in one query: (relation, name, type, replica identity flag as
+    // pgoutput sets it: every column under FULL, none under NOTHING, else the key's).
+    let list = catalog::oid_list(&oids);
+    let column_rows = conn
+        .simple_query(&format!(
+            "SELECT a.attrelid, a.attname, a.atttypid::text, \
+               CASE c.relreplident WHEN 'f' THEN true WHEN 'n' THEN false ELSE \
+                 EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY(i.indkey) \
+                   AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) END \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             WHERE a.attrelid IN ({list}) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attrelid, a.attnum"
+        ))
+        .await?;
+    let mut columns_of: std::collections::HashMap<u32, Vec<(String, u32, bool)>> =
+        std::collections::HashMap::new();
+    for r in column_rows {
+        let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+        let Ok(rel) = get(0).parse::<u32>() else {
+            continue;
+        };
+        columns_of.entry(rel).or_default().push((
+            get(1),
+            get(2).parse().unwrap_or(0),
+            get(3) == "t",
+        ));
+    }
     let mut out = Vec::with_capacity(tables.len());
     for t in tables {
         let get = |i: usize| t.get(i).cloned().flatten().unwrap_or_default();
@@ -250,37 +281,16 @@ async fn describe_relations(
         let published: Option<Vec<String>> =
             t.get(4).cloned().flatten().map(|a| parse_name_array(&a));
         let all_columns: usize = get(6).parse().unwrap_or(0);
-        let cols = conn
-            .simple_query(&format!(
-                "SELECT a.attname, a.atttypid::text, \
-                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND a.attnum = ANY(i.indkey) \
-                     AND CASE {replident} WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END) \
-                 FROM pg_attribute a WHERE a.attrelid = {oid} AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
-                replident = quote_literal(&(replident as char).to_string()),
-            ))
-            .await?;
-        let columns: Vec<Column> = cols
+        let columns: Vec<Column> = columns_of
+            .remove(&oid)
+            .unwrap_or_default()
             .into_iter()
-            .filter_map(|r| {
-                let get = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
-                let name = get(0);
-                if let Some(p) = &published
-                    && !p.contains(&name)
-                {
-                    return None;
-                }
-                let is_key = match replident {
-                    b'f' => true,
-                    b'n' => false,
-                    _ => get(2) == "t",
-                };
-                Some(Column {
-                    name,
-                    is_key,
-                    type_oid: get(1).parse().unwrap_or(0),
-                    type_modifier: -1,
-                })
+            .filter(|(name, _, _)| published.as_ref().is_none_or(|p| p.contains(name)))
+            .map(|(name, type_oid, is_key)| Column {
+                name,
+                is_key,
+                type_oid,
+                type_modifier: -1,
             })
             .collect();
         let column_list = published.as_ref().is_some_and(|p| p.len() < all_columns);
@@ -293,7 +303,7 @@ async fn describe_relations(
                     .unwrap_or(ReplicaIdentity::Default),
                 columns,
             },
-            facts: catalog::relation_facts(conn, oid).await?,
+            facts: facts.remove(&oid),
             row_filter: t.get(5).cloned().flatten(),
             column_list,
             partitioned: get(7) == "p",
