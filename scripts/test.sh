@@ -3,12 +3,17 @@
 # installs PostgreSQL and RabbitMQ from the distribution if missing, makes sure RabbitMQ is
 # running on 127.0.0.1:5672 (guest/guest) with its management API on 15672, then runs every test. Each integration test starts
 # its own throwaway PostgreSQL cluster (initdb in a temp dir, wal_level=logical, a free port),
-# so the system PostgreSQL is never touched and needs no configuration.
+# so the system PostgreSQL is never touched and needs no configuration. Formatting and clippy
+# (with the lints of Cargo.toml) are checked first: a warning fails the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/services.sh
 . scripts/tools.sh
 
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --all-targets --locked "$@"

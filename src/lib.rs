@@ -12,6 +12,8 @@
 //! - [`source`]: our replication connection (TLS, auth, framing, slot and publication setup).
 //! - [`sink`]: the RabbitMQ publisher (confirms, `mandatory`, bounded in-flight window).
 //! - [`pipeline`]: wires source and sink into sessions, reconnects, shuts down cleanly.
+//! - [`error`]: what an error means (reconnect, stand by, stop) and which side it is on.
+//! - [`secret`]: passwords that never print.
 //! - [`config`]: the TOML file and environment overrides, validated into typed values.
 //! - [`service`]: `walrelay run` as a library call (pipeline, HTTP, probe, progress line).
 //! - [`doctor`], [`status`], [`tail`]: the operator commands.
@@ -19,6 +21,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod doctor;
+pub mod error;
 pub mod event;
 pub mod failpoint;
 pub mod filter;
@@ -30,6 +33,7 @@ pub mod pgoutput;
 pub mod pipeline;
 pub mod position_file;
 pub mod probe;
+pub mod secret;
 pub mod service;
 pub mod sink;
 pub mod source;

@@ -132,7 +132,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
-        _ => settings.log_json,
+        _ => settings.service.log_json,
     };
     init_logging(log_json);
     // lapin compiles in aws-lc-rs; make it the process-wide rustls provider explicitly.
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("walrelay status: {}", walrelay::pipeline::error_chain(&e));
+                    eprintln!("walrelay status: {}", walrelay::error::error_chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -216,7 +216,7 @@ async fn serve(settings: walrelay::config::Settings) -> ExitCode {
     let code = match walrelay::service::run(settings, stop_rx).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!(error = %walrelay::pipeline::error_chain(&e), "walrelay stopped");
+            error!(error = %walrelay::error::error_chain(&e), "walrelay stopped");
             ExitCode::FAILURE
         }
     };

@@ -62,7 +62,7 @@ pub struct Metrics {
     pub transactions_in_progress: Gauge,
     /// Sessions restarted after a transient error, by side (postgres, rabbitmq).
     pub reconnects: Family<Labels1, Counter>,
-    /// Errors by side and kind (transient, permanent).
+    /// Errors by side (postgres, rabbitmq, filter, walrelay) and kind (transient, permanent).
     pub errors: Family<Labels2, Counter>,
     /// 1 while RabbitMQ has blocked the connection (resource alarm).
     pub broker_blocked: Gauge,
@@ -234,7 +234,7 @@ impl Metrics {
         for side in ["postgres", "rabbitmq"] {
             let _ = m.reconnects.get_or_create(&[("side", side)]);
         }
-        for side in ["postgres", "rabbitmq", "walrelay"] {
+        for side in crate::error::Side::ALL.map(crate::error::Side::label) {
             for kind in ["transient", "permanent"] {
                 let _ = m.errors.get_or_create(&[("side", side), ("kind", kind)]);
             }

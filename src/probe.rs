@@ -30,8 +30,11 @@ pub const HEARTBEAT_PREFIX: &str = "walrelay.heartbeat";
 /// Runs until shutdown.
 pub async fn run(settings: Settings, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
     let tick = settings
+        .service
         .heartbeat_interval
-        .map_or(settings.probe_interval, |h| h.min(settings.probe_interval));
+        .map_or(settings.service.probe_interval, |h| {
+            h.min(settings.service.probe_interval)
+        });
     let mut conn: Option<Connection> = None;
     let mut last_sample = None::<tokio::time::Instant>;
     let mut last_heartbeat = None::<tokio::time::Instant>;
@@ -44,8 +47,9 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, mut shutdown: watch:
         let due = |last: Option<tokio::time::Instant>, every: Duration| {
             last.is_none_or(|t| t.elapsed() + Duration::from_millis(5) >= every)
         };
-        let sample = due(last_sample, settings.probe_interval);
+        let sample = due(last_sample, settings.service.probe_interval);
         let beat = settings
+            .service
             .heartbeat_interval
             .is_some_and(|every| due(last_heartbeat, every));
         if !sample && !beat {
@@ -53,12 +57,12 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, mut shutdown: watch:
         }
         let result = async {
             if conn.is_none() {
-                conn = Some(Connection::connect(&settings.postgres, false).await?);
+                conn = Some(Connection::connect(&settings.source.conn, false).await?);
             }
             let c = conn.as_mut().expect("just connected");
             if sample {
                 last_sample = Some(tokio::time::Instant::now());
-                sample_slot(c, &settings.slot, &metrics).await?;
+                sample_slot(c, &settings.source.slot, &metrics).await?;
             }
             if beat {
                 last_heartbeat = Some(tokio::time::Instant::now());

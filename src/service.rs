@@ -25,13 +25,13 @@ pub enum ServiceError {
 
 /// Runs until `shutdown` becomes true (Ok) or a permanent error.
 pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), ServiceError> {
-    info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.slot, "walrelay starting");
+    info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.source.slot, "walrelay starting");
     let metrics = Arc::new(Metrics::for_heartbeats(
-        settings.heartbeat_interval.is_some(),
+        settings.service.heartbeat_interval.is_some(),
     ));
     let health = Arc::new(Health::new(
-        settings.status_interval,
-        settings.confirm_timeout,
+        settings.source.status_interval,
+        settings.sink.confirm_timeout,
     ));
     // One stop signal for everything: the caller's shutdown, or a failed HTTP endpoint.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -46,7 +46,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         let _ = forward.send(true);
     });
     let (http_err_tx, mut http_err_rx) = tokio::sync::mpsc::channel::<std::io::Error>(1);
-    if let Some(addr) = settings.http_listen {
+    if let Some(addr) = settings.service.http_listen {
         let listener = crate::http::serve(
             addr,
             Arc::clone(&metrics),
@@ -67,7 +67,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         Arc::clone(&metrics),
         stop_rx.clone(),
     ));
-    if let Some(every) = settings.progress_interval {
+    if let Some(every) = settings.service.progress_interval {
         tokio::spawn(progress(every, Arc::clone(&metrics), stop_rx.clone()));
     }
     let obs = Observers { metrics, health };

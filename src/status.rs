@@ -43,8 +43,8 @@ const FIELDS: [&str; 12] = [
 
 /// Connects with the configured URL (no replication) and reads the slot and the publication.
 pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
-    let mut c = Connection::connect(&settings.postgres, false).await?;
-    let slot = quote_literal(&settings.slot);
+    let mut c = Connection::connect(&settings.source.conn, false).await?;
+    let slot = quote_literal(&settings.source.slot);
     let rows = c
         .simple_query(&format!(
             "SELECT s.plugin, s.database, s.active, s.active_pid, s.confirmed_flush_lsn, s.restart_lsn, \
@@ -54,7 +54,7 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
              FROM pg_replication_slots s WHERE s.slot_name = {slot}"
         ))
         .await?;
-    let pubname = quote_literal(&settings.publication);
+    let pubname = quote_literal(&settings.source.publication);
     let publication_exists = !c
         .simple_query(&format!(
             "SELECT 1 FROM pg_publication WHERE pubname = {pubname}"
@@ -72,12 +72,12 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
     let mut unmatched = Vec::new();
     let mut excluded = Vec::new();
     if publication_exists {
-        for p in publication::published_relations(&mut c, &settings.publication).await? {
+        for p in publication::published_relations(&mut c, &settings.source.publication).await? {
             let rel = std::sync::Arc::new(p.rel);
             // A rule that cannot apply is `doctor`'s and `run`'s to report; here only the verdict.
             let Ok(view) = settings
                 .filter
-                .view(&rel, p.facts.as_ref(), &settings.routing_key)
+                .view(&rel, p.facts.as_ref(), &settings.sink.routing_key)
             else {
                 continue;
             };
@@ -92,8 +92,8 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
     c.close().await;
     let row = rows.into_iter().next();
     Ok(Report {
-        slot: settings.slot.clone(),
-        role: settings.postgres.user.clone(),
+        slot: settings.source.slot.clone(),
+        role: settings.source.conn.user.clone(),
         exists: row.is_some(),
         fields: FIELDS
             .iter()
@@ -105,7 +105,7 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
                 )
             })
             .collect(),
-        publication: settings.publication.clone(),
+        publication: settings.source.publication.clone(),
         publication_exists,
         tables,
         unmatched,

@@ -87,8 +87,8 @@ fn compose_environment_makes_a_valid_walrelay_config() {
     env_with_image.push(("WALRELAY_HTTP_LISTEN".into(), "0.0.0.0:9187".into()));
     let s = walrelay::config::from_str_with_env(&read("docker/walrelay.toml"), &env_with_image)
         .expect("docker/walrelay.toml + compose environment is a valid config");
-    assert_eq!(s.postgres.host, "postgres");
-    assert_eq!(s.http_listen.unwrap().port(), 9187);
+    assert_eq!(s.source.conn.host, "postgres");
+    assert_eq!(s.service.http_listen.unwrap().port(), 9187);
     // RabbitMQ's definitions bind the demo queue to the exchange walrelay publishes to.
     let defs: serde_json::Value =
         serde_json::from_str(&read("docker/rabbitmq/definitions.json")).unwrap();

@@ -56,10 +56,14 @@ async fn scram_md5_and_cleartext_authenticate_and_wrong_passwords_fail_cleanly()
         Ok(_) => panic!("a wrong password was accepted"),
         Err(e) => e,
     };
-    assert!(!err.is_transient(), "a wrong password is permanent: {err}");
     assert!(err.to_string().contains("28P01"), "{err}");
     assert!(
         !format!("{err} {err:?}").contains("wrong-canary"),
         "the password leaked into the error"
+    );
+    assert_eq!(
+        walrelay::error::RunError::from(err).decision(),
+        walrelay::error::Decision::Stop,
+        "a wrong password is permanent"
     );
 }

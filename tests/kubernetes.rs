@@ -172,11 +172,11 @@ async fn the_deployment_agrees_with_the_binary() {
     let settings = walrelay::config::from_str_with_env(&toml, &env)
         .unwrap_or_else(|e| panic!("the ConfigMap and the env are not a valid config: {e}"));
     let port = c["ports"][0]["containerPort"].as_u64().unwrap();
-    assert_eq!(settings.http_listen.unwrap().port() as u64, port);
+    assert_eq!(settings.service.http_listen.unwrap().port() as u64, port);
     assert_eq!(str_at(&c["ports"][0], &["name"]), "http");
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(
-        grace * 1000 > settings.shutdown_timeout.as_millis() as u64 + 5_000,
+        grace * 1000 > settings.service.shutdown_timeout.as_millis() as u64 + 5_000,
         "the grace period ({grace} s) outlasts service.shutdown_timeout_ms with room to exit"
     );
     // The image's user, and a root filesystem walrelay never writes to.
@@ -191,7 +191,7 @@ async fn the_deployment_agrees_with_the_binary() {
         Value::Bool(true)
     );
     assert!(
-        settings.state_file.is_none(),
+        settings.service.state_file.is_none(),
         "nothing to write on a read-only root"
     );
     // The probe and scrape paths are served by the binary (any status but 404).

@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
-use walrelay::config::secret::Secret;
-use walrelay::sink::{Publisher, SinkSettings};
+use walrelay::sink::Publisher;
 use walrelay::source::{ConnParams, Connection};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -108,7 +107,7 @@ async fn try_connect(url: &str) -> Result<(), String> {
             c.close().await;
             Ok(())
         }
-        Err(e) => Err(walrelay::pipeline::error_chain(&e)),
+        Err(e) => Err(walrelay::error::error_chain(&e)),
     }
 }
 
@@ -191,13 +190,15 @@ async fn amqps_refuses_an_untrusted_broker_certificate() {
         },
     )
     .await;
-    let settings = SinkSettings {
-        url: Secret::new(format!("amqps://guest:guest@localhost:{port}/%2f")),
-        exchange: "x".into(),
-        extra_exchanges: Vec::new(),
-        declare_exchange: false,
-        max_message_bytes: 1 << 20,
-    };
+    let settings = walrelay::config::from_str_with_env(
+        &format!(
+            "[postgres]\nurl = \"postgres://u@localhost/db\"\n\
+             [rabbitmq]\nurl = \"amqps://guest:guest@localhost:{port}/%2f\"\nexchange = \"x\"\ndeclare_exchange = false\n"
+        ),
+        &[],
+    )
+    .expect("a valid config")
+    .sink;
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(20),
         Publisher::connect(&settings),
@@ -208,7 +209,7 @@ async fn amqps_refuses_an_untrusted_broker_certificate() {
     match result {
         Ok(Ok(_)) => panic!("connected to a broker whose certificate nobody trusts"),
         Ok(Err(e)) => {
-            let text = walrelay::pipeline::error_chain(&e);
+            let text = walrelay::error::error_chain(&e);
             assert!(!text.contains("guest:guest"), "credentials leaked: {text}");
             assert!(
                 text.to_lowercase().contains("certificate") || text.contains("UnknownIssuer"),

@@ -8,7 +8,6 @@
 
 mod filter;
 mod location;
-pub mod secret;
 mod validate;
 
 use serde::Deserialize;
@@ -72,7 +71,7 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPostgres {
-    pub url: Option<secret::Secret>,
+    pub url: Option<crate::secret::Secret>,
     pub slot: Option<String>,
     pub publication: Option<String>,
     pub status_interval_ms: Option<u64>,
@@ -83,7 +82,7 @@ pub struct RawPostgres {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRabbitmq {
-    pub url: Option<secret::Secret>,
+    pub url: Option<crate::secret::Secret>,
     pub exchange: Option<String>,
     pub declare_exchange: Option<bool>,
     pub routing_key: Option<String>,
@@ -91,7 +90,7 @@ pub struct RawRabbitmq {
     pub max_message_bytes: Option<usize>,
     pub confirm_timeout_ms: Option<u64>,
     pub publish_messages: Option<bool>,
-    pub management_url: Option<secret::Secret>,
+    pub management_url: Option<crate::secret::Secret>,
     pub batch_max_events: Option<usize>,
     pub batch_max_bytes: Option<usize>,
 }
@@ -116,9 +115,9 @@ pub struct RawHttp {
     pub listen: Option<String>,
 }
 
-impl<'de> Deserialize<'de> for secret::Secret {
+impl<'de> Deserialize<'de> for crate::secret::Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(secret::Secret::new)
+        String::deserialize(d).map(crate::secret::Secret::new)
     }
 }
 

@@ -22,15 +22,15 @@ fn err(text: &str, env: &[(&str, &str)]) -> ConfigError {
 #[test]
 fn minimal_file_gets_defaults() {
     let s = from_str_with_env(MINIMAL, &[]).unwrap();
-    assert_eq!(s.slot, "walrelay");
-    assert_eq!(s.publication, "walrelay");
+    assert_eq!(s.source.slot, "walrelay");
+    assert_eq!(s.source.publication, "walrelay");
     assert_eq!(s.sink.exchange, "walrelay");
     assert_eq!(s.filter.include.len(), 2);
     assert!(s.filter.rules.is_empty());
     assert_eq!(s.filter.flood.policy, crate::filter::FloodPolicy::Publish);
     assert!(!s.filter.counts_changes());
-    assert_eq!(s.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
-    assert_eq!(s.postgres.dbname, "app");
+    assert_eq!(s.sink.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+    assert_eq!(s.source.conn.dbname, "app");
 }
 
 #[test]
@@ -47,9 +47,9 @@ fn environment_overrides_urls_and_keys() {
         ),
     ];
     let s = from_str_with_env(MINIMAL, &env).unwrap();
-    assert_eq!(s.postgres.host, "h2");
-    assert_eq!(s.slot, "slot_two");
-    assert_eq!(s.max_in_flight, 77);
+    assert_eq!(s.source.conn.host, "h2");
+    assert_eq!(s.source.slot, "slot_two");
+    assert_eq!(s.sink.max_in_flight, 77);
 }
 
 #[test]

@@ -6,7 +6,8 @@ use std::time::Duration;
 use super::*;
 use crate::event::routing::RoutingTemplate;
 use crate::filter::FilterSettings;
-use crate::sink::SinkSettings;
+use crate::sink::{BatchLimits, SinkSettings};
+use crate::source::SourceSettings;
 use crate::source::params::ConnParams;
 
 /// A configuration problem, naming the key (its full path) and, when the file sets it, its line.
@@ -41,28 +42,24 @@ impl ConfigError {
     }
 }
 
-/// The validated configuration.
+/// The validated configuration, by section: what the source, the sink, the filter and the
+/// service each need, and nothing else.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub postgres: ConnParams,
-    pub slot: String,
-    pub publication: String,
-    /// Which changes are published and how; also decides the tables (and operations) of the
-    /// publication walrelay creates when it does not exist.
-    pub filter: FilterSettings,
-    pub status_interval: Duration,
-    /// Silence from the server after which the replication connection is presumed dead.
-    pub receive_timeout: Duration,
-    /// Create the slot with `FAILOVER` (PostgreSQL 17+), so standbys with
-    /// `sync_replication_slots` keep a copy that survives a promotion.
-    pub failover_slot: bool,
+    /// `[postgres]`: the replication connection, slot and publication.
+    pub source: SourceSettings,
+    /// `[rabbitmq]`: where and how to publish.
     pub sink: SinkSettings,
-    pub routing_key: RoutingTemplate,
-    pub max_in_flight: usize,
-    pub confirm_timeout: Duration,
-    /// Publish `pg_logical_emit_message` messages (op `message`); off by default because no
-    /// queue is usually bound for them and an unroutable message holds the stream.
-    pub publish_messages: bool,
+    /// `[filter]` and `[flood]`: which changes are published and how; also decides the
+    /// tables (and operations) of the publication walrelay creates when it does not exist.
+    pub filter: FilterSettings,
+    /// `[service]` and `[http]`: the process around the pipeline.
+    pub service: ServiceSettings,
+}
+
+/// The process around the pipeline: shutdown, reconnects, logs, HTTP, side tasks.
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
     pub shutdown_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -75,12 +72,8 @@ pub struct Settings {
     pub progress_interval: Option<Duration>,
     pub probe_interval: Duration,
     pub standby_retry: Duration,
-    /// RabbitMQ's management API, for `walrelay doctor` (bindings and queue types).
-    pub management_url: Option<secret::Secret>,
     /// Where the last reported position is kept across restarts (off when `None`).
     pub state_file: Option<std::path::PathBuf>,
-    /// Batch mode: events of one transaction packed into one message (off at 1 event).
-    pub batch: crate::pipeline::publish::BatchLimits,
 }
 
 fn is_valid_slot_name(s: &str) -> bool {
@@ -98,15 +91,28 @@ fn positive(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigE
 }
 
 pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
-    let pg_url = raw.postgres.url.ok_or_else(|| {
+    let source = source(raw.postgres)?;
+    let filter = super::filter::validate(raw.filter, raw.flood)?;
+    let sink = sink(raw.rabbitmq, &filter)?;
+    let service = service(raw.service, raw.http)?;
+    Ok(Settings {
+        source,
+        sink,
+        filter,
+        service,
+    })
+}
+
+fn source(raw: RawPostgres) -> Result<SourceSettings, ConfigError> {
+    let url = raw.url.ok_or_else(|| {
         ConfigError::new(
             "postgres.url",
             "missing (set it in the file or in DATABASE_URL)".into(),
         )
     })?;
-    let postgres = ConnParams::from_url(pg_url.expose())
+    let conn = ConnParams::from_url(url.expose())
         .map_err(|e| ConfigError::new("postgres.url", e.to_string()))?;
-    let slot = raw.postgres.slot.unwrap_or_else(|| DEFAULT_NAME.to_owned());
+    let slot = raw.slot.unwrap_or_else(|| DEFAULT_NAME.to_owned());
     if !is_valid_slot_name(&slot) {
         return Err(ConfigError::new(
             "postgres.slot",
@@ -115,10 +121,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             ),
         ));
     }
-    let publication = raw
-        .postgres
-        .publication
-        .unwrap_or_else(|| DEFAULT_NAME.to_owned());
+    let publication = raw.publication.unwrap_or_else(|| DEFAULT_NAME.to_owned());
     if publication.is_empty() || publication.len() > 63 {
         return Err(ConfigError::new(
             "postgres.publication",
@@ -127,26 +130,44 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     }
     let status_interval = positive(
         "postgres.status_interval_ms",
-        raw.postgres.status_interval_ms,
+        raw.status_interval_ms,
         DEFAULT_STATUS_INTERVAL_MS,
     )?;
+    let receive_timeout = positive(
+        "postgres.receive_timeout_ms",
+        raw.receive_timeout_ms,
+        DEFAULT_RECEIVE_TIMEOUT_MS,
+    )?;
+    if receive_timeout < status_interval * 2 {
+        return Err(ConfigError::new(
+            "postgres.receive_timeout_ms",
+            "must be at least twice postgres.status_interval_ms".into(),
+        ));
+    }
+    Ok(SourceSettings {
+        conn,
+        slot,
+        publication,
+        status_interval,
+        receive_timeout,
+        failover_slot: raw.failover_slot.unwrap_or(false),
+    })
+}
 
-    let amqp_url = raw.rabbitmq.url.ok_or_else(|| {
+fn sink(raw: RawRabbitmq, filter: &FilterSettings) -> Result<SinkSettings, ConfigError> {
+    let url = raw.url.ok_or_else(|| {
         ConfigError::new(
             "rabbitmq.url",
             "missing (set it in the file or in AMQP_URL)".into(),
         )
     })?;
-    if amqp_url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
+    if url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
         return Err(ConfigError::new(
             "rabbitmq.url",
             "not an amqp:// or amqps:// URL".into(),
         ));
     }
-    let exchange = raw
-        .rabbitmq
-        .exchange
-        .unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
+    let exchange = raw.exchange.unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
     if exchange.len() > 255 {
         return Err(ConfigError::new(
             "rabbitmq.exchange",
@@ -154,7 +175,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         ));
     }
     let template = raw
-        .rabbitmq
         .routing_key
         .unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_owned());
     let routing_key = RoutingTemplate::parse(&template)
@@ -166,7 +186,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 .into(),
         ));
     }
-    let filter = super::filter::validate(raw.filter, raw.flood)?;
     let mut extra_exchanges: Vec<String> = filter
         .rules
         .iter()
@@ -181,17 +200,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         .collect();
     extra_exchanges.sort();
     extra_exchanges.dedup();
-    let max_in_flight = raw.rabbitmq.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+    let max_in_flight = raw.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
     if !(1..=100_000).contains(&max_in_flight) {
         return Err(ConfigError::new(
             "rabbitmq.max_in_flight",
             "must be between 1 and 100000".into(),
         ));
     }
-    let max_message_bytes = raw
-        .rabbitmq
-        .max_message_bytes
-        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let max_message_bytes = raw.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
     if max_message_bytes < 1024 {
         return Err(ConfigError::new(
             "rabbitmq.max_message_bytes",
@@ -200,23 +216,66 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     }
     let confirm_timeout = positive(
         "rabbitmq.confirm_timeout_ms",
-        raw.rabbitmq.confirm_timeout_ms,
+        raw.confirm_timeout_ms,
         DEFAULT_CONFIRM_TIMEOUT_MS,
     )?;
+    if let Some(m) = &raw.management_url
+        && !m.expose().starts_with("http://")
+    {
+        return Err(ConfigError::new(
+            "rabbitmq.management_url",
+            "must be an http:// URL of the management API".into(),
+        ));
+    }
+    Ok(SinkSettings {
+        url,
+        exchange,
+        extra_exchanges,
+        declare_exchange: raw.declare_exchange.unwrap_or(true),
+        routing_key,
+        max_in_flight,
+        max_message_bytes,
+        confirm_timeout,
+        publish_messages: raw.publish_messages.unwrap_or(false),
+        batch: batch_limits(raw.batch_max_events, raw.batch_max_bytes, max_message_bytes)?,
+        management_url: raw.management_url,
+    })
+}
 
-    let shutdown_timeout = positive(
-        "service.shutdown_timeout_ms",
-        raw.service.shutdown_timeout_ms,
-        DEFAULT_SHUTDOWN_TIMEOUT_MS,
-    )?;
+fn batch_limits(
+    max_events: Option<usize>,
+    max_bytes: Option<usize>,
+    max_message_bytes: usize,
+) -> Result<BatchLimits, ConfigError> {
+    let max_events = max_events.unwrap_or(1);
+    if !(1..=100_000).contains(&max_events) {
+        return Err(ConfigError::new(
+            "rabbitmq.batch_max_events",
+            "must be between 1 (off) and 100000".into(),
+        ));
+    }
+    let max_bytes = max_bytes.unwrap_or(DEFAULT_BATCH_MAX_BYTES.min(max_message_bytes - 2));
+    if max_bytes < 1024 || max_bytes > max_message_bytes - 2 {
+        return Err(ConfigError::new(
+            "rabbitmq.batch_max_bytes",
+            "must be at least 1024 and below rabbitmq.max_message_bytes".into(),
+        ));
+    }
+    Ok(BatchLimits {
+        max_events,
+        max_bytes,
+    })
+}
+
+fn service(raw: RawService, http: RawHttp) -> Result<ServiceSettings, ConfigError> {
     let reconnect_min = positive(
         "service.reconnect_min_ms",
-        raw.service.reconnect_min_ms,
+        raw.reconnect_min_ms,
         DEFAULT_RECONNECT_MIN_MS,
     )?;
     let reconnect_max = positive(
         "service.reconnect_max_ms",
-        raw.service.reconnect_max_ms,
+        raw.reconnect_max_ms,
         DEFAULT_RECONNECT_MAX_MS,
     )?;
     if reconnect_max < reconnect_min {
@@ -225,14 +284,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             "must not be below service.reconnect_min_ms".into(),
         ));
     }
-    let format = raw.service.log_format.as_deref().unwrap_or("text");
+    let format = raw.log_format.as_deref().unwrap_or("text");
     let log_json = super::log_format_is_json(format).ok_or_else(|| {
         ConfigError::new(
             "service.log_format",
             format!("{format:?} is not \"text\" or \"json\""),
         )
     })?;
-    let http_listen = match raw.http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN) {
+    let http_listen = match http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN) {
         "" | "off" => None,
         addr => Some(addr.parse().map_err(|_| {
             ConfigError::new(
@@ -241,97 +300,32 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             )
         })?),
     };
-    let progress_interval = match raw
-        .service
-        .progress_interval_ms
-        .unwrap_or(DEFAULT_PROGRESS_INTERVAL_MS)
-    {
-        0 => None,
-        ms => Some(Duration::from_millis(ms)),
-    };
-    let heartbeat_interval = match raw.service.heartbeat_interval_ms {
-        None | Some(0) => None,
-        Some(ms) => Some(Duration::from_millis(ms)),
-    };
-    let probe_interval = positive(
-        "service.probe_interval_ms",
-        raw.service.probe_interval_ms,
-        DEFAULT_PROBE_INTERVAL_MS,
-    )?;
-    let standby_retry = positive(
-        "service.standby_retry_ms",
-        raw.service.standby_retry_ms,
-        DEFAULT_STANDBY_RETRY_MS,
-    )?;
-    if let Some(m) = &raw.rabbitmq.management_url
-        && !m.expose().starts_with("http://")
-    {
-        return Err(ConfigError::new(
-            "rabbitmq.management_url",
-            "must be an http:// URL of the management API".into(),
-        ));
-    }
-    let receive_timeout = positive(
-        "postgres.receive_timeout_ms",
-        raw.postgres.receive_timeout_ms,
-        DEFAULT_RECEIVE_TIMEOUT_MS,
-    )?;
-    if receive_timeout < status_interval * 2 {
-        return Err(ConfigError::new(
-            "postgres.receive_timeout_ms",
-            "must be at least twice postgres.status_interval_ms".into(),
-        ));
-    }
-    let batch_max_events = raw.rabbitmq.batch_max_events.unwrap_or(1);
-    if !(1..=100_000).contains(&batch_max_events) {
-        return Err(ConfigError::new(
-            "rabbitmq.batch_max_events",
-            "must be between 1 (off) and 100000".into(),
-        ));
-    }
-    let batch_max_bytes = raw
-        .rabbitmq
-        .batch_max_bytes
-        .unwrap_or(DEFAULT_BATCH_MAX_BYTES.min(max_message_bytes - 2));
-    if batch_max_bytes < 1024 || batch_max_bytes > max_message_bytes - 2 {
-        return Err(ConfigError::new(
-            "rabbitmq.batch_max_bytes",
-            "must be at least 1024 and below rabbitmq.max_message_bytes".into(),
-        ));
-    }
-    Ok(Settings {
-        batch: crate::pipeline::publish::BatchLimits {
-            max_events: batch_max_events,
-            max_bytes: batch_max_bytes,
-        },
-        receive_timeout,
-        failover_slot: raw.postgres.failover_slot.unwrap_or(false),
-        state_file: raw.service.state_file,
-        http_listen,
-        heartbeat_interval,
-        progress_interval,
-        probe_interval,
-        standby_retry,
-        management_url: raw.rabbitmq.management_url,
-        postgres,
-        slot,
-        publication,
-        filter,
-        status_interval,
-        sink: SinkSettings {
-            url: amqp_url,
-            exchange,
-            extra_exchanges,
-            declare_exchange: raw.rabbitmq.declare_exchange.unwrap_or(true),
-            max_message_bytes,
-        },
-        routing_key,
-        max_in_flight,
-        confirm_timeout,
-        publish_messages: raw.rabbitmq.publish_messages.unwrap_or(false),
-        shutdown_timeout,
+    let off_at_zero = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+    Ok(ServiceSettings {
+        shutdown_timeout: positive(
+            "service.shutdown_timeout_ms",
+            raw.shutdown_timeout_ms,
+            DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        )?,
         reconnect_min,
         reconnect_max,
         log_json,
+        http_listen,
+        heartbeat_interval: off_at_zero(raw.heartbeat_interval_ms.unwrap_or(0)),
+        progress_interval: off_at_zero(
+            raw.progress_interval_ms
+                .unwrap_or(DEFAULT_PROGRESS_INTERVAL_MS),
+        ),
+        probe_interval: positive(
+            "service.probe_interval_ms",
+            raw.probe_interval_ms,
+            DEFAULT_PROBE_INTERVAL_MS,
+        )?,
+        standby_retry: positive(
+            "service.standby_retry_ms",
+            raw.standby_retry_ms,
+            DEFAULT_STANDBY_RETRY_MS,
+        )?,
+        state_file: raw.state_file,
     })
 }

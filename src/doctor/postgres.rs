@@ -22,15 +22,15 @@ fn fail(m: impl Into<String>) -> Finding {
 
 /// Runs the checks; returns the tables that will be streamed (for the RabbitMQ checks).
 pub async fn check(settings: &Settings, out: &mut Vec<Finding>) -> Vec<Streamed> {
-    let mut c = match Connection::connect(&settings.postgres, false).await {
+    let mut c = match Connection::connect(&settings.source.conn, false).await {
         Ok(c) => c,
         Err(e) => {
             out.push(fail(format!(
                 "cannot connect to {}:{} as {}: {}",
-                settings.postgres.host,
-                settings.postgres.port,
-                settings.postgres.user,
-                crate::pipeline::error_chain(&e)
+                settings.source.conn.host,
+                settings.source.conn.port,
+                settings.source.conn.user,
+                crate::error::error_chain(&e)
             )));
             return Vec::new();
         }
@@ -40,7 +40,7 @@ pub async fn check(settings: &Settings, out: &mut Vec<Finding>) -> Vec<Streamed>
         Err(e) => {
             out.push(fail(format!(
                 "query failed: {}",
-                crate::pipeline::error_chain(&e)
+                crate::error::error_chain(&e)
             )));
             Vec::new()
         }
@@ -118,7 +118,7 @@ async fn failover_checks(
         &format!(
             "SELECT current_setting('synchronized_standby_slots'), \
                (SELECT failover FROM pg_replication_slots WHERE slot_name = {})",
-            quote_literal(&settings.slot)
+            quote_literal(&settings.source.slot)
         ),
     )
     .await?;
@@ -133,7 +133,7 @@ async fn failover_checks(
     if col(&r, 1) == "f" {
         out.push(warn(format!(
             "slot {} exists without failover: walrelay enables it at start",
-            settings.slot
+            settings.source.slot
         )));
     }
     Ok(())
@@ -176,7 +176,7 @@ async fn checks(
         )));
     }
 
-    let slot = quote_literal(&settings.slot);
+    let slot = quote_literal(&settings.source.slot);
     let r = one(
         c,
         &format!(
@@ -197,7 +197,7 @@ async fn checks(
         out.push(ok(format!(
             "replication slots: {slots} of {max_slots} used{}",
             if ours == 1 {
-                format!(", {} exists", settings.slot)
+                format!(", {} exists", settings.source.slot)
             } else {
                 String::new()
             }
@@ -224,11 +224,11 @@ async fn checks(
         )),
         Some(t) => out.push(ok(format!("wal_sender_timeout = {} s", t.as_secs_f64()))),
     }
-    if settings.failover_slot {
+    if settings.source.failover_slot {
         failover_checks(settings, c, out).await?;
     }
 
-    let pubname = quote_literal(&settings.publication);
+    let pubname = quote_literal(&settings.source.publication);
     let exists = !c
         .simple_query(&format!(
             "SELECT 1 FROM pg_publication WHERE pubname = {pubname}"
@@ -239,7 +239,7 @@ async fn checks(
     // The relations pgoutput will describe: the publication's, or those walrelay would put in
     // the one it creates (partitions of an included root are published through the root).
     let relations = if exists {
-        publication::published_relations(c, &settings.publication).await?
+        publication::published_relations(c, &settings.source.publication).await?
     } else {
         let rows = c
             .simple_query(
@@ -268,7 +268,7 @@ async fn checks(
     for p in relations {
         let rel = std::sync::Arc::new(p.rel);
         let leaf = format!("{}.{}", rel.schema, rel.name);
-        let view = match filter.view(&rel, p.facts.as_ref(), &settings.routing_key) {
+        let view = match filter.view(&rel, p.facts.as_ref(), &settings.sink.routing_key) {
             Ok(v) => v,
             Err(e) => {
                 rule_error.get_or_insert(e.to_string());
@@ -409,37 +409,42 @@ async fn checks(
     if exists {
         out.push(ok(format!(
             "publication {} exists ({} streamed)",
-            settings.publication,
+            settings.source.publication,
             tables(streamed.len())
         )));
         for p in &filter.include {
             if p.exact().is_none() && !streamed.iter().any(|t| p.matches(&t.schema, &t.name)) {
                 out.push(warn(format!(
                     "filter.include {:?} matches no table of publication {}",
-                    p.text, settings.publication
+                    p.text, settings.source.publication
                 )));
             }
         }
         // The same checks `run` makes at start (an exactly named table missing from the
         // publication, a rule that cannot apply), with the same remedy.
-        if let Err(e) =
-            publication::check_rules(c, &settings.publication, filter, &settings.routing_key).await
-            && !matches!(e, SourceError::Filter(_))
+        if let Err(e) = publication::check_rules(
+            c,
+            &settings.source.publication,
+            filter,
+            &settings.sink.routing_key,
+        )
+        .await
+            && !matches!(e, publication::CheckError::Rule(_))
         {
             out.push(fail(e.to_string()));
         }
     } else {
-        match publication::plan(c, &settings.publication, filter).await {
+        match publication::plan(c, &settings.source.publication, filter).await {
             Err(e) => out.push(fail(e.to_string())),
             Ok(plan) => match create_refusal(c, &plan).await? {
                 Some(why) => out.push(fail(publication::may_not_create(
-                    &settings.publication,
+                    &settings.source.publication,
                     &why,
                     &plan.sql,
                 ))),
                 None => out.push(ok(format!(
                     "publication {} will be created for {}",
-                    settings.publication,
+                    settings.source.publication,
                     tables(plan.tables.len())
                 ))),
             },

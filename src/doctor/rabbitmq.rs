@@ -28,7 +28,7 @@ fn produced(settings: &Settings, t: &Streamed) -> (String, Vec<String>) {
         .unwrap_or_else(|| settings.sink.exchange.clone());
     let template: &RoutingTemplate = rule
         .and_then(|r| r.routing_key.as_ref())
-        .unwrap_or(&settings.routing_key);
+        .unwrap_or(&settings.sink.routing_key);
     let rel = Relation {
         oid: 0,
         schema: t.schema.clone(),
@@ -141,7 +141,7 @@ pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Findi
     }
     let _ = conn.close(200, "doctor".into()).await;
 
-    let api_url = settings.management_url.as_ref().map_or_else(
+    let api_url = settings.sink.management_url.as_ref().map_or_else(
         || {
             format!(
                 "http://{}:{}@{}:15672",

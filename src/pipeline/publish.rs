@@ -17,12 +17,13 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::checkpoint::AckTracker;
+use crate::error::RunError;
 use crate::event::Outbound;
 use crate::event::{Event, Op};
 use crate::health::{Health, now_ms};
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, OpTable};
-use crate::sink::{Publisher, SinkError};
+use crate::sink::{BatchLimits, Publisher, SinkError};
 
 /// What we remember about a message until its confirm arrives.
 struct InFlight {
@@ -48,13 +49,6 @@ struct Batch {
     bytes: usize,
 }
 
-/// Batch mode limits; `max_events <= 1` turns it off.
-#[derive(Clone, Copy, Debug)]
-pub struct BatchLimits {
-    pub max_events: usize,
-    pub max_bytes: usize,
-}
-
 /// Settings of the publish loop.
 pub struct PublishLoop {
     pub publisher: Publisher,
@@ -72,7 +66,7 @@ pub struct PublishLoop {
 impl PublishLoop {
     /// Runs until the replication task closes the channel and every message is confirmed, or
     /// until the first failure.
-    pub async fn run(mut self) -> Result<Publisher, SinkError> {
+    pub async fn run(mut self) -> Result<Publisher, RunError> {
         let mut window: VecDeque<InFlight> = VecDeque::with_capacity(self.max_in_flight);
         let mut input_open = true;
         let mut last_progress = Instant::now();
@@ -96,10 +90,10 @@ impl PublishLoop {
                 item = self.rx.recv(), if input_open && window.len() < self.max_in_flight => match item {
                     Some(Outbound::Event(ev)) => {
                         if ev.body.len() > self.max_message_bytes {
-                            return Err(SinkError::Oversized {
+                            return Err(RunError::Sink(SinkError::Oversized {
                                 id: ev.id, table: format!("{}.{}", ev.schema, ev.table),
                                 size: ev.body.len(), max: self.max_message_bytes,
-                            });
+                            }));
                         }
                         if self.batch.max_events <= 1 {
                             self.send(&mut window, ev, 1, &mut last_progress).await?;
@@ -134,7 +128,7 @@ impl PublishLoop {
                     }
                 },
                 _ = tokio::time::sleep_until(stall_at), if !window.is_empty() => {
-                    return Err(SinkError::Stalled { waited: self.confirm_timeout, in_flight: window.len() });
+                    return Err(SinkError::Stalled { waited: self.confirm_timeout, in_flight: window.len() }.into());
                 }
             }
         }

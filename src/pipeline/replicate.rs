@@ -17,12 +17,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::trace;
 
+use super::position::Reporter;
 use super::transform::Transform;
+use crate::error::RunError;
 use crate::event::Outbound;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::Message;
-use crate::position_file::PositionFile;
 use crate::source::SourceError;
 use crate::source::catalog::Catalog;
 use crate::source::stream::{ReplMessage, ReplicationStream};
@@ -60,15 +61,13 @@ pub struct Replicator {
     /// reading, during back-pressure, so a full channel is never mistaken for a dead link).
     pub last_heard: tokio::time::Instant,
     pub receive_timeout: Duration,
-    /// Written ahead of every new reported position (`service.state_file`).
-    pub position_file: Option<PositionFile>,
-    /// The last flush position reported to the server.
-    pub reported: Lsn,
+    /// Records each position before reporting it (`service.state_file`).
+    pub reporter: Reporter,
 }
 
 impl Replicator {
     /// Runs until shutdown, publisher failure or an error.
-    pub async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Stop, SourceError> {
+    pub async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Stop, RunError> {
         let mut status = tokio::time::interval(self.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -125,7 +124,7 @@ impl Replicator {
                     Next::Status => {
                         let silent = self.last_heard.elapsed();
                         if silent > self.receive_timeout {
-                            return Err(SourceError::Silent(silent));
+                            return Err(SourceError::Silent(silent).into());
                         }
                         // Quiet for a while: ask the server to answer, so a dead link shows.
                         self.send_status(silent > self.status_interval).await?
@@ -138,22 +137,17 @@ impl Replicator {
     }
 
     /// Sends a status update reporting the broker-confirmed position as flushed.
-    pub async fn send_status(&mut self, reply_requested: bool) -> Result<(), SourceError> {
+    pub async fn send_status(&mut self, reply_requested: bool) -> Result<(), RunError> {
         let flush = *self.acked.borrow();
         trace!(flush = %flush, write = %self.received, "standby status update");
-        write_ahead(&mut self.position_file, flush)?;
-        self.stream
-            .send_status(self.received, flush, reply_requested)
+        self.reporter
+            .report(&mut self.stream, self.received, flush, reply_requested)
             .await?;
         self.health.status_sent();
-        if flush > self.reported {
-            self.reported = flush;
-            crate::failpoint::hit("status.after_send");
-        }
         Ok(())
     }
 
-    async fn handle(&mut self, msg: ReplMessage) -> Result<(), SourceError> {
+    async fn handle(&mut self, msg: ReplMessage) -> Result<(), RunError> {
         self.metrics.touch_server();
         self.last_heard = tokio::time::Instant::now();
         match msg {
@@ -185,7 +179,7 @@ impl Replicator {
                 if wal_start > self.received {
                     self.received = wal_start;
                 }
-                let msg = Message::parse(&data)?;
+                let msg = Message::parse(&data).map_err(SourceError::from)?;
                 if let Message::Relation(r) = &msg {
                     // The lookup holds this task (bounded by receive_timeout): report the
                     // position first, so the server has fresh feedback while it waits.
@@ -203,15 +197,5 @@ impl Replicator {
             }
         }
         Ok(())
-    }
-}
-
-/// Records `flush` in the position file (if any) before it is reported to the server.
-pub fn write_ahead(file: &mut Option<PositionFile>, flush: Lsn) -> Result<(), SourceError> {
-    match file {
-        Some(f) => f
-            .store(flush)
-            .map_err(|e| SourceError::PositionFile(e.to_string())),
-        None => Ok(()),
     }
 }

@@ -14,8 +14,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
 
-use crate::config::secret::Secret;
 use crate::event::Event;
+use crate::secret::Secret;
 
 /// Errors of the RabbitMQ side.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +55,6 @@ pub enum SinkError {
     },
     #[error("RabbitMQ: no complete connection (handshake, channel, exchanges) within {waited:?}")]
     ConnectTimeout { waited: Duration },
-    #[error("broker confirmed a message walrelay was not waiting for")]
-    Tracker(#[from] crate::checkpoint::TrackerError),
-}
-
-impl SinkError {
-    /// True when a later retry may succeed. An oversized row never fits.
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, SinkError::Oversized { .. } | SinkError::Tracker(_))
-    }
 }
 
 /// Where and how to publish.
@@ -75,7 +66,27 @@ pub struct SinkSettings {
     pub extra_exchanges: Vec<String>,
     /// Declare the exchanges (durable topic) at start; off when they are managed elsewhere.
     pub declare_exchange: bool,
+    /// The routing key template of events no table rule routes.
+    pub routing_key: crate::event::routing::RoutingTemplate,
+    /// Unconfirmed messages allowed at once (the in-flight window).
+    pub max_in_flight: usize,
     pub max_message_bytes: usize,
+    /// No confirm for this long with messages in flight: the broker is treated as gone.
+    pub confirm_timeout: Duration,
+    /// Publish `pg_logical_emit_message` messages (op `message`); off by default because no
+    /// queue is usually bound for them and an unroutable message holds the stream.
+    pub publish_messages: bool,
+    /// Batch mode: events of one transaction packed into one message (off at 1 event).
+    pub batch: BatchLimits,
+    /// RabbitMQ's management API, for `walrelay doctor` (bindings and queue types).
+    pub management_url: Option<Secret>,
+}
+
+/// Batch mode limits; `max_events <= 1` turns it off.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
 }
 
 /// A publishing channel in confirm mode.

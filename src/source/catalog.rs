@@ -250,7 +250,7 @@ impl Catalog {
     async fn lookup(&mut self, oid: u32) -> Result<Option<RelationFacts>, SourceError> {
         if let Some(conn) = self.conn.as_mut() {
             match relation_facts(conn, oid).await {
-                Err(e) if e.is_transient() => {
+                Err(e) if e.connection_failed() => {
                     tracing::debug!(error = %e, "catalog connection lost; reconnecting it");
                     self.conn = None;
                 }

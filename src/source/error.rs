@@ -1,5 +1,7 @@
-//! Errors of the PostgreSQL side, and which of them are worth a reconnect.
+//! Errors of the PostgreSQL side. What each means (reconnect, stand by, stop) is decided in
+//! `crate::error`; this file only says what happened.
 
+use super::sqlstate;
 use super::tls::TlsError;
 use super::wire::WireError;
 use crate::event::EventError;
@@ -95,8 +97,6 @@ pub enum SourceError {
     SlotLost { slot: String, problem: String },
     #[error("setup: {0}")]
     Setup(String),
-    #[error(transparent)]
-    Filter(#[from] crate::filter::RuleError),
     #[error(
         "no message from PostgreSQL for {0:?} (not even an answer to a keepalive request): the connection is presumed dead"
     )]
@@ -105,49 +105,31 @@ pub enum SourceError {
         "the catalog lookup on the plain SQL connection took more than {0:?}: PostgreSQL is overloaded or unreachable"
     )]
     CatalogTimeout(std::time::Duration),
-    #[error("position file: {0}")]
-    PositionFile(String),
-}
-
-impl From<crate::pipeline::transform::TransformError> for SourceError {
-    fn from(e: crate::pipeline::transform::TransformError) -> Self {
-        use crate::pipeline::transform::TransformError as T;
-        match e {
-            T::Sequence(m) => SourceError::Protocol(m),
-            T::Event(e) => SourceError::Event(e),
-            T::Rule(e) => SourceError::Filter(e),
-            T::TypesChanged { at, detail } => SourceError::TypesChanged { at, detail },
-            e @ T::Unmatched { .. } => SourceError::Setup(e.to_string()),
-        }
-    }
 }
 
 impl SourceError {
-    /// True when reconnecting later may succeed; false when the operator must act.
-    pub fn is_transient(&self) -> bool {
+    /// True when the connection itself failed (refused, timed out, closed, silent, or the
+    /// server ending it), so a new connection may succeed; false for what the server refused.
+    pub fn connection_failed(&self) -> bool {
         match self {
             SourceError::Connect { .. }
             | SourceError::ConnectTimeout(_)
             | SourceError::Wire(WireError::Io(_) | WireError::Closed)
             | SourceError::TlsHandshake(_)
             | SourceError::Silent(_)
-            | SourceError::CatalogTimeout(_)
-            | SourceError::TypesChanged { .. } => true,
-            SourceError::Server(e) => is_transient_sqlstate(&e.code),
+            | SourceError::CatalogTimeout(_) => true,
+            SourceError::Server(e) => sqlstate::meaning(&e.code) == sqlstate::Meaning::Retry,
             _ => false,
         }
     }
-}
 
-/// SQLSTATE classes worth retrying: connection problems, resource shortage, shutdown and
-/// "slot in use by another process". Authentication, missing objects, privileges and invalid
-/// slots are permanent.
-fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57")
-        || code == "55006"
-        || code == "40001"
+    /// The SQLSTATE, when the server answered with an error.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            SourceError::Server(e) => Some(&e.code),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -160,11 +142,11 @@ mod tests {
         let e = ServerError::parse(body);
         assert_eq!(e.code, "55006");
         assert_eq!(e.severity, "ERROR");
-        assert!(SourceError::Server(e).is_transient());
+        assert!(!SourceError::Server(e).connection_failed());
         let e = ServerError {
-            code: "28P01".into(),
+            code: "57P01".into(),
             ..Default::default()
         };
-        assert!(!SourceError::Server(e).is_transient());
+        assert!(SourceError::Server(e).connection_failed());
     }
 }

@@ -9,6 +9,7 @@
 //! - [`setup`]: slot, type catalog, server timeouts.
 //! - [`catalog`]: a relation's partition root and row key, read when pgoutput describes it.
 //! - [`stream`]: `START_REPLICATION`, XLogData/keepalive in, status updates out.
+//! - [`sqlstate`]: the server's error codes walrelay acts on, in one table.
 
 pub mod catalog;
 pub mod conn;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod params;
 pub mod publication;
 pub mod setup;
+pub mod sqlstate;
 pub mod stream;
 pub mod tls;
 pub mod wire;
@@ -23,3 +25,17 @@ pub mod wire;
 pub use conn::{Connection, SESSION_SETTINGS};
 pub use error::{ServerError, SourceError};
 pub use params::{ConnParams, SslMode};
+
+/// Where and how to read changes (`[postgres]`).
+#[derive(Clone, Debug)]
+pub struct SourceSettings {
+    pub conn: ConnParams,
+    pub slot: String,
+    pub publication: String,
+    pub status_interval: std::time::Duration,
+    /// Silence from the server after which the replication connection is presumed dead.
+    pub receive_timeout: std::time::Duration,
+    /// Create the slot with `FAILOVER` (PostgreSQL 17+), so standbys with
+    /// `sync_replication_slots` keep a copy that survives a promotion.
+    pub failover_slot: bool,
+}

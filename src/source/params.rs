@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::secret::Secret;
+use crate::secret::Secret;
 
 /// TLS policy, with libpq's names and meanings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -333,6 +333,16 @@ fn parse_name_array(s: &str) -> Vec<String> {
     out
 }
 
+/// Why the start-up check of the filter refused: the server failed, or a rule cannot apply
+/// to a table it meets (the filter's fault, not PostgreSQL's).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Rule(#[from] crate::filter::RuleError),
+}
+
 /// Resolves the filter against every published table's real columns, key and partition root,
 /// exactly as it will be resolved when pgoutput describes the table, so a bad rule stops the
 /// start instead of the stream. Says what happens to published tables the filter drops, and
@@ -342,7 +352,7 @@ pub async fn check_rules(
     publication: &str,
     filter: &FilterSettings,
     routing: &RoutingTemplate,
-) -> Result<(), SourceError> {
+) -> Result<(), CheckError> {
     let published = published_relations(conn, publication).await?;
     let via_leaf = published
         .iter()
@@ -392,19 +402,19 @@ pub async fn check_rules(
                 .await?
                 .is_empty();
             if !exists {
-                return Err(SourceError::Setup(format!(
+                return Err(CheckError::Source(SourceError::Setup(format!(
                     "filter.include names {}, which does not exist in this database \
                      (names are case-sensitive; check the spelling, or remove it from filter.include)",
                     p.text
-                )));
+                ))));
             }
-            return Err(SourceError::Setup(format!(
+            return Err(CheckError::Source(SourceError::Setup(format!(
                 "filter.include names {}, which is not in publication {publication:?}: \
                  ALTER PUBLICATION {} ADD TABLE {} (or remove it from filter.include)",
                 p.text,
                 quote_ident(publication),
                 table.quoted()
-            )));
+            ))));
         }
         warn!(publication, pattern = %p.text, "filter.include matches no table of the existing publication: nothing will be streamed for it");
     }

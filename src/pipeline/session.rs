@@ -1,0 +1,346 @@
+//! One session, in three steps: [`prepare`] connects both sides and sets up the publication,
+//! the slot and the type catalog; [`launch`] starts streaming and the publisher task; [`finish`]
+//! ends the session the way its outcome requires (drain on shutdown, report what the broker
+//! confirmed on a failure), reporting every position through the [`Reporter`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::position::Reporter;
+use super::publish::PublishLoop;
+use super::replicate::{Replicator, Stop};
+use super::transform::{Transform, TransformSettings};
+use super::{Memory, Observers};
+use crate::checkpoint::AckTracker;
+use crate::config::Settings;
+use crate::error::{RunError, error_chain};
+use crate::lsn::Lsn;
+use crate::position_file::PositionFile;
+use crate::sink::{Publisher, SinkError};
+use crate::source::catalog::Catalog;
+use crate::source::stream::ReplicationStream;
+use crate::source::{Connection, publication, setup};
+use crate::value::TypeRegistry;
+
+/// Capacity of the forward channel, in events. Small: the in-flight window is the real buffer.
+const FORWARD_CHANNEL_CAPACITY: usize = 1024;
+
+/// Runs one session to its end.
+pub(super) async fn run(
+    settings: &Settings,
+    obs: &Observers,
+    shutdown: &mut watch::Receiver<bool>,
+    memory: &mut Memory,
+) -> Result<(), RunError> {
+    let prepared = prepare(settings, obs, memory).await?;
+    let mut running = launch(settings, obs, memory, prepared).await?;
+    let outcome = running.replicator.run(shutdown).await;
+    memory.counted = memory.counted.max(running.replicator.transform.seen());
+    finish(settings, memory, running, outcome).await
+}
+
+/// Both sides connected and set up; nothing streams yet.
+struct Prepared {
+    publisher: Publisher,
+    broker_watch: AbortOnDrop,
+    start: Lsn,
+    types: TypeRegistry,
+    status_interval: Duration,
+    reporter: Reporter,
+}
+
+/// A streaming session: the replication task's state and the publisher task.
+struct Running {
+    replicator: Replicator,
+    publisher_task: tokio::task::JoinHandle<Result<Publisher, RunError>>,
+    acked: watch::Receiver<Lsn>,
+    _broker_watch: AbortOnDrop,
+}
+
+async fn prepare(
+    settings: &Settings,
+    obs: &Observers,
+    memory: &mut Memory,
+) -> Result<Prepared, RunError> {
+    let (source, sink) = (&settings.source, &settings.sink);
+    // Bounded: a broker that accepts TCP but never finishes the handshake (or a half-open
+    // socket) would otherwise hold the session forever, with no retry and no error.
+    let publisher = tokio::time::timeout(sink.confirm_timeout, Publisher::connect(sink))
+        .await
+        .map_err(|_| SinkError::ConnectTimeout {
+            waited: sink.confirm_timeout,
+        })??;
+    // A standby retries every few seconds: say it once, not at every attempt.
+    if obs.is_standby() {
+        debug!(exchange = %sink.exchange, "connected to RabbitMQ");
+    } else {
+        info!(exchange = %sink.exchange, "connected to RabbitMQ");
+    }
+    crate::health::Health::set(&obs.health.broker_connected, true);
+    let broker_watch = AbortOnDrop(tokio::spawn(watch_broker(publisher.status(), obs.clone())));
+    let mut conn = Connection::connect(&source.conn, true).await?;
+    let (database, _) = setup::identify_system(&mut conn).await?;
+    publication::ensure_publication(&mut conn, &source.publication, &settings.filter).await?;
+    publication::check_rules(
+        &mut conn,
+        &source.publication,
+        &settings.filter,
+        &sink.routing_key,
+    )
+    .await?;
+    // What we know we confirmed: this process's memory, and the position file across restarts.
+    let mut position_file = settings
+        .service
+        .state_file
+        .as_deref()
+        .map(PositionFile::new);
+    let mut known = memory.known;
+    if let Some(f) = position_file.as_mut() {
+        let stored = f
+            .load()
+            .map_err(|e| RunError::PositionFile(e.to_string()))?;
+        known = known.max(stored);
+    }
+    let slot = setup::ensure_slot(
+        &mut conn,
+        &source.slot,
+        &database,
+        known,
+        source.failover_slot,
+    )
+    .await?;
+    let types = setup::load_types(&mut conn).await?;
+    let mut status_interval = source.status_interval;
+    if let Some(timeout) = setup::wal_sender_timeout(&mut conn).await? {
+        status_interval = status_interval.min(timeout / 3);
+    }
+    let start = slot.confirmed_flush;
+    memory.confirmed(start);
+    Ok(Prepared {
+        publisher,
+        broker_watch,
+        start,
+        types,
+        status_interval,
+        reporter: Reporter::new(position_file, start),
+    })
+}
+
+async fn launch(
+    settings: &Settings,
+    obs: &Observers,
+    memory: &Memory,
+    p: Prepared,
+) -> Result<Running, RunError> {
+    let (source, sink) = (&settings.source, &settings.sink);
+    // Stream on a fresh connection: the setup queries fill a backend's catalog caches with
+    // today's catalog, and PostgreSQL 18's decoding can then use those entries for older
+    // changes (a table altered since showed its new column types while decoding a change made
+    // before them: "cache lookup failed for type"; tests/type_changes.rs). A new walsender
+    // starts with empty caches.
+    let catalog = Catalog::connect(&source.conn, source.receive_timeout).await?;
+    let conn = Connection::connect(&source.conn, true).await?;
+    let stream = ReplicationStream::start(conn, &source.slot, p.start, &source.publication).await?;
+    info!(slot = %source.slot, start = %p.start, publication = %source.publication, "streaming");
+    obs.streaming_started();
+
+    let (tx, rx) = mpsc::channel(FORWARD_CHANNEL_CAPACITY);
+    let (acked_tx, acked) = watch::channel(p.start);
+    let publisher_task = tokio::spawn(
+        PublishLoop {
+            publisher: p.publisher,
+            rx,
+            acked: acked_tx,
+            tracker: AckTracker::new(p.start),
+            max_in_flight: sink.max_in_flight,
+            max_message_bytes: sink.max_message_bytes,
+            confirm_timeout: sink.confirm_timeout,
+            metrics: Arc::clone(&obs.metrics),
+            health: Arc::clone(&obs.health),
+            batch: sink.batch,
+        }
+        .run(),
+    );
+    let transform = Transform::new(
+        TransformSettings {
+            routing: sink.routing_key.clone(),
+            publish_messages: sink.publish_messages,
+            filter: Arc::new(settings.filter.clone()),
+        },
+        p.types,
+        memory.types_reloaded_at,
+        Arc::clone(&obs.metrics),
+    )
+    .counted(memory.counted);
+    let replicator = Replicator {
+        stream,
+        transform,
+        catalog,
+        metrics: Arc::clone(&obs.metrics),
+        health: Arc::clone(&obs.health),
+        tx,
+        acked: acked.clone(),
+        status_interval: p.status_interval,
+        received: p.start,
+        last_idle: p.start,
+        last_heard: tokio::time::Instant::now(),
+        receive_timeout: source.receive_timeout,
+        reporter: p.reporter,
+        pending: Default::default(),
+    };
+    Ok(Running {
+        replicator,
+        publisher_task,
+        acked,
+        _broker_watch: p.broker_watch,
+    })
+}
+
+async fn finish(
+    settings: &Settings,
+    memory: &mut Memory,
+    running: Running,
+    outcome: Result<Stop, RunError>,
+) -> Result<(), RunError> {
+    let Running {
+        mut replicator,
+        publisher_task,
+        acked,
+        ..
+    } = running;
+    let result = match outcome {
+        Ok(Stop::Shutdown) => {
+            let Replicator {
+                mut stream,
+                catalog,
+                tx,
+                received,
+                mut reporter,
+                ..
+            } = replicator;
+            drop(tx);
+            let drained = drain(
+                &mut stream,
+                &mut reporter,
+                publisher_task,
+                &acked,
+                received,
+                settings,
+            )
+            .await;
+            let flush = *acked.borrow();
+            let final_status = reporter.report(&mut stream, received, flush, false).await;
+            stream.close().await;
+            catalog.close().await;
+            memory.confirmed(flush);
+            info!(confirmed = %flush, "shut down cleanly");
+            if let Some(publisher) = drained? {
+                publisher.close().await;
+            }
+            return final_status;
+        }
+        Ok(Stop::PublisherGone) => {
+            // What the broker confirmed before the failure is progress: report it, or a
+            // session that always fails at the same message would never move the slot.
+            report_final(&mut replicator, &acked).await;
+            replicator.stream.close().await;
+            match publisher_task.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) => Err(RunError::Task("publisher stopped without an error".into())),
+                Err(e) => Err(RunError::Task(e.to_string())),
+            }
+        }
+        Err(e) => {
+            publisher_task.abort();
+            // A permanent error (bad data, a rule that cannot apply) leaves the connection
+            // usable: report the confirmed progress before stopping.
+            if !e.is_transient() {
+                report_final(&mut replicator, &acked).await;
+            }
+            Err(e)
+        }
+    };
+    memory.confirmed(*acked.borrow());
+    result
+}
+
+/// Best effort, bounded: tells the server the broker-confirmed position before the session
+/// ends on an error (the connection may already be unusable; then nothing is lost either).
+async fn report_final(replicator: &mut Replicator, acked: &watch::Receiver<Lsn>) {
+    let flush = *acked.borrow();
+    if flush <= replicator.reporter.reported() {
+        return;
+    }
+    let report =
+        replicator
+            .reporter
+            .report(&mut replicator.stream, replicator.received, flush, false);
+    let _ = tokio::time::timeout(Duration::from_secs(2), report).await;
+}
+
+/// Aborts a helper task when the session ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows the broker connection's `blocked` and `connected` state (RabbitMQ's resource
+/// alarms block publishing without closing anything), logging each change once.
+async fn watch_broker(status: lapin::ConnectionStatus, obs: Observers) {
+    let mut blocked = false;
+    loop {
+        let now = status.blocked();
+        if now != blocked {
+            blocked = now;
+            obs.broker_blocked(now);
+            if now {
+                warn!("RabbitMQ blocked the connection (memory or disk alarm): publishing waits");
+            } else {
+                info!("RabbitMQ unblocked the connection");
+            }
+        }
+        crate::health::Health::set(&obs.health.broker_connected, status.connected());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits (bounded) for the publisher to confirm what is in flight, answering the server meanwhile.
+async fn drain(
+    stream: &mut ReplicationStream,
+    reporter: &mut Reporter,
+    mut publisher_task: tokio::task::JoinHandle<Result<Publisher, RunError>>,
+    acked: &watch::Receiver<Lsn>,
+    received: Lsn,
+    settings: &Settings,
+) -> Result<Option<Publisher>, RunError> {
+    let timeout = settings.service.shutdown_timeout;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut tick =
+        tokio::time::interval(settings.source.status_interval.min(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            res = &mut publisher_task => return match res {
+                Ok(Ok(p)) => Ok(Some(p)),
+                Ok(Err(e)) => { warn!(error = %error_chain(&e), "publisher failed while draining"); Ok(None) }
+                Err(e) => Err(RunError::Task(e.to_string())),
+            },
+            _ = &mut deadline => {
+                warn!(timeout_ms = timeout.as_millis() as u64,
+                      "shutdown timeout: unconfirmed messages will be replayed on the next start");
+                publisher_task.abort();
+                return Ok(None);
+            }
+            _ = tick.tick() => {
+                let flush = *acked.borrow();
+                reporter.report(stream, received, flush, false).await?;
+            }
+        }
+    }
+}
