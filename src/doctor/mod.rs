@@ -10,6 +10,7 @@
 mod management;
 mod postgres;
 mod rabbitmq;
+mod tables;
 pub mod topic;
 
 use crate::config::Settings;

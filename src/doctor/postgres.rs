@@ -2,21 +2,18 @@
 
 use super::{Finding, Level, Streamed};
 use crate::config::Settings;
-use crate::filter::Verdict;
-use crate::pgoutput::ReplicaIdentity;
-use crate::source::publication;
 use crate::source::setup::{parse_pg_duration, quote_literal};
 use crate::source::{Connection, SourceError};
 
 const SIDE: &str = "postgres";
 
-fn ok(m: impl Into<String>) -> Finding {
+pub(super) fn ok(m: impl Into<String>) -> Finding {
     Finding::new(Level::Ok, SIDE, m)
 }
-fn warn(m: impl Into<String>) -> Finding {
+pub(super) fn warn(m: impl Into<String>) -> Finding {
     Finding::new(Level::Warn, SIDE, m)
 }
-fn fail(m: impl Into<String>) -> Finding {
+pub(super) fn fail(m: impl Into<String>) -> Finding {
     Finding::new(Level::Fail, SIDE, m)
 }
 
@@ -49,7 +46,7 @@ pub async fn check(settings: &Settings, out: &mut Vec<Finding>) -> Vec<Streamed>
     tables
 }
 
-async fn one(c: &mut Connection, sql: &str) -> Result<Vec<Option<String>>, SourceError> {
+pub(super) async fn one(c: &mut Connection, sql: &str) -> Result<Vec<Option<String>>, SourceError> {
     Ok(c.simple_query(sql)
         .await?
         .into_iter()
@@ -57,46 +54,8 @@ async fn one(c: &mut Connection, sql: &str) -> Result<Vec<Option<String>>, Sourc
         .unwrap_or_default())
 }
 
-fn col(row: &[Option<String>], i: usize) -> String {
+pub(super) fn col(row: &[Option<String>], i: usize) -> String {
     row.get(i).cloned().flatten().unwrap_or_default()
-}
-
-/// Why this role could not run the plan's `CREATE PUBLICATION` (it needs `CREATE` on the
-/// database and ownership of every table, or superuser), or `None` when it can.
-async fn create_refusal(
-    c: &mut Connection,
-    plan: &publication::Plan,
-) -> Result<Option<String>, SourceError> {
-    let r = one(
-        c,
-        "SELECT r.rolsuper, has_database_privilege(current_database(), 'CREATE'), current_database() \
-         FROM pg_roles r WHERE r.rolname = current_user",
-    )
-    .await?;
-    if col(&r, 0) == "t" {
-        return Ok(None);
-    }
-    let mut why = Vec::new();
-    if col(&r, 1) != "t" {
-        why.push(format!("it lacks CREATE on database {}", col(&r, 2)));
-    }
-    let names: Vec<String> = plan
-        .tables
-        .iter()
-        .map(|t| format!("({}, {})", quote_literal(&t.schema), quote_literal(&t.name)))
-        .collect();
-    let rows = c
-        .simple_query(&format!(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE (n.nspname, c.relname) IN ({}) AND NOT pg_has_role(c.relowner, 'USAGE') ORDER BY 1",
-            names.join(", ")
-        ))
-        .await?;
-    let foreign: Vec<String> = rows.into_iter().map(|r| col(&r, 0)).collect();
-    if !foreign.is_empty() {
-        why.push(format!("it does not own {}", foreign.join(", ")));
-    }
-    Ok((!why.is_empty()).then(|| why.join("; ")))
 }
 
 /// `postgres.failover_slot`: the server must support it, and the primary should hold logical
@@ -139,6 +98,7 @@ async fn failover_checks(
     Ok(())
 }
 
+/// The server's settings and the role; then the publication and its tables (`tables`).
 async fn checks(
     settings: &Settings,
     c: &mut Connection,
@@ -228,227 +188,5 @@ async fn checks(
         failover_checks(settings, c, out).await?;
     }
 
-    let pubname = quote_literal(&settings.source.publication);
-    let exists = !c
-        .simple_query(&format!(
-            "SELECT 1 FROM pg_publication WHERE pubname = {pubname}"
-        ))
-        .await?
-        .is_empty();
-    let filter = &settings.filter;
-    // The relations pgoutput will describe: the publication's, or those walrelay would put in
-    // the one it creates (partitions of an included root are published through the root).
-    let relations = if exists {
-        publication::published_relations(c, &settings.source.publication).await?
-    } else {
-        let rows = c
-            .simple_query(
-                "SELECT c.oid, n.nspname, c.relname, rn.nspname, r.relname FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid) \
-                 LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 AND n.nspname NOT LIKE 'pg\\_%'",
-            )
-            .await?;
-        let oids: Vec<u32> = rows
-            .iter()
-            .filter(|r| {
-                let own = filter.included(&col(r, 1), &col(r, 2));
-                let root_included = r.get(3).cloned().flatten().is_some()
-                    && filter.included(&col(r, 3), &col(r, 4));
-                own && !root_included
-            })
-            .filter_map(|r| col(r, 0).parse().ok())
-            .collect();
-        publication::relations_by_oid(c, &oids).await?
-    };
-    let mut streamed: Vec<Streamed> = Vec::new();
-    let mut rule_error = None;
-    for p in relations {
-        let rel = std::sync::Arc::new(p.rel);
-        let leaf = format!("{}.{}", rel.schema, rel.name);
-        let view = match filter.view(&rel, p.facts.as_ref(), &settings.sink.routing_key) {
-            Ok(v) => v,
-            Err(e) => {
-                rule_error.get_or_insert(e.to_string());
-                continue;
-            }
-        };
-        match view.verdict {
-            Verdict::Included => {}
-            Verdict::Excluded => {
-                out.push(warn(format!(
-                    "{leaf} is published but filter.exclude names it: its changes are decoded and dropped"
-                )));
-                continue;
-            }
-            Verdict::Unmatched => {
-                out.push(warn(format!(
-                    "{leaf} is published but no filter.include pattern matches it: its changes will be dropped \
-                     with a warning and counted in walrelay_events_unmatched_total (add it to filter.include or \
-                     filter.exclude; filter.on_unmatched = \"stop\" stops instead)"
-                )));
-                continue;
-            }
-        }
-        let t = &view.table;
-        let table = format!("{}.{}", t.schema, t.name);
-        if p.partitioned {
-            out.push(ok(format!(
-                "{table} is partitioned and published under its own name (publish_via_partition_root): \
-                 changes of every partition are named {table}, with partition = null"
-            )));
-        }
-        if t.partition.is_some() {
-            out.push(ok(format!(
-                "{leaf} is a partition of {table}: its changes are named {table}, with partition = {leaf}"
-            )));
-        }
-        if p.facts.as_ref().is_some_and(|f| f.unlogged) {
-            out.push(warn(format!(
-                "{leaf} is UNLOGGED: PostgreSQL never writes its changes to the WAL, so none of them will stream \
-                 (ALTER TABLE {leaf} SET LOGGED to stream it)"
-            )));
-        }
-        if p.column_list {
-            let cols: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
-            out.push(ok(format!(
-                "{leaf}: the publication's column list publishes only ({})",
-                cols.join(", ")
-            )));
-        }
-        if let Some(f) = &p.row_filter {
-            out.push(ok(format!(
-                "{leaf}: the publication's row filter publishes only rows WHERE {f}"
-            )));
-        }
-        let ops = view.ops;
-        let writes_old =
-            ops.contains(crate::event::Op::Update) || ops.contains(crate::event::Op::Delete);
-        let has_identity = rel.columns.iter().any(|c| c.is_key);
-        match rel.replica_identity {
-            ReplicaIdentity::Default if !has_identity && writes_old && !p.partitioned => {
-                out.push(fail(format!(
-                    "{leaf} has no primary key and REPLICA IDENTITY DEFAULT: once published, UPDATE and DELETE on it fail in PostgreSQL. Add a primary key or ALTER TABLE {leaf} REPLICA IDENTITY FULL"
-                )))
-            }
-            ReplicaIdentity::Nothing => out.push(warn(format!(
-                "{leaf} has REPLICA IDENTITY NOTHING: updates and deletes fail in PostgreSQL while it is published for them; inserts stream"
-            ))),
-            ReplicaIdentity::Full => {
-                out.push(ok(format!("{leaf}: REPLICA IDENTITY FULL (old rows complete)")))
-            }
-            _ => {}
-        }
-        if rel.replica_identity != ReplicaIdentity::Full {
-            let rows = c
-                .simple_query(&format!(
-                    "SELECT attname FROM pg_attribute WHERE attrelid = {} AND attnum > 0 \
-                     AND NOT attisdropped AND attstorage IN ('x', 'e') ORDER BY attnum",
-                    rel.oid
-                ))
-                .await?;
-            // Only columns that are published and not hidden by a rule matter to consumers.
-            let toast: Vec<String> = rows
-                .into_iter()
-                .map(|r| col(&r, 0))
-                .filter(|name| {
-                    rel.columns.iter().enumerate().any(|(i, c)| {
-                        c.name == *name
-                            && view
-                                .mask
-                                .as_ref()
-                                .is_none_or(|m| m.get(i).copied().unwrap_or(true))
-                    })
-                })
-                .collect();
-            if !toast.is_empty() {
-                out.push(warn(format!(
-                    "{leaf}: TOASTable columns ({}) are listed in unchanged_toast when an update leaves them alone, and absent from old; use REPLICA IDENTITY FULL if consumers need them",
-                    toast.join(", ")
-                )));
-            }
-        }
-        match &t.key {
-            Some(_) => out.push(ok(format!(
-                "{table}: key = {}",
-                crate::filter::key_description(t, &rel)
-            ))),
-            None => out.push(warn(format!(
-                "{table} has no key (no primary key, replica identity index or single unique NOT NULL index among the published columns): \
-                 its events carry \"key\": null and all go to partition 0"
-            ))),
-        }
-        if !streamed
-            .iter()
-            .any(|s| (s.schema.as_str(), s.name.as_str()) == (&t.schema, &t.name))
-        {
-            streamed.push(Streamed {
-                schema: t.schema.clone(),
-                name: t.name.clone(),
-                ops: ops.names(),
-                key_columns: t
-                    .key_columns()
-                    .iter()
-                    .filter_map(|i| rel.columns.get(*i).map(|c| c.name.clone()))
-                    .collect(),
-            });
-        }
-    }
-    if let Some(e) = rule_error {
-        out.push(fail(e));
-    }
-    let tables = |n: usize| {
-        if n == 1 {
-            "1 table".to_owned()
-        } else {
-            format!("{n} tables")
-        }
-    };
-    if exists {
-        out.push(ok(format!(
-            "publication {} exists ({} streamed)",
-            settings.source.publication,
-            tables(streamed.len())
-        )));
-        for p in &filter.include {
-            if p.exact().is_none() && !streamed.iter().any(|t| p.matches(&t.schema, &t.name)) {
-                out.push(warn(format!(
-                    "filter.include {:?} matches no table of publication {}",
-                    p.text, settings.source.publication
-                )));
-            }
-        }
-        // The same checks `run` makes at start (an exactly named table missing from the
-        // publication, a rule that cannot apply), with the same remedy.
-        if let Err(e) = publication::check_rules(
-            c,
-            &settings.source.publication,
-            filter,
-            &settings.sink.routing_key,
-        )
-        .await
-            && !matches!(e, publication::CheckError::Rule(_))
-        {
-            out.push(fail(e.to_string()));
-        }
-    } else {
-        match publication::plan(c, &settings.source.publication, filter).await {
-            Err(e) => out.push(fail(e.to_string())),
-            Ok(plan) => match create_refusal(c, &plan).await? {
-                Some(why) => out.push(fail(publication::may_not_create(
-                    &settings.source.publication,
-                    &why,
-                    &plan.sql,
-                ))),
-                None => out.push(ok(format!(
-                    "publication {} will be created for {}",
-                    settings.source.publication,
-                    tables(plan.tables.len())
-                ))),
-            },
-        }
-    }
-    Ok(streamed)
+    super::tables::check(settings, c, out).await
 }

@@ -10,16 +10,14 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::event::routing::RoutingTemplate;
-use crate::event::{self, Event, EventError, Op, Outbound, RowChange, TxContext};
-use crate::filter::flood::{Candidate, FloodGuard};
-use crate::filter::predicate::RowView;
+use crate::event::{EventError, Outbound, RowChange, TxContext};
+use crate::filter::flood::FloodGuard;
 use crate::filter::{Admit, FilterSettings, OnUnmatched, RuleError, TableView};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::pgoutput::{LogicalMessage, Message, OldTuple, Relation, RelationCache, Truncate};
-use crate::probe;
+use crate::pgoutput::{Message, Relation, RelationCache};
 use crate::source::catalog::RelationFacts;
-use crate::value::{TypeKind, TypeRegistry, ValueError};
+use crate::value::TypeRegistry;
 
 /// What the transform needs from the configuration.
 #[derive(Clone, Debug)]
@@ -316,178 +314,8 @@ impl Transform {
         self.views.insert(rel.oid, Arc::new(view));
         Ok(())
     }
-
-    fn truncate(
-        &mut self,
-        t: &Truncate,
-        out: &mut VecDeque<Outbound>,
-    ) -> Result<(), TransformError> {
-        for oid in &t.relation_oids {
-            let (ctx, index) = self.open_tx("truncate")?;
-            let view = self.view(*oid)?;
-            if !self.admitted(&view, view.admit(Op::Truncate, None), (&ctx, index))? {
-                continue;
-            }
-            let (id, body) =
-                event::truncate_event_body(&ctx, index, &view.table, t.cascade, t.restart_identity);
-            let event = view.event(Op::Truncate, &ctx, id, body, None);
-            let c = Candidate {
-                event,
-                view: Some(view),
-                index,
-                key: None,
-            };
-            self.flood.offer(c, out);
-        }
-        Ok(())
-    }
-
-    fn message(
-        &mut self,
-        m: &LogicalMessage<'_>,
-        out: &mut VecDeque<Outbound>,
-    ) -> Result<(), TransformError> {
-        let (ctx, index) = if m.transactional {
-            self.open_tx("transactional message")?
-        } else {
-            let ctx = TxContext {
-                commit_lsn: m.lsn,
-                xid: None,
-                commit_time_us: None,
-            };
-            (ctx, 0)
-        };
-        let heartbeat = m.prefix == probe::HEARTBEAT_PREFIX;
-        if heartbeat && let Some(at) = probe::heartbeat_emitted_us(m.content) {
-            let now_us = crate::health::now_ms() as i64 * 1000;
-            let secs = (now_us - at).max(0) as f64 / 1e6;
-            self.metrics.heartbeat_seconds.set(secs);
-        }
-        let marker = m.transactional && self.flood.marker(m.prefix, out);
-        if self.settings.publish_messages && !marker && !heartbeat {
-            let (id, body) =
-                event::message_event_body(&ctx, index, m.prefix, m.content, m.transactional);
-            let routing_key = self.settings.routing.render(&event::routing::RouteVars {
-                schema: "",
-                table: m.prefix,
-                op: Op::Message.as_str(),
-                key: None,
-                partition: None,
-            });
-            let ev = Event::message(id, m.prefix, &ctx, routing_key, body);
-            if m.transactional {
-                let c = Candidate {
-                    event: ev,
-                    view: None,
-                    index,
-                    key: None,
-                };
-                self.flood.offer(c, out);
-            } else {
-                out.push_back(Outbound::Event(ev));
-            }
-        }
-        // A non-transactional message stands alone: confirming its own LSN makes the server
-        // send it again after a reconnect (a duplicate, never a loss).
-        if !m.transactional && self.open.is_none() {
-            out.push_back(Outbound::Position(m.lsn));
-        }
-        Ok(())
-    }
-
-    fn row(
-        &mut self,
-        oid: u32,
-        change: RowChange<'_>,
-        out: &mut VecDeque<Outbound>,
-    ) -> Result<(), TransformError> {
-        let (ctx, index) = self.open_tx("row change")?;
-        let view = self.view(oid)?;
-        let op = change.op();
-        let (new, old) = match &change {
-            RowChange::Insert { new } => (Some(*new), None),
-            RowChange::Update { old, new } => (Some(*new), *old),
-            RowChange::Delete { old } => (None, Some(*old)),
-        };
-        let old = old.map(|o| match o {
-            OldTuple::Key(t) | OldTuple::Full(t) => t,
-        });
-        let row = RowView {
-            op: op.as_str(),
-            new,
-            old,
-        };
-        if !self.admitted(&view, view.admit(op, Some(&row)), (&ctx, index))? {
-            return Ok(());
-        }
-        let out_body = self.render_row(&ctx, index, &view, &change)?;
-        let key = event::key_tuple(&view.table, &change);
-        let event = view.event(op, &ctx, out_body.id, out_body.body, key);
-        let c = Candidate {
-            event,
-            view: Some(view),
-            index,
-            key: out_body.key,
-        };
-        self.flood.offer(c, out);
-        Ok(())
-    }
-
-    /// Renders a row change's body. A composite value whose attribute count differs from the
-    /// catalog we read means the type was altered: read the catalog again (a new session); if
-    /// the value is still older than the catalog, send that column as text rather than stop
-    /// for good.
-    fn render_row(
-        &self,
-        ctx: &TxContext,
-        index: u64,
-        view: &TableView,
-        change: &RowChange<'_>,
-    ) -> Result<event::RowBody, TransformError> {
-        let rel = &view.rel;
-        let mut demoted: Option<TypeRegistry> = None;
-        loop {
-            let types = demoted.as_ref().unwrap_or(&self.types);
-            let mask = view.mask.as_deref();
-            match event::row_event_body(ctx, index, rel, &view.table, change, mask, types) {
-                Err(EventError::Value {
-                    column,
-                    source: source @ ValueError::RecordShape { .. },
-                    ..
-                }) => {
-                    let type_oid = rel
-                        .columns
-                        .iter()
-                        .find(|c| c.name == column)
-                        .map_or(0, |c| c.type_oid);
-                    if !self.types_are_stale_at(ctx.commit_lsn) {
-                        return Err(TransformError::TypesChanged {
-                            at: ctx.commit_lsn,
-                            detail: format!(
-                                "{}.{} column {column}: {source}",
-                                rel.schema, rel.name
-                            ),
-                        });
-                    }
-                    if matches!(types.kind(type_oid), TypeKind::Text) {
-                        // Already text: cannot happen, but never loop.
-                        return Err(TransformError::Event(EventError::Value {
-                            schema: rel.schema.clone(),
-                            table: rel.name.clone(),
-                            column,
-                            source,
-                        }));
-                    }
-                    warn!(schema = %rel.schema, table = %rel.name, column = %column, lsn = %ctx.commit_lsn,
-                          "a composite value older than the type's current definition: sent as text");
-                    self.metrics.values_as_text.inc();
-                    demoted = Some(types.with_text(type_oid));
-                }
-                other => return Ok(other?),
-            }
-        }
-    }
 }
 
+mod changes;
 #[cfg(test)]
 mod tests;

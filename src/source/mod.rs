@@ -16,6 +16,7 @@ pub mod conn;
 pub mod error;
 pub mod params;
 pub mod publication;
+pub mod published;
 pub mod setup;
 pub mod sqlstate;
 pub mod stream;

@@ -15,15 +15,12 @@ use super::error::SourceError;
 use crate::lsn::Lsn;
 use crate::value::{PgAttrRow, PgTypeRow, TypeRegistry};
 
-/// Quotes an SQL identifier: `we"ird` → `"we""ird"`.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// Quotes an SQL string literal (standard_conforming_strings is on for our sessions).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+/// SQL quoting is libpq's, as ported by `postgres-protocol`: identifiers always in double
+/// quotes, literals in single quotes (as `E'…'` when they hold a backslash, which is right
+/// whatever `standard_conforming_strings` says).
+pub use postgres_protocol::escape::{
+    escape_identifier as quote_ident, escape_literal as quote_literal,
+};
 
 /// A `schema.table` name as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -67,8 +67,9 @@ impl ReplicationStream {
                 b'N' => {}
                 b'E' => {
                     let e = ServerError::parse(&f.body);
-                    // 55000 on START_REPLICATION: the slot can no longer give changes (invalidated).
-                    if e.code == "55000" || e.code == "42704" || e.code == "58P01" {
+                    // On START_REPLICATION: the slot can no longer give changes (invalidated,
+                    // dropped, its state gone).
+                    if super::sqlstate::meaning(&e.code) == super::sqlstate::Meaning::SlotLost {
                         return Err(SourceError::SlotLost {
                             slot: slot.to_owned(),
                             problem: e.to_string(),

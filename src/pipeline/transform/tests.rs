@@ -3,8 +3,9 @@
 //! and counted, or warned about and counted), partition naming and row keys.
 
 use super::*;
+use crate::event::Event;
 use crate::event::routing::RoutingTemplate;
-use crate::pgoutput::{Begin, Column, Commit, Datum, ReplicaIdentity, TupleData};
+use crate::pgoutput::{Begin, Column, Commit, Datum, OldTuple, ReplicaIdentity, TupleData};
 use crate::source::catalog::{KeyCandidate, KeySource, QualifiedName};
 use serde_json::{Value, json};
 
