@@ -151,24 +151,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Status { json } => runtime.block_on(async {
-            match walrelay::status::collect(&settings).await {
-                Ok(report) => {
-                    if json {
-                        println!("{}", report.to_json());
-                    } else {
-                        print!("{}", report.to_table());
-                    }
-                    ExitCode::SUCCESS
+    runtime.block_on(dispatch(cli.command, settings))
+}
+
+/// Runs a command that needs the configuration and the runtime.
+async fn dispatch(command: Command, settings: walrelay::config::Settings) -> ExitCode {
+    match command {
+        Command::Status { json } => match walrelay::status::collect(&settings).await {
+            Ok(report) => {
+                if json {
+                    println!("{}", report.to_json());
+                } else {
+                    print!("{}", report.to_table());
                 }
-                Err(e) => {
-                    eprintln!("walrelay status: {}", walrelay::error::error_chain(&e));
-                    ExitCode::FAILURE
-                }
+                ExitCode::SUCCESS
             }
-        }),
-        Command::Doctor => runtime.block_on(async {
+            Err(e) => {
+                eprintln!("walrelay status: {}", walrelay::error::error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
+        Command::Doctor => {
             let findings = walrelay::doctor::run(&settings).await;
             for f in &findings {
                 println!("{f}");
@@ -178,14 +181,14 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
-        }),
+        }
         Command::Tail {
             queue,
             binding,
             ack,
             count,
             idle_timeout_secs,
-        } => runtime.block_on(async {
+        } => {
             let opts = walrelay::tail::TailOptions {
                 queue,
                 binding,
@@ -200,8 +203,8 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
-        }),
-        _ => runtime.block_on(serve(settings)),
+        }
+        _ => serve(settings).await,
     }
 }
 

@@ -54,6 +54,46 @@ pub async fn run(
         FieldTable::default(),
     )
     .await?;
+    let (queue, ack) = subscribe(&conn, &ch, exchange, opts).await?;
+    let mut printed = 0;
+    let mut last = Instant::now();
+    loop {
+        if opts.count.is_some_and(|c| printed >= c) {
+            break;
+        }
+        if opts.idle_timeout.is_some_and(|t| last.elapsed() > t) {
+            break;
+        }
+        match ch
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            Some(msg) => {
+                let body = String::from_utf8_lossy(&msg.delivery.data);
+                let _ = writeln!(out, "{} {}", msg.delivery.routing_key, body);
+                let _ = out.flush();
+                if ack {
+                    msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+                printed += 1;
+                last = Instant::now();
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    // Closing returns every unacknowledged (peeked) message to its queue and deletes ours.
+    let _ = conn.close(200, "walrelay tail done".into()).await;
+    Ok(printed)
+}
+
+/// Declares (or finds) the queue to read and binds it; says on stderr what will be shown.
+/// Returns the queue and whether printed messages are acknowledged (removed).
+async fn subscribe(
+    conn: &Connection,
+    ch: &lapin::Channel,
+    exchange: &str,
+    opts: &TailOptions,
+) -> Result<(String, bool), lapin::Error> {
     let (queue, ack) = match &opts.queue {
         None => {
             let q = ch
@@ -123,33 +163,5 @@ pub async fn run(
             "walrelay tail: consuming queue {q:?} without removing anything (messages go back when tail exits; --ack consumes them)"
         ),
     }
-    let mut printed = 0;
-    let mut last = Instant::now();
-    loop {
-        if opts.count.is_some_and(|c| printed >= c) {
-            break;
-        }
-        if opts.idle_timeout.is_some_and(|t| last.elapsed() > t) {
-            break;
-        }
-        match ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-            .await?
-        {
-            Some(msg) => {
-                let body = String::from_utf8_lossy(&msg.delivery.data);
-                let _ = writeln!(out, "{} {}", msg.delivery.routing_key, body);
-                let _ = out.flush();
-                if ack {
-                    msg.delivery.acker.ack(BasicAckOptions::default()).await?;
-                }
-                printed += 1;
-                last = Instant::now();
-            }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    // Closing returns every unacknowledged (peeked) message to its queue and deletes ours.
-    let _ = conn.close(200, "walrelay tail done".into()).await;
-    Ok(printed)
+    Ok((queue, ack))
 }

@@ -95,91 +95,124 @@ fn limit(key: &str, v: Option<u64>) -> Result<Option<u64>, ConfigError> {
 pub(super) fn validate(raw: RawFilter, flood: RawFlood) -> Result<FilterSettings, ConfigError> {
     let include = patterns("filter.include", &raw.include)?;
     let exclude = patterns("filter.exclude", &raw.exclude)?;
-    let mut rules = Vec::with_capacity(raw.table.len());
-    for (i, t) in raw.table.into_iter().enumerate() {
-        let at = |k: &str| format!("filter.table[{i}].{k}");
-        let name = t
-            .name
-            .ok_or_else(|| ConfigError::new(&at("name"), "missing".into()))?;
-        let pattern = TablePattern::parse(&name).map_err(|e| ConfigError::new(&at("name"), e))?;
-        let ops = match &t.ops {
-            None => OpSet::ALL,
-            Some(list) => {
-                let mut set = OpSet::NONE;
-                for op in list {
-                    set = set.with(op).ok_or_else(|| {
-                        ConfigError::new(
-                            &at("ops"),
-                            format!("{op:?} is not one of insert, update, delete, truncate"),
-                        )
-                    })?;
-                }
-                if set == OpSet::NONE {
-                    return Err(ConfigError::new(
-                        &at("ops"),
-                        "is empty: exclude the table instead".into(),
-                    ));
-                }
-                set
-            }
-        };
-        if let Some(cols) = &t.columns
-            && let Some(c) = cols.iter().find(|c| t.ignore.contains(c))
-        {
+    let rules = raw
+        .table
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| table_rule(i, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flood = flood_settings(flood, &rules)?;
+    // "warn" by default: a change of a table the configuration does not mention is then logged,
+    // counted and shown by `status` (never silent), while a publication shared with other
+    // subscribers, or a table added to a FOR ALL TABLES publication, does not halt every
+    // other table's stream. "stop" is for deployments where any unplanned drop must halt.
+    let on_unmatched = match raw.on_unmatched.as_deref() {
+        None | Some("warn") => OnUnmatched::Warn,
+        Some("stop") => OnUnmatched::Stop,
+        Some(_) => {
             return Err(ConfigError::new(
-                &at("ignore"),
-                format!("column {c:?} is both in columns and in ignore"),
+                "filter.on_unmatched",
+                "must be \"warn\" or \"stop\"".into(),
             ));
         }
-        let predicate = t
-            .where_
-            .as_deref()
-            .map(|w| Predicate::compile(w).map_err(|e| ConfigError::new(&at("where"), e)))
-            .transpose()?;
-        let routing_key = t
-            .routing_key
-            .as_deref()
-            .map(|r| {
-                RoutingTemplate::parse(r)
-                    .map_err(|e| ConfigError::new(&at("routing_key"), e.to_string()))
-            })
-            .transpose()?;
-        if let Some(p) = t.partitions
-            && !(1..=MAX_PARTITIONS).contains(&p)
-        {
-            return Err(ConfigError::new(
-                &at("partitions"),
-                format!("must be between 1 and {MAX_PARTITIONS}"),
-            ));
-        }
-        let uses_partition = routing_key
-            .as_ref()
-            .is_some_and(RoutingTemplate::uses_partition);
-        if uses_partition && t.partitions.is_none() {
-            return Err(ConfigError::new(
-                &at("routing_key"),
-                "uses {partition} but partitions is not set".into(),
-            ));
-        }
-        rules.push(TableRule {
-            pattern,
-            ops,
-            columns: t.columns,
-            ignore: t.ignore,
-            predicate,
-            skip_noop_updates: t.skip_noop_updates,
-            exchange: t.exchange,
-            routing_key,
-            partitions: t.partitions,
-            flood_policy: t
-                .flood_policy
-                .as_deref()
-                .map(|p| policy(&at("flood_policy"), p))
-                .transpose()?,
-            max_changes: limit(&at("max_changes"), t.max_changes)?,
-        });
-    }
+    };
+    Ok(FilterSettings {
+        include,
+        exclude,
+        rules,
+        skip_noop_updates: raw.skip_noop_updates.unwrap_or(false),
+        on_unmatched,
+        flood,
+    })
+}
 
+/// One `[[filter.table]]` rule, its keys named `filter.table[i].<key>` in errors.
+fn table_rule(i: usize, t: RawTableRule) -> Result<TableRule, ConfigError> {
+    let at = |k: &str| format!("filter.table[{i}].{k}");
+    let name = t
+        .name
+        .ok_or_else(|| ConfigError::new(&at("name"), "missing".into()))?;
+    let pattern = TablePattern::parse(&name).map_err(|e| ConfigError::new(&at("name"), e))?;
+    let ops = match &t.ops {
+        None => OpSet::ALL,
+        Some(list) => {
+            let mut set = OpSet::NONE;
+            for op in list {
+                set = set.with(op).ok_or_else(|| {
+                    ConfigError::new(
+                        &at("ops"),
+                        format!("{op:?} is not one of insert, update, delete, truncate"),
+                    )
+                })?;
+            }
+            if set == OpSet::NONE {
+                return Err(ConfigError::new(
+                    &at("ops"),
+                    "is empty: exclude the table instead".into(),
+                ));
+            }
+            set
+        }
+    };
+    if let Some(cols) = &t.columns
+        && let Some(c) = cols.iter().find(|c| t.ignore.contains(c))
+    {
+        return Err(ConfigError::new(
+            &at("ignore"),
+            format!("column {c:?} is both in columns and in ignore"),
+        ));
+    }
+    let predicate = t
+        .where_
+        .as_deref()
+        .map(|w| Predicate::compile(w).map_err(|e| ConfigError::new(&at("where"), e)))
+        .transpose()?;
+    let routing_key = t
+        .routing_key
+        .as_deref()
+        .map(|r| {
+            RoutingTemplate::parse(r)
+                .map_err(|e| ConfigError::new(&at("routing_key"), e.to_string()))
+        })
+        .transpose()?;
+    if let Some(p) = t.partitions
+        && !(1..=MAX_PARTITIONS).contains(&p)
+    {
+        return Err(ConfigError::new(
+            &at("partitions"),
+            format!("must be between 1 and {MAX_PARTITIONS}"),
+        ));
+    }
+    let uses_partition = routing_key
+        .as_ref()
+        .is_some_and(RoutingTemplate::uses_partition);
+    if uses_partition && t.partitions.is_none() {
+        return Err(ConfigError::new(
+            &at("routing_key"),
+            "uses {partition} but partitions is not set".into(),
+        ));
+    }
+    Ok(TableRule {
+        pattern,
+        ops,
+        columns: t.columns,
+        ignore: t.ignore,
+        predicate,
+        skip_noop_updates: t.skip_noop_updates,
+        exchange: t.exchange,
+        routing_key,
+        partitions: t.partitions,
+        flood_policy: t
+            .flood_policy
+            .as_deref()
+            .map(|p| policy(&at("flood_policy"), p))
+            .transpose()?,
+        max_changes: limit(&at("max_changes"), t.max_changes)?,
+    })
+}
+
+/// The `[flood]` section; the reroute policy (default or a table's) needs a destination.
+fn flood_settings(flood: RawFlood, rules: &[TableRule]) -> Result<FloodSettings, ConfigError> {
     let default_policy = match flood.policy.as_deref() {
         None => FloodPolicy::Publish,
         Some(p) => policy("flood.policy", p)?,
@@ -208,36 +241,12 @@ pub(super) fn validate(raw: RawFilter, flood: RawFlood) -> Result<FilterSettings
             "must not be empty".into(),
         ));
     }
-    // "warn" by default: a change of a table the configuration does not mention is then logged,
-    // counted and shown by `status` (never silent), while a publication shared with other
-    // subscribers, or a table added to a FOR ALL TABLES publication, does not halt every
-    // other table's stream. "stop" is for deployments where any unplanned drop must halt.
-    let on_unmatched = match raw.on_unmatched.as_deref() {
-        None | Some("warn") => OnUnmatched::Warn,
-        Some("stop") => OnUnmatched::Stop,
-        Some(_) => {
-            return Err(ConfigError::new(
-                "filter.on_unmatched",
-                "must be \"warn\" or \"stop\"".into(),
-            ));
-        }
-    };
-    Ok(FilterSettings {
-        include,
-        exclude,
-        rules,
-        skip_noop_updates: raw.skip_noop_updates.unwrap_or(false),
-        on_unmatched,
-        flood: FloodSettings {
-            max_changes: limit("flood.max_changes", flood.max_changes)?,
-            max_changes_per_table: limit(
-                "flood.max_changes_per_table",
-                flood.max_changes_per_table,
-            )?,
-            marker_prefix: flood.marker_prefix,
-            origins: flood.origins,
-            policy: default_policy,
-            reroute,
-        },
+    Ok(FloodSettings {
+        max_changes: limit("flood.max_changes", flood.max_changes)?,
+        max_changes_per_table: limit("flood.max_changes_per_table", flood.max_changes_per_table)?,
+        marker_prefix: flood.marker_prefix,
+        origins: flood.origins,
+        policy: default_policy,
+        reroute,
     })
 }

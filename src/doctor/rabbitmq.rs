@@ -73,74 +73,17 @@ fn produced(settings: &Settings, t: &Streamed) -> (String, Vec<String>) {
     (exchange, keys)
 }
 
+/// Credentials and exchanges over AMQP, then bindings and queues over the management API.
 pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Finding>) {
     let uri: lapin::uri::AMQPUri = match settings.sink.url.expose().parse() {
         Ok(u) => u,
         Err(_) => return out.push(f(Level::Fail, "rabbitmq.url is not an AMQP URL")),
     };
-    let conn = match Connection::connect(
-        settings.sink.url.expose(),
-        ConnectionProperties::default(),
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return out.push(f(
-                Level::Fail,
-                format!(
-                    "cannot connect to {}:{} vhost {:?} as {}: {e}",
-                    uri.authority.host,
-                    uri.authority.port,
-                    uri.vhost,
-                    uri.authority.userinfo.username
-                ),
-            ));
-        }
-    };
-    out.push(f(
-        Level::Ok,
-        format!(
-            "connected to {}:{} as {}",
-            uri.authority.host, uri.authority.port, uri.authority.userinfo.username
-        ),
-    ));
     let mut exchanges: Vec<String> = vec![settings.sink.exchange.clone()];
     exchanges.extend(settings.sink.extra_exchanges.iter().cloned());
-    let mut missing = Vec::new();
-    for x in &exchanges {
-        // A passive declare only checks existence; a failed one closes the channel.
-        let Ok(ch) = conn.create_channel().await else {
-            out.push(f(Level::Fail, "cannot open a channel"));
-            return;
-        };
-        let passive = ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        match ch
-            .exchange_declare(
-                x.as_str().into(),
-                ExchangeKind::Topic,
-                passive,
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(()) => out.push(f(Level::Ok, format!("exchange {x:?} exists"))),
-            Err(_) if settings.sink.declare_exchange => {
-                missing.push(x.clone());
-                out.push(f(Level::Ok, format!("exchange {x:?} does not exist yet; walrelay declares it (durable topic) at start")));
-            }
-            Err(_) => out.push(f(
-                Level::Fail,
-                format!("exchange {x:?} does not exist and rabbitmq.declare_exchange = false"),
-            )),
-        }
-        let _ = ch.close(200, "doctor".into()).await;
-    }
-    let _ = conn.close(200, "doctor".into()).await;
-
+    let Some(missing) = exchange_checks(settings, &uri, &exchanges, out).await else {
+        return;
+    };
     let api_url = settings.sink.management_url.as_ref().map_or_else(
         || {
             format!(
@@ -183,6 +126,91 @@ pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Findi
         };
         bindings.push((x.clone(), found));
     }
+    let queues = binding_checks(settings, tables, &bindings, out);
+    queue_checks(&api, &vhost, queues, out).await;
+}
+
+/// Connects with the configured credentials and probes each exchange passively (nothing is
+/// declared). Returns the exchanges walrelay will declare at start, or `None` when the broker
+/// cannot be used at all.
+async fn exchange_checks(
+    settings: &Settings,
+    uri: &lapin::uri::AMQPUri,
+    exchanges: &[String],
+    out: &mut Vec<Finding>,
+) -> Option<Vec<String>> {
+    let conn = match Connection::connect(
+        settings.sink.url.expose(),
+        ConnectionProperties::default(),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(f(
+                Level::Fail,
+                format!(
+                    "cannot connect to {}:{} vhost {:?} as {}: {e}",
+                    uri.authority.host,
+                    uri.authority.port,
+                    uri.vhost,
+                    uri.authority.userinfo.username
+                ),
+            ));
+            return None;
+        }
+    };
+    out.push(f(
+        Level::Ok,
+        format!(
+            "connected to {}:{} as {}",
+            uri.authority.host, uri.authority.port, uri.authority.userinfo.username
+        ),
+    ));
+    let mut missing = Vec::new();
+    for x in exchanges {
+        // A passive declare only checks existence; a failed one closes the channel.
+        let Ok(ch) = conn.create_channel().await else {
+            out.push(f(Level::Fail, "cannot open a channel"));
+            return None;
+        };
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match ch
+            .exchange_declare(
+                x.as_str().into(),
+                ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(()) => out.push(f(Level::Ok, format!("exchange {x:?} exists"))),
+            Err(_) if settings.sink.declare_exchange => {
+                missing.push(x.clone());
+                out.push(f(Level::Ok, format!("exchange {x:?} does not exist yet; walrelay declares it (durable topic) at start")));
+            }
+            Err(_) => out.push(f(
+                Level::Fail,
+                format!("exchange {x:?} does not exist and rabbitmq.declare_exchange = false"),
+            )),
+        }
+        let _ = ch.close(200, "doctor".into()).await;
+    }
+    let _ = conn.close(200, "doctor".into()).await;
+    Some(missing)
+}
+
+/// Every routing key a streamed table produces must match a binding on its exchange (or the
+/// message would be returned unroutable and walrelay would stop). Returns the queues bound.
+fn binding_checks(
+    settings: &Settings,
+    tables: &[Streamed],
+    bindings: &[(String, Vec<Value>)],
+    out: &mut Vec<Finding>,
+) -> Vec<String> {
     let mut queues: Vec<String> = Vec::new();
     for t in tables {
         let (exchange, keys) = produced(settings, t);
@@ -231,6 +259,11 @@ pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Findi
             ));
         }
     }
+    queues
+}
+
+/// Durability of each queue behind a binding.
+async fn queue_checks(api: &Api, vhost: &str, queues: Vec<String>, out: &mut Vec<Finding>) {
     for q in queues {
         match api
             .get(&format!("/api/queues/{vhost}/{}", segment(&q)))

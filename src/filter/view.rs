@@ -27,40 +27,11 @@ impl FilterSettings {
             table: format!("{}.{}", table.schema, table.name),
             message,
         };
-        let mut mask = None;
-        if let Some(r) = rule {
-            for name in r.ignore.iter().chain(r.columns.iter().flatten()) {
-                if !rel.columns.iter().any(|c| c.name == *name) {
-                    return Err(err(format!("no column {name:?}")));
-                }
-            }
-            let keep: Vec<bool> = rel
-                .columns
-                .iter()
-                .map(|c| {
-                    !r.ignore.contains(&c.name)
-                        && r.columns.as_ref().is_none_or(|cols| cols.contains(&c.name))
-                })
-                .collect();
-            // The key identifies the row and must stay whole.
-            if let Some((c, _)) = rel
-                .columns
-                .iter()
-                .zip(&keep)
-                .enumerate()
-                .find(|(i, (_, k))| table.is_key(*i) && !**k)
-                .map(|(_, ck)| ck)
-            {
-                return Err(err(format!(
-                    "column {:?} is part of the row's key ({}), which identifies the row in every event, and cannot be left out",
-                    c.name,
-                    key_description(&table, rel)
-                )));
-            }
-            if keep.iter().any(|k| !k) {
-                mask = Some(keep);
-            }
-        }
+        let mask = rule
+            .map(|r| column_mask(r, rel, &table))
+            .transpose()
+            .map_err(err)?
+            .flatten();
         let predicate = rule
             .and_then(|r| r.predicate.as_ref())
             .map(|p| p.bind(rel).map_err(err))
@@ -68,19 +39,7 @@ impl FilterSettings {
         let routing = rule
             .and_then(|r| r.routing_key.clone())
             .unwrap_or_else(|| default_routing.clone());
-        for col in routing.key_columns() {
-            let is_key = rel
-                .columns
-                .iter()
-                .position(|c| c.name == col)
-                .is_some_and(|i| table.is_key(i));
-            if !is_key {
-                return Err(err(format!(
-                    "routing key uses {{key.{col}}}, but {col:?} is not a column of the row's key ({})",
-                    key_description(&table, rel)
-                )));
-            }
-        }
+        routing_by_key(&routing, rel, &table).map_err(err)?;
         let named = self
             .include
             .iter()
@@ -116,6 +75,66 @@ impl FilterSettings {
                 .or(self.flood.max_changes_per_table),
         })
     }
+}
+
+/// The columns a rule keeps (`None`: all of them). Every named column must exist, and the
+/// key identifies the row and must stay whole.
+fn column_mask(
+    r: &TableRule,
+    rel: &Relation,
+    table: &TableIdentity,
+) -> Result<Option<Vec<bool>>, String> {
+    for name in r.ignore.iter().chain(r.columns.iter().flatten()) {
+        if !rel.columns.iter().any(|c| c.name == *name) {
+            return Err(format!("no column {name:?}"));
+        }
+    }
+    let keep: Vec<bool> = rel
+        .columns
+        .iter()
+        .map(|c| {
+            !r.ignore.contains(&c.name)
+                && r.columns.as_ref().is_none_or(|cols| cols.contains(&c.name))
+        })
+        .collect();
+    // The key identifies the row and must stay whole.
+    if let Some((c, _)) = rel
+        .columns
+        .iter()
+        .zip(&keep)
+        .enumerate()
+        .find(|(i, (_, k))| table.is_key(*i) && !**k)
+        .map(|(_, ck)| ck)
+    {
+        return Err(format!(
+            "column {:?} is part of the row's key ({}), which identifies the row in every event, and cannot be left out",
+            c.name,
+            key_description(table, rel)
+        ));
+    }
+    Ok(keep.iter().any(|k| !k).then_some(keep))
+}
+
+/// `{key.<col>}` in a routing key must name a column of the row's key.
+fn routing_by_key(
+    routing: &RoutingTemplate,
+    rel: &Relation,
+    table: &TableIdentity,
+) -> Result<(), String> {
+    for col in routing.key_columns() {
+        let is_key = rel
+            .columns
+            .iter()
+            .position(|c| c.name == col)
+            .is_some_and(|i| table.is_key(i));
+        if !is_key {
+            return Err(format!(
+                "routing key uses {{key.{col}}}, but {col:?} is not a column of the row's key ({})",
+                key_description(table, rel)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// "the primary key (id)", "no key", for messages.
