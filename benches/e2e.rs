@@ -8,7 +8,6 @@
 //! psycopg2 and pika (the peer is skipped without it).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(unused_imports)]
 mod common;
 #[path = "e2e/parts.rs"]
 mod e2e_parts;

@@ -130,7 +130,7 @@ async fn a_progress_line_shows_walrelay_working() {
     let relay = s.start_streaming().await;
     s.sql("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);")
         .await;
-    s.queue.take(2, Duration::from_secs(30)).await;
+    s.queue().take(2, Duration::from_secs(30)).await;
     // Each line counts what happened since the previous one: the sums cover both changes.
     let sum = |log: &str, field: &str| -> u64 {
         log.lines()

@@ -102,8 +102,8 @@ async fn a_missing_and_an_unpublished_table_fail_doctor_as_they_fail_run() {
 async fn an_unbound_routing_key_fails_doctor_and_readyz_names_it() {
     let s = Scene::new("CREATE TABLE a (id int PRIMARY KEY);", &["public.a"]).await;
     // Only deletes are bound: inserts would be unroutable.
-    s.queue.unbind("#").await;
-    s.queue.bind("*.*.delete").await;
+    s.queue().unbind("#").await;
+    s.queue().bind("*.*.delete").await;
     let (passed, text) = doctor(&s);
     assert!(!passed);
     assert!(
@@ -119,8 +119,8 @@ async fn an_unbound_routing_key_fails_doctor_and_readyz_names_it() {
     })
     .await;
     assert!(!body.contains("not connected to RabbitMQ"), "{body}");
-    s.queue.bind("#").await;
-    let got = s.queue.take_distinct(1, T).await;
+    s.queue().bind("#").await;
+    let got = s.queue().take_distinct(1, T).await;
     assert_eq!(got[0].body["key"]["id"], 1);
     s.finish().await;
 }

@@ -6,19 +6,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use common::scene::{Consumer, Scene, Setup};
 use common::*;
 
 const T: Duration = Duration::from_secs(90);
-
-async fn setup_table(pg: &PgCluster) -> (String, tokio_postgres::Client) {
-    let db = unique("app");
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, payload text)")
-        .await
-        .unwrap();
-    (db, client)
-}
 
 /// The end LSN of the last commit: the current WAL position right after it.
 async fn commit_and_lsn(client: &tokio_postgres::Client, sql: &str) -> u64 {
@@ -28,49 +19,45 @@ async fn commit_and_lsn(client: &tokio_postgres::Client, sql: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_never_passes_a_message_the_broker_has_not_confirmed() {
-    let pg = PgCluster::start();
-    let (db, client) = setup_table(&pg).await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("#")).await;
     let proxy = proxy::Proxy::start("127.0.0.1:5672").await;
     let amqp_via_proxy = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
-    let slot = unique("slot");
-    let cfg_dir = tempfile::tempdir().unwrap();
     // A long confirm timeout: the held confirm must not end the session during the check.
-    let cfg = write_config(
-        cfg_dir.path(),
-        &pg.url(&db),
-        &amqp_via_proxy,
-        &slot,
-        &exchange,
+    let s = Scene::with(
+        "CREATE TABLE items (id int PRIMARY KEY, payload text)",
         &["public.items"],
-        "",
-    );
+        Setup {
+            consumer: Consumer::Bound("#"),
+            amqp_url: &amqp_via_proxy,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (client, queue, slot, cfg) = (&s.client, s.queue(), &s.slot, s.config.clone());
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("confirm_timeout_ms = 5000", "confirm_timeout_ms = 60000");
     std::fs::write(&cfg, text).unwrap();
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
-    let first = commit_and_lsn(&client, "INSERT INTO items VALUES (1, 'a')").await;
+    let first = commit_and_lsn(client, "INSERT INTO items VALUES (1, 'a')").await;
     wait_for("first commit confirmed", T, || async {
-        (slot_confirmed(&client, &slot).await >= first).then_some(())
+        (slot_confirmed(client, slot).await >= first).then_some(())
     })
     .await;
 
     // Withhold the broker's answers: publishes reach RabbitMQ, confirms do not reach walrelay.
     proxy.hold_replies();
-    let before = slot_confirmed(&client, &slot).await;
+    let before = slot_confirmed(client, slot).await;
     client
         .batch_execute("INSERT INTO items VALUES (2, 'b')")
         .await
         .unwrap();
-    let held_commit = current_lsn(&client).await;
+    let held_commit = current_lsn(client).await;
     let delivered = queue.take(2, T).await; // the broker has the message...
     assert_eq!(delivered[1].body["new"]["id"], 2);
     // ...but without its confirm the slot must stay before that commit, for several status intervals.
     for _ in 0..20 {
-        let pos = slot_confirmed(&client, &slot).await;
+        let pos = slot_confirmed(client, slot).await;
         assert!(
             pos < held_commit,
             "slot moved to {pos:x} past unconfirmed commit ending {held_commit:x}"
@@ -80,35 +67,27 @@ async fn slot_never_passes_a_message_the_broker_has_not_confirmed() {
     }
     proxy.release();
     wait_for("held commit confirmed after release", T, || async {
-        (slot_confirmed(&client, &slot).await >= held_commit).then_some(())
+        (slot_confirmed(client, slot).await >= held_commit).then_some(())
     })
     .await;
-    queue.delete().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing_and_replays_with_identical_ids() {
-    let pg = PgCluster::start();
-    let (db, client) = setup_table(&pg).await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("#")).await;
-    let slot = unique("slot");
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        cfg_dir.path(),
-        &pg.url(&db),
-        AMQP_URL,
-        &slot,
-        &exchange,
+    let s = Scene::with(
+        "CREATE TABLE items (id int PRIMARY KEY, payload text)",
         &["public.items"],
-        "",
-    );
+        Setup::default(),
+    )
+    .await;
+    let (client, queue, slot, cfg) = (&s.client, s.queue(), &s.slot, s.config.clone());
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
 
     // 300 transactions of 10 rows; kill walrelay while they stream, then restart it.
     let writer = {
-        let url = pg.url(&db);
+        let url = s.url();
         tokio::spawn(async move {
             let c = connect(&url).await;
             for tx in 0..300 {
@@ -124,13 +103,13 @@ async fn kill_9_mid_stream_loses_nothing_and_replays_with_identical_ids() {
     let mut seen = Vec::new();
     seen.extend(queue.take(200, T).await);
     relay.kill9();
-    let confirmed_at_kill = slot_confirmed(&client, &slot).await;
+    let confirmed_at_kill = slot_confirmed(client, slot).await;
     writer.await.unwrap();
     let relay2 = Relay::start(&cfg);
     relay2.wait_log("streaming", T).await;
-    let end = current_lsn(&client).await;
+    let end = current_lsn(client).await;
     wait_for("restarted relay confirms everything", T, || async {
-        (slot_confirmed(&client, &slot).await >= end).then_some(())
+        (slot_confirmed(client, slot).await >= end).then_some(())
     })
     .await;
     seen.extend(queue.drain(Duration::from_secs(1)).await);
@@ -181,34 +160,30 @@ async fn kill_9_mid_stream_loses_nothing_and_replays_with_identical_ids() {
         seen.len(),
         duplicated
     );
-    queue.delete().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_message_holds_the_slot_until_a_binding_exists() {
-    let pg = PgCluster::start();
-    let (db, client) = setup_table(&pg).await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, None).await; // no binding yet
-    let slot = unique("slot");
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        cfg_dir.path(),
-        &pg.url(&db),
-        AMQP_URL,
-        &slot,
-        &exchange,
+    let s = Scene::with(
+        "CREATE TABLE items (id int PRIMARY KEY, payload text)",
         &["public.items"],
-        "",
-    );
+        Setup {
+            consumer: Consumer::Unbound,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (client, queue, slot, exchange, cfg) =
+        (&s.client, s.queue(), &s.slot, &s.exchange, s.config.clone());
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
-    let start = slot_confirmed(&client, &slot).await;
+    let start = slot_confirmed(client, slot).await;
     client
         .batch_execute("INSERT INTO items VALUES (1, 'nobody listens')")
         .await
         .unwrap();
-    let commit = current_lsn(&client).await;
+    let commit = current_lsn(client).await;
     relay.wait_log("unroutable", T).await;
     let log = relay.log();
     assert!(
@@ -216,7 +191,7 @@ async fn unroutable_message_holds_the_slot_until_a_binding_exists() {
         "error names exchange and key"
     );
     for _ in 0..10 {
-        let pos = slot_confirmed(&client, &slot).await;
+        let pos = slot_confirmed(client, slot).await;
         assert!(pos < commit, "slot passed an unroutable message");
         assert!(pos >= start);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -225,29 +200,21 @@ async fn unroutable_message_holds_the_slot_until_a_binding_exists() {
     let got = queue.take(1, T).await;
     assert_eq!(got[0].body["new"]["payload"], "nobody listens");
     wait_for("slot passes the commit once delivered", T, || async {
-        (slot_confirmed(&client, &slot).await >= commit).then_some(())
+        (slot_confirmed(client, slot).await >= commit).then_some(())
     })
     .await;
-    queue.delete().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_cleanly_and_a_restart_replays_nothing() {
-    let pg = PgCluster::start();
-    let (db, client) = setup_table(&pg).await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("#")).await;
-    let slot = unique("slot");
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        cfg_dir.path(),
-        &pg.url(&db),
-        AMQP_URL,
-        &slot,
-        &exchange,
+    let s = Scene::with(
+        "CREATE TABLE items (id int PRIMARY KEY, payload text)",
         &["public.items"],
-        "",
-    );
+        Setup::default(),
+    )
+    .await;
+    let (client, queue, slot, cfg) = (&s.client, s.queue(), &s.slot, s.config.clone());
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     client
@@ -261,7 +228,7 @@ async fn sigterm_exits_cleanly_and_a_restart_replays_nothing() {
     assert!(status.success(), "exit status {status:?}\n{}", relay.log());
     assert!(relay.log().contains("shut down cleanly"));
     // The slot survives shutdown and a restart sends nothing already confirmed.
-    assert!(slot_confirmed(&client, &slot).await > 0, "slot kept");
+    assert!(slot_confirmed(client, slot).await > 0, "slot kept");
     let relay2 = Relay::start(&cfg);
     relay2.wait_log("streaming", T).await;
     client
@@ -274,5 +241,5 @@ async fn sigterm_exits_cleanly_and_a_restart_replays_nothing() {
         "first message after restart is the new row, not a replay"
     );
     assert!(queue.drain(Duration::from_millis(500)).await.is_empty());
-    queue.delete().await;
+    s.finish().await;
 }

@@ -6,67 +6,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::scene::Scene;
 use common::*;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(90);
-
-/// One cluster, database, exchange and queue (bound to `#`) for a test.
-struct Scene {
-    pg: PgCluster,
-    db: String,
-    client: tokio_postgres::Client,
-    exchange: String,
-    queue: TestQueue,
-    slot: String,
-    dir: tempfile::TempDir,
-}
-
-impl Scene {
-    async fn new(schema: &str) -> Scene {
-        let pg = PgCluster::start();
-        let db = unique("app");
-        let client = pg.create_db(&db).await;
-        client.batch_execute(schema).await.unwrap();
-        let exchange = unique("ex");
-        let queue = TestQueue::new(&exchange, Some("#")).await;
-        Scene {
-            pg,
-            db,
-            client,
-            exchange,
-            queue,
-            slot: unique("slot"),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn config(&self, include: &[&str], extra: &str) -> std::path::PathBuf {
-        write_config(
-            self.dir.path(),
-            &self.pg.url(&self.db),
-            AMQP_URL,
-            &self.slot,
-            &self.exchange,
-            include,
-            extra,
-        )
-    }
-
-    async fn sql(&self, sql: &str) {
-        self.client.batch_execute(sql).await.unwrap();
-    }
-}
-
-/// Peak resident memory of a process, in KiB (`VmHWM`).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_ops_columns_predicates_noops_and_routing() {
@@ -76,10 +20,11 @@ async fn tables_ops_columns_predicates_noops_and_routing() {
          CREATE TABLE users (id int PRIMARY KEY, email text, password_hash text);
          CREATE TABLE audit_log (id int PRIMARY KEY, note text);
          CREATE SCHEMA other; CREATE TABLE other.things (id int PRIMARY KEY);",
+        &[],
     )
     .await;
     let special = TestQueue::new(&unique("orders_ex"), Some("#")).await;
-    let cfg = s.config(
+    let cfg = s.rewrite(
         &["public.*"],
         &format!(
             "exclude = [\"audit_*\"]
@@ -178,14 +123,14 @@ columns = [\"id\", \"email\"]
     assert_eq!(orders[2].body["new"]["total"], 11);
     assert_eq!(orders[1].body["old"]["status"], "open");
 
-    let rest = s.queue.take(1, T).await;
+    let rest = s.queue().take(1, T).await;
     assert_eq!(rest[0].routing_key, "public.users.insert");
     assert_eq!(rest[0].body["new"], json!({"id": 7, "email": "a@b.c"}));
     assert!(!rest[0].body.to_string().contains("secret-hash"));
-    assert!(s.queue.drain(Duration::from_millis(800)).await.is_empty());
+    assert!(s.queue().drain(Duration::from_millis(800)).await.is_empty());
     assert!(special.drain(Duration::from_millis(200)).await.is_empty());
     special.delete().await;
-    s.queue.delete().await;
+    s.finish().await;
 }
 
 /// Changes of `tx` as (op, id) pairs.
@@ -205,9 +150,10 @@ async fn a_100k_row_update_flood_is_summarized_between_intact_transactions() {
     let s = Scene::new(
         "CREATE TABLE items (id int PRIMARY KEY, v int);
          INSERT INTO items SELECT g, 0 FROM generate_series(1, 100000) g;",
+        &[],
     )
     .await;
-    let cfg = s.config(
+    let cfg = s.rewrite(
         &["public.items"],
         "[flood]\nmax_changes = 1000\npolicy = \"summarize\"\n",
     );
@@ -219,13 +165,13 @@ async fn a_100k_row_update_flood_is_summarized_between_intact_transactions() {
         .await;
     s.sql("UPDATE items SET v = 2 WHERE id <= 10000").await;
     s.sql("INSERT INTO items VALUES (-2, 1)").await;
-    let first = s.queue.take(4, T).await;
+    let first = s.queue().take(4, T).await;
     let rss_after_10k = peak_rss_kib(pid);
     s.sql("UPDATE items SET v = 3").await;
     s.sql("BEGIN; INSERT INTO items VALUES (-3, 1); DELETE FROM items WHERE id = -1; COMMIT")
         .await;
     let after = current_lsn(&s.client).await;
-    let second = s.queue.take(3, T).await;
+    let second = s.queue().take(3, T).await;
     let rss_after_100k = peak_rss_kib(pid);
 
     let all: Vec<Received> = first.into_iter().chain(second).collect();
@@ -269,8 +215,8 @@ async fn a_100k_row_update_flood_is_summarized_between_intact_transactions() {
         "peak RSS grew by {growth} KiB from a 10k- to a 100k-row flood ({rss_after_10k} -> {rss_after_100k} KiB)"
     );
     assert!(relay.log().contains("flood transaction"));
-    assert!(s.queue.drain(Duration::from_millis(500)).await.is_empty());
-    s.queue.delete().await;
+    assert!(s.queue().drain(Duration::from_millis(500)).await.is_empty());
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,10 +225,11 @@ async fn markers_and_origins_make_floods_that_are_skipped_or_rerouted() {
         "CREATE TABLE a (id int PRIMARY KEY);
          CREATE TABLE b (id int PRIMARY KEY);
          SELECT pg_replication_origin_create('loader');",
+        &[],
     )
     .await;
     let slow = TestQueue::new(&unique("slow"), Some("bulk.#")).await;
-    let cfg = s.config(
+    let cfg = s.rewrite(
         &["public.a", "public.b"],
         &format!(
             "[[filter.table]]\nname = \"public.b\"\nflood_policy = \"reroute\"\n\
@@ -315,7 +262,7 @@ async fn markers_and_origins_make_floods_that_are_skipped_or_rerouted() {
     .await;
     let after = current_lsn(&s.client).await;
 
-    let normal = s.queue.take(1, T).await;
+    let normal = s.queue().take(1, T).await;
     assert_eq!(ops_ids(&normal), [("insert".to_owned(), 5)]);
     let rerouted = slow.take(3, T).await;
     let keys: Vec<&str> = rerouted.iter().map(|m| m.routing_key.as_str()).collect();
@@ -334,16 +281,20 @@ async fn markers_and_origins_make_floods_that_are_skipped_or_rerouted() {
     let log = relay.log();
     assert!(log.contains("reason=\"marker\""), "{log}");
     assert!(log.contains("reason=\"origin\""), "{log}");
-    assert!(s.queue.drain(Duration::from_millis(500)).await.is_empty());
+    assert!(s.queue().drain(Duration::from_millis(500)).await.is_empty());
     assert!(slow.drain(Duration::from_millis(100)).await.is_empty());
     slow.delete().await;
-    s.queue.delete().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_that_hides_a_key_column_stops_the_start_naming_it() {
-    let s = Scene::new("CREATE TABLE orders (order_no int PRIMARY KEY, card text);").await;
-    let cfg = s.config(
+    let s = Scene::new(
+        "CREATE TABLE orders (order_no int PRIMARY KEY, card text);",
+        &[],
+    )
+    .await;
+    let cfg = s.rewrite(
         &["public.orders"],
         "[[filter.table]]\nname = \"public.orders\"\nignore = [\"order_no\", \"card\"]\n",
     );
@@ -358,5 +309,5 @@ async fn a_rule_that_hides_a_key_column_stops_the_start_naming_it() {
         "{log}"
     );
     assert!(!log.contains("streaming"), "{log}");
-    s.queue.delete().await;
+    s.finish().await;
 }

@@ -84,7 +84,7 @@ async fn every_change_of_a_row_has_the_same_key_and_partition_under_every_identi
     s.sql(&sql).await;
     let per_table = 4;
     let total = IDENTITIES.len() * SHAPES.len() * per_table;
-    let first = s.queue.take_distinct(total, T).await;
+    let first = s.queue().take_distinct(total, T).await;
     // A restart in the middle: the partition function is the same in the next process.
     relay.kill9();
     let _relay = s.start_streaming().await;
@@ -107,7 +107,7 @@ async fn every_change_of_a_row_has_the_same_key_and_partition_under_every_identi
             "got {} of {want} distinct events",
             seen.len()
         );
-        match s.queue.get().await {
+        match s.queue().get().await {
             Some(m) if seen.insert(m.message_id.clone()) => all.push(m),
             Some(_) => {}
             None => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -195,7 +195,7 @@ async fn an_update_of_the_primary_key_is_keyed_and_routed_by_the_old_key() {
          UPDATE acct_full SET id = 2, balance = 5;",
     )
     .await;
-    let got = s.queue.take(6, T).await;
+    let got = s.queue().take(6, T).await;
     let keys: Vec<(String, Value, Value)> = got
         .iter()
         .map(|m| {

@@ -46,7 +46,7 @@ async fn no_failure_path_logs_a_row_value() {
         |id: i32| format!("INSERT INTO users VALUES ({id}, '{CANARY}', repeat('{CANARY}', 20));");
 
     // 1. Unroutable: nothing bound; walrelay retries and logs each attempt.
-    s.queue.unbind("#").await;
+    s.queue().unbind("#").await;
     let relay = Relay::start_env(&s.config, &verbose());
     relay.wait_log("streaming", T).await;
     s.sql(&insert(1)).await;
@@ -77,7 +77,7 @@ async fn no_failure_path_logs_a_row_value() {
         .await;
 
     // 3. Oversized: the row is bigger than rabbitmq.max_message_bytes.
-    s.queue.bind("#").await;
+    s.queue().bind("#").await;
     s.set("rabbitmq", "max_message_bytes", "256");
     let mut relay = Relay::start_env(&s.config, &verbose());
     assert!(!relay.wait_exit(T).await.success());
@@ -100,7 +100,7 @@ async fn no_failure_path_logs_a_row_value() {
     }
     proxy.sever_all();
     relay.wait_log("session ended; retrying", T).await;
-    let got = s.queue.take_distinct(39, T).await;
+    let got = s.queue().take_distinct(39, T).await;
     assert_eq!(got.len(), 39, "every row arrives after the cut");
     assert!(got.iter().all(|m| m.body["new"]["email"] == CANARY));
     assert_no_canary("broker cut", &relay.log());

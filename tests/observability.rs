@@ -57,7 +57,7 @@ async fn live_metrics_pass_promtool_and_the_rules_query_only_exported_metrics() 
     let relay = s.start_streaming().await;
     s.sql("INSERT INTO t SELECT generate_series(1, 50); DELETE FROM t WHERE id <= 10;")
         .await;
-    s.queue.take(60, Duration::from_secs(30)).await;
+    s.queue().take(60, Duration::from_secs(30)).await;
     let port = relay.http_port().await;
     let (_, text) = http_get(port, "/metrics");
     assert!(

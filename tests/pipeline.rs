@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::scene::{Consumer, Scene, Setup};
 use common::*;
 use serde_json::json;
 
@@ -12,24 +13,17 @@ const T: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_every_operation_in_commit_order_and_advances_the_slot() {
-    let (pg, db, client) = PgCluster::with_db(
+    let s = Scene::with(
         "CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric(10,2));
              CREATE TABLE users (id bigint PRIMARY KEY, email text);",
+        &["public.orders", "public.users"],
+        Setup {
+            consumer: Consumer::Bound("public.#"),
+            ..Setup::default()
+        },
     )
     .await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("public.#")).await;
-    let slot = unique("slot");
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        cfg_dir.path(),
-        &pg.url(&db),
-        AMQP_URL,
-        &slot,
-        &exchange,
-        &["public.orders", "public.users"],
-        "",
-    );
+    let (client, queue, slot, cfg) = (&s.client, s.queue(), &s.slot, s.config.clone());
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
 
@@ -47,7 +41,7 @@ async fn streams_every_operation_in_commit_order_and_advances_the_slot() {
         .await
         .unwrap();
     client.batch_execute("TRUNCATE users").await.unwrap();
-    let after = current_lsn(&client).await;
+    let after = current_lsn(client).await;
 
     let got = queue.take(7, T).await;
     let ops: Vec<(String, String)> = got
@@ -109,39 +103,29 @@ async fn streams_every_operation_in_commit_order_and_advances_the_slot() {
     }
     // The slot moves past everything once confirmed (idle keepalives carry it to the WAL end).
     wait_for("slot to pass the last commit", T, || async {
-        (slot_confirmed(&client, &slot).await >= after).then_some(())
+        (slot_confirmed(client, slot).await >= after).then_some(())
     })
     .await;
     assert!(
         queue.drain(Duration::from_millis(500)).await.is_empty(),
         "no extra messages"
     );
-    queue.delete().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_is_marked_not_nulled_and_full_identity_sends_old_rows() {
-    let (pg, db, client) = PgCluster::with_db(
+    let s = Scene::with(
         "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
              ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
              CREATE TABLE audit (id int, note text);
              ALTER TABLE audit REPLICA IDENTITY FULL;
              CREATE TABLE nokey (v int);",
+        &["public.docs", "public.audit", "public.nokey"],
+        Setup::default(),
     )
     .await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("#")).await;
-    let slot = unique("slot");
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        cfg_dir.path(),
-        &pg.url(&db),
-        AMQP_URL,
-        &slot,
-        &exchange,
-        &["public.docs", "public.audit", "public.nokey"],
-        "",
-    );
+    let (client, queue, cfg) = (&s.client, s.queue(), s.config.clone());
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
 
@@ -192,25 +176,18 @@ async fn unchanged_toast_is_marked_not_nulled_and_full_identity_sends_old_rows()
         serde_json::Value::Null,
         "a table without a key has no key"
     );
-    queue.delete().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_mode_packs_a_transaction_into_arrays_and_never_spans_commits() {
-    let (pg, db, client) = PgCluster::with_db("CREATE TABLE items (id int PRIMARY KEY)").await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("#")).await;
-    let slot = unique("slot");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &pg.url(&db),
-        AMQP_URL,
-        &slot,
-        &exchange,
+    let s = Scene::with(
+        "CREATE TABLE items (id int PRIMARY KEY)",
         &["public.items"],
-        "",
-    );
+        Setup::default(),
+    )
+    .await;
+    let (client, queue, slot, cfg) = (&s.client, s.queue(), &s.slot, s.config.clone());
     config_set(&cfg, "rabbitmq", "batch_max_events", "4");
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
@@ -226,7 +203,7 @@ async fn batch_mode_packs_a_transaction_into_arrays_and_never_spans_commits() {
         .batch_execute("BEGIN; UPDATE items SET id = id + 100 WHERE id <= 2; INSERT INTO items VALUES (12); COMMIT")
         .await
         .unwrap();
-    let after = current_lsn(&client).await;
+    let after = current_lsn(client).await;
     // 10 inserts -> 4 + 4 + 2; 1 insert alone; then 2 updates (a new routing key) and 1 insert.
     let got = queue.take(6, T).await;
     let sizes: Vec<usize> = got
@@ -257,8 +234,8 @@ async fn batch_mode_packs_a_transaction_into_arrays_and_never_spans_commits() {
     let headers = first.properties.headers().as_ref().unwrap();
     assert!(format!("{headers:?}").contains("batch"));
     wait_for("slot past the batches", T, || async {
-        (slot_confirmed(&client, &slot).await >= after).then_some(())
+        (slot_confirmed(client, slot).await >= after).then_some(())
     })
     .await;
-    queue.delete().await;
+    s.finish().await;
 }

@@ -56,7 +56,7 @@ async fn a_partitioned_table_streams_under_its_root_through_the_publication_walr
          UPDATE m SET v = 1 WHERE id = 1;",
     )
     .await;
-    let got = s.queue.take(4, T).await;
+    let got = s.queue().take(4, T).await;
     assert_eq!(
         names(&got),
         [
@@ -84,7 +84,7 @@ async fn a_partitioned_table_streams_under_its_root_through_the_publication_walr
          INSERT INTO m VALUES (6, 'af', 0);",
     )
     .await;
-    let got = s.queue.take(3, T).await;
+    let got = s.queue().take(3, T).await;
     let ids: Vec<i64> = got
         .iter()
         .map(|m| m.body["key"]["id"].as_i64().unwrap())
@@ -95,7 +95,7 @@ async fn a_partitioned_table_streams_under_its_root_through_the_publication_walr
         "the detached partition is no longer published"
     );
     assert!(names(&got).iter().all(|x| x.1 == "m"));
-    assert!(s.queue.drain(Duration::from_millis(500)).await.is_empty());
+    assert!(s.queue().drain(Duration::from_millis(500)).await.is_empty());
     assert!(!relay.log().contains("no filter.include pattern matches"));
     // `status` names nothing unmatched, `doctor` says how the table is named.
     let status = s.command(&["status"]);
@@ -128,7 +128,7 @@ async fn partitions_of_a_publication_without_via_root_are_mapped_to_their_root()
          INSERT INTO m VALUES (3, 'asia', 0);",
     )
     .await;
-    let got = s.queue.take(6, T).await;
+    let got = s.queue().take(6, T).await;
     let seen: Vec<(String, String, Value)> = got
         .iter()
         .map(|m| {
@@ -174,7 +174,7 @@ async fn for_all_tables_and_tables_in_schema_stream_tables_created_later() {
              INSERT INTO a VALUES (2);",
         )
         .await;
-        let got = s.queue.take(3, T).await;
+        let got = s.queue().take(3, T).await;
         assert_eq!(
             names(&got),
             [
@@ -201,7 +201,7 @@ async fn for_all_tables_and_tables_in_schema_stream_tables_created_later() {
                 "{text}"
             );
         }
-        assert!(s.queue.drain(Duration::from_millis(300)).await.is_empty());
+        assert!(s.queue().drain(Duration::from_millis(300)).await.is_empty());
         drop(relay);
         s.finish().await;
     }
@@ -226,7 +226,7 @@ async fn alter_publication_while_running_is_followed_without_a_restart() {
         p = s.slot
     ))
     .await;
-    let got = s.queue.take(3, T).await;
+    let got = s.queue().take(3, T).await;
     let seen: Vec<(String, i64)> = got
         .iter()
         .map(|m| {
@@ -237,7 +237,7 @@ async fn alter_publication_while_running_is_followed_without_a_restart() {
         })
         .collect();
     assert_eq!(seen, [("a".into(), 1), ("b".into(), 2), ("b".into(), 3)]);
-    assert!(s.queue.drain(Duration::from_millis(500)).await.is_empty());
+    assert!(s.queue().drain(Duration::from_millis(500)).await.is_empty());
     assert!(!relay.log().contains("session ended"));
     s.finish().await;
 }
@@ -288,7 +288,7 @@ async fn column_lists_row_filters_generated_columns_and_replica_identities() {
          DELETE FROM ui WHERE code = 'A-2';",
     )
     .await;
-    let got = s.queue.take(6, T).await;
+    let got = s.queue().take(6, T).await;
     // The server's row filter drops id 2, walrelay's predicate id 3; the column list hides
     // `secret`; the generated column is published on 18 with publish_generated_columns.
     let expect_new = |id: i64, a: i64| {
@@ -323,14 +323,14 @@ async fn column_lists_row_filters_generated_columns_and_replica_identities() {
     );
     assert_eq!(got[4].body["new"]["code"], "A-2");
     assert_eq!(got[5].body["key"], json!({"code": "A-2", "tenant": 9}));
-    assert!(s.queue.drain(Duration::from_millis(300)).await.is_empty());
+    assert!(s.queue().drain(Duration::from_millis(300)).await.is_empty());
     drop(relay);
     // REPLICA IDENTITY NOTHING: inserts still stream, keyed by the primary key.
     s.set("postgres", "publication", &format!("\"{}_ins\"", s.slot));
     s.set("postgres", "slot", &format!("\"{}_b\"", s.slot));
     let _relay = s.start_streaming().await;
     s.sql("INSERT INTO nothing_t VALUES (1, 1);").await;
-    let got = s.queue.take(1, T).await;
+    let got = s.queue().take(1, T).await;
     assert_eq!(got[0].body["key"], json!({"id": 1}));
     assert_eq!(got[0].body["old"], Value::Null);
     s.finish().await;
@@ -357,7 +357,7 @@ async fn renames_drops_and_truncates_of_several_tables() {
          TRUNCATE parent, kid RESTART IDENTITY CASCADE;",
     )
     .await;
-    let got = s.queue.take(6, T).await;
+    let got = s.queue().take(6, T).await;
     assert_eq!(
         names(&got),
         [
@@ -406,7 +406,7 @@ async fn identifiers_that_need_quoting_everywhere() {
          INSERT INTO public.{long} VALUES (1);"
     ))
     .await;
-    let got = s.queue.take(4, T).await;
+    let got = s.queue().take(4, T).await;
     assert_eq!(
         names(&got),
         [
@@ -473,7 +473,7 @@ async fn an_unmatched_table_stops_walrelay_when_configured() {
     s.set("filter", "on_unmatched", "\"stop\"");
     let mut relay = s.start_streaming().await;
     s.sql("INSERT INTO orders VALUES (1);").await;
-    s.queue.take(1, T).await;
+    s.queue().take(1, T).await;
     let before = slot_confirmed(&s.client, &s.slot).await;
     s.sql("INSERT INTO stray VALUES (1); INSERT INTO orders VALUES (2);")
         .await;
@@ -484,7 +484,7 @@ async fn an_unmatched_table_stops_walrelay_when_configured() {
         log.contains("a change of public.stray reached walrelay") && log.contains("filter.exclude"),
         "{log}"
     );
-    assert!(s.queue.drain(Duration::from_millis(300)).await.is_empty());
+    assert!(s.queue().drain(Duration::from_millis(300)).await.is_empty());
     let after = slot_confirmed(&s.client, &s.slot).await;
     let stray_lsn = current_lsn(&s.client).await;
     assert!(
@@ -511,7 +511,7 @@ async fn unlogged_tables_are_left_out_of_the_publication_and_doctor_says_why() {
     assert!(relay.log().contains("table is UNLOGGED"), "{}", relay.log());
     s.sql("INSERT INTO scratch VALUES (1); INSERT INTO kept VALUES (1);")
         .await;
-    let got = s.queue.take(1, T).await;
+    let got = s.queue().take(1, T).await;
     assert_eq!(got[0].body["table"], "kept");
     drop(relay);
     // Named exactly, an unlogged table stops the start with the remedy.
@@ -528,7 +528,7 @@ async fn a_lost_catalog_connection_is_reopened_without_ending_the_session() {
     let s = Scene::new("CREATE TABLE a (id int PRIMARY KEY);", &["public.a"]).await;
     let relay = s.start_streaming().await;
     s.sql("INSERT INTO a VALUES (1);").await;
-    s.queue.take(1, T).await;
+    s.queue().take(1, T).await;
     // An idle timeout or a proxy closes walrelay's plain SQL connection…
     let killed: i64 = s
         .client
@@ -544,7 +544,7 @@ async fn a_lost_catalog_connection_is_reopened_without_ending_the_session() {
     // …and the next Relation message (after DDL) needs it.
     s.sql("ALTER TABLE a ADD COLUMN note text; INSERT INTO a VALUES (2, 'after');")
         .await;
-    let got = s.queue.take(1, T).await;
+    let got = s.queue().take(1, T).await;
     assert_eq!(got[0].body["new"], json!({"id": 2, "note": "after"}));
     assert!(!relay.log().contains("session ended"), "{}", relay.log());
     s.finish().await;

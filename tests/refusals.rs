@@ -7,73 +7,47 @@ mod common;
 
 use std::time::Duration;
 
+use common::scene::{Consumer, Scene, Setup};
 use common::*;
 use lapin::options::ExchangeDeleteOptions;
 use lapin::types::{AMQPValue, FieldTable};
 
 const T: Duration = Duration::from_secs(90);
 
-struct Scene {
-    pg: PgCluster,
-    client: tokio_postgres::Client,
-    url: String,
-    exchange: String,
-    slot: String,
-    dir: tempfile::TempDir,
+const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, body text)";
+
+/// A scene for `public.items` with neither exchange nor queue: each test makes the ones it
+/// refuses with.
+async fn scene(conf: &[&str]) -> Scene {
+    let setup = Setup {
+        conf,
+        consumer: Consumer::Absent,
+        ..Setup::default()
+    };
+    Scene::with(SCHEMA, &["public.items"], setup).await
 }
 
-impl Scene {
-    async fn new(conf: &[&str]) -> Scene {
-        let pg = PgCluster::start_with(conf);
-        let db = unique("app");
-        let client = pg.create_db(&db).await;
-        client
-            .batch_execute("CREATE TABLE items (id int PRIMARY KEY, body text)")
-            .await
-            .unwrap();
-        Scene {
-            url: pg.url(&db),
-            pg,
-            client,
-            exchange: unique("ex"),
-            slot: unique("slot"),
-            dir: tempfile::tempdir().unwrap(),
-        }
+/// The config for `public.items`; `rabbitmq` sets one `[rabbitmq]` key (`(key, value)`).
+fn config(s: &Scene, rabbitmq: Option<(&str, &str)>, extra: &str) -> std::path::PathBuf {
+    let cfg = s.rewrite(&["public.items"], extra);
+    if let Some((key, value)) = rabbitmq {
+        config_set(&cfg, "rabbitmq", key, value);
     }
+    cfg
+}
 
-    /// A config for `public.items`; `rabbitmq` sets one `[rabbitmq]` key (`(key, value)`).
-    fn config(&self, rabbitmq: Option<(&str, &str)>, extra: &str) -> std::path::PathBuf {
-        let cfg = write_config(
-            self.dir.path(),
-            &self.url,
-            AMQP_URL,
-            &self.slot,
-            &self.exchange,
-            &["public.items"],
-            extra,
-        );
-        if let Some((key, value)) = rabbitmq {
-            config_set(&cfg, "rabbitmq", key, value);
-        }
-        cfg
-    }
-
-    async fn insert(&self, id: i32) -> u64 {
-        self.client
-            .execute("INSERT INTO items VALUES ($1, 'x')", &[&id])
-            .await
-            .unwrap();
-        current_lsn(&self.client).await
-    }
-
-    async fn slot(&self) -> u64 {
-        slot_confirmed(&self.client, &self.slot).await
-    }
+/// Inserts a row; returns the WAL position after its commit.
+async fn insert(s: &Scene, id: i32) -> u64 {
+    s.client
+        .execute("INSERT INTO items VALUES ($1, 'x')", &[&id])
+        .await
+        .unwrap();
+    s.lsn().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nacks_from_a_full_queue_hold_the_slot_until_there_is_room() {
-    let s = Scene::new(&[]).await;
+    let s = scene(&[]).await;
     // A bounded queue that rejects publishes when full.
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(3));
@@ -82,16 +56,19 @@ async fn nacks_from_a_full_queue_hold_the_slot_until_there_is_room() {
         AMQPValue::LongString("reject-publish".into()),
     );
     let q = TestQueue::on(AMQP_URL, &s.exchange, Some("#"), args).await;
-    let relay = Relay::start(&s.config(None, ""));
+    let relay = Relay::start(&config(&s, None, ""));
     relay.wait_log("streaming", T).await;
     let mut lsns = Vec::new();
     for id in 1..=6 {
-        lsns.push(s.insert(id).await);
+        lsns.push(insert(&s, id).await);
     }
     relay.wait_log("nacked by the broker", T).await;
     // Three fit; the fourth is refused and everything from it on is held.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(s.slot().await < lsns[3], "the slot passed a nacked message");
+    assert!(
+        s.confirmed().await < lsns[3],
+        "the slot passed a nacked message"
+    );
     let mut ids = std::collections::BTreeSet::new();
     while ids.len() < 6 {
         for m in q.drain(Duration::from_millis(300)).await {
@@ -102,7 +79,7 @@ async fn nacks_from_a_full_queue_hold_the_slot_until_there_is_room() {
     assert_eq!(ids.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
     let end = current_lsn(&s.client).await;
     wait_for("slot past everything", T, || async {
-        (s.slot().await >= end).then_some(())
+        (s.confirmed().await >= end).then_some(())
     })
     .await;
     q.delete().await;
@@ -110,11 +87,11 @@ async fn nacks_from_a_full_queue_hold_the_slot_until_there_is_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binding_deleted_mid_stream_holds_the_slot_until_it_is_back() {
-    let s = Scene::new(&[]).await;
+    let s = scene(&[]).await;
     let q = TestQueue::new(&s.exchange, Some("public.items.*")).await;
-    let relay = Relay::start(&s.config(None, ""));
+    let relay = Relay::start(&config(&s, None, ""));
     relay.wait_log("streaming", T).await;
-    s.insert(1).await;
+    insert(&s, 1).await;
     q.take(1, T).await;
     q.channel
         .queue_unbind(
@@ -125,7 +102,7 @@ async fn a_binding_deleted_mid_stream_holds_the_slot_until_it_is_back() {
         )
         .await
         .unwrap();
-    let held = s.insert(2).await;
+    let held = insert(&s, 2).await;
     relay.wait_log("returned unroutable", T).await;
     let log = relay.log();
     assert!(
@@ -133,12 +110,12 @@ async fn a_binding_deleted_mid_stream_holds_the_slot_until_it_is_back() {
         "the error names the route"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(s.slot().await < held);
+    assert!(s.confirmed().await < held);
     q.bind("public.items.*").await;
     let got = q.take(1, T).await;
     assert_eq!(got[0].body["key"]["id"], 2);
     wait_for("slot past the held change", T, || async {
-        (s.slot().await >= held).then_some(())
+        (s.confirmed().await >= held).then_some(())
     })
     .await;
     q.delete().await;
@@ -146,20 +123,20 @@ async fn a_binding_deleted_mid_stream_holds_the_slot_until_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exchange_deleted_mid_stream_closes_the_channel_and_walrelay_recovers() {
-    let s = Scene::new(&[]).await;
+    let s = scene(&[]).await;
     let q = TestQueue::new(&s.exchange, Some("#")).await;
-    let relay = Relay::start(&s.config(Some(("declare_exchange", "false")), ""));
+    let relay = Relay::start(&config(&s, Some(("declare_exchange", "false")), ""));
     relay.wait_log("streaming", T).await;
-    s.insert(1).await;
+    insert(&s, 1).await;
     q.take(1, T).await;
     q.channel
         .exchange_delete(s.exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await
         .unwrap();
-    let held = s.insert(2).await;
+    let held = insert(&s, 2).await;
     relay.wait_log("NOT_FOUND", T).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(s.slot().await < held);
+    assert!(s.confirmed().await < held);
     let q = TestQueue::new(&s.exchange, Some("#")).await;
     let got = q.take(1, T).await;
     assert_eq!(got[0].body["key"]["id"], 2);
@@ -168,12 +145,12 @@ async fn an_exchange_deleted_mid_stream_closes_the_channel_and_walrelay_recovers
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_row_stops_walrelay_naming_it_and_is_delivered_once_allowed() {
-    let s = Scene::new(&[]).await;
+    let s = scene(&[]).await;
     let q = TestQueue::new(&s.exchange, Some("#")).await;
-    let small = s.config(Some(("max_message_bytes", "2048")), "");
+    let small = config(&s, Some(("max_message_bytes", "2048")), "");
     let mut relay = Relay::start(&small);
     relay.wait_log("streaming", T).await;
-    s.insert(1).await;
+    insert(&s, 1).await;
     s.client
         .execute("INSERT INTO items VALUES (2, repeat('y', 10000))", &[])
         .await
@@ -186,9 +163,12 @@ async fn an_oversized_row_stops_walrelay_naming_it_and_is_delivered_once_allowed
         log.contains("public.items") && log.contains("max_message_bytes") && log.contains("bytes"),
         "{log}"
     );
-    assert!(s.slot().await < held, "the slot passed the oversized row");
+    assert!(
+        s.confirmed().await < held,
+        "the slot passed the oversized row"
+    );
     assert_eq!(q.take(1, T).await[0].body["key"]["id"], 1);
-    let big = s.config(Some(("max_message_bytes", "1048576")), "");
+    let big = config(&s, Some(("max_message_bytes", "1048576")), "");
     let relay = Relay::start(&big);
     relay.wait_log("streaming", T).await;
     // Row 1 may come again (at least once); row 2 must come, whole.
@@ -205,14 +185,14 @@ async fn an_oversized_row_stops_walrelay_naming_it_and_is_delivered_once_allowed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_slot_stops_walrelay_with_a_specific_message() {
-    let s = Scene::new(&[
+    let s = scene(&[
         "max_slot_wal_keep_size = 1MB",
         "max_wal_size = 32MB",
         "min_wal_size = 32MB",
     ])
     .await;
     let q = TestQueue::new(&s.exchange, Some("#")).await;
-    let cfg = s.config(None, "");
+    let cfg = config(&s, None, "");
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     relay.terminate(T);
@@ -248,10 +228,10 @@ async fn an_invalidated_slot_stops_walrelay_with_a_specific_message() {
 async fn a_slot_recreated_or_advanced_while_walrelay_was_down_is_refused_with_the_position_file() {
     for how in ["recreated", "advanced"] {
         // Synchronous commit: the slot can only be advanced over WAL that is flushed.
-        let s = Scene::new(&["synchronous_commit = on"]).await;
+        let s = scene(&["synchronous_commit = on"]).await;
         let q = TestQueue::new(&s.exchange, Some("#")).await;
         let state = s.dir.path().join("position");
-        let cfg = s.config(None, "");
+        let cfg = config(&s, None, "");
         let text = std::fs::read_to_string(&cfg).unwrap().replace(
             "[service]\n",
             &format!("[service]\nstate_file = {:?}\n", state.to_str().unwrap()),
@@ -259,12 +239,12 @@ async fn a_slot_recreated_or_advanced_while_walrelay_was_down_is_refused_with_th
         std::fs::write(&cfg, text).unwrap();
         let mut relay = Relay::start(&cfg);
         relay.wait_log("streaming", T).await;
-        s.insert(1).await;
+        insert(&s, 1).await;
         q.take(1, T).await;
         assert!(relay.terminate(T).unwrap().success());
         assert!(state.exists());
         // Changes walrelay never sees, then the slot moves past them behind its back.
-        s.insert(2).await;
+        insert(&s, 2).await;
         match how {
             "recreated" => {
                 s.client
@@ -304,7 +284,7 @@ async fn a_slot_recreated_or_advanced_while_walrelay_was_down_is_refused_with_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_missing_from_an_existing_publication_stops_the_start_before_anything_is_created() {
-    let s = Scene::new(&[]).await;
+    let s = scene(&[]).await;
     s.client
         .batch_execute(&format!(
             "CREATE TABLE other (id int PRIMARY KEY); CREATE PUBLICATION {} FOR TABLE other",
@@ -312,7 +292,7 @@ async fn a_table_missing_from_an_existing_publication_stops_the_start_before_any
         ))
         .await
         .unwrap();
-    let mut relay = Relay::start(&s.config(None, ""));
+    let mut relay = Relay::start(&config(&s, None, ""));
     let exit = relay.wait_exit(T).await;
     assert!(!exit.success());
     let log = relay.log();

@@ -31,16 +31,6 @@ pub struct Backlog {
     pub end: u64,
 }
 
-fn pg_bin(name: &str) -> String {
-    for v in [15, 16, 17] {
-        let p = format!("/usr/lib/postgresql/{v}/bin/{name}");
-        if std::path::Path::new(&p).exists() {
-            return p;
-        }
-    }
-    name.to_owned()
-}
-
 fn pgbench(env: &Env, args: &[&str]) {
     let script_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e");
     let mut cmd = Command::new(pg_bin("pgbench"));
