@@ -77,7 +77,16 @@ fn bench(c: &mut Criterion) {
                     panic!("bench input")
                 };
                 let change = RowChange::Insert { new: &new };
-                row_event_body(&tx, 0, rel, &table, &change, None, &types).expect("renders")
+                row_event_body(
+                    &tx,
+                    walrelay::event::event_id(tx.commit_lsn, 0),
+                    rel,
+                    &table,
+                    &change,
+                    None,
+                    &types,
+                )
+                .expect("renders")
             })
         });
     }

@@ -8,6 +8,7 @@
 //! - [`filter`]: which changes are published (tables, ops, columns, row predicates, no-op
 //!   updates) and the flood guard for bulk transactions.
 //! - [`metrics`]: Prometheus metrics; [`health`]: liveness and readiness; [`http`]: serves both.
+//! - [`backfill`]: existing rows published beside the stream (watermarks, chunks, progress).
 //! - [`checkpoint`]: the ack tracker that decides which LSN may be confirmed to PostgreSQL.
 //! - [`source`]: our replication connection (TLS, auth, framing, slot and publication setup).
 //! - [`sink`]: the RabbitMQ publisher (confirms, `mandatory`, bounded in-flight window).
@@ -18,6 +19,7 @@
 //! - [`service`]: `walrelay run` as a library call (pipeline, HTTP, probe, progress line).
 //! - [`doctor`], [`status`], [`tail`]: the operator commands.
 
+pub mod backfill;
 pub mod checkpoint;
 pub mod config;
 pub mod doctor;

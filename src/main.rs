@@ -72,6 +72,21 @@ enum Command {
         #[arg(long)]
         idle_timeout_secs: Option<u64>,
     },
+    /// Backfill a table's existing rows beside the stream (as `read` events); the instance that
+    /// holds the slot runs it. `--status` lists backfills, `--cancel` stops them.
+    Backfill {
+        /// The table, as schema.table.
+        table: Option<String>,
+        /// Only the rows matching this SQL condition.
+        #[arg(long = "where", value_name = "CONDITION")]
+        where_clause: Option<String>,
+        /// List every backfill of the slot with its progress.
+        #[arg(long)]
+        status: bool,
+        /// Stop the active backfills (of TABLE when given).
+        #[arg(long)]
+        cancel: bool,
+    },
     /// Exit 0 when a walrelay's /readyz says ready (for container HEALTHCHECKs).
     Ready {
         /// Defaults to `/readyz` on `http.listen`'s default address.
@@ -171,6 +186,33 @@ async fn dispatch(command: Command, settings: walrelay::config::Settings) -> Exi
                 ExitCode::FAILURE
             }
         },
+        Command::Backfill {
+            table,
+            where_clause,
+            status,
+            cancel,
+        } => {
+            use walrelay::backfill::cli::{Request, run};
+            let request = match (table.as_deref(), status, cancel) {
+                (_, true, _) => Request::Status,
+                (t, _, true) => Request::Cancel { table: t },
+                (Some(t), _, _) => Request::Start {
+                    table: t,
+                    where_clause: where_clause.as_deref(),
+                },
+                (None, _, _) => Request::Status,
+            };
+            match run(&settings, request).await {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("walrelay backfill: {}", walrelay::error::error_chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Doctor => {
             let findings = walrelay::doctor::run(&settings).await;
             for f in &findings {

@@ -72,6 +72,13 @@ pub struct Metrics {
     pub streaming: Gauge,
     /// Round trip of the heartbeat message, from `pg_logical_emit_message` to its confirm.
     pub heartbeat_seconds: Gauge<f64, AtomicU64>,
+    /// Backfill rows read in chunks, rows dropped because the stream carried a newer state
+    /// of them, chunks confirmed; the active backfill's state.
+    pub backfill_read: Counter,
+    pub backfill_superseded: Counter,
+    pub backfill_chunks: Counter,
+    pub backfill_running: Gauge,
+    pub backfill_rows_remaining: Gauge,
     /// Events confirmed since start, for the progress log line (not exported: the exported
     /// counters have labels).
     pub progress_events: AtomicU64,
@@ -111,6 +118,11 @@ impl Metrics {
             last_server_message: Gauge::default(),
             streaming: Gauge::default(),
             heartbeat_seconds: Gauge::default(),
+            backfill_read: Counter::default(),
+            backfill_superseded: Counter::default(),
+            backfill_chunks: Counter::default(),
+            backfill_running: Gauge::default(),
+            backfill_rows_remaining: Gauge::default(),
             progress_events: AtomicU64::new(0),
             progress_transactions: AtomicU64::new(0),
             registry: Registry::default(),
@@ -219,6 +231,31 @@ impl Metrics {
             "streaming",
             "1 while replication is streaming",
             m.streaming.clone(),
+        );
+        r.register(
+            "backfill_rows",
+            "Backfill rows read in chunks (published as read events unless superseded or filtered)",
+            m.backfill_read.clone(),
+        );
+        r.register(
+            "backfill_superseded_rows",
+            "Backfill rows not published because a change of the same key streamed during their chunk",
+            m.backfill_superseded.clone(),
+        );
+        r.register(
+            "backfill_chunks",
+            "Backfill chunks confirmed by the broker and recorded",
+            m.backfill_chunks.clone(),
+        );
+        r.register(
+            "backfill_running",
+            "1 while a backfill runs",
+            m.backfill_running.clone(),
+        );
+        r.register(
+            "backfill_rows_remaining",
+            "Rows the running backfill still has to read (from the planner's estimate)",
+            m.backfill_rows_remaining.clone(),
         );
         // Families with known label sets are exported at 0 from the start, so alerts and
         // dashboards work on a fresh instance (Prometheus: avoid missing metrics).

@@ -4,8 +4,10 @@
 //! documented in `docs/configuration.md` (a test keeps the two in step). Overrides:
 //! `DATABASE_URL` and `AMQP_URL` replace the connection URLs, and `WALRELAY_<SECTION>_<KEY>`
 //! (e.g. `WALRELAY_POSTGRES_SLOT`, `WALRELAY_FLOOD_MAX_CHANGES`) replaces any key of the
-//! `postgres`, `rabbitmq`, `service`, `filter`, `flood` and `http` sections.
+//! `postgres`, `rabbitmq`, `service`, `filter`, `flood`, `http`, `backfill`, `snapshot` and
+//! `control` sections.
 
+mod backfill;
 mod filter;
 mod location;
 mod validate;
@@ -66,6 +68,12 @@ pub struct RawConfig {
     pub filter: filter::RawFilter,
     #[serde(default)]
     pub flood: filter::RawFlood,
+    #[serde(default)]
+    pub backfill: backfill::RawBackfill,
+    #[serde(default)]
+    pub snapshot: backfill::RawSnapshot,
+    #[serde(default)]
+    pub control: backfill::RawControl,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,7 +173,9 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
 }
 
 /// The sections `WALRELAY_<SECTION>_<KEY>` may override.
-const ENV_SECTIONS: [&str; 6] = ["POSTGRES", "RABBITMQ", "SERVICE", "FILTER", "FLOOD", "HTTP"];
+const ENV_SECTIONS: [&str; 9] = [
+    "POSTGRES", "RABBITMQ", "SERVICE", "FILTER", "FLOOD", "HTTP", "BACKFILL", "SNAPSHOT", "CONTROL",
+];
 
 /// `WALRELAY_*` variables that are not config overrides: the binary's own options and the
 /// test and benchmark tools' settings.

@@ -55,6 +55,8 @@ pub struct Settings {
     pub filter: FilterSettings,
     /// `[service]` and `[http]`: the process around the pipeline.
     pub service: ServiceSettings,
+    /// `[backfill]`, `[snapshot]` and `[control]`: existing rows beside the stream.
+    pub backfill: crate::backfill::BackfillSettings,
 }
 
 /// The process around the pipeline: shutdown, reconnects, logs, HTTP, side tasks.
@@ -92,7 +94,12 @@ fn positive(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigE
 
 pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let source = source(raw.postgres)?;
-    let filter = super::filter::validate(raw.filter, raw.flood)?;
+    let backfill = super::backfill::validate(raw.backfill, raw.snapshot, raw.control)?;
+    let mut filter = super::filter::validate(raw.filter, raw.flood)?;
+    // walrelay's own progress table is never published, whatever the patterns say.
+    filter
+        .exclude
+        .push(super::backfill::internal_exclude(&backfill.schema));
     let sink = sink(raw.rabbitmq, &filter)?;
     let service = service(raw.service, raw.http)?;
     Ok(Settings {
@@ -100,6 +107,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         sink,
         filter,
         service,
+        backfill,
     })
 }
 

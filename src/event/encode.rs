@@ -19,6 +19,20 @@ pub enum Columns<'a> {
     Only(&'a [usize]),
 }
 
+/// The key columns of `tuple` as a JSON object, exactly as [`Body::row`] writes a `key`.
+pub fn key_object(
+    rel: &Relation,
+    tuple: &TupleData<'_>,
+    key: &[usize],
+    types: &TypeRegistry,
+) -> Result<String, (String, ValueError)> {
+    let mut b = Body {
+        out: String::with_capacity(32),
+    };
+    let range = b.row("k", rel, tuple, Columns::Only(key), None, types)?;
+    Ok(b.out[range].to_owned())
+}
+
 /// A JSON object under construction.
 pub struct Body {
     out: String,

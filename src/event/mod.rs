@@ -30,6 +30,10 @@ pub enum Op {
     Message,
     /// A summary of a bulk transaction (see the flood guard in `filter`).
     Bulk,
+    /// A row that already existed, published by a backfill (`new` only).
+    Read,
+    /// A control event (`backfill_started`, …) on the control routing key.
+    Control,
 }
 
 impl Op {
@@ -41,6 +45,8 @@ impl Op {
             Op::Truncate => "truncate",
             Op::Message => "message",
             Op::Bulk => "bulk",
+            Op::Read => "read",
+            Op::Control => "control",
         }
     }
 }
@@ -86,6 +92,28 @@ pub enum Outbound {
 }
 
 impl Event {
+    /// A control event: `kind` in the body, routed to `routing_key`, naming `table`.
+    pub fn control(
+        id: String,
+        table: &TableIdentity,
+        tx: &TxContext,
+        routing_key: String,
+        body: Vec<u8>,
+    ) -> Event {
+        Event {
+            id,
+            op: Op::Control,
+            schema: table.schema.clone(),
+            table: table.name.clone(),
+            commit_lsn: tx.commit_lsn,
+            commit_time_us: tx.commit_time_us,
+            routing_key,
+            exchange: None,
+            metric_table: Arc::from("control"),
+            body,
+        }
+    }
+
     /// A logical message's event (`pg_logical_emit_message`): named by its prefix, in no table.
     pub fn message(
         id: String,
@@ -136,6 +164,10 @@ pub enum RowChange<'a> {
     Insert {
         new: &'a TupleData<'a>,
     },
+    /// A backfilled row: rendered like an insert, with op `read`.
+    Read {
+        new: &'a TupleData<'a>,
+    },
     Update {
         old: Option<&'a OldTuple<'a>>,
         new: &'a TupleData<'a>,
@@ -149,6 +181,7 @@ impl RowChange<'_> {
     pub fn op(&self) -> Op {
         match self {
             RowChange::Insert { .. } => Op::Insert,
+            RowChange::Read { .. } => Op::Read,
             RowChange::Update { .. } => Op::Update,
             RowChange::Delete { .. } => Op::Delete,
         }
@@ -178,7 +211,7 @@ pub fn key_tuple<'a>(
 ) -> Option<&'a TupleData<'a>> {
     table.key.as_ref()?;
     match change {
-        RowChange::Insert { new } => Some(new),
+        RowChange::Insert { new } | RowChange::Read { new } => Some(new),
         RowChange::Update {
             old: Some(OldTuple::Key(t) | OldTuple::Full(t)),
             ..
@@ -190,18 +223,18 @@ pub fn key_tuple<'a>(
     }
 }
 
-/// Builds the body of an insert, update or delete. `mask` marks the published columns (none:
-/// all); key columns are always published (the filter config refuses to hide them).
+/// Builds the body of an insert, update, delete or read with the given `id`. `mask` marks the
+/// published columns (none: all); key columns are always published (the filter config refuses
+/// to hide them).
 pub fn row_event_body(
     tx: &TxContext,
-    index: u64,
+    id: String,
     rel: &Arc<Relation>,
     table: &TableIdentity,
     change: &RowChange<'_>,
     mask: Option<&[bool]>,
     types: &TypeRegistry,
 ) -> Result<RowBody, EventError> {
-    let id = event_id(tx.commit_lsn, index);
     let op = change.op();
     let mut body = Body::start(&id, op, Some(table), tx);
     let render = |b: &mut Body, field: &str, tuple: &TupleData<'_>, columns: Columns<'_>| {
@@ -230,7 +263,7 @@ pub fn row_event_body(
     };
     let identity = Columns::ReplicaIdentity;
     match change {
-        RowChange::Insert { .. } => body.null_field("old"),
+        RowChange::Insert { .. } | RowChange::Read { .. } => body.null_field("old"),
         RowChange::Update {
             old: Some(OldTuple::Full(t)),
             ..
@@ -252,7 +285,7 @@ pub fn row_event_body(
         RowChange::Update { old: None, .. } => body.null_field("old"),
     }
     match change {
-        RowChange::Insert { new } | RowChange::Update { new, .. } => {
+        RowChange::Insert { new } | RowChange::Read { new } | RowChange::Update { new, .. } => {
             render(&mut body, "new", new, Columns::All).map(|_| ())?
         }
         RowChange::Delete { .. } => body.null_field("new"),
@@ -277,6 +310,28 @@ pub fn row_event_body(
         body: body.finish(),
         key,
     })
+}
+
+/// The row's key as an event's `key` object renders it (`{"id":5}`): the form a backfill
+/// compares streamed and read rows by. `None` when the table has no key.
+pub fn key_json(
+    rel: &Relation,
+    table: &TableIdentity,
+    tuple: &TupleData<'_>,
+    types: &TypeRegistry,
+) -> Result<Option<String>, EventError> {
+    if table.key.is_none() {
+        return Ok(None);
+    }
+    check_width(rel, tuple)?;
+    encode::key_object(rel, tuple, table.key_columns(), types)
+        .map(Some)
+        .map_err(|(column, source)| EventError::Value {
+            schema: rel.schema.clone(),
+            table: rel.name.clone(),
+            column,
+            source,
+        })
 }
 
 fn check_width(rel: &Relation, tuple: &TupleData<'_>) -> Result<(), EventError> {

@@ -273,7 +273,7 @@ impl FloodGuard {
                     Op::Update => b.updates += 1,
                     Op::Delete => b.deletes += 1,
                     Op::Truncate => b.truncates += 1,
-                    Op::Message | Op::Bulk => {}
+                    Op::Message | Op::Bulk | Op::Read | Op::Control => {}
                 }
                 b.last_key = key;
             }

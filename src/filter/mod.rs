@@ -38,7 +38,7 @@ impl OpSet {
             Op::Update => 2,
             Op::Delete => 4,
             Op::Truncate => 8,
-            Op::Message | Op::Bulk => 0,
+            Op::Message | Op::Bulk | Op::Read | Op::Control => 0,
         }
     }
 
@@ -54,8 +54,9 @@ impl OpSet {
         Some(OpSet(self.0 | Self::bit(op)))
     }
 
+    /// True when `op` passes. A `read` always does: the backfill request is the choice.
     pub fn contains(self, op: Op) -> bool {
-        self.0 & Self::bit(op) != 0
+        op == Op::Read || self.0 & Self::bit(op) != 0
     }
 
     pub fn union(self, other: OpSet) -> OpSet {

@@ -63,6 +63,10 @@ pub struct Replicator {
     pub receive_timeout: Duration,
     /// Records each position before reporting it (`service.state_file`).
     pub reporter: Reporter,
+    /// Backfill chunks from the worker, handed to the transform before their high mark.
+    pub chunks: mpsc::Receiver<crate::backfill::Chunk>,
+    /// Where published chunks' end positions go back to the worker.
+    pub chunk_ends: mpsc::UnboundedSender<(i64, i64, Lsn)>,
 }
 
 impl Replicator {
@@ -192,8 +196,21 @@ impl Replicator {
                 {
                     self.received = c.end_lsn;
                 }
+                if let Message::Message(m) = &msg
+                    && m.prefix == crate::backfill::PREFIX
+                {
+                    // The worker sends a chunk before it writes the chunk's high mark, so the
+                    // chunk is here by the time the mark is.
+                    while let Ok(chunk) = self.chunks.try_recv() {
+                        self.transform.offer_chunk(chunk);
+                    }
+                }
                 self.transform
                     .apply(msg, self.received, &mut self.pending)?;
+                for end in self.transform.take_chunk_ends() {
+                    // The worker may be gone (the session is ending): nothing to tell then.
+                    let _ = self.chunk_ends.send(end);
+                }
             }
         }
         Ok(())

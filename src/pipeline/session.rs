@@ -25,6 +25,48 @@ use crate::source::stream::ReplicationStream;
 use crate::source::{Connection, publication, setup};
 use crate::value::TypeRegistry;
 
+/// The initial snapshot: when the slot does not exist yet, record a backfill of each published
+/// table `snapshot.tables` names, before the slot is created (so a crash in between cannot
+/// lose the snapshot; recorded requests are never duplicated while active).
+async fn request_snapshot(conn: &mut Connection, settings: &Settings) -> Result<(), RunError> {
+    let slot = &settings.source.slot;
+    let exists = !conn
+        .simple_query(&format!(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = {}",
+            crate::source::setup::quote_literal(slot)
+        ))
+        .await?
+        .is_empty();
+    if exists {
+        return Ok(());
+    }
+    let mut tables: Vec<crate::source::setup::TableName> = Vec::new();
+    for p in publication::published_relations(conn, &settings.source.publication).await? {
+        let t = crate::event::TableIdentity::resolve(&p.rel, p.facts.as_ref());
+        let name = crate::source::setup::TableName {
+            schema: t.schema,
+            name: t.name,
+        };
+        if settings
+            .backfill
+            .snapshot
+            .iter()
+            .any(|pat| pat.matches(&name.schema, &name.name))
+            && !tables.contains(&name)
+        {
+            tables.push(name);
+        }
+    }
+    let schema = &settings.backfill.schema;
+    crate::backfill::store::ensure(conn, schema).await?;
+    crate::backfill::store::request_snapshot(conn, schema, slot, &tables).await?;
+    info!(
+        tables = tables.len(),
+        "initial snapshot requested: the slot is new"
+    );
+    Ok(())
+}
+
 /// Capacity of the forward channel, in events. Small: the in-flight window is the real buffer.
 const FORWARD_CHANNEL_CAPACITY: usize = 1024;
 
@@ -58,6 +100,8 @@ struct Running {
     publisher_task: tokio::task::JoinHandle<Result<Publisher, RunError>>,
     acked: watch::Receiver<Lsn>,
     _broker_watch: AbortOnDrop,
+    /// The backfill worker: it ends with the session (its unconfirmed chunk is read again).
+    _backfill_worker: AbortOnDrop,
 }
 
 async fn prepare(
@@ -104,6 +148,9 @@ async fn prepare(
             .map_err(|e| RunError::PositionFile(e.to_string()))?;
         known = known.max(stored);
     }
+    if !settings.backfill.snapshot.is_empty() {
+        request_snapshot(&mut conn, settings).await?;
+    }
     let slot = setup::ensure_slot(
         &mut conn,
         &source.slot,
@@ -149,6 +196,23 @@ async fn launch(
 
     let (tx, rx) = mpsc::channel(FORWARD_CHANNEL_CAPACITY);
     let (acked_tx, acked) = watch::channel(p.start);
+    let session = session_token();
+    let (chunks_tx, chunks) = mpsc::channel(1);
+    let (chunk_ends, ends) = mpsc::unbounded_channel();
+    let backfill_worker = AbortOnDrop(tokio::spawn(
+        crate::backfill::worker::Worker {
+            conn: source.conn.clone(),
+            slot: source.slot.clone(),
+            publication: source.publication.clone(),
+            settings: settings.backfill.clone(),
+            session: session.clone(),
+            chunks: chunks_tx,
+            ends,
+            acked: acked.clone(),
+            metrics: Arc::clone(&obs.metrics),
+        }
+        .run(),
+    ));
     let publisher_task = tokio::spawn(
         PublishLoop {
             publisher: p.publisher,
@@ -169,6 +233,11 @@ async fn launch(
             routing: sink.routing_key.clone(),
             publish_messages: sink.publish_messages,
             filter: Arc::new(settings.filter.clone()),
+            session,
+            control_prefix: settings
+                .backfill
+                .control_events
+                .then(|| settings.backfill.control_prefix.clone()),
         },
         p.types,
         memory.types_reloaded_at,
@@ -190,12 +259,15 @@ async fn launch(
         receive_timeout: source.receive_timeout,
         reporter: p.reporter,
         pending: Default::default(),
+        chunks,
+        chunk_ends,
     };
     Ok(Running {
         replicator,
         publisher_task,
         acked,
         _broker_watch: p.broker_watch,
+        _backfill_worker: backfill_worker,
     })
 }
 
@@ -279,6 +351,18 @@ async fn report_final(replicator: &mut Replicator, acked: &watch::Receiver<Lsn>)
             .reporter
             .report(&mut replicator.stream, replicator.received, flush, false);
     let _ = tokio::time::timeout(Duration::from_secs(2), report).await;
+}
+
+/// A token unique to this session, written into its backfill watermarks.
+fn session_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        crate::health::now_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Aborts a helper task when the session ends, however it ends.

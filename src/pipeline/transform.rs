@@ -27,6 +27,10 @@ pub struct TransformSettings {
     /// Publish `pg_logical_emit_message` messages (op `message`).
     pub publish_messages: bool,
     pub filter: Arc<FilterSettings>,
+    /// Written into this session's backfill watermarks (marks of other sessions are skipped).
+    pub session: String,
+    /// The routing key prefix of control events; `None` when they are off.
+    pub control_prefix: Option<String>,
 }
 
 /// Why a message could not be transformed.
@@ -75,6 +79,12 @@ pub struct Transform {
     counted: Counted,
     /// What this session counted so far (for the next session).
     seen: Counted,
+    /// The backfill window and the chunks waiting for their high mark.
+    windows: crate::backfill::window::Windows,
+    /// Chunks published in the open transaction, whose end position the worker waits for.
+    chunk_ends_pending: Vec<(i64, i64)>,
+    /// Chunks published, with their transaction's end position, for the worker.
+    chunk_ends: Vec<(i64, i64, Lsn)>,
 }
 
 /// How far the metrics have counted, in stream order.
@@ -108,7 +118,11 @@ impl Transform {
             settings.filter.counts_changes(),
             Arc::clone(&metrics),
         );
+        let windows = crate::backfill::window::Windows::new(settings.session.clone());
         Transform {
+            windows,
+            chunk_ends_pending: Vec::new(),
+            chunk_ends: Vec::new(),
             settings,
             relations: RelationCache::default(),
             types,
@@ -147,6 +161,16 @@ impl Transform {
         self.facts.insert(oid, facts);
     }
 
+    /// A backfill chunk, handed over before its high watermark is written.
+    pub fn offer_chunk(&mut self, chunk: crate::backfill::Chunk) {
+        self.windows.offer(chunk);
+    }
+
+    /// The chunks published since the last call, with their transaction's end position.
+    pub fn take_chunk_ends(&mut self) -> Vec<(i64, i64, Lsn)> {
+        std::mem::take(&mut self.chunk_ends)
+    }
+
     /// True between a transaction's Begin and its Commit.
     pub fn in_transaction(&self) -> bool {
         self.open.is_some()
@@ -180,6 +204,9 @@ impl Transform {
             Message::Commit(c) => {
                 if let Some((ctx, _)) = self.open.take() {
                     self.flood.commit(&ctx, out);
+                    for (b, n) in self.chunk_ends_pending.drain(..) {
+                        self.chunk_ends.push((b, n, c.end_lsn));
+                    }
                     self.seen.commit = self.seen.commit.max(Some(ctx.commit_lsn));
                 }
                 self.metrics.transactions_in_progress.set(0);
@@ -316,6 +343,7 @@ impl Transform {
     }
 }
 
+mod backfill;
 mod changes;
 #[cfg(test)]
 mod tests;

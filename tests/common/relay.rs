@@ -38,15 +38,19 @@ pub fn write_config(
 }
 
 /// Sets `key = value` (a TOML value, e.g. `"2000"` or `"true"`) in `[section]` of a config file
-/// from `write_config`: replaces the key if the section has it, else adds it under the header.
+/// from `write_config`: replaces the key if the section has it, else adds it under the header
+/// (the header is added at the end when the file has none).
 pub fn config_set(path: &Path, section: &str, key: &str, value: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let header = format!("[{section}]");
-    let start = lines
-        .iter()
-        .position(|l| l.trim() == header)
-        .unwrap_or_else(|| panic!("no {header} in {}", path.display()));
+    let start = match lines.iter().position(|l| l.trim() == header) {
+        Some(i) => i,
+        None => {
+            lines.push(header.clone());
+            lines.len() - 1
+        }
+    };
     let end = lines[start + 1..]
         .iter()
         .position(|l| l.starts_with('['))

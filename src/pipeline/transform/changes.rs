@@ -23,6 +23,9 @@ impl Transform {
         for oid in &t.relation_oids {
             let (ctx, index) = self.open_tx("truncate")?;
             let view = self.view(*oid)?;
+            if self.windows.watching(&view.table.schema, &view.table.name) {
+                self.windows.truncated();
+            }
             if !self.admitted(&view, view.admit(Op::Truncate, None), (&ctx, index))? {
                 continue;
             }
@@ -55,6 +58,10 @@ impl Transform {
             };
             (ctx, 0)
         };
+        if m.prefix == crate::backfill::PREFIX {
+            // Watermarks steer the backfill and are never published.
+            return self.watermark(m, out);
+        }
         let heartbeat = m.prefix == probe::HEARTBEAT_PREFIX;
         if heartbeat && let Some(at) = probe::heartbeat_emitted_us(m.content) {
             let now_us = crate::health::now_ms() as i64 * 1000;
@@ -103,13 +110,21 @@ impl Transform {
         let view = self.view(oid)?;
         let op = change.op();
         let (new, old) = match &change {
-            RowChange::Insert { new } => (Some(*new), None),
+            RowChange::Insert { new } | RowChange::Read { new } => (Some(*new), None),
             RowChange::Update { old, new } => (Some(*new), *old),
             RowChange::Delete { old } => (None, Some(*old)),
         };
         let old = old.map(|o| match o {
             OldTuple::Key(t) | OldTuple::Full(t) => t,
         });
+        if self.windows.watching(&view.table.schema, &view.table.name) {
+            // A backfill chunk is open on this table: this change supersedes its row.
+            for t in [new, old].into_iter().flatten() {
+                if let Some(k) = event::key_json(&view.rel, &view.table, t, &self.types)? {
+                    self.windows.changed(k);
+                }
+            }
+        }
         let row = RowView {
             op: op.as_str(),
             new,
@@ -118,7 +133,8 @@ impl Transform {
         if !self.admitted(&view, view.admit(op, Some(&row)), (&ctx, index))? {
             return Ok(());
         }
-        let out_body = self.render_row(&ctx, index, &view, &change)?;
+        let out_body =
+            self.render_row(&ctx, event::event_id(ctx.commit_lsn, index), &view, &change)?;
         let key = event::key_tuple(&view.table, &change);
         let event = view.event(op, &ctx, out_body.id, out_body.body, key);
         let c = Candidate {
@@ -138,7 +154,7 @@ impl Transform {
     pub(super) fn render_row(
         &self,
         ctx: &TxContext,
-        index: u64,
+        id: String,
         view: &TableView,
         change: &RowChange<'_>,
     ) -> Result<event::RowBody, TransformError> {
@@ -147,7 +163,7 @@ impl Transform {
         loop {
             let types = demoted.as_ref().unwrap_or(&self.types);
             let mask = view.mask.as_deref();
-            match event::row_event_body(ctx, index, rel, &view.table, change, mask, types) {
+            match event::row_event_body(ctx, id.clone(), rel, &view.table, change, mask, types) {
                 Err(EventError::Value {
                     column,
                     source: source @ ValueError::RecordShape { .. },

@@ -19,6 +19,8 @@ fn transform(filter_toml: &str) -> (Transform, Arc<Metrics>) {
         TransformSettings {
             routing: RoutingTemplate::parse("{schema}.{table}.{op}").unwrap(),
             publish_messages: false,
+            session: "test-session".into(),
+            control_prefix: Some("_walrelay.control".into()),
             filter: Arc::new(settings.filter),
         },
         TypeRegistry::builtin(),

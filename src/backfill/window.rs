@@ -1,0 +1,155 @@
+//! The replication task's side of a backfill: between a chunk's low and high watermark it
+//! records the key of every change of the backfilled table; at the high mark the chunk's rows
+//! whose key changed in between are dropped (the stream carries a newer state of them), and
+//! the rest are published there. Pure state: the transform drives it.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{Chunk, Mark, MarkKind};
+
+/// The open window, from a low mark to its high mark.
+#[derive(Debug)]
+struct Open {
+    backfill: i64,
+    chunk: i64,
+    schema: String,
+    table: String,
+    /// Rendered keys (`{"id":5}`) of rows changed since the low mark.
+    keys: HashSet<String>,
+    /// The table was truncated since the low mark: every row of the chunk is stale.
+    truncated: bool,
+}
+
+/// What a watermark asks of the transform.
+#[derive(Debug)]
+pub enum Step {
+    /// Nothing to publish (a low mark, or a mark of another session).
+    None,
+    /// A low mark opening the first chunk: announce the backfill.
+    Started(Mark),
+    /// Publish these rows of the chunk here; `superseded` rows were dropped.
+    Publish {
+        chunk: Chunk,
+        superseded: HashSet<String>,
+        truncated: bool,
+    },
+    Finished(Mark),
+    Cancelled(Mark),
+}
+
+/// The backfill state of one replication session.
+#[derive(Debug)]
+pub struct Windows {
+    session: String,
+    open: Option<Open>,
+    /// Chunks the worker handed over, waiting for their high mark.
+    chunks: HashMap<(i64, i64), Chunk>,
+}
+
+/// A high mark of this session arrived and its chunk was never handed over: the worker
+/// always sends the chunk before it writes the high mark, so this is a bug, not a race.
+#[derive(Debug, thiserror::Error)]
+#[error("backfill {backfill}: the high watermark of chunk {chunk} arrived without its rows")]
+pub struct MissingChunk {
+    pub backfill: i64,
+    pub chunk: i64,
+}
+
+impl Windows {
+    pub fn new(session: String) -> Windows {
+        Windows {
+            session,
+            open: None,
+            chunks: HashMap::new(),
+        }
+    }
+
+    /// A chunk from the worker (before its high mark is written).
+    pub fn offer(&mut self, chunk: Chunk) {
+        self.chunks.insert((chunk.backfill, chunk.chunk), chunk);
+    }
+
+    /// True when changes of `schema.table` must be recorded now.
+    pub fn watching(&self, schema: &str, table: &str) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| o.schema == schema && o.table == table)
+    }
+
+    /// A change of the watched table touched the row with this rendered key.
+    pub fn changed(&mut self, key: String) {
+        if let Some(o) = self.open.as_mut() {
+            o.keys.insert(key);
+        }
+    }
+
+    /// The watched table was truncated.
+    pub fn truncated(&mut self) {
+        if let Some(o) = self.open.as_mut() {
+            o.truncated = true;
+        }
+    }
+
+    /// Applies a watermark decoded from the stream.
+    pub fn mark(&mut self, mark: Mark) -> Result<Step, MissingChunk> {
+        if mark.session != self.session {
+            // An earlier session's mark, replayed from the slot: its chunk died with that
+            // session and is read again (progress was never recorded for it).
+            return Ok(Step::None);
+        }
+        match mark.kind {
+            MarkKind::Low => {
+                self.open = Some(Open {
+                    backfill: mark.backfill,
+                    chunk: mark.chunk,
+                    schema: mark.schema.clone(),
+                    table: mark.table.clone(),
+                    keys: HashSet::new(),
+                    truncated: false,
+                });
+                Ok(if mark.rows == 0 && mark.chunk == 0 {
+                    Step::Started(mark)
+                } else {
+                    Step::None
+                })
+            }
+            MarkKind::High => {
+                let open = self
+                    .open
+                    .take()
+                    .filter(|o| (o.backfill, o.chunk) == (mark.backfill, mark.chunk));
+                let chunk =
+                    self.chunks
+                        .remove(&(mark.backfill, mark.chunk))
+                        .ok_or(MissingChunk {
+                            backfill: mark.backfill,
+                            chunk: mark.chunk,
+                        })?;
+                let (superseded, truncated) = match open {
+                    Some(o) => (o.keys, o.truncated),
+                    // No low mark seen for it in this session: cannot be, as both are ours.
+                    None => {
+                        return Err(MissingChunk {
+                            backfill: mark.backfill,
+                            chunk: mark.chunk,
+                        });
+                    }
+                };
+                Ok(Step::Publish {
+                    chunk,
+                    superseded,
+                    truncated,
+                })
+            }
+            MarkKind::Finished => {
+                self.open = None;
+                Ok(Step::Finished(mark))
+            }
+            MarkKind::Cancelled => {
+                self.open = None;
+                self.chunks.retain(|(b, _), _| *b != mark.backfill);
+                Ok(Step::Cancelled(mark))
+            }
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The backfill worker: one task per streaming session, on a plain SQL connection. It takes
+//! the oldest active backfill of the slot, and for each chunk writes the low watermark, reads
+//! the chunk in key order, hands it to the replication task, writes the high watermark, waits
+//! until the broker confirmed the high mark's transaction, and only then records progress.
+//! One chunk is held at a time: memory is bounded by `backfill.chunk_rows`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::store::{self, Record};
+use super::{BackfillSettings, Chunk, Mark, MarkKind, PREFIX};
+use crate::event::TableIdentity;
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::pgoutput::Relation;
+use crate::source::catalog::RelationFacts;
+use crate::source::params::ConnParams;
+use crate::source::setup::{TableName, quote_ident, quote_literal};
+use crate::source::{Connection, SourceError, publication};
+
+/// Everything the worker needs from its session.
+pub struct Worker {
+    pub conn: ConnParams,
+    pub slot: String,
+    pub publication: String,
+    pub settings: BackfillSettings,
+    /// Written into every watermark: the replication task ignores marks of other sessions.
+    pub session: String,
+    pub chunks: mpsc::Sender<Chunk>,
+    /// `(backfill, chunk, end LSN)` of each published chunk's high-mark transaction.
+    pub ends: mpsc::UnboundedReceiver<(i64, i64, Lsn)>,
+    /// The broker-confirmed position (the session's ack tracker).
+    pub acked: watch::Receiver<Lsn>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why one backfill cannot go on: recorded as `failed` with this reason; others still run.
+struct Refusal(String);
+
+enum Failure {
+    /// The backfill itself is impossible (no key, no such table, a bad where clause).
+    Refused(Refusal),
+    /// The connection failed or the session ends: try again later.
+    Source(SourceError),
+}
+
+impl From<SourceError> for Failure {
+    fn from(e: SourceError) -> Self {
+        match e {
+            // A bad where clause or a missing column is the request's fault, not the server's.
+            SourceError::Server(s) if s.code.starts_with("42") || s.code.starts_with("22") => {
+                Failure::Refused(Refusal(format!("PostgreSQL refused the chunk query: {s}")))
+            }
+            e => Failure::Source(e),
+        }
+    }
+}
+
+impl Worker {
+    /// Runs until the session ends (it is aborted with it).
+    pub async fn run(mut self) {
+        let mut conn: Option<Connection> = None;
+        loop {
+            let result = async {
+                if conn.is_none() {
+                    conn = Some(Connection::connect(&self.conn, false).await?);
+                }
+                let c = conn.as_mut().expect("connected above");
+                // The table is created by the first request (`walrelay backfill`, a snapshot):
+                // without one there is nothing to do, and no privilege to ask for.
+                if !store::exists(c, &self.settings.schema).await? {
+                    return Ok(false);
+                }
+                match store::next(c, &self.settings.schema, &self.slot).await? {
+                    Some(record) => self.backfill(c, record).await.map(|()| true),
+                    None => Ok(false),
+                }
+            }
+            .await;
+            match result {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(Failure::Refused(_)) => {}
+                Err(Failure::Source(e)) => {
+                    warn!(error = %e, "backfill worker: reconnecting");
+                    conn = None;
+                }
+            }
+            self.metrics.backfill_running.set(0);
+            tokio::time::sleep(self.settings.poll_interval).await;
+        }
+    }
+
+    /// Runs one backfill to its end (or cancellation); a refusal is recorded as `failed`.
+    async fn backfill(&mut self, c: &mut Connection, record: Record) -> Result<(), Failure> {
+        let schema = self.settings.schema.clone();
+        match self.chunks_of(c, &record).await {
+            Err(Failure::Refused(Refusal(why))) => {
+                warn!(backfill = record.id, table = %record.table, reason = %why, "backfill refused");
+                store::finish(c, &schema, record.id, "failed", Some(&why)).await?;
+                Err(Failure::Refused(Refusal(why)))
+            }
+            other => other,
+        }
+    }
+
+    async fn chunks_of(&mut self, c: &mut Connection, record: &Record) -> Result<(), Failure> {
+        let schema = self.settings.schema.clone();
+        let (rel, facts, identity) = describe(c, &self.publication, &record.table).await?;
+        let key_names: Vec<String> = identity
+            .key_columns()
+            .iter()
+            .map(|i| rel.columns[*i].name.clone())
+            .collect();
+        let query = ChunkQuery {
+            table: &record.table,
+            columns: &rel,
+            key: &key_names,
+            where_clause: record.where_clause.as_deref(),
+        };
+        let mut info = Mark {
+            session: self.session.clone(),
+            backfill: record.id,
+            chunk: record.chunks_done,
+            kind: MarkKind::Low,
+            schema: identity.schema.clone(),
+            table: identity.name.clone(),
+            where_clause: record.where_clause.clone(),
+            rows: record.rows_done,
+        };
+        if record.state == "cancelling" {
+            self.mark(c, record.id, record.chunks_done, MarkKind::Cancelled, &info)
+                .await?;
+            store::finish(c, &schema, record.id, "cancelled", None).await?;
+            info!(backfill = record.id, table = %record.table, "backfill cancelled");
+            return Ok(());
+        }
+        let stop_key = match &record.stop_key {
+            Some(k) => Some(k.clone()),
+            None => query.max_key(c).await?,
+        };
+        if record.state == "pending" {
+            let estimate = estimate(c, &record.table).await?;
+            store::start(c, &schema, record.id, stop_key.as_deref(), estimate).await?;
+            info!(backfill = record.id, table = %record.table, estimate, "backfill started");
+        }
+        self.metrics.backfill_running.set(1);
+        let mut last = record.last_key.clone();
+        let mut chunk_no = record.chunks_done;
+        let estimated = record.rows_estimated.unwrap_or(0);
+        let started = Instant::now();
+        let mut read = 0u64;
+        loop {
+            if let Some(state) = store::next(c, &schema, &self.slot).await?
+                && state.id == record.id
+                && state.state == "cancelling"
+            {
+                self.mark(c, record.id, chunk_no, MarkKind::Cancelled, &info)
+                    .await?;
+                store::finish(c, &schema, record.id, "cancelled", None).await?;
+                info!(backfill = record.id, table = %record.table, rows = info.rows, "backfill cancelled");
+                return Ok(());
+            }
+            self.mark(c, record.id, chunk_no, MarkKind::Low, &info)
+                .await?;
+            let rows = match &stop_key {
+                None => Vec::new(),
+                Some(stop) => {
+                    query
+                        .read(c, last.as_deref(), stop, self.settings.chunk_rows)
+                        .await?
+                }
+            };
+            if rows.is_empty() {
+                self.mark(c, record.id, chunk_no, MarkKind::Finished, &info)
+                    .await?;
+                store::finish(c, &schema, record.id, "finished", None).await?;
+                self.metrics.backfill_rows_remaining.set(0);
+                info!(backfill = record.id, table = %record.table, rows = info.rows, "backfill finished");
+                return Ok(());
+            }
+            let n = rows.len() as i64;
+            let last_key: Vec<String> = identity
+                .key_columns()
+                .iter()
+                .map(|i| rows[rows.len() - 1][*i].clone().unwrap_or_default())
+                .collect();
+            let chunk = Chunk {
+                backfill: record.id,
+                chunk: chunk_no,
+                rel: Arc::clone(&rel),
+                facts: facts.clone(),
+                rows,
+            };
+            // Handed over before the high mark exists, so the replication task has it when the
+            // mark arrives.
+            if self.chunks.send(chunk).await.is_err() {
+                return Err(Failure::Source(SourceError::Setup(
+                    "the replication task ended".into(),
+                )));
+            }
+            self.mark(c, record.id, chunk_no, MarkKind::High, &info)
+                .await?;
+            self.confirmed(record.id, chunk_no).await?;
+            store::progress(c, &schema, record.id, &last_key, n).await?;
+            self.metrics.backfill_chunks.inc();
+            info.rows += n;
+            read += n as u64;
+            chunk_no += 1;
+            last = Some(last_key);
+            self.metrics
+                .backfill_rows_remaining
+                .set((estimated - info.rows).max(0));
+            if let Some(rate) = self.settings.rows_per_second {
+                let due = Duration::from_secs_f64(read as f64 / rate.max(1) as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Writes a watermark (its own transaction).
+    async fn mark(
+        &self,
+        c: &mut Connection,
+        backfill: i64,
+        chunk: i64,
+        kind: MarkKind,
+        info: &Mark,
+    ) -> Result<(), SourceError> {
+        let mark = Mark {
+            backfill,
+            chunk,
+            kind,
+            ..info.clone()
+        };
+        c.simple_query(&format!(
+            "SELECT pg_logical_emit_message(true, {}, {})",
+            quote_literal(PREFIX),
+            quote_literal(&mark.to_json())
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until the chunk's high-mark transaction is broker-confirmed.
+    async fn confirmed(&mut self, backfill: i64, chunk: i64) -> Result<(), Failure> {
+        let end = loop {
+            match self.ends.recv().await {
+                Some((b, n, end)) if (b, n) == (backfill, chunk) => break end,
+                Some(_) => continue,
+                None => {
+                    return Err(Failure::Source(SourceError::Setup(
+                        "the replication task ended".into(),
+                    )));
+                }
+            }
+        };
+        self.acked
+            .wait_for(|acked| *acked >= end)
+            .await
+            .map_err(|_| Failure::Source(SourceError::Setup("the session ended".into())))?;
+        Ok(())
+    }
+}
+
+/// The table as pgoutput will describe it, with its key; refused when it is not published or
+/// has no key.
+async fn describe(
+    c: &mut Connection,
+    publication: &str,
+    table: &TableName,
+) -> Result<(Arc<Relation>, Option<RelationFacts>, TableIdentity), Failure> {
+    let rows = c
+        .simple_query(&format!(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
+            quote_literal(&table.schema),
+            quote_literal(&table.name)
+        ))
+        .await?;
+    let Some(oid) = rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return Err(Failure::Refused(Refusal(format!(
+            "table {table} does not exist"
+        ))));
+    };
+    let published = publication::published_relations(c, publication).await?;
+    let streamed = published.iter().any(|p| {
+        let t = TableIdentity::resolve(&p.rel, p.facts.as_ref());
+        (t.schema.as_str(), t.name.as_str()) == (table.schema.as_str(), table.name.as_str())
+    });
+    if !streamed {
+        return Err(Failure::Refused(Refusal(format!(
+            "table {table} is not in publication {publication:?}: its changes do not stream, so a backfill could not be kept consistent with them"
+        ))));
+    }
+    let Some(p) = publication::relations_by_oid(c, &[oid]).await?.pop() else {
+        return Err(Failure::Refused(Refusal(format!("table {table} vanished"))));
+    };
+    let identity = TableIdentity::resolve(&p.rel, p.facts.as_ref());
+    if identity.key.is_none() {
+        return Err(Failure::Refused(Refusal(format!(
+            "table {table} has no primary key or unique NOT NULL index among its published columns: \
+             rows cannot be read in key order nor matched with their changes"
+        ))));
+    }
+    Ok((Arc::new(p.rel), p.facts, identity))
+}
+
+/// `reltuples`: the planner's row estimate (0 before the first ANALYZE).
+async fn estimate(c: &mut Connection, table: &TableName) -> Result<i64, SourceError> {
+    let rows = c
+        .simple_query(&format!(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = {}::regclass",
+            quote_literal(&table.quoted())
+        ))
+        .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// The keyset query of one table.
+struct ChunkQuery<'a> {
+    table: &'a TableName,
+    columns: &'a Relation,
+    key: &'a [String],
+    where_clause: Option<&'a str>,
+}
+
+impl ChunkQuery<'_> {
+    fn key_list(&self) -> String {
+        let k: Vec<String> = self.key.iter().map(|c| quote_ident(c)).collect();
+        format!("({})", k.join(", "))
+    }
+
+    fn filter(&self) -> String {
+        self.where_clause
+            .map_or(String::new(), |w| format!(" AND ({w})"))
+    }
+
+    /// The largest key now (`None`: no row matches).
+    async fn max_key(&self, c: &mut Connection) -> Result<Option<Vec<String>>, Failure> {
+        let cols: Vec<String> = self.key.iter().map(|k| quote_ident(k)).collect();
+        let desc: Vec<String> = cols.iter().map(|k| format!("{k} DESC")).collect();
+        let rows = c
+            .simple_query(&format!(
+                "SELECT {} FROM {} WHERE true{} ORDER BY {} LIMIT 1",
+                cols.join(", "),
+                self.table.quoted(),
+                self.filter(),
+                desc.join(", ")
+            ))
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| r.iter().map(|v| v.clone().unwrap_or_default()).collect()))
+    }
+
+    /// The next rows after `after` (from the start when `None`), up to `stop`, in key order.
+    async fn read(
+        &self,
+        c: &mut Connection,
+        after: Option<&[String]>,
+        stop: &[String],
+        limit: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, Failure> {
+        let cols: Vec<String> = self
+            .columns
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        let literals = |k: &[String]| {
+            let v: Vec<String> = k.iter().map(|s| quote_literal(s)).collect();
+            format!("({})", v.join(", "))
+        };
+        // Untyped literals take the key columns' types in a row comparison.
+        let lower = after.map_or(String::new(), |a| {
+            format!(" AND {} > {}", self.key_list(), literals(a))
+        });
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} <= {}{lower}{} ORDER BY {} LIMIT {limit}",
+            cols.join(", "),
+            self.table.quoted(),
+            self.key_list(),
+            literals(stop),
+            self.filter(),
+            self.key
+                .iter()
+                .map(|k| quote_ident(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(c.simple_query(&sql).await?)
+    }
+}

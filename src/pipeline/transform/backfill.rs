@@ -1,0 +1,136 @@
+//! The transform's backfill work: watermarks steer the window (`backfill::window`), a high
+//! mark publishes what is left of its chunk as `read` events — rendered by the same code as
+//! streamed changes, through the same filter view — and control events announce a
+//! backfill's start, end or cancellation in stream order.
+
+use std::collections::{HashSet, VecDeque};
+
+use super::{Transform, TransformError};
+use crate::backfill::window::Step;
+use crate::backfill::{Chunk, Mark, read_id};
+use crate::event::{self, Body, Event, Op, Outbound, RowChange, TableIdentity, TxContext};
+use crate::filter::{Admit, predicate::RowView};
+use crate::pgoutput::{Datum, LogicalMessage, TupleData};
+
+impl Transform {
+    /// A watermark: never published; it may publish a chunk or a control event.
+    pub(super) fn watermark(
+        &mut self,
+        m: &LogicalMessage<'_>,
+        out: &mut VecDeque<Outbound>,
+    ) -> Result<(), TransformError> {
+        let Some(mark) = Mark::parse(m.content).filter(|_| m.transactional) else {
+            tracing::debug!(lsn = %m.lsn, "a message under the backfill prefix that is no watermark: ignored");
+            if !m.transactional && self.open.is_none() {
+                out.push_back(Outbound::Position(m.lsn));
+            }
+            return Ok(());
+        };
+        let (ctx, _) = self.open_tx("backfill watermark")?;
+        let step = self
+            .windows
+            .mark(mark)
+            .map_err(|e| TransformError::Sequence(e.to_string()))?;
+        match step {
+            Step::None => {}
+            Step::Started(mark) => self.control(&ctx, "backfill_started", &mark, out),
+            Step::Finished(mark) => self.control(&ctx, "backfill_finished", &mark, out),
+            Step::Cancelled(mark) => self.control(&ctx, "backfill_cancelled", &mark, out),
+            Step::Publish {
+                chunk,
+                superseded,
+                truncated,
+            } => {
+                let id = (chunk.backfill, chunk.chunk);
+                self.publish_chunk(&ctx, &chunk, &superseded, truncated, out)?;
+                self.chunk_ends_pending.push(id);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_chunk(
+        &mut self,
+        ctx: &TxContext,
+        chunk: &Chunk,
+        superseded: &HashSet<String>,
+        truncated: bool,
+        out: &mut VecDeque<Outbound>,
+    ) -> Result<(), TransformError> {
+        let view =
+            self.settings
+                .filter
+                .view(&chunk.rel, chunk.facts.as_ref(), &self.settings.routing)?;
+        let metrics = &self.metrics;
+        metrics.backfill_read.inc_by(chunk.rows.len() as u64);
+        for row in &chunk.rows {
+            let tuple = TupleData {
+                columns: row
+                    .iter()
+                    .map(|v| {
+                        v.as_deref()
+                            .map_or(Datum::Null, |s| Datum::Text(s.as_bytes()))
+                    })
+                    .collect(),
+            };
+            let Some(key) = event::key_json(&view.rel, &view.table, &tuple, &self.types)? else {
+                continue;
+            };
+            if truncated || superseded.contains(&key) {
+                // The stream carries a newer state of this row (or its removal).
+                self.metrics.backfill_superseded.inc();
+                continue;
+            }
+            let rv = RowView {
+                op: Op::Read.as_str(),
+                new: Some(&tuple),
+                old: None,
+            };
+            match view.admit(Op::Read, Some(&rv)) {
+                Admit::Publish => {}
+                Admit::Drop(reason) => {
+                    self.metrics
+                        .events_filtered
+                        .get_or_create(&[("reason", reason.as_str())])
+                        .inc();
+                    continue;
+                }
+                // The worker refuses tables the filter does not include; a rule changed since.
+                Admit::Unmatched => continue,
+            }
+            let id = read_id(chunk.backfill, &key);
+            let body = self.render_row(ctx, id, &view, &RowChange::Read { new: &tuple })?;
+            let ev = view.event(Op::Read, ctx, body.id, body.body, Some(&tuple));
+            out.push_back(Outbound::Event(ev));
+        }
+        Ok(())
+    }
+
+    /// A control event, when they are on: `<prefix>.<kind>`, with a stable id.
+    fn control(&self, ctx: &TxContext, kind: &str, mark: &Mark, out: &mut VecDeque<Outbound>) {
+        let Some(prefix) = &self.settings.control_prefix else {
+            return;
+        };
+        let id = format!(
+            "backfill:{}:{}",
+            mark.backfill,
+            kind.trim_start_matches("backfill_")
+        );
+        let table = TableIdentity {
+            schema: mark.schema.clone(),
+            name: mark.table.clone(),
+            partition: None,
+            key: None,
+        };
+        let mut body = Body::start(&id, Op::Control, Some(&table), ctx);
+        body.string_field("kind", kind);
+        let detail = serde_json::json!({
+            "id": mark.backfill,
+            "where": mark.where_clause,
+            "rows": mark.rows,
+        });
+        body.raw_field("backfill", &detail.to_string());
+        let ev = Event::control(id, &table, ctx, format!("{prefix}.{kind}"), body.finish());
+        out.push_back(Outbound::Event(ev));
+    }
+}

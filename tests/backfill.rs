@@ -1,0 +1,321 @@
+//! Backfills against a real PostgreSQL and RabbitMQ: a table rebuilt from `read` events and
+//! changes equals the table, under concurrent writers; no `read` is older than a change
+//! published before it; a `kill -9` mid-backfill resumes with identical ids; composite and
+//! text keys, `--where`, a table without a key refused; the initial snapshot of a new slot.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use common::scene::Scene;
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(120);
+
+const ITEMS: &str = "CREATE SEQUENCE ver;
+     CREATE TABLE items (id int PRIMARY KEY, v bigint NOT NULL, note text);";
+
+/// A consumer's copy of `items`, rebuilt from the events in the order they were published,
+/// checking on every key that no `read` is older than what was already applied.
+#[derive(Default)]
+struct Model {
+    rows: BTreeMap<i64, Value>,
+    /// Per key, the last applied state: its version, or `None` once deleted.
+    last: HashMap<i64, Option<i64>>,
+    /// Per key, the ids its `read` events carried (one id per key and backfill).
+    read_ids: HashMap<i64, HashSet<String>>,
+    reads: usize,
+    changes: usize,
+    controls: Vec<String>,
+}
+
+impl Model {
+    fn apply(&mut self, m: &Received) {
+        let b = &m.body;
+        let op = b["op"].as_str().unwrap();
+        match op {
+            "control" => self.controls.push(b["kind"].as_str().unwrap().to_owned()),
+            "truncate" => {
+                self.rows.clear();
+                for v in self.last.values_mut() {
+                    *v = None;
+                }
+            }
+            "delete" => {
+                let id = b["key"]["id"].as_i64().unwrap();
+                self.changes += 1;
+                self.rows.remove(&id);
+                self.last.insert(id, None);
+            }
+            "insert" | "update" | "read" => {
+                let new = &b["new"];
+                let id = new["id"].as_i64().unwrap();
+                let v = new["v"].as_i64().unwrap();
+                if op == "read" {
+                    self.reads += 1;
+                    self.read_ids
+                        .entry(id)
+                        .or_default()
+                        .insert(b["id"].as_str().unwrap().to_owned());
+                    match self.last.get(&id) {
+                        Some(None) => panic!("a read of {id} after its delete: stale ({b})"),
+                        Some(Some(seen)) => assert!(
+                            v >= *seen,
+                            "a read of {id} at version {v} after version {seen}: stale"
+                        ),
+                        None => {}
+                    }
+                } else {
+                    self.changes += 1;
+                }
+                self.rows.insert(id, new.clone());
+                self.last.insert(id, Some(v));
+            }
+            other => panic!("unexpected op {other}"),
+        }
+    }
+}
+
+/// The table as rows keyed by id, rendered by `to_jsonb` (what events carry).
+async fn table_rows(client: &tokio_postgres::Client) -> BTreeMap<i64, Value> {
+    client
+        .query("SELECT id, to_jsonb(t)::text FROM items t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                i64::from(r.get::<_, i32>(0)),
+                serde_json::from_str(r.get::<_, &str>(1)).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Random updates, deletes and inserts over `1..=keys` for `duration`; versions come from one
+/// sequence, so a later state of a row always has a higher version.
+fn writers(url: String, keys: i32, duration: Duration) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let c = connect(&url).await;
+        let start = std::time::Instant::now();
+        let mut n = 0u64;
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        while start.elapsed() < duration {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = (x % keys as u64) as i32 + 1;
+            let sql = match x % 10 {
+                0..=5 => format!("UPDATE items SET v = nextval('ver'), note = 'u{n}' WHERE id = {id}"),
+                6 | 7 => format!("DELETE FROM items WHERE id = {id}"),
+                _ => format!(
+                    "INSERT INTO items VALUES ({id}, nextval('ver'), 'i{n}') ON CONFLICT (id) DO UPDATE SET v = nextval('ver')"
+                ),
+            };
+            c.batch_execute(&sql).await.unwrap();
+            n += 1;
+        }
+        n
+    })
+}
+
+/// Runs `walrelay backfill …` against the scene; returns stdout, asserting success.
+fn backfill(s: &Scene, args: &[&str]) -> String {
+    let mut all = vec!["backfill"];
+    all.extend_from_slice(args);
+    let out = s.command(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "walrelay {all:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Waits until `walrelay backfill --status` shows no active backfill.
+async fn wait_finished(s: &Scene) -> String {
+    wait_for("the backfill to finish", T, || async {
+        let text = backfill(s, &["--status"]);
+        let active = text
+            .lines()
+            .skip(1)
+            .any(|l| l.contains(" pending ") || l.contains(" running ") || l.contains(" cancelling "));
+        (!active && text.lines().count() > 1).then_some(text)
+    })
+    .await
+}
+
+/// Takes every event until the slot has confirmed `after` and the queue is quiet.
+async fn consume_until(s: &Scene, model: &mut Model, after: u64) {
+    let start = std::time::Instant::now();
+    while s.confirmed().await < after {
+        assert!(start.elapsed() < T, "the slot did not pass {after}");
+        for m in s.queue().drain(Duration::from_millis(300)).await {
+            model.apply(&m);
+        }
+    }
+    for m in s.queue().drain(Duration::from_millis(800)).await {
+        model.apply(&m);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_under_concurrent_writes_rebuilds_the_table_and_is_never_stale() {
+    let s = Scene::new(ITEMS, &["public.items"]).await;
+    s.sql("INSERT INTO items SELECT g, 0, 'seed' FROM generate_series(1, 200000) g; ANALYZE items")
+        .await;
+    s.set("backfill", "chunk_rows", "5000");
+    let relay = s.start_streaming().await;
+    let writer = writers(s.url(), 210_000, Duration::from_secs(12));
+    let said = backfill(&s, &["public.items"]);
+    assert!(said.contains("recorded"), "{said}");
+    let mut model = Model::default();
+    // Consume while it runs: the queue stays small and the order is the publish order.
+    while !writer.is_finished() {
+        for m in s.queue().drain(Duration::from_millis(200)).await {
+            model.apply(&m);
+        }
+    }
+    let writes = writer.await.unwrap();
+    let status = wait_finished(&s).await;
+    assert!(status.contains("finished"), "{status}");
+    s.sql("SELECT 1").await;
+    let after = s.lsn().await;
+    consume_until(&s, &mut model, after).await;
+    assert!(writes > 500, "the writers ran ({writes} writes)");
+    assert!(model.reads > 150_000, "reads: {}", model.reads);
+    let table = table_rows(&s.client).await;
+    assert_eq!(model.rows.len(), table.len(), "row count");
+    assert!(model.rows == table, "the rebuilt table differs from the table");
+    assert!(
+        model.read_ids.values().all(|ids| ids.len() == 1),
+        "one id per key per backfill"
+    );
+    assert_eq!(
+        model.controls,
+        ["backfill_started", "backfill_finished"],
+        "control events, in order"
+    );
+    let m = scrape_metrics(&relay).await;
+    assert!(metric(&m, "walrelay_backfill_chunks_total") >= 40.0, "{m}");
+    assert!(metric(&m, "walrelay_backfill_rows_total") >= 200_000.0 - 60_000.0);
+    s.finish().await;
+}
+
+async fn scrape_metrics(relay: &Relay) -> String {
+    let port = relay.http_port().await;
+    http_get(port, "/metrics").1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_backfill_resumes_from_the_last_confirmed_chunk_with_identical_ids() {
+    let s = Scene::new(ITEMS, &["public.items"]).await;
+    s.sql("INSERT INTO items SELECT g, 0, 'seed' FROM generate_series(1, 30000) g")
+        .await;
+    s.set("backfill", "chunk_rows", "1000");
+    // Slow enough that the kill lands mid-way.
+    s.set("backfill", "rows_per_second", "4000");
+    let mut relay = s.start_streaming().await;
+    backfill(&s, &["public.items"]);
+    let mut model = Model::default();
+    let first = s.queue().take(5_000, T).await;
+    relay.kill9();
+    for m in &first {
+        model.apply(m);
+    }
+    s.sql("UPDATE items SET v = nextval('ver') WHERE id % 100 = 0").await;
+    let status = backfill(&s, &["--status"]);
+    assert!(status.contains("running"), "{status}");
+    let _relay = s.start_streaming().await;
+    wait_finished(&s).await;
+    let after = s.lsn().await;
+    consume_until(&s, &mut model, after).await;
+    let table = table_rows(&s.client).await;
+    assert!(model.rows == table, "the rebuilt table differs from the table");
+    assert!(
+        model.read_ids.values().all(|ids| ids.len() == 1),
+        "a replayed chunk carries the ids it had"
+    );
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_and_text_keys_a_where_clause_and_a_table_without_a_key() {
+    let s = Scene::new(
+        "CREATE TABLE pairs (a text, b int, payload text, PRIMARY KEY (a, b));
+         INSERT INTO pairs VALUES ('', 1, 'empty'), ('a b', 2, 'space'), ('ünï', 4, 'utf8'),
+           ('it''s', 6, 'quote'), ('x\\y', 8, 'backslash'), ('a b', 3, 'odd'), ('z', 10, NULL);
+         CREATE TABLE nokey (v int);",
+        &["public.pairs", "public.nokey"],
+    )
+    .await;
+    s.set("backfill", "chunk_rows", "2");
+    let _relay = s.start_streaming().await;
+    let out = s.command(&["backfill", "public.nokey"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no primary key"), "{err}");
+    let out = s.command(&["backfill", "public.pairs", "--where", "no_such_column > 1"]);
+    assert!(!out.status.success(), "a bad --where is refused at once");
+    backfill(&s, &["public.pairs", "--where", "b % 2 = 0"]);
+    wait_finished(&s).await;
+    let got = s.queue().drain(Duration::from_millis(1500)).await;
+    let reads: Vec<&Value> = got
+        .iter()
+        .map(|m| &m.body)
+        .filter(|b| b["op"] == "read")
+        .collect();
+    let mut keys: Vec<(String, i64)> = reads
+        .iter()
+        .map(|b| {
+            (
+                b["key"]["a"].as_str().unwrap().to_owned(),
+                b["key"]["b"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    keys.sort();
+    let want: Vec<(String, i64)> = [("", 1), ("a b", 2), ("it's", 6), ("x\\y", 8), ("z", 10), ("ünï", 4)]
+        .iter()
+        .filter(|(_, b)| b % 2 == 0)
+        .map(|(a, b)| (a.to_string(), *b))
+        .collect();
+    let mut want = want;
+    want.sort();
+    assert_eq!(keys, want);
+    let z = reads.iter().find(|b| b["key"]["a"] == "z").unwrap();
+    assert_eq!(z["new"]["payload"], Value::Null);
+    assert_eq!(z["table"], "pairs");
+    assert!(got.iter().any(|m| m.routing_key == "public.pairs.read"));
+    assert!(got
+        .iter()
+        .any(|m| m.routing_key == "_walrelay.control.backfill_finished"));
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initial_snapshot_of_a_new_slot_delivers_existing_rows_then_every_change() {
+    let s = Scene::new(ITEMS, &["public.items"]).await;
+    s.sql("INSERT INTO items SELECT g, 0, 'seed' FROM generate_series(1, 20000) g")
+        .await;
+    s.append("[snapshot]\ntables = [\"public.*\"]");
+    let _relay = s.start_streaming().await;
+    let writer = writers(s.url(), 21_000, Duration::from_secs(5));
+    let mut model = Model::default();
+    while !writer.is_finished() {
+        for m in s.queue().drain(Duration::from_millis(200)).await {
+            model.apply(&m);
+        }
+    }
+    writer.await.unwrap();
+    let status = wait_finished(&s).await;
+    assert!(status.contains("finished"), "{status}");
+    let after = s.lsn().await;
+    consume_until(&s, &mut model, after).await;
+    assert!(model.rows == table_rows(&s.client).await);
+    assert!(model.reads > 10_000, "reads: {}", model.reads);
+    s.finish().await;
+}
