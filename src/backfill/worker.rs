@@ -202,9 +202,19 @@ impl Worker {
                     "the replication task ended".into(),
                 )));
             }
+            let t0 = Instant::now();
             self.mark(c, record.id, chunk_no, MarkKind::High, &info)
                 .await?;
+            let t1 = t0.elapsed();
             self.confirmed(record.id, chunk_no).await?;
+            tracing::debug!(
+                backfill = record.id,
+                chunk = chunk_no,
+                rows = n,
+                mark_ms = t1.as_millis() as u64,
+                confirmed_ms = t0.elapsed().as_millis() as u64,
+                "chunk confirmed"
+            );
             store::progress(c, &schema, record.id, &last_key, n).await?;
             self.metrics.backfill_chunks.inc();
             info.rows += n;
