@@ -9,7 +9,7 @@ use crate::source::setup::quote_literal;
 use crate::source::{Connection, SourceError, publication};
 
 /// What `status` reports. Values are as PostgreSQL printed them (`None` for NULL).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     pub slot: String,
     /// The role `status` connected as (for the grant it may need).
@@ -24,6 +24,8 @@ pub struct Report {
     pub unmatched: Vec<String>,
     /// Published tables that `filter.exclude` names: decoded and dropped by that rule.
     pub excluded: Vec<String>,
+    /// The slot's backfills, newest first (empty before the first request).
+    pub backfills: Vec<crate::backfill::store::Record>,
 }
 
 const FIELDS: [&str; 12] = [
@@ -89,6 +91,12 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
             }
         }
     }
+    let schema = &settings.backfill.schema;
+    let backfills = if crate::backfill::store::exists(&mut c, schema).await? {
+        crate::backfill::store::list(&mut c, schema, &settings.source.slot).await?
+    } else {
+        Vec::new()
+    };
     c.close().await;
     let row = rows.into_iter().next();
     Ok(Report {
@@ -110,6 +118,7 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
         tables,
         unmatched,
         excluded,
+        backfills,
     })
 }
 
@@ -138,7 +147,19 @@ impl Report {
                 "tables": self.tables,
                 "unmatched": self.unmatched,
                 "excluded": self.excluded,
-            }
+            },
+            "backfills": self.backfills.iter().map(|b| json!({
+                "id": b.id,
+                "table": b.table.to_string(),
+                "kind": b.kind,
+                "state": b.state,
+                "where": b.where_clause,
+                "rows_done": b.rows_done,
+                "rows_estimated": b.rows_estimated,
+                "chunks_done": b.chunks_done,
+                "rows_per_second": b.rate,
+                "error": b.error,
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -194,6 +215,12 @@ impl Report {
                     self.excluded.join(", ")
                 ),
             );
+        }
+        if !self.backfills.is_empty() {
+            out.push_str("backfills\n");
+            for l in crate::backfill::cli::table(&self.backfills).lines() {
+                out.push_str(&format!("  {l}\n"));
+            }
         }
         out
     }

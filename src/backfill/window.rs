@@ -153,3 +153,91 @@ impl Windows {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(session: &str, chunk: i64, kind: MarkKind) -> Mark {
+        Mark {
+            session: session.into(),
+            backfill: 1,
+            chunk,
+            kind,
+            schema: "public".into(),
+            table: "t".into(),
+            where_clause: None,
+            rows: chunk * 10,
+        }
+    }
+
+    fn chunk(n: i64) -> Chunk {
+        Chunk {
+            backfill: 1,
+            chunk: n,
+            rel: std::sync::Arc::new(crate::pgoutput::Relation {
+                oid: 1,
+                schema: "public".into(),
+                name: "t".into(),
+                replica_identity: crate::pgoutput::ReplicaIdentity::Default,
+                columns: Vec::new(),
+            }),
+            facts: None,
+            rows: vec![vec![Some("1".into())]],
+        }
+    }
+
+    #[test]
+    fn keys_changed_between_the_marks_are_superseded_and_other_sessions_are_skipped() {
+        let mut w = Windows::new("s".into());
+        assert!(!w.watching("public", "t"));
+        assert!(matches!(
+            w.mark(mark("s", 0, MarkKind::Low)),
+            Ok(Step::Started(_))
+        ));
+        assert!(w.watching("public", "t"));
+        assert!(!w.watching("public", "other"));
+        w.changed("{\"id\":1}".into());
+        w.offer(chunk(0));
+        match w.mark(mark("s", 0, MarkKind::High)) {
+            Ok(Step::Publish {
+                superseded,
+                truncated,
+                chunk,
+            }) => {
+                assert!(superseded.contains("{\"id\":1}"));
+                assert!(!truncated);
+                assert_eq!(chunk.chunk, 0);
+            }
+            other => panic!("{other:?}"),
+        }
+        // After the high mark nothing is watched: later changes come after the reads.
+        assert!(!w.watching("public", "t"));
+        // A replayed mark of an earlier session is skipped, even without its chunk.
+        assert!(matches!(
+            w.mark(mark("old", 3, MarkKind::High)),
+            Ok(Step::None)
+        ));
+        // A later chunk's low mark is no start; a truncate makes its whole chunk stale.
+        assert!(matches!(
+            w.mark(mark("s", 1, MarkKind::Low)),
+            Ok(Step::None)
+        ));
+        w.truncated();
+        w.offer(chunk(1));
+        assert!(matches!(
+            w.mark(mark("s", 1, MarkKind::High)),
+            Ok(Step::Publish {
+                truncated: true,
+                ..
+            })
+        ));
+        // Our own high mark without its chunk is a bug, reported.
+        assert!(w.mark(mark("s", 2, MarkKind::Low)).is_ok());
+        assert!(w.mark(mark("s", 2, MarkKind::High)).is_err());
+        assert!(matches!(
+            w.mark(mark("s", 3, MarkKind::Finished)),
+            Ok(Step::Finished(_))
+        ));
+    }
+}

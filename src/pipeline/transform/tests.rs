@@ -320,3 +320,77 @@ fn a_replayed_transaction_is_counted_once() {
     run_tx(&mut second, 0x800, vec![insert(2, b"3")]);
     assert_eq!(excluded(), 3);
 }
+
+fn watermark(kind: crate::backfill::MarkKind, chunk: i64, session: &str) -> Vec<u8> {
+    crate::backfill::Mark {
+        session: session.into(),
+        backfill: 9,
+        chunk,
+        kind,
+        schema: "public".into(),
+        table: "orders".into(),
+        where_clause: None,
+        rows: 0,
+    }
+    .to_json()
+    .into_bytes()
+}
+
+fn message<'a>(lsn: u64, content: &'a [u8]) -> Message<'a> {
+    Message::Message(crate::pgoutput::LogicalMessage {
+        transactional: true,
+        lsn: Lsn(lsn),
+        prefix: crate::backfill::PREFIX,
+        content,
+    })
+}
+
+#[test]
+fn a_chunk_is_published_at_its_high_mark_without_the_rows_changed_since_its_low_mark() {
+    use crate::backfill::MarkKind;
+    let (mut t, m) = transform("[filter]\ninclude = [\"public.orders\"]\n");
+    t.learn(1, Some(facts(None)));
+    let mut out = VecDeque::new();
+    let rel = relation(1, "public", "orders", ReplicaIdentity::Default);
+    t.apply(Message::Relation(rel.clone()), Lsn(1), &mut out)
+        .unwrap();
+    let low = watermark(MarkKind::Low, 0, "test-session");
+    let started = run_tx(&mut t, 100, vec![message(100, &low)]);
+    assert_eq!(started.len(), 1, "backfill_started");
+    assert_eq!(started[0].routing_key, "_walrelay.control.backfill_started");
+    assert_eq!(body(&started[0])["kind"], "backfill_started");
+    // Row 2 changes between the marks: the stream has its newer state.
+    let change = run_tx(&mut t, 200, vec![insert(1, b"2")]);
+    assert_eq!(change.len(), 1);
+    t.offer_chunk(crate::backfill::Chunk {
+        backfill: 9,
+        chunk: 0,
+        rel: Arc::new(rel),
+        facts: Some(facts(None)),
+        rows: vec![
+            vec![Some("1".into()), Some("10".into())],
+            vec![Some("2".into()), Some("20".into())],
+            vec![Some("3".into()), None],
+        ],
+    });
+    let high = watermark(MarkKind::High, 0, "test-session");
+    let reads = run_tx(&mut t, 300, vec![message(300, &high)]);
+    let keys: Vec<Value> = reads.iter().map(|e| body(e)["key"]["id"].clone()).collect();
+    assert_eq!(keys, [json!(1), json!(3)], "row 2 is superseded");
+    let b = body(&reads[0]);
+    assert_eq!(b["op"], "read");
+    assert_eq!(b["new"], json!({"id": 1, "balance": 10}));
+    assert_eq!(b["old"], Value::Null);
+    assert_eq!(reads[0].routing_key, "public.orders.read");
+    assert_eq!(reads[0].id, crate::backfill::read_id(9, "{\"id\":1}"));
+    assert_eq!(body(&reads[1])["new"]["balance"], Value::Null);
+    assert_eq!(
+        t.take_chunk_ends(),
+        [(9, 0, Lsn(308))],
+        "the worker learns where the chunk ends"
+    );
+    assert_eq!(m.backfill_superseded.get(), 1);
+    // Another session's marks are replayed from the slot: skipped, nothing published.
+    let old = watermark(MarkKind::High, 5, "an-earlier-session");
+    assert!(run_tx(&mut t, 400, vec![message(400, &old)]).is_empty());
+}
