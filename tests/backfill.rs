@@ -388,3 +388,59 @@ async fn the_initial_snapshot_of_a_new_slot_delivers_existing_rows_then_every_ch
     assert!(model.reads > 10_000, "reads: {}", model.reads);
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_and_a_new_slot_are_announced_once_in_stream_order() {
+    let s = Scene::new("CREATE TABLE t (id int PRIMARY KEY, a int);", &["public.t"]).await;
+    s.set("control", "schema_events", "true");
+    let _relay = s.start_streaming().await;
+    s.sql("INSERT INTO t VALUES (1, 1)").await;
+    s.sql("ALTER TABLE t ADD COLUMN b text").await;
+    s.sql("INSERT INTO t VALUES (2, 2, 'x')").await;
+    s.sql("ALTER TABLE t ALTER COLUMN a TYPE bigint").await;
+    s.sql("INSERT INTO t VALUES (3, 3, 'y')").await;
+    s.sql("ALTER TABLE t RENAME COLUMN b TO c").await;
+    s.sql("INSERT INTO t VALUES (4, 4, 'z')").await;
+    let got = s.queue().take(8, T).await;
+    let seq: Vec<String> = got
+        .iter()
+        .map(|m| match m.body["op"].as_str().unwrap() {
+            "control" => m.body["kind"].as_str().unwrap().to_owned(),
+            op => format!("{op} {}", m.body["key"]["id"]),
+        })
+        .collect();
+    assert_eq!(
+        seq,
+        [
+            "slot_created",
+            "insert 1",
+            "schema_changed",
+            "insert 2",
+            "schema_changed",
+            "insert 3",
+            "schema_changed",
+            "insert 4"
+        ]
+    );
+    let names = |m: &Received, side: &str| -> Vec<String> {
+        m.body["columns"][side]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&got[2], "old"), ["id", "a"]);
+    assert_eq!(names(&got[2], "new"), ["id", "a", "b"]);
+    assert_ne!(
+        got[4].body["columns"]["old"][1]["type_oid"],
+        got[4].body["columns"]["new"][1]["type_oid"],
+        "a retyped column"
+    );
+    assert_eq!(names(&got[6], "new"), ["id", "a", "c"]);
+    assert_eq!(got[2].routing_key, "_walrelay.control.schema_changed");
+    assert_eq!(got[2].body["table"], "t");
+    assert_eq!(got[0].body["slot"], s.slot.as_str());
+    assert!(s.queue().drain(Duration::from_millis(800)).await.is_empty(), "once each");
+    s.finish().await;
+}

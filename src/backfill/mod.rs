@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize};
 /// The logical message prefix of watermarks: reserved, never published.
 pub const PREFIX: &str = "walrelay.backfill";
 
+/// The logical message prefix of walrelay's announcements (`slot_created`): reserved,
+/// published only as control events.
+pub const CONTROL_PREFIX: &str = "walrelay.control";
+
 /// How backfills run (`[backfill]`).
 #[derive(Clone, Debug)]
 pub struct BackfillSettings {
@@ -40,6 +44,9 @@ pub struct BackfillSettings {
     pub snapshot: Vec<crate::filter::glob::TablePattern>,
     /// Control events (`backfill_started`, `_finished`, `_cancelled`) are published.
     pub control_events: bool,
+    /// `schema_changed` and `slot_created` are published too (off by default: every DDL
+    /// would need a bound queue, or the stream holds on an unroutable message).
+    pub schema_events: bool,
     /// The routing key prefix of control events: `<prefix>.<kind>`.
     pub control_prefix: String,
 }

@@ -34,6 +34,7 @@ pub struct RawSnapshot {
 #[serde(deny_unknown_fields)]
 pub struct RawControl {
     pub events: Option<bool>,
+    pub schema_events: Option<bool>,
     pub routing_prefix: Option<String>,
 }
 
@@ -84,6 +85,7 @@ pub(super) fn validate(
         schema,
         snapshot,
         control_events: control.events.unwrap_or(true),
+        schema_events: control.schema_events.unwrap_or(false),
         control_prefix,
     })
 }

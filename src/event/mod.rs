@@ -95,7 +95,7 @@ impl Event {
     /// A control event: `kind` in the body, routed to `routing_key`, naming `table`.
     pub fn control(
         id: String,
-        table: &TableIdentity,
+        table: Option<&TableIdentity>,
         tx: &TxContext,
         routing_key: String,
         body: Vec<u8>,
@@ -103,8 +103,8 @@ impl Event {
         Event {
             id,
             op: Op::Control,
-            schema: table.schema.clone(),
-            table: table.name.clone(),
+            schema: table.map_or_else(String::new, |t| t.schema.clone()),
+            table: table.map_or_else(String::new, |t| t.name.clone()),
             commit_lsn: tx.commit_lsn,
             commit_time_us: tx.commit_time_us,
             routing_key,

@@ -159,6 +159,17 @@ async fn prepare(
         source.failover_slot,
     )
     .await?;
+    if slot.created && settings.backfill.schema_events {
+        // Written into the WAL after the slot's start, so it streams like a change: a
+        // `slot_created` control event that survives any crash once the slot exists.
+        let content = serde_json::json!({"kind": "slot_created", "slot": source.slot}).to_string();
+        conn.simple_query(&format!(
+            "SELECT pg_logical_emit_message(true, {}, {})",
+            crate::source::setup::quote_literal(crate::backfill::CONTROL_PREFIX),
+            crate::source::setup::quote_literal(&content)
+        ))
+        .await?;
+    }
     let types = setup::load_types(&mut conn).await?;
     let mut status_interval = source.status_interval;
     if let Some(timeout) = setup::wal_sender_timeout(&mut conn).await? {
@@ -234,10 +245,10 @@ async fn launch(
             publish_messages: sink.publish_messages,
             filter: Arc::new(settings.filter.clone()),
             session,
-            control_prefix: settings
-                .backfill
-                .control_events
+            control_prefix: (settings.backfill.control_events || settings.backfill.schema_events)
                 .then(|| settings.backfill.control_prefix.clone()),
+            backfill_events: settings.backfill.control_events,
+            schema_events: settings.backfill.schema_events,
         },
         p.types,
         memory.types_reloaded_at,

@@ -31,6 +31,10 @@ pub struct TransformSettings {
     pub session: String,
     /// The routing key prefix of control events; `None` when they are off.
     pub control_prefix: Option<String>,
+    /// Publish the backfill control events (`backfill_started`, …).
+    pub backfill_events: bool,
+    /// Publish `schema_changed` and `slot_created` control events.
+    pub schema_events: bool,
 }
 
 /// Why a message could not be transformed.
@@ -215,7 +219,7 @@ impl Transform {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 out.push_back(Outbound::Position(c.end_lsn));
             }
-            Message::Relation(r) => self.relation(r, received)?,
+            Message::Relation(r) => self.relation(r, received, out)?,
             Message::Type { oid, .. } => debug!(oid, "type message"),
             Message::Origin { name, .. } => {
                 debug!(origin = name, "transaction from a replication origin");
@@ -312,7 +316,12 @@ impl Transform {
         }
     }
 
-    fn relation(&mut self, r: Relation, received: Lsn) -> Result<(), TransformError> {
+    fn relation(
+        &mut self,
+        r: Relation,
+        received: Lsn,
+        out: &mut VecDeque<Outbound>,
+    ) -> Result<(), TransformError> {
         debug!(schema = %r.schema, table = %r.name, oid = r.oid, "relation");
         let at = self.position(received);
         if let Some(col) = r.columns.iter().find(|c| !self.types.knows(c.type_oid)) {
@@ -329,6 +338,7 @@ impl Transform {
                   "the column's type no longer exists in the catalog: its values are sent as text");
         }
         let facts = self.facts.get(&r.oid).cloned().flatten();
+        let previous = self.relations.get(r.oid).cloned();
         let rel = self.relations.insert(r);
         let view = self
             .settings
@@ -337,6 +347,12 @@ impl Transform {
         if view.table.partition.is_some() {
             debug!(partition = %format!("{}.{}", rel.schema, rel.name), root = %format!("{}.{}", view.table.schema, view.table.name),
                    "a partition's changes are named after its root");
+        }
+        if let Some(old) = previous
+            && self.settings.schema_events
+            && view.verdict == crate::filter::Verdict::Included
+        {
+            self.schema_changed(&old, &view, out);
         }
         self.views.insert(rel.oid, Arc::new(view));
         Ok(())

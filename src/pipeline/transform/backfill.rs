@@ -1,7 +1,7 @@
 //! The transform's backfill work: watermarks steer the window (`backfill::window`), a high
 //! mark publishes what is left of its chunk as `read` events — rendered by the same code as
-//! streamed changes, through the same filter view — and control events announce a
-//! backfill's start, end or cancellation in stream order.
+//! streamed changes, through the same filter view — and control events announce, in stream
+//! order, a backfill's start, end or cancellation, a table's new shape and a new slot.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -9,8 +9,8 @@ use super::{Transform, TransformError};
 use crate::backfill::window::Step;
 use crate::backfill::{Chunk, Mark, read_id};
 use crate::event::{self, Body, Event, Op, Outbound, RowChange, TableIdentity, TxContext};
-use crate::filter::{Admit, predicate::RowView};
-use crate::pgoutput::{Datum, LogicalMessage, TupleData};
+use crate::filter::{Admit, TableView, predicate::RowView};
+use crate::pgoutput::{Datum, LogicalMessage, Relation, TupleData};
 
 impl Transform {
     /// A watermark: never published; it may publish a chunk or a control event.
@@ -106,11 +106,11 @@ impl Transform {
         Ok(())
     }
 
-    /// A control event, when they are on: `<prefix>.<kind>`, with a stable id.
+    /// A backfill's control event, when they are on, with a stable id.
     fn control(&self, ctx: &TxContext, kind: &str, mark: &Mark, out: &mut VecDeque<Outbound>) {
-        let Some(prefix) = &self.settings.control_prefix else {
+        if !self.settings.backfill_events {
             return;
-        };
+        }
         let id = format!(
             "backfill:{}:{}",
             mark.backfill,
@@ -122,15 +122,94 @@ impl Transform {
             partition: None,
             key: None,
         };
-        let mut body = Body::start(&id, Op::Control, Some(&table), ctx);
-        body.string_field("kind", kind);
         let detail = serde_json::json!({
             "id": mark.backfill,
             "where": mark.where_clause,
             "rows": mark.rows,
         });
-        body.raw_field("backfill", &detail.to_string());
-        let ev = Event::control(id, &table, ctx, format!("{prefix}.{kind}"), body.finish());
+        self.publish_control(ctx, id, kind, Some(&table), ("backfill", detail), out);
+    }
+
+    /// `schema_changed`: pgoutput described a relation again with other columns (added,
+    /// dropped, renamed or retyped). Published where the new description arrives: before the
+    /// first change under the new shape.
+    pub(super) fn schema_changed(
+        &self,
+        old: &Relation,
+        view: &TableView,
+        out: &mut VecDeque<Outbound>,
+    ) {
+        let shape = |r: &Relation| -> Vec<serde_json::Value> {
+            r.columns
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "name": c.name,
+                        "type_oid": c.type_oid,
+                        "type_modifier": c.type_modifier,
+                    })
+                })
+                .collect()
+        };
+        let (before, after) = (shape(old), shape(&view.rel));
+        if before == after {
+            return;
+        }
+        let Some((ctx, index)) = self.open else {
+            return;
+        };
+        let id = format!("{}:schema:{index}:{}", ctx.commit_lsn, view.rel.oid);
+        let detail = serde_json::json!({"old": before, "new": after});
+        self.publish_control(
+            &ctx,
+            id,
+            "schema_changed",
+            Some(&view.table),
+            ("columns", detail),
+            out,
+        );
+    }
+
+    /// A message under the control prefix (`slot_created`, written when walrelay created its
+    /// slot): a control event where it streams.
+    pub(super) fn announced(&mut self, m: &LogicalMessage<'_>, out: &mut VecDeque<Outbound>) {
+        let Ok(detail) = serde_json::from_slice::<serde_json::Value>(m.content) else {
+            return;
+        };
+        let kind = detail["kind"].as_str().unwrap_or("").to_owned();
+        if kind != "slot_created" || !self.settings.schema_events {
+            return;
+        }
+        let ctx = self.open.map_or(
+            TxContext {
+                commit_lsn: m.lsn,
+                xid: None,
+                commit_time_us: None,
+            },
+            |(ctx, _)| ctx,
+        );
+        let id = format!("{}:slot_created", ctx.commit_lsn);
+        let slot = detail["slot"].clone();
+        self.publish_control(&ctx, id, &kind, None, ("slot", slot), out);
+    }
+
+    /// A control event on `<prefix>.<kind>`, when control events are on.
+    fn publish_control(
+        &self,
+        ctx: &TxContext,
+        id: String,
+        kind: &str,
+        table: Option<&TableIdentity>,
+        (field, detail): (&str, serde_json::Value),
+        out: &mut VecDeque<Outbound>,
+    ) {
+        let Some(prefix) = &self.settings.control_prefix else {
+            return;
+        };
+        let mut body = Body::start(&id, Op::Control, table, ctx);
+        body.string_field("kind", kind);
+        body.raw_field(field, &detail.to_string());
+        let ev = Event::control(id, table, ctx, format!("{prefix}.{kind}"), body.finish());
         out.push_back(Outbound::Event(ev));
     }
 }

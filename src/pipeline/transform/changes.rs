@@ -62,6 +62,14 @@ impl Transform {
             // Watermarks steer the backfill and are never published.
             return self.watermark(m, out);
         }
+        if m.prefix == crate::backfill::CONTROL_PREFIX {
+            // walrelay's own announcements, published as control events (or not at all).
+            self.announced(m, out);
+            if !m.transactional && self.open.is_none() {
+                out.push_back(Outbound::Position(m.lsn));
+            }
+            return Ok(());
+        }
         let heartbeat = m.prefix == probe::HEARTBEAT_PREFIX;
         if heartbeat && let Some(at) = probe::heartbeat_emitted_us(m.content) {
             let now_us = crate::health::now_ms() as i64 * 1000;

@@ -21,6 +21,8 @@ fn transform(filter_toml: &str) -> (Transform, Arc<Metrics>) {
             publish_messages: false,
             session: "test-session".into(),
             control_prefix: Some("_walrelay.control".into()),
+            backfill_events: true,
+            schema_events: true,
             filter: Arc::new(settings.filter),
         },
         TypeRegistry::builtin(),
