@@ -9,6 +9,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "e2e/backfill.rs"]
+mod e2e_backfill;
 #[path = "e2e/parts.rs"]
 mod e2e_parts;
 
@@ -84,6 +86,12 @@ async fn run() {
             n(100_000.0),
         ),
     ];
+    // `BENCH_ONLY=backfill`: the backfill of a table of backlog (a)'s shape only.
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "backfill") {
+        let _ = Backlog::build(&env, &client, 0, "orders", n(1_000_000.0)).await;
+        e2e_backfill::report(&env, &client, n(1_000_000.0)).await;
+        return;
+    }
     // `BENCH_ONLY=catchup`: backlog (a) only, walrelay against the broker limit, for iterating
     // on the publish path without the full run.
     let only_catchup = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "catchup");
@@ -132,6 +140,7 @@ async fn run() {
 
     let latencies = live_latency(&env, &client).await;
     print_report(&rows, &batched, decode, &latencies);
+    e2e_backfill::report(&env, &client, n(1_000_000.0)).await;
     // The same count and size as backlog (a), with only `delivery_mode` as properties.
     let a = &rows[0];
     let bare = broker_limit_on(a.events, a.relay.avg_bytes, false, false).await;

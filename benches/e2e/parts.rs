@@ -170,6 +170,11 @@ pub struct RelayRun {
     pub idle_rss_kib: u64,
 }
 
+/// A `/proc/<pid>/status` field in KiB.
+pub fn proc_status_of(pid: u32, field: &str) -> u64 {
+    proc_status(pid, field)
+}
+
 fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -177,6 +182,11 @@ fn proc_status(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) of a process so far.
+pub fn cpu_secs_of(pid: u32) -> f64 {
+    cpu_secs(pid)
 }
 
 fn cpu_secs(pid: u32) -> f64 {
