@@ -151,6 +151,9 @@ impl RunError {
             RunError::Source(SourceError::Connect { .. } | SourceError::ConnectTimeout(_)) => {
                 "cannot reach PostgreSQL: check postgres.url's host and port, that the server runs and listens there (listen_addresses), and the network between"
             }
+            RunError::Source(SourceError::StreamEnded(_)) => {
+                "PostgreSQL is shutting down or restarting: walrelay resumes when it is back"
+            }
             RunError::Source(SourceError::Silent(_)) => {
                 "PostgreSQL stopped answering: check the server and the network path to it"
             }
@@ -215,6 +218,12 @@ mod tests {
         assert_eq!(server("42501").decision(), Decision::Stop);
         let silent: RunError = SourceError::Silent(std::time::Duration::from_secs(1)).into();
         assert_eq!(silent.decision(), Decision::Reconnect);
+        let ended: RunError = SourceError::StreamEnded("CopyDone").into();
+        assert_eq!(
+            ended.decision(),
+            Decision::Reconnect,
+            "a clean server shutdown"
+        );
         let unroutable: RunError = SinkError::Unroutable {
             id: "x".into(),
             exchange: "e".into(),

@@ -231,16 +231,25 @@ async fn kill_9_twice_during_a_backfill_the_standby_resumes_it_with_identical_id
     s.sql("INSERT INTO items SELECT g, 0, 'seed' FROM generate_series(1, 30000) g")
         .await;
     s.set("backfill", "chunk_rows", "1000");
+    // Slow enough that both kills land mid-way, whatever else the machine does.
+    s.set("backfill", "rows_per_second", "2500");
     s.set("service", "standby_retry_ms", "300");
     let mut active = s.start_streaming().await;
     backfill(&s, &["public.items"]);
     let mut model = Model::default();
-    for round in 0..2 {
+    for (round, at) in [(0, 6_000), (1, 15_000)] {
         let standby = s.start();
         standby.wait_log("waiting as standby", T).await;
-        for m in s.queue().take(4_000, T).await {
-            model.apply(&m);
-        }
+        // Kill once the recorded progress passes `at` rows: mid-way, whatever the speed.
+        wait_for("backfill progress", T, || async {
+            let row = s
+                .client
+                .query_one("SELECT rows_done FROM walrelay.backfill", &[])
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0) >= at).then_some(())
+        })
+        .await;
         active.kill9();
         // A write while the active one is gone: the stream carries it after the takeover.
         s.sql(&format!(
@@ -435,14 +444,60 @@ async fn schema_changes_and_a_new_slot_are_announced_once_in_stream_order() {
     assert_eq!(names(&got[2], "old"), ["id", "a"]);
     assert_eq!(names(&got[2], "new"), ["id", "a", "b"]);
     assert_ne!(
-        got[4].body["columns"]["old"][1]["type_oid"],
-        got[4].body["columns"]["new"][1]["type_oid"],
+        got[4].body["columns"]["old"][1]["type_oid"], got[4].body["columns"]["new"][1]["type_oid"],
         "a retyped column"
     );
     assert_eq!(names(&got[6], "new"), ["id", "a", "c"]);
     assert_eq!(got[2].routing_key, "_walrelay.control.schema_changed");
     assert_eq!(got[2].body["table"], "t");
     assert_eq!(got[0].body["slot"], s.slot.as_str());
-    assert!(s.queue().drain(Duration::from_millis(800)).await.is_empty(), "once each");
+    assert!(
+        s.queue().drain(Duration::from_millis(800)).await.is_empty(),
+        "once each"
+    );
+    s.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_backfill_stops_and_says_so_and_a_postgres_restart_is_survived() {
+    let s = Scene::new(ITEMS, &["public.items"]).await;
+    s.sql("INSERT INTO items SELECT g, 0, 'seed' FROM generate_series(1, 20000) g")
+        .await;
+    s.set("backfill", "chunk_rows", "500");
+    s.set("backfill", "rows_per_second", "4000");
+    let relay = s.start_streaming().await;
+    backfill(&s, &["public.items"]);
+    let mut model = Model::default();
+    for m in s.queue().take(2_000, T).await {
+        model.apply(&m);
+    }
+    // PostgreSQL restarts mid-backfill: walrelay reconnects and the backfill resumes.
+    s.pg.pg_ctl_stop("fast");
+    s.pg.pg_ctl_start();
+    relay.wait_log("retrying", T).await;
+    for m in s.queue().take(2_000, T).await {
+        model.apply(&m);
+    }
+    let said = backfill(&s, &["--cancel", "public.items"]);
+    assert!(said.starts_with("1 backfill"), "{said}");
+    let status = wait_finished(&s).await;
+    assert!(status.contains("cancelled"), "{status}");
+    for m in s.queue().drain(Duration::from_millis(1000)).await {
+        model.apply(&m);
+    }
+    assert_eq!(
+        model.controls.first().map(String::as_str),
+        Some("backfill_started")
+    );
+    assert_eq!(
+        model.controls.last().map(String::as_str),
+        Some("backfill_cancelled")
+    );
+    assert!(
+        model.reads < 20_000,
+        "it stopped early ({} reads)",
+        model.reads
+    );
+    assert!(model.read_ids.values().all(|ids| ids.len() == 1));
     s.finish().await;
 }

@@ -56,7 +56,11 @@ pub async fn walrelay_backfill(
         .arg(format!("public.{table}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     loop {
         let done = c
             .query_opt(
@@ -68,7 +72,10 @@ pub async fn walrelay_backfill(
         if done.is_some() {
             break;
         }
-        assert!(start.elapsed() < super::TIMEOUT, "the backfill did not finish");
+        assert!(
+            start.elapsed() < super::TIMEOUT,
+            "the backfill did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -108,7 +115,10 @@ pub async fn report(env: &Env, c: &tokio_postgres::Client, rows: i64) {
     println!("\n### Backfill of {rows} rows (backlog (a)'s shape, chunks of 5,000)\n");
     println!("| mode | rows/s | × broker limit | CPU µs/row | peak RSS |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    for (name, r) in [("one message per row", &one), ("batch mode (100)", &batched)] {
+    for (name, r) in [
+        ("one message per row", &one),
+        ("batch mode (100)", &batched),
+    ] {
         println!(
             "| {name} | {:.0} | {:.2} | {:.1} | {:.1} MiB |",
             r.events as f64 / r.secs,

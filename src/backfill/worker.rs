@@ -21,6 +21,9 @@ use crate::source::params::ConnParams;
 use crate::source::setup::{TableName, quote_ident, quote_literal};
 use crate::source::{Connection, SourceError, publication};
 
+/// How often a running backfill logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// Everything the worker needs from its session.
 pub struct Worker {
     pub conn: ConnParams,
@@ -35,6 +38,13 @@ pub struct Worker {
     /// The broker-confirmed position (the session's ack tracker).
     pub acked: watch::Receiver<Lsn>,
     pub metrics: Arc<Metrics>,
+}
+
+/// A chunk handed over whose confirmation is awaited before its progress is recorded.
+struct Progress {
+    chunk: i64,
+    last_key: Vec<String>,
+    rows: i64,
 }
 
 /// Why one backfill cannot go on: recorded as `failed` with this reason; others still run.
@@ -121,7 +131,7 @@ impl Worker {
             key: &key_names,
             where_clause: record.where_clause.as_deref(),
         };
-        let mut info = Mark {
+        let info = Mark {
             session: self.session.clone(),
             backfill: record.id,
             chunk: record.chunks_done,
@@ -148,16 +158,35 @@ impl Worker {
             info!(backfill = record.id, table = %record.table, estimate, "backfill started");
         }
         self.metrics.backfill_running.set(1);
+        self.run_chunks(c, record, &query, (&rel, &facts, &identity), stop_key, info)
+            .await
+    }
+
+    /// The chunk loop, pipelined by one chunk: chunk N is read and handed over while the
+    /// broker confirms chunk N-1, whose progress is recorded once it is confirmed. At most two
+    /// chunks are in memory.
+    async fn run_chunks(
+        &mut self,
+        c: &mut Connection,
+        record: &Record,
+        query: &ChunkQuery<'_>,
+        (rel, facts, identity): (&Arc<Relation>, &Option<RelationFacts>, &TableIdentity),
+        stop_key: Option<Vec<String>>,
+        mut info: Mark,
+    ) -> Result<(), Failure> {
+        let schema = self.settings.schema.clone();
         let mut last = record.last_key.clone();
         let mut chunk_no = record.chunks_done;
-        let estimated = record.rows_estimated.unwrap_or(0);
         let started = Instant::now();
         let mut read = 0u64;
+        let mut said = Instant::now();
+        let mut pending: Option<Progress> = None;
         loop {
             if let Some(state) = store::next(c, &schema, &self.slot).await?
                 && state.id == record.id
                 && state.state == "cancelling"
             {
+                self.settle(c, record, &mut pending, &mut info).await?;
                 self.mark(c, record.id, chunk_no, MarkKind::Cancelled, &info)
                     .await?;
                 store::finish(c, &schema, record.id, "cancelled", None).await?;
@@ -175,6 +204,7 @@ impl Worker {
                 }
             };
             if rows.is_empty() {
+                self.settle(c, record, &mut pending, &mut info).await?;
                 self.mark(c, record.id, chunk_no, MarkKind::Finished, &info)
                     .await?;
                 store::finish(c, &schema, record.id, "finished", None).await?;
@@ -191,7 +221,7 @@ impl Worker {
             let chunk = Chunk {
                 backfill: record.id,
                 chunk: chunk_no,
-                rel: Arc::clone(&rel),
+                rel: Arc::clone(rel),
                 facts: facts.clone(),
                 rows,
             };
@@ -202,28 +232,25 @@ impl Worker {
                     "the replication task ended".into(),
                 )));
             }
-            let t0 = Instant::now();
             self.mark(c, record.id, chunk_no, MarkKind::High, &info)
                 .await?;
-            let t1 = t0.elapsed();
-            self.confirmed(record.id, chunk_no).await?;
-            tracing::debug!(
-                backfill = record.id,
-                chunk = chunk_no,
-                rows = n,
-                mark_ms = t1.as_millis() as u64,
-                confirmed_ms = t0.elapsed().as_millis() as u64,
-                "chunk confirmed"
-            );
-            store::progress(c, &schema, record.id, &last_key, n).await?;
-            self.metrics.backfill_chunks.inc();
-            info.rows += n;
+            // The previous chunk was being confirmed meanwhile: record it now.
+            self.settle(c, record, &mut pending, &mut info).await?;
+            pending = Some(Progress {
+                chunk: chunk_no,
+                last_key: last_key.clone(),
+                rows: n,
+            });
             read += n as u64;
             chunk_no += 1;
             last = Some(last_key);
-            self.metrics
-                .backfill_rows_remaining
-                .set((estimated - info.rows).max(0));
+            if said.elapsed() >= PROGRESS_EVERY {
+                said = Instant::now();
+                info!(backfill = record.id, table = %record.table, rows = info.rows,
+                      estimated = record.rows_estimated.unwrap_or(0),
+                      rows_per_second = (read as f64 / started.elapsed().as_secs_f64()) as u64,
+                      "backfill progress");
+            }
             if let Some(rate) = self.settings.rows_per_second {
                 let due = Duration::from_secs_f64(read as f64 / rate.max(1) as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -231,6 +258,36 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Waits until the pending chunk is broker-confirmed, then records it as progress.
+    async fn settle(
+        &mut self,
+        c: &mut Connection,
+        record: &Record,
+        pending: &mut Option<Progress>,
+        info: &mut Mark,
+    ) -> Result<(), Failure> {
+        let Some(p) = pending.take() else {
+            return Ok(());
+        };
+        let t0 = Instant::now();
+        self.confirmed(record.id, p.chunk).await?;
+        store::progress(c, &self.settings.schema, record.id, &p.last_key, p.rows).await?;
+        tracing::debug!(
+            backfill = record.id,
+            chunk = p.chunk,
+            rows = p.rows,
+            waited_ms = t0.elapsed().as_millis() as u64,
+            "chunk confirmed and recorded"
+        );
+        self.metrics.backfill_chunks.inc();
+        info.rows += p.rows;
+        let estimated = record.rows_estimated.unwrap_or(0);
+        self.metrics
+            .backfill_rows_remaining
+            .set((estimated - info.rows).max(0));
+        Ok(())
     }
 
     /// Writes a watermark (its own transaction).

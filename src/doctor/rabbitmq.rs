@@ -127,6 +127,7 @@ pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Findi
         bindings.push((x.clone(), found));
     }
     let queues = binding_checks(settings, tables, &bindings, out);
+    backfill_checks(settings, tables, &bindings, out);
     queue_checks(&api, &vhost, queues, out).await;
 }
 
@@ -260,6 +261,88 @@ fn binding_checks(
         }
     }
     queues
+}
+
+/// Whether a binding exists for what a backfill publishes (`read` events, control events) and
+/// for `schema_changed` / `slot_created` when they are on: without one, the first such
+/// message is returned unroutable and walrelay holds the stream until a binding exists.
+fn backfill_checks(
+    settings: &Settings,
+    tables: &[Streamed],
+    bindings: &[(String, Vec<Value>)],
+    out: &mut Vec<Finding>,
+) {
+    let bound = |exchange: &str, key: &str| {
+        bindings
+            .iter()
+            .filter(|(x, _)| x == exchange)
+            .flat_map(|(_, l)| l.iter())
+            .any(|b| {
+                b["routing_key"]
+                    .as_str()
+                    .is_some_and(|bk| topic::matches(bk, key))
+            })
+    };
+    let mut unbound_reads = Vec::new();
+    for t in tables {
+        let reads = Streamed {
+            ops: vec!["read"],
+            ..t.clone()
+        };
+        let (exchange, keys) = produced(settings, &reads);
+        unbound_reads.extend(keys.into_iter().filter(|k| !bound(&exchange, k)));
+    }
+    if !unbound_reads.is_empty() {
+        out.push(f(
+            Level::Warn,
+            format!(
+                "a backfill would hold the stream: no binding matches {} (bind them before `walrelay backfill`)",
+                unbound_reads.join(", ")
+            ),
+        ));
+    }
+    let b = &settings.backfill;
+    let exchange = settings.sink.exchange.as_str();
+    let key = |kind: &str| format!("{}.{kind}", b.control_prefix);
+    let backfill_kinds = [
+        "backfill_started",
+        "backfill_finished",
+        "backfill_cancelled",
+    ];
+    if b.control_events {
+        let unbound: Vec<String> = backfill_kinds
+            .iter()
+            .map(|k| key(k))
+            .filter(|k| !bound(exchange, k))
+            .collect();
+        if !unbound.is_empty() {
+            out.push(f(
+                Level::Warn,
+                format!(
+                    "control events of a backfill would hold the stream: exchange {exchange:?} has no binding for {} \
+                     (bind {}.# or set control.events = false)",
+                    unbound.join(", "),
+                    b.control_prefix
+                ),
+            ));
+        }
+    }
+    if b.schema_events {
+        let unbound: Vec<String> = ["schema_changed", "slot_created"]
+            .iter()
+            .map(|k| key(k))
+            .filter(|k| !bound(exchange, k))
+            .collect();
+        if !unbound.is_empty() {
+            out.push(f(
+                Level::Fail,
+                format!(
+                    "control.schema_events is on but exchange {exchange:?} has no binding for {}: the first DDL would hold the stream",
+                    unbound.join(", ")
+                ),
+            ));
+        }
+    }
 }
 
 /// Durability of each queue behind a binding.

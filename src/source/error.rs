@@ -102,6 +102,10 @@ pub enum SourceError {
     )]
     Silent(std::time::Duration),
     #[error(
+        "PostgreSQL ended the replication stream ({0}): the server is shutting down or restarting"
+    )]
+    StreamEnded(&'static str),
+    #[error(
         "the catalog lookup on the plain SQL connection took more than {0:?}: PostgreSQL is overloaded or unreachable"
     )]
     CatalogTimeout(std::time::Duration),
@@ -117,6 +121,7 @@ impl SourceError {
             | SourceError::Wire(WireError::Io(_) | WireError::Closed)
             | SourceError::TlsHandshake(_)
             | SourceError::Silent(_)
+            | SourceError::StreamEnded(_)
             | SourceError::CatalogTimeout(_) => true,
             SourceError::Server(e) => sqlstate::meaning(&e.code) == sqlstate::Meaning::Retry,
             _ => false,

@@ -95,11 +95,12 @@ impl ReplicationStream {
                 b'd' => return parse_copy_data(f.body),
                 b'N' => continue,
                 b'E' => return Err(SourceError::Server(ServerError::parse(&f.body))),
-                b'c' => {
-                    return Err(SourceError::Protocol(
-                        "the server ended the replication stream (CopyDone)".into(),
-                    ));
-                }
+                // A walsender ends COPY mode on a clean server shutdown (`pg_ctl stop -m fast`,
+                // a failover's demotion): CopyDone, then CommandComplete and ReadyForQuery.
+                // The server is going away, not refusing us: reconnect.
+                b'c' => return Err(SourceError::StreamEnded("CopyDone")),
+                b'C' => return Err(SourceError::StreamEnded("CommandComplete")),
+                b'Z' => return Err(SourceError::StreamEnded("ReadyForQuery")),
                 t => {
                     return Err(SourceError::Protocol(format!(
                         "message {:?} in the replication stream",
