@@ -110,6 +110,21 @@ async fn an_unbound_routing_key_fails_doctor_and_readyz_names_it() {
         text.contains("public.a.insert") && text.contains("would be unroutable"),
         "{text}"
     );
+    // What a backfill would publish is unbound too: said as warnings, before any backfill.
+    assert!(
+        text.contains("WARN rabbitmq: a backfill would hold the stream")
+            && text.contains("public.a.read")
+            && text.contains("_walrelay.control.backfill_started"),
+        "{text}"
+    );
+    s.set("control", "schema_events", "true");
+    let (_, text) = doctor(&s);
+    assert!(
+        text.contains("FAIL rabbitmq: control.schema_events is on")
+            && text.contains("_walrelay.control.schema_changed"),
+        "{text}"
+    );
+    s.set("control", "schema_events", "false");
     let relay = s.start_streaming().await;
     let port = relay.http_port().await;
     s.sql("INSERT INTO a VALUES (1);").await;

@@ -303,45 +303,38 @@ fn backfill_checks(
     }
     let b = &settings.backfill;
     let exchange = settings.sink.exchange.as_str();
-    let key = |kind: &str| format!("{}.{kind}", b.control_prefix);
-    let backfill_kinds = [
+    let unbound = |kinds: &[&str]| -> Vec<String> {
+        kinds
+            .iter()
+            .map(|k| format!("{}.{k}", b.control_prefix))
+            .filter(|k| !bound(exchange, k))
+            .collect()
+    };
+    let backfill = unbound(&[
         "backfill_started",
         "backfill_finished",
         "backfill_cancelled",
-    ];
-    if b.control_events {
-        let unbound: Vec<String> = backfill_kinds
-            .iter()
-            .map(|k| key(k))
-            .filter(|k| !bound(exchange, k))
-            .collect();
-        if !unbound.is_empty() {
-            out.push(f(
-                Level::Warn,
-                format!(
-                    "control events of a backfill would hold the stream: exchange {exchange:?} has no binding for {} \
-                     (bind {}.# or set control.events = false)",
-                    unbound.join(", "),
-                    b.control_prefix
-                ),
-            ));
-        }
+    ]);
+    if b.control_events && !backfill.is_empty() {
+        out.push(f(
+            Level::Warn,
+            format!(
+                "control events of a backfill would hold the stream: exchange {exchange:?} has no binding for {} \
+                 (bind {}.# or set control.events = false)",
+                backfill.join(", "),
+                b.control_prefix
+            ),
+        ));
     }
-    if b.schema_events {
-        let unbound: Vec<String> = ["schema_changed", "slot_created"]
-            .iter()
-            .map(|k| key(k))
-            .filter(|k| !bound(exchange, k))
-            .collect();
-        if !unbound.is_empty() {
-            out.push(f(
-                Level::Fail,
-                format!(
-                    "control.schema_events is on but exchange {exchange:?} has no binding for {}: the first DDL would hold the stream",
-                    unbound.join(", ")
-                ),
-            ));
-        }
+    let schema = unbound(&["schema_changed", "slot_created"]);
+    if b.schema_events && !schema.is_empty() {
+        out.push(f(
+            Level::Fail,
+            format!(
+                "control.schema_events is on but exchange {exchange:?} has no binding for {}: the first DDL would hold the stream",
+                schema.join(", ")
+            ),
+        ));
     }
 }
 

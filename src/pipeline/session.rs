@@ -212,7 +212,11 @@ async fn launch(
     let (chunk_ends, ends) = mpsc::unbounded_channel();
     let backfill_worker = AbortOnDrop(tokio::spawn(
         crate::backfill::worker::Worker {
-            conn: source.conn.clone(),
+            conn: crate::source::ConnParams {
+                // Told apart from the catalog connection in pg_stat_activity.
+                application_name: format!("{} backfill", source.conn.application_name),
+                ..source.conn.clone()
+            },
             slot: source.slot.clone(),
             publication: source.publication.clone(),
             settings: settings.backfill.clone(),
