@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::proxy::Proxy;
+use common::scene::{Consumer, Scene, Setup};
 use common::*;
 
 const T: Duration = Duration::from_secs(90);
@@ -166,22 +167,20 @@ async fn metrics_follow_the_stream_and_secrets_never_leak() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_flips_when_the_broker_is_cut_and_back() {
-    let (pg, db, client) = PgCluster::with_db("CREATE TABLE items (id int PRIMARY KEY)").await;
     let proxy = Proxy::start("127.0.0.1:5672").await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("#")).await;
-    let dir = tempfile::tempdir().unwrap();
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
-    let cfg = write_config(
-        dir.path(),
-        &pg.url(&db),
-        &amqp,
-        &unique("slot"),
-        &exchange,
+    let setup = Setup {
+        amqp_url: &amqp,
+        ..Setup::default()
+    };
+    let s = Scene::with(
+        "CREATE TABLE items (id int PRIMARY KEY)",
         &["public.items"],
-        "",
-    );
-    let relay = Relay::start(&cfg);
+        setup,
+    )
+    .await;
+    let (client, queue, cfg) = (&s.client, s.queue(), &s.config);
+    let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     let port = relay.http_port().await;
     wait_for("ready", T, || async {
@@ -219,7 +218,7 @@ async fn readiness_flips_when_the_broker_is_cut_and_back() {
         metric(&m, "walrelay_reconnects_total{side=\"rabbitmq\"}") >= 1.0,
         "{m}"
     );
-    queue.delete().await;
+    s.finish().await;
 }
 
 fn walrelay(args: &[&str]) -> std::process::Output {
@@ -233,24 +232,18 @@ fn walrelay(args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_finds_a_missing_binding_and_a_table_without_a_key_then_passes() {
-    let (pg, db, client) = PgCluster::with_db(
+    let setup = Setup {
+        consumer: Consumer::Bound("public.orders.*"),
+        ..Setup::default()
+    };
+    let s = Scene::with(
         "CREATE TABLE orders (id int PRIMARY KEY, note text);
              CREATE TABLE nopk (v int);",
+        &["public.*"],
+        setup,
     )
     .await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("public.orders.*")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let slot = unique("slot");
-    let cfg = write_config(
-        dir.path(),
-        &pg.url(&db),
-        AMQP_URL,
-        &slot,
-        &exchange,
-        &["public.*"],
-        "",
-    );
+    let (client, queue, slot, cfg) = (&s.client, s.queue(), &s.slot, &s.config);
     let cfg_s = cfg.to_str().unwrap();
     let out = walrelay(&["doctor", "--config", cfg_s]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -323,7 +316,7 @@ async fn doctor_finds_a_missing_binding_and_a_table_without_a_key_then_passes() 
     let out = walrelay(&["status", "--config", cfg_s, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["slot"]["exists"], false, "{v}");
-    let relay = Relay::start(&cfg);
+    let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     client
         .batch_execute("INSERT INTO orders VALUES (1, 'x')")
@@ -347,31 +340,20 @@ async fn doctor_finds_a_missing_binding_and_a_table_without_a_key_then_passes() 
     let out = walrelay(&["status", "--config", cfg_s]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains("confirmed_flush_lsn") && table.contains(&slot),
+        table.contains("confirmed_flush_lsn") && table.contains(slot.as_str()),
         "{table}"
     );
-    queue.delete().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
-    let (pg, db, _) = PgCluster::with_db("CREATE TABLE items (id int PRIMARY KEY)").await;
-    let exchange = unique("ex");
-    let queue = TestQueue::new(&exchange, Some("#")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &pg.url(&db),
-        AMQP_URL,
-        &unique("slot"),
-        &exchange,
-        &["public.items"],
-        "",
-    );
-    config_set(&cfg, "service", "standby_retry_ms", "300");
-    let mut active = Relay::start(&cfg);
+    let s = Scene::new("CREATE TABLE items (id int PRIMARY KEY)", &["public.items"]).await;
+    let (queue, cfg) = (s.queue(), &s.config);
+    config_set(cfg, "service", "standby_retry_ms", "300");
+    let mut active = Relay::start(cfg);
     active.wait_log("streaming", T).await;
-    let standby = Relay::start(&cfg);
+    let standby = Relay::start(cfg);
     standby.wait_log("waiting as standby", T).await;
     let sport = standby.http_port().await;
     // A standby is ready (healthy in its role), and /activez tells the roles apart.
@@ -389,7 +371,7 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
     assert_eq!(ready(aport).await.1["role"], "active");
 
     let writer = {
-        let client = connect(&pg.url(&db)).await;
+        let client = connect(&s.url()).await;
         tokio::spawn(async move {
             for i in 0..300 {
                 client
@@ -428,5 +410,5 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
         received - 300 <= 2000,
         "duplicates stay within the unconfirmed window"
     );
-    queue.delete().await;
+    s.finish().await;
 }
