@@ -52,6 +52,7 @@ async fn request_snapshot(conn: &mut Connection, settings: &Settings) -> Result<
             .snapshot
             .iter()
             .any(|pat| pat.matches(&name.schema, &name.name))
+            && settings.filter.included(&name.schema, &name.name)
             && !tables.contains(&name)
         {
             tables.push(name);

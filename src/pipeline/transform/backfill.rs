@@ -61,8 +61,8 @@ impl Transform {
             self.settings
                 .filter
                 .view(&chunk.rel, chunk.facts.as_ref(), &self.settings.routing)?;
-        let metrics = &self.metrics;
-        metrics.backfill_read.inc_by(chunk.rows.len() as u64);
+        self.metrics.backfill_read.inc_by(chunk.rows.len() as u64);
+        let mut warned = false;
         for row in &chunk.rows {
             let tuple = TupleData {
                 columns: row
@@ -95,8 +95,17 @@ impl Transform {
                         .inc();
                     continue;
                 }
-                // The worker refuses tables the filter does not include; a rule changed since.
-                Admit::Unmatched => continue,
+                // `walrelay backfill` refuses tables the filter does not include; the filter
+                // changed since the request. Counted and said, like any unmatched change.
+                Admit::Unmatched => {
+                    self.metrics.events_unmatched.inc();
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(table = %format!("{}.{}", view.table.schema, view.table.name), backfill = chunk.backfill,
+                            "backfilled rows of a table no filter.include pattern matches: dropped and counted in walrelay_events_unmatched_total");
+                    }
+                    continue;
+                }
             }
             let id = read_id(chunk.backfill, &key);
             let body = self.render_row(ctx, id, &view, &RowChange::Read { new: &tuple })?;

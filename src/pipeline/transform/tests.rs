@@ -396,3 +396,22 @@ fn a_chunk_is_published_at_its_high_mark_without_the_rows_changed_since_its_low_
     let old = watermark(MarkKind::High, 5, "an-earlier-session");
     assert!(run_tx(&mut t, 400, vec![message(400, &old)]).is_empty());
 }
+
+#[test]
+fn backfilled_rows_of_a_table_the_filter_no_longer_includes_are_counted_not_dropped_quietly() {
+    use crate::backfill::MarkKind;
+    let (mut t, m) = transform("[filter]\ninclude = [\"public.other\"]\n");
+    let rel = relation(1, "public", "orders", ReplicaIdentity::Default);
+    let low = watermark(MarkKind::Low, 0, "test-session");
+    run_tx(&mut t, 100, vec![message(100, &low)]);
+    t.offer_chunk(crate::backfill::Chunk {
+        backfill: 9,
+        chunk: 0,
+        rel: Arc::new(rel),
+        facts: Some(facts(None)),
+        rows: vec![vec![Some("1".into()), Some("10".into())]],
+    });
+    let high = watermark(MarkKind::High, 0, "test-session");
+    assert!(run_tx(&mut t, 200, vec![message(200, &high)]).is_empty());
+    assert_eq!(m.events_unmatched.get(), 1);
+}
