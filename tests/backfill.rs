@@ -501,3 +501,32 @@ async fn a_cancelled_backfill_stops_and_says_so_and_a_postgres_restart_is_surviv
     assert!(model.read_ids.values().all(|ids| ids.len() == 1));
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_with_odd_names_is_backfilled_under_its_root() {
+    let s = Scene::new(
+        r#"CREATE SCHEMA "Odd Schema";
+           CREATE TABLE "Odd Schema"."my.events" (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+           CREATE TABLE "Odd Schema".ev_2025 PARTITION OF "Odd Schema"."my.events" FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+           CREATE TABLE "Odd Schema".ev_2026 PARTITION OF "Odd Schema"."my.events" FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+           INSERT INTO "Odd Schema"."my.events" SELECT g, date '2025-06-01' + (g % 400) FROM generate_series(1, 1000) g;"#,
+        &[r#""Odd Schema"."my.events""#],
+    )
+    .await;
+    s.set("backfill", "chunk_rows", "100");
+    let _relay = s.start_streaming().await;
+    backfill(&s, &[r#""Odd Schema"."my.events""#]);
+    wait_finished(&s).await;
+    let got = s.queue().drain(Duration::from_millis(1500)).await;
+    let reads: Vec<&Received> = got.iter().filter(|m| m.body["op"] == "read").collect();
+    assert_eq!(reads.len(), 1000);
+    assert!(reads.iter().all(|m| m.body["schema"] == "Odd Schema"
+        && m.body["table"] == "my.events"
+        && m.routing_key == "Odd Schema.my%2Eevents.read"));
+    let ids: HashSet<&str> = reads
+        .iter()
+        .map(|m| m.body["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1000, "one id per row");
+    s.finish().await;
+}
