@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
                 let change = RowChange::Insert { new: &new };
                 row_event_body(
                     &tx,
-                    walrelay::event::event_id(tx.commit_lsn, 0),
+                    &walrelay::event::event_id(tx.commit_lsn, 0),
                     rel,
                     &table,
                     &change,

@@ -195,7 +195,6 @@ pub fn event_id(commit_lsn: Lsn, index: u64) -> String {
 
 /// A rendered row event.
 pub struct RowBody {
-    pub id: String,
     pub body: Vec<u8>,
     /// Where the `key` object sits in `body` (absent when the key is null).
     pub key: Option<std::ops::Range<usize>>,
@@ -228,7 +227,7 @@ pub fn key_tuple<'a>(
 /// to hide them).
 pub fn row_event_body(
     tx: &TxContext,
-    id: String,
+    id: &str,
     rel: &Arc<Relation>,
     table: &TableIdentity,
     change: &RowChange<'_>,
@@ -236,7 +235,7 @@ pub fn row_event_body(
     types: &TypeRegistry,
 ) -> Result<RowBody, EventError> {
     let op = change.op();
-    let mut body = Body::start(&id, op, Some(table), tx);
+    let mut body = Body::start(id, op, Some(table), tx);
     let render = |b: &mut Body, field: &str, tuple: &TupleData<'_>, columns: Columns<'_>| {
         check_width(rel, tuple)?;
         b.row(field, rel, tuple, columns, mask, types)
@@ -306,7 +305,6 @@ pub fn row_event_body(
     };
     body.string_list("unchanged_toast", &unchanged);
     Ok(RowBody {
-        id,
         body: body.finish(),
         key,
     })

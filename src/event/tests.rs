@@ -54,7 +54,7 @@ fn body_keyed(rel: &Arc<Relation>, pk: &[&str], change: RowChange<'_>) -> Value 
     let table = ident(rel, pk);
     let out = row_event_body(
         &TX,
-        event_id(TX.commit_lsn, 3),
+        &event_id(TX.commit_lsn, 3),
         rel,
         &table,
         &change,
@@ -62,8 +62,8 @@ fn body_keyed(rel: &Arc<Relation>, pk: &[&str], change: RowChange<'_>) -> Value 
         &TypeRegistry::builtin(),
     )
     .unwrap();
-    assert_eq!(out.id, "1/10:3");
     let v: Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(v["id"], "1/10:3");
     // The recorded key span is exactly the `key` object.
     match out.key {
         Some(span) => {
@@ -222,7 +222,7 @@ fn column_count_mismatch_and_bad_values_are_errors() {
     assert!(matches!(
         row_event_body(
             &TX,
-            event_id(TX.commit_lsn, 0),
+            &event_id(TX.commit_lsn, 0),
             &r,
             &ident(&r, &["id"]),
             &RowChange::Insert { new: &short },
@@ -234,7 +234,7 @@ fn column_count_mismatch_and_bad_values_are_errors() {
     let bad = tuple(vec![Datum::Text(b"7"), Datum::Text(b"\xff"), Datum::Null]);
     let err = row_event_body(
         &TX,
-        event_id(TX.commit_lsn, 0),
+        &event_id(TX.commit_lsn, 0),
         &r,
         &ident(&r, &["id"]),
         &RowChange::Insert { new: &bad },
@@ -287,7 +287,7 @@ fn masked_columns_vanish_from_every_image() {
     let table = ident(&r, &["id"]);
     let out = row_event_body(
         &TX,
-        event_id(TX.commit_lsn, 0),
+        &event_id(TX.commit_lsn, 0),
         &r,
         &table,
         &change,

@@ -108,8 +108,8 @@ impl Transform {
                 }
             }
             let id = read_id(chunk.backfill, &key);
-            let body = self.render_row(ctx, id, &view, &RowChange::Read { new: &tuple })?;
-            let ev = view.event(Op::Read, ctx, body.id, body.body, Some(&tuple));
+            let body = self.render_row(ctx, &id, &view, &RowChange::Read { new: &tuple })?;
+            let ev = view.event(Op::Read, ctx, id, body.body, Some(&tuple));
             out.push_back(Outbound::Event(ev));
         }
         Ok(())

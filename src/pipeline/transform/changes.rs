@@ -141,10 +141,10 @@ impl Transform {
         if !self.admitted(&view, view.admit(op, Some(&row)), (&ctx, index))? {
             return Ok(());
         }
-        let out_body =
-            self.render_row(&ctx, event::event_id(ctx.commit_lsn, index), &view, &change)?;
+        let id = event::event_id(ctx.commit_lsn, index);
+        let out_body = self.render_row(&ctx, &id, &view, &change)?;
         let key = event::key_tuple(&view.table, &change);
-        let event = view.event(op, &ctx, out_body.id, out_body.body, key);
+        let event = view.event(op, &ctx, id, out_body.body, key);
         let c = Candidate {
             event,
             view: Some(view),
@@ -162,7 +162,7 @@ impl Transform {
     pub(super) fn render_row(
         &self,
         ctx: &TxContext,
-        id: String,
+        id: &str,
         view: &TableView,
         change: &RowChange<'_>,
     ) -> Result<event::RowBody, TransformError> {
@@ -171,7 +171,7 @@ impl Transform {
         loop {
             let types = demoted.as_ref().unwrap_or(&self.types);
             let mask = view.mask.as_deref();
-            match event::row_event_body(ctx, id.clone(), rel, &view.table, change, mask, types) {
+            match event::row_event_body(ctx, id, rel, &view.table, change, mask, types) {
                 Err(EventError::Value {
                     column,
                     source: source @ ValueError::RecordShape { .. },
