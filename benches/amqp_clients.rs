@@ -1,14 +1,15 @@
-//! AMQP clients compared on walrelay's publish path (issue: CPU per event): the same messages —
-//! persistent, 373 bytes, walrelay's properties (message id, content type, timestamp) and four
-//! headers, to a topic exchange with `mandatory`, confirms pipelined with a window of 2,000 —
-//! published by lapin and by amqprs, in one run, on a current-thread runtime as walrelay runs.
-//! The figure is the process's CPU per message (user + system, all threads) and the rate.
-//! Not a criterion bench: each figure is one timed run; compare the ratios within a run.
+//! The AMQP client's own cost on walrelay's publish path (issue: CPU per event): messages shaped
+//! like walrelay's — persistent, 373 bytes, walrelay's properties (message id, content type,
+//! timestamp) and four headers, to a topic exchange with `mandatory`, confirms pipelined with a
+//! window of 2,000 — published by a minimal amqprs publisher on a current-thread runtime, as
+//! walrelay runs. The figure is the process's CPU per message (user + system, all threads) and
+//! the rate. This bench compared lapin with amqprs in one run until walrelay moved to amqprs
+//! (commit 29254a7 has the lapin half; its figures are in docs/benchmarks.md).
+//! Not a criterion bench: each figure is one timed run.
 //!
 //! Run: `cargo bench --bench amqp_clients` (RabbitMQ on 127.0.0.1:5672, guest/guest;
 //! `BENCH_MESSAGES` sets the count, default 200,000; `AMQP_URL` another broker).
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 const WINDOW: usize = 2_000;
@@ -33,8 +34,6 @@ fn main() {
     println!("| client | messages | msg/s | CPU µs/msg |");
     println!("| --- | ---: | ---: | ---: |");
     for round in 0..2 {
-        let (secs, cpu) = rt.block_on(lapin_run(&url, n, round));
-        report("lapin", n, secs, cpu);
         let (secs, cpu) = rt.block_on(amqprs_run(&url, n, round));
         report("amqprs", n, secs, cpu);
     }
@@ -76,108 +75,6 @@ fn names(client: &str, round: u32) -> (String, String) {
         format!("bench_clients_{tag}"),
         format!("bench_clients_{tag}_q"),
     )
-}
-
-async fn lapin_run(url: &str, n: u64, round: u32) -> (f64, f64) {
-    use lapin::options::*;
-    use lapin::types::{AMQPValue, FieldTable, LongString};
-    use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
-    let (exchange, queue) = names("lapin", round);
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        ExchangeKind::Topic,
-        durable,
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let q = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(queue.as_str().into(), q, FieldTable::default())
-        .await
-        .unwrap();
-    ch.queue_bind(
-        queue.as_str().into(),
-        exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let cpu0 = cpu_now();
-    let start = Instant::now();
-    let mut window = VecDeque::with_capacity(WINDOW);
-    for i in 0..n {
-        if window.len() >= WINDOW {
-            let confirm: lapin::PublisherConfirm = window.pop_front().unwrap();
-            let c = confirm.await.unwrap();
-            assert!(
-                c.is_ack() && c.take_message().is_none(),
-                "nacked or returned"
-            );
-        }
-        let mut headers = FieldTable::default();
-        for (k, v) in [
-            ("op", "insert"),
-            ("schema", "public"),
-            ("table", "orders"),
-            ("commit_lsn", "0/1A2B3C4"),
-        ] {
-            headers.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
-        }
-        let props = BasicProperties::default()
-            .with_message_id(format!("0/1A2B3C4:{i}").as_str().into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_timestamp(1_764_000_000)
-            .with_headers(headers);
-        let opts = BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        };
-        let confirm = ch
-            .basic_publish(
-                exchange.as_str().into(),
-                "public.orders.insert".into(),
-                opts,
-                &body(i),
-                props,
-            )
-            .await
-            .unwrap();
-        window.push_back(confirm);
-    }
-    for confirm in window {
-        let c = confirm.await.unwrap();
-        assert!(
-            c.is_ack() && c.take_message().is_none(),
-            "nacked or returned"
-        );
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_now() - cpu0;
-    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await
-        .unwrap();
-    let _ = conn.close(200, "done".into()).await;
-    (secs, cpu)
 }
 
 /// Confirms as amqprs reports them: a callback per `basic.ack` (with `multiple`), returns and
@@ -231,12 +128,10 @@ async fn amqprs_run(url: &str, n: u64, round: u32) -> (f64, f64) {
     use amqprs::connection::{Connection, OpenConnectionArguments};
     use amqprs::{BasicProperties, FieldTable, FieldValue};
     let (exchange, queue) = names("amqprs", round);
-    let uri: lapin::uri::AMQPUri = url.parse().unwrap();
-    let a = &uri.authority;
-    let args =
-        OpenConnectionArguments::new(&a.host, a.port, &a.userinfo.username, &a.userinfo.password)
-            .virtual_host(&uri.vhost)
-            .finish();
+    let uri = walrelay::sink::AmqpUrl::parse(url).unwrap();
+    let args = OpenConnectionArguments::new(&uri.host, uri.port, &uri.user, uri.password.expose())
+        .virtual_host(&uri.vhost)
+        .finish();
     let conn = Connection::open(&args).await.unwrap();
     let ch = conn.open_channel(None).await.unwrap();
     let (tx, mut acks) = tokio::sync::mpsc::unbounded_channel();

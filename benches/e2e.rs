@@ -1,5 +1,5 @@
 //! End-to-end benchmark: walrelay against the decode limit (`pg_recvlogical`), the broker limit
-//! (a minimal lapin publisher with pipelined confirms) and a peer (a hand-written Python relay),
+//! (a minimal amqprs publisher with pipelined confirms, the client walrelay uses) and a peer (a hand-written Python relay),
 //! on the same backlogs in one run; then live latency under `pgbench`, and memory and CPU.
 //! Run with `scripts/bench.sh` (it builds, prepares the Python peer and calls this). Not a
 //! criterion bench: each figure is one timed run on a noisy 2-core machine, printed as a table.

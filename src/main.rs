@@ -150,12 +150,12 @@ fn main() -> ExitCode {
         _ => settings.service.log_json,
     };
     init_logging(log_json);
-    // lapin compiles in aws-lc-rs; make it the process-wide rustls provider explicitly.
+    // Both TLS clients (PostgreSQL, amqps) name aws-lc-rs explicitly; installing it as the
+    // process default too keeps any other rustls user on the same provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // One thread for the whole pipeline: the replication and publisher tasks hand every event
-    // over a channel, and on one thread that costs no wake-up of another thread. Measured:
-    // 37 -> 23 µs of CPU per event at catch-up (docs/benchmarks.md). lapin keeps its own I/O
-    // thread, so the broker socket is still served while this thread decodes.
+    // One thread for the whole pipeline: the replication task, the publisher task and
+    // amqprs's socket tasks hand every event over channels, and on one thread that costs no
+    // wake-up of another thread (docs/architecture.md, docs/benchmarks.md).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

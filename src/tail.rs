@@ -11,13 +11,13 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+use amqprs::channel::{
+    BasicAckArguments, BasicGetArguments, Channel, ExchangeDeclareArguments, QueueBindArguments,
+    QueueDeclareArguments,
 };
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
 use crate::config::Settings;
+use crate::sink::{AmqpError, Link};
 
 /// What to consume.
 pub struct TailOptions {
@@ -39,22 +39,23 @@ pub async fn run(
     settings: &Settings,
     opts: &TailOptions,
     out: &mut dyn Write,
-) -> Result<u64, lapin::Error> {
-    let conn =
-        Connection::connect(settings.sink.url.expose(), ConnectionProperties::default()).await?;
-    let exchange = settings.sink.exchange.as_str();
-    let ch = conn.create_channel().await?;
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
+) -> Result<u64, AmqpError> {
+    let (link, _signals) = Link::open(
+        &settings.sink.url,
+        "walrelay tail",
+        settings.sink.confirm_timeout,
     )
     .await?;
-    let (queue, ack) = subscribe(&conn, &ch, exchange, opts).await?;
+    let exchange = settings.sink.exchange.as_str();
+    let ch = link.channel().await?;
+    ch.exchange_declare(
+        ExchangeDeclareArguments::new(exchange, "topic")
+            .durable(true)
+            .finish(),
+    )
+    .await
+    .map_err(|e| link.explain("declaring the exchange", e))?;
+    let (queue, ack) = subscribe(&link, &ch, exchange, opts).await?;
     let mut printed = 0;
     let mut last = Instant::now();
     loop {
@@ -64,16 +65,19 @@ pub async fn run(
         if opts.idle_timeout.is_some_and(|t| last.elapsed() > t) {
             break;
         }
-        match ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-            .await?
-        {
-            Some(msg) => {
-                let body = String::from_utf8_lossy(&msg.delivery.data);
-                let _ = writeln!(out, "{} {}", msg.delivery.routing_key, body);
+        let got = ch
+            .basic_get(BasicGetArguments::new(&queue).no_ack(false).finish())
+            .await
+            .map_err(|e| link.explain("reading the queue", e))?;
+        match got {
+            Some((get, _props, body)) => {
+                let body = String::from_utf8_lossy(&body);
+                let _ = writeln!(out, "{} {}", get.routing_key(), body);
                 let _ = out.flush();
                 if ack {
-                    msg.delivery.acker.ack(BasicAckOptions::default()).await?;
+                    ch.basic_ack(BasicAckArguments::new(get.delivery_tag(), false))
+                        .await
+                        .map_err(|e| link.explain("acknowledging", e))?;
                 }
                 printed += 1;
                 last = Instant::now();
@@ -82,56 +86,45 @@ pub async fn run(
         }
     }
     // Closing returns every unacknowledged (peeked) message to its queue and deletes ours.
-    let _ = conn.close(200, "walrelay tail done".into()).await;
+    link.close().await;
     Ok(printed)
 }
 
 /// Declares (or finds) the queue to read and binds it; says on stderr what will be shown.
 /// Returns the queue and whether printed messages are acknowledged (removed).
 async fn subscribe(
-    conn: &Connection,
-    ch: &lapin::Channel,
+    link: &Link,
+    ch: &Channel,
     exchange: &str,
     opts: &TailOptions,
-) -> Result<(String, bool), lapin::Error> {
+) -> Result<(String, bool), AmqpError> {
     let (queue, ack) = match &opts.queue {
         None => {
-            let q = ch
+            let declared = ch
                 .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        durable: false,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
+                    QueueDeclareArguments::exclusive_server_named()
+                        .auto_delete(true)
+                        .finish(),
                 )
-                .await?;
-            (q.name().to_string(), true)
+                .await
+                .map_err(|e| link.explain("declaring a temporary queue", e))?;
+            let name = declared
+                .map(|(name, _, _)| name)
+                .ok_or_else(|| AmqpError::new("the broker named no temporary queue".to_owned()))?;
+            (name, true)
         }
         Some(name) => {
             // An existing queue is used as it is (whatever its type and arguments): a passive
             // declare checks it exists; a failed passive declare closes the channel.
-            let probe = conn.create_channel().await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
+            let probe = link.channel().await?;
             let exists = probe
-                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .queue_declare(QueueDeclareArguments::new(name).passive(true).finish())
                 .await
                 .is_ok();
             if !exists {
-                ch.queue_declare(
-                    name.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+                ch.queue_declare(QueueDeclareArguments::durable_client_named(name))
+                    .await
+                    .map_err(|e| link.explain("declaring the queue", e))?;
             }
             (name.clone(), opts.ack)
         }
@@ -141,14 +134,9 @@ async fn subscribe(
         (Some(_), b) => b.as_deref(),
     };
     if let Some(b) = binding {
-        ch.queue_bind(
-            queue.as_str().into(),
-            exchange.into(),
-            b.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        ch.queue_bind(QueueBindArguments::new(&queue, exchange, b))
+            .await
+            .map_err(|e| link.explain("binding the queue", e))?;
     }
     match &opts.queue {
         None => eprintln!(

@@ -13,7 +13,6 @@ use common::broker::Broker;
 use common::checker::{Monitor, Run};
 use common::proxy::Proxy;
 use common::*;
-use lapin::types::{AMQPValue, FieldTable};
 
 const SENDER_TIMEOUT: &str = "wal_sender_timeout = 2s";
 const WALSENDER_TIMEOUT_LOG: &str = "terminating walsender process due to replication timeout";
@@ -31,12 +30,7 @@ async fn setup(broker: &Broker, args: FieldTable, via: Option<&Proxy>) -> (Bed, 
 }
 
 fn quorum() -> FieldTable {
-    let mut t = FieldTable::default();
-    t.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    t
+    queue_args(&[("x-queue-type", text("quorum"))])
 }
 
 /// Runs the workload, calls `fault` (which returns once the broker is back), and checks the

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::broker::Broker;
 use common::*;
-use lapin::types::FieldTable;
 
 const T: Duration = Duration::from_secs(180);
 const SIZE: usize = 200_000_000;

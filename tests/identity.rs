@@ -357,10 +357,7 @@ async fn a_full_table_keeps_every_rows_changes_in_commit_order_within_one_partit
     }
     assert!(used.len() > 1, "rows spread over partitions: {used:?}");
     for q in queues {
-        let _ = q
-            .channel
-            .queue_delete(q.queue.as_str().into(), Default::default())
-            .await;
+        q.delete_queue().await;
     }
     s.finish().await;
 }

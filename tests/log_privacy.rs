@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::proxy::Proxy;
 use common::scene::Scene;
 use common::*;
-use lapin::types::{AMQPValue, FieldTable};
 
 const T: Duration = Duration::from_secs(60);
 const CANARY: &str = "canary-7f3e9a@example.com";
@@ -60,21 +59,16 @@ async fn no_failure_path_logs_a_row_value() {
     drop(relay);
 
     // 2. Nacked: a full queue that rejects publishes.
-    let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongInt(0));
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
+    let args = queue_args(&[
+        ("x-max-length", FieldValue::I(0)),
+        ("x-overflow", text("reject-publish")),
+    ]);
     let full = TestQueue::named(AMQP_URL, &s.exchange, &unique("full"), Some("#"), args).await;
     let relay = Relay::start_env(&s.config, &verbose());
     relay.wait_log("nacked", T).await;
     assert_no_canary("nacked", &relay.log());
     drop(relay);
-    let _ = full
-        .channel
-        .queue_delete(full.queue.as_str().into(), Default::default())
-        .await;
+    full.delete_queue().await;
 
     // 3. Oversized: the row is bigger than rabbitmq.max_message_bytes.
     s.queue().bind("#").await;

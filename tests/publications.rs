@@ -421,19 +421,7 @@ async fn identifiers_that_need_quoting_everywhere() {
     assert_eq!(got[0].body["new"]["the value"], "a.b");
     assert_eq!(got[1].routing_key, "public.Quote\"d.insert");
     assert_eq!(got[2].routing_key, "public.tåble.insert");
-    let header = |m: &Received, h: &str| {
-        m.properties
-            .headers()
-            .as_ref()
-            .and_then(|t| t.inner().get(h).cloned())
-            .and_then(|v| match v {
-                lapin::types::AMQPValue::LongString(s) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                _ => None,
-            })
-            .unwrap_or_default()
-    };
+    let header = |m: &Received, h: &str| m.header(h).unwrap_or_default();
     assert_eq!(header(&got[0], "table"), "my.table");
     assert_eq!(header(&got[0], "schema"), "Odd Schema");
     assert_eq!(header(&got[1], "table"), "Quote\"d");
@@ -451,10 +439,7 @@ async fn identifiers_that_need_quoting_everywhere() {
     let only = q.take(1, T).await;
     assert_eq!(only[0].body["key"], json!({"Id": 2}));
     assert!(q.drain(Duration::from_millis(300)).await.is_empty());
-    let _ = q
-        .channel
-        .queue_delete(q.queue.as_str().into(), Default::default())
-        .await;
+    q.delete_queue().await;
     s.finish().await;
 }
 

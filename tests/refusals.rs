@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use common::scene::{Consumer, Scene, Setup};
 use common::*;
-use lapin::options::ExchangeDeleteOptions;
-use lapin::types::{AMQPValue, FieldTable};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -49,12 +47,10 @@ async fn insert(s: &Scene, id: i32) -> u64 {
 async fn nacks_from_a_full_queue_hold_the_slot_until_there_is_room() {
     let s = scene(&[]).await;
     // A bounded queue that rejects publishes when full.
-    let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongInt(3));
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
+    let args = queue_args(&[
+        ("x-max-length", FieldValue::I(3)),
+        ("x-overflow", text("reject-publish")),
+    ]);
     let q = TestQueue::on(AMQP_URL, &s.exchange, Some("#"), args).await;
     let relay = Relay::start(&config(&s, None, ""));
     relay.wait_log("streaming", T).await;
@@ -93,15 +89,7 @@ async fn a_binding_deleted_mid_stream_holds_the_slot_until_it_is_back() {
     relay.wait_log("streaming", T).await;
     insert(&s, 1).await;
     q.take(1, T).await;
-    q.channel
-        .queue_unbind(
-            q.queue.as_str().into(),
-            s.exchange.as_str().into(),
-            "public.items.*".into(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    q.unbind("public.items.*").await;
     let held = insert(&s, 2).await;
     relay.wait_log("returned unroutable", T).await;
     let log = relay.log();
@@ -129,10 +117,7 @@ async fn an_exchange_deleted_mid_stream_closes_the_channel_and_walrelay_recovers
     relay.wait_log("streaming", T).await;
     insert(&s, 1).await;
     q.take(1, T).await;
-    q.channel
-        .exchange_delete(s.exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await
-        .unwrap();
+    q.delete_exchange().await;
     let held = insert(&s, 2).await;
     relay.wait_log("NOT_FOUND", T).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

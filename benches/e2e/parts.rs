@@ -4,8 +4,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use amqprs::BasicProperties;
+use amqprs::channel::{BasicConsumeArguments, BasicPublishArguments};
+use walrelay::sink::Signal;
+use walrelay::sink::confirms::ConfirmWindow;
 
 use super::common::*;
 use super::{TIMEOUT, timed};
@@ -283,72 +285,51 @@ pub async fn broker_limit(n: u64, size: usize) -> f64 {
 /// properties (`shaped`) or only `delivery_mode`.
 pub async fn broker_limit_on(n: u64, size: usize, quorum: bool, shaped: bool) -> f64 {
     let exchange = unique("limit");
-    let queue = TestQueue::new(&exchange, None).await;
-    if quorum {
-        queue
-            .channel
-            .queue_delete(queue.queue.as_str().into(), Default::default())
-            .await
-            .unwrap();
-        let mut args = lapin::types::FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            lapin::types::AMQPValue::LongString("quorum".into()),
-        );
-        queue
-            .channel
-            .queue_declare(
-                queue.queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await
-            .unwrap();
-    }
-    queue.bind("#").await;
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+    let args = if quorum {
+        queue_args(&[("x-queue-type", text("quorum"))])
+    } else {
+        FieldTable::new()
+    };
+    let queue = TestQueue::on(AMQP_URL, &exchange, Some("#"), args).await;
+    // The same client and confirm window walrelay uses, with nothing else around it.
+    let url = walrelay::sink::AmqpUrl::parse(AMQP_URL).unwrap();
+    let (link, mut signals) = walrelay::sink::Link::open(&url, "limit", TIMEOUT)
         .await
         .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let ch = link.confirm_channel().await.unwrap();
     let body = vec![b'x'; size.max(1)];
+    let args = BasicPublishArguments::new(&exchange, "public.orders.insert")
+        .mandatory(true)
+        .finish();
     let (_, secs) = timed(async {
-        let mut window = std::collections::VecDeque::new();
-        for i in 0..n {
-            if window.len() >= 2000 {
-                let c: lapin::PublisherConfirm = window.pop_front().unwrap();
-                c.await.unwrap();
+        let mut window: ConfirmWindow<()> = ConfirmWindow::new(2000);
+        let mut settle = async |window: &mut ConfirmWindow<()>| {
+            match signals.recv().await.unwrap() {
+                Signal::Ack { tag, multiple } => window.ack(tag, multiple).unwrap(),
+                other => panic!("the broker refused a message: {other:?}"),
             }
-            let c = ch
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "public.orders.insert".into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &body,
-                    if shaped {
-                        shaped_properties(i)
-                    } else {
-                        BasicProperties::default().with_delivery_mode(2)
-                    },
-                )
+            while window.pop_settled().is_some() {}
+        };
+        for i in 0..n {
+            while window.len() >= 2000 {
+                settle(&mut window).await;
+            }
+            let props = if shaped {
+                shaped_properties(i)
+            } else {
+                BasicProperties::default().with_persistence(true).finish()
+            };
+            ch.basic_publish(props, body.clone(), args.clone())
                 .await
                 .unwrap();
-            window.push_back(c);
+            window.push(());
         }
-        for c in window {
-            c.await.unwrap();
+        while !window.is_empty() {
+            settle(&mut window).await;
         }
     })
     .await;
-    let _ = conn.close(200, "done".into()).await;
+    link.close().await;
     queue.delete().await;
     secs
 }
@@ -426,7 +407,6 @@ pub struct Latency {
 }
 
 pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency> {
-    use futures_util::StreamExt;
     c.batch_execute("CREATE PUBLICATION pub_live FOR TABLE orders")
         .await
         .unwrap();
@@ -448,31 +428,26 @@ pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency>
     std::fs::write(&cfg, text).unwrap();
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", TIMEOUT).await;
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut consumer = ch
-        .basic_consume(
-            queue.queue.as_str().into(),
-            "bench".into(),
-            lapin::options::BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
+    let consumer_link = connect_amqp(AMQP_URL, "bench consumer").await;
+    let ch = consumer_link.channel().await.unwrap();
+    let (_, mut consumer) = ch
+        .basic_consume_rx(
+            BasicConsumeArguments::new(&queue.queue, "bench")
+                .auto_ack(true)
+                .finish(),
         )
         .await
         .unwrap();
     let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
     let sink = std::sync::Arc::clone(&samples);
     let task = tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
+        while let Some(d) = consumer.recv().await {
+            let Some(data) = d.content else { continue };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_micros() as i64;
-            let v: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&data).unwrap();
             if let Some(t) = v["commit_time"].as_str().and_then(parse_commit_time) {
                 sink.lock().unwrap().push(now - t);
             }
@@ -529,7 +504,7 @@ pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency>
         l.idle_rss_kib = proc_status(relay.child.id(), "VmRSS:");
     }
     task.abort();
-    let _ = conn.close(200, "done".into()).await;
+    consumer_link.close().await;
     drop(relay);
     queue.delete().await;
     out
@@ -608,20 +583,20 @@ pub fn print_report(rows: &[Row], batched: &RelayRun, batch_decode: f64, lat: &[
 
 /// Properties shaped like walrelay's: a message id, content type, timestamp and four headers.
 fn shaped_properties(i: u64) -> BasicProperties {
-    use lapin::types::{AMQPValue, FieldTable, LongString};
-    let mut headers = FieldTable::default();
+    let mut headers = FieldTable::new();
     for (k, v) in [
         ("op", "insert"),
         ("schema", "public"),
         ("table", "orders"),
         ("commit_lsn", "0/1D87870"),
     ] {
-        headers.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
+        headers.insert(k.try_into().unwrap(), text(v));
     }
     BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_message_id(format!("0/1D87870-{i}").into())
-        .with_content_type("application/json".into())
+        .with_persistence(true)
+        .with_message_id(&format!("0/1D87870-{i}"))
+        .with_content_type("application/json")
         .with_timestamp(1_700_000_000)
         .with_headers(headers)
+        .finish()
 }

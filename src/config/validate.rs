@@ -169,12 +169,12 @@ fn sink(raw: RawRabbitmq, filter: &FilterSettings) -> Result<SinkSettings, Confi
             "missing (set it in the file or in AMQP_URL)".into(),
         )
     })?;
-    if url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
-        return Err(ConfigError::new(
+    let url = crate::sink::AmqpUrl::parse(url.expose()).map_err(|e| {
+        ConfigError::new(
             "rabbitmq.url",
-            "not an amqp:// or amqps:// URL".into(),
-        ));
-    }
+            format!("{e} (expected amqp://user:password@host:5672/vhost or amqps://…)"),
+        )
+    })?;
     let exchange = raw.exchange.unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
     if exchange.len() > 255 {
         return Err(ConfigError::new(

@@ -2,9 +2,9 @@
 //! declared), and through the management API the bindings every routing key needs and the
 //! queues behind them.
 
-use lapin::options::ExchangeDeclareOptions;
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use std::time::Duration;
+
+use amqprs::channel::ExchangeDeclareArguments;
 use serde_json::Value;
 
 use super::management::{Api, segment};
@@ -12,6 +12,7 @@ use super::{Finding, Level, Streamed, topic};
 use crate::config::Settings;
 use crate::event::routing::{KeyRef, RouteVars, RoutingTemplate};
 use crate::pgoutput::{Column, Datum, Relation, ReplicaIdentity, TupleData};
+use crate::sink::{AmqpUrl, Link};
 
 const SIDE: &str = "rabbitmq";
 
@@ -75,22 +76,19 @@ fn produced(settings: &Settings, t: &Streamed) -> (String, Vec<String>) {
 
 /// Credentials and exchanges over AMQP, then bindings and queues over the management API.
 pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Finding>) {
-    let uri: lapin::uri::AMQPUri = match settings.sink.url.expose().parse() {
-        Ok(u) => u,
-        Err(_) => return out.push(f(Level::Fail, "rabbitmq.url is not an AMQP URL")),
-    };
+    let uri = &settings.sink.url;
     let mut exchanges: Vec<String> = vec![settings.sink.exchange.clone()];
     exchanges.extend(settings.sink.extra_exchanges.iter().cloned());
-    let Some(missing) = exchange_checks(settings, &uri, &exchanges, out).await else {
+    let Some(missing) = exchange_checks(settings, uri, &exchanges, out).await else {
         return;
     };
     let api_url = settings.sink.management_url.as_ref().map_or_else(
         || {
             format!(
                 "http://{}:{}@{}:15672",
-                segment(&uri.authority.userinfo.username),
-                segment(&uri.authority.userinfo.password),
-                uri.authority.host
+                segment(&uri.user),
+                segment(uri.password.expose()),
+                uri.host
             )
         },
         |u| u.expose().to_owned(),
@@ -136,71 +134,61 @@ pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Findi
 /// cannot be used at all.
 async fn exchange_checks(
     settings: &Settings,
-    uri: &lapin::uri::AMQPUri,
+    uri: &AmqpUrl,
     exchanges: &[String],
     out: &mut Vec<Finding>,
 ) -> Option<Vec<String>> {
-    let conn = match Connection::connect(
-        settings.sink.url.expose(),
-        ConnectionProperties::default(),
-    )
-    .await
-    {
-        Ok(c) => c,
+    let timeout = settings.sink.confirm_timeout.min(Duration::from_secs(10));
+    let link = match Link::open(uri, "walrelay doctor", timeout).await {
+        Ok((link, _signals)) => link,
         Err(e) => {
-            out.push(f(
-                Level::Fail,
-                format!(
-                    "cannot connect to {}:{} vhost {:?} as {}: {e}",
-                    uri.authority.host,
-                    uri.authority.port,
-                    uri.vhost,
-                    uri.authority.userinfo.username
-                ),
-            ));
+            out.push(f(Level::Fail, e.to_string()));
             return None;
         }
     };
     out.push(f(
         Level::Ok,
-        format!(
-            "connected to {}:{} as {}",
-            uri.authority.host, uri.authority.port, uri.authority.userinfo.username
-        ),
+        format!("connected to {}:{} as {}", uri.host, uri.port, uri.user),
     ));
     let mut missing = Vec::new();
     for x in exchanges {
-        // A passive declare only checks existence; a failed one closes the channel.
-        let Ok(ch) = conn.create_channel().await else {
-            out.push(f(Level::Fail, "cannot open a channel"));
-            return None;
-        };
-        let passive = ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        match ch
-            .exchange_declare(
-                x.as_str().into(),
-                ExchangeKind::Topic,
-                passive,
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(()) => out.push(f(Level::Ok, format!("exchange {x:?} exists"))),
-            Err(_) if settings.sink.declare_exchange => {
-                missing.push(x.clone());
-                out.push(f(Level::Ok, format!("exchange {x:?} does not exist yet; walrelay declares it (durable topic) at start")));
+        // A passive declare only checks existence; a failed one closes the channel, so each
+        // probe has a channel of its own.
+        let ch = match link.channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                out.push(f(Level::Fail, format!("cannot open a channel: {e}")));
+                return None;
             }
-            Err(_) => out.push(f(
-                Level::Fail,
-                format!("exchange {x:?} does not exist and rabbitmq.declare_exchange = false"),
-            )),
+        };
+        let passive = ExchangeDeclareArguments::new(x, "topic")
+            .passive(true)
+            .finish();
+        match ch.exchange_declare(passive).await {
+            Ok(()) => {
+                out.push(f(Level::Ok, format!("exchange {x:?} exists")));
+                let _ = ch.close().await;
+            }
+            Err(e) => {
+                // 404 is "no such exchange"; anything else (403: not allowed) is its own finding.
+                let why = link.explain("probing", e).detail;
+                if !why.contains(" 404 ") {
+                    out.push(f(Level::Fail, format!("exchange {x:?}: {why}")));
+                } else if settings.sink.declare_exchange {
+                    missing.push(x.clone());
+                    out.push(f(Level::Ok, format!("exchange {x:?} does not exist yet; walrelay declares it (durable topic) at start")));
+                } else {
+                    out.push(f(
+                        Level::Fail,
+                        format!(
+                            "exchange {x:?} does not exist and rabbitmq.declare_exchange = false"
+                        ),
+                    ));
+                }
+            }
         }
-        let _ = ch.close(200, "doctor".into()).await;
     }
-    let _ = conn.close(200, "doctor".into()).await;
+    link.close().await;
     Some(missing)
 }
 

@@ -2,16 +2,16 @@
 //! messages, awaits confirms in publish order, and moves the confirmed LSN forward through
 //! the ack tracker. It is the only writer of the `acked` watch.
 //!
-//! Priorities (`biased`): (1) the oldest outstanding confirm, so the window drains first;
-//! (2) the next item from the replication task, while the window has room; (3) the stall
-//! watchdog: no confirm for `confirm_timeout` while messages are in flight means the broker is
-//! blocked or gone, and the session ends so the replication connection is released.
+//! Priorities (`biased`): (1) the broker's answers (confirms, returns, closes, a lost
+//! connection), so the window drains first and a failure ends the session at once, even when
+//! nothing is in flight; (2) the next item from the replication task, while the window has
+//! room; (3) the stall watchdog: no confirm for `confirm_timeout` while messages are in flight
+//! means the broker is blocked or gone, and the session ends so the replication connection is
+//! released. How answers settle messages in publish order: [`ConfirmWindow`].
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::PublisherConfirm;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::debug;
@@ -23,11 +23,11 @@ use crate::event::{Event, Op};
 use crate::health::{Health, now_ms};
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, OpTable};
-use crate::sink::{BatchLimits, Publisher, SinkError};
+use crate::sink::confirms::{ConfirmWindow, Settled};
+use crate::sink::{Answer, BatchLimits, Publisher, Signal, SinkError};
 
 /// What we remember about a message until its confirm arrives.
 struct InFlight {
-    confirm: PublisherConfirm,
     id: String,
     exchange: Option<Arc<str>>,
     routing_key: String,
@@ -67,7 +67,7 @@ impl PublishLoop {
     /// Runs until the replication task closes the channel and every message is confirmed, or
     /// until the first failure.
     pub async fn run(mut self) -> Result<Publisher, RunError> {
-        let mut window: VecDeque<InFlight> = VecDeque::with_capacity(self.max_in_flight);
+        let mut window: ConfirmWindow<InFlight> = ConfirmWindow::new(self.max_in_flight);
         let mut input_open = true;
         let mut last_progress = Instant::now();
         let mut batch = Batch::default();
@@ -78,14 +78,8 @@ impl PublishLoop {
             let stall_at = last_progress + self.confirm_timeout;
             tokio::select! {
                 biased;
-                answer = async { (&mut window.front_mut().expect("guarded by is_empty").confirm).await },
-                    if !window.is_empty() => {
-                    let done = window.pop_front().expect("guarded by is_empty");
-                    self.publisher.check(answer, &done.id, done.exchange.as_deref(), &done.routing_key)?;
-                    self.tracker.confirmed_one()?;
-                    last_progress = Instant::now();
-                    self.observe_confirm(&done, window.front());
-                    self.publish_position();
+                answer = self.publisher.answer() => {
+                    self.settle(answer, &mut window, &mut last_progress)?;
                 }
                 item = self.rx.recv(), if input_open && window.len() < self.max_in_flight => match item {
                     Some(Outbound::Event(ev)) => {
@@ -134,10 +128,85 @@ impl PublishLoop {
         }
     }
 
+    /// Applies one answer of the broker, then moves every message settled at the front of the
+    /// window out of it, in publish order: delivered ones advance the ack tracker; the first
+    /// returned or nacked one ends the session (after what was delivered before it counted).
+    fn settle(
+        &mut self,
+        answer: Answer,
+        window: &mut ConfirmWindow<InFlight>,
+        last_progress: &mut Instant,
+    ) -> Result<(), RunError> {
+        let protocol = |e: crate::sink::confirms::UnknownTag| SinkError::Amqp {
+            context: "publisher confirms",
+            source: crate::sink::AmqpError::new(e.to_string()),
+        };
+        match answer {
+            Signal::Ack { tag, multiple } => window.ack(tag, multiple).map_err(protocol)?,
+            Signal::Nack { tag, multiple } => window.nack(tag, multiple).map_err(protocol)?,
+            Signal::Returned {
+                message_id,
+                exchange,
+                routing_key,
+                reply,
+            } => {
+                // Its ack follows: the message is settled (as returned) when that arrives.
+                let id = message_id.unwrap_or_default();
+                if window.returned(|m| m.id == id, reply) {
+                    return Ok(());
+                }
+                return Err(SinkError::Unroutable {
+                    id,
+                    exchange,
+                    routing_key,
+                }
+                .into());
+            }
+            Signal::Closed { what, reply } => return Err(SinkError::Closed { what, reply }.into()),
+            Signal::Lost => return Err(SinkError::Lost.into()),
+        }
+        let mut settled = false;
+        while let Some(done) = window.pop_settled() {
+            match done {
+                Settled::Delivered(done) => {
+                    self.tracker.confirmed_one()?;
+                    settled = true;
+                    self.observe_confirm(&done, window.front());
+                }
+                Settled::Returned(done, _) => {
+                    self.publish_position();
+                    return Err(SinkError::Unroutable {
+                        id: done.id,
+                        exchange: done
+                            .exchange
+                            .as_deref()
+                            .unwrap_or(self.publisher.exchange())
+                            .to_owned(),
+                        routing_key: done.routing_key,
+                    }
+                    .into());
+                }
+                Settled::Nacked(done) => {
+                    self.publish_position();
+                    return Err(SinkError::Nacked {
+                        id: done.id,
+                        routing_key: done.routing_key,
+                    }
+                    .into());
+                }
+            }
+        }
+        if settled {
+            *last_progress = Instant::now();
+            self.publish_position();
+        }
+        Ok(())
+    }
+
     /// Publishes one message (of `count` events) and adds it to the window.
     async fn send(
         &mut self,
-        window: &mut VecDeque<InFlight>,
+        window: &mut ConfirmWindow<InFlight>,
         ev: Event,
         count: usize,
         last_progress: &mut Instant,
@@ -145,9 +214,12 @@ impl PublishLoop {
         if window.is_empty() {
             *last_progress = Instant::now();
         }
-        let confirm = tokio::time::timeout(
+        let mut ev = ev;
+        let body = std::mem::take(&mut ev.body);
+        let bytes = body.len();
+        tokio::time::timeout(
             self.confirm_timeout,
-            self.publisher.publish_message(&ev, count),
+            self.publisher.publish_message(&ev, body, count),
         )
         .await
         .map_err(|_| SinkError::Stalled {
@@ -161,14 +233,13 @@ impl PublishLoop {
         if window.is_empty() {
             self.health.set_oldest_unconfirmed(Some(published_ms));
         }
-        window.push_back(InFlight {
-            confirm,
+        window.push(InFlight {
             id: ev.id,
             exchange: ev.exchange,
             routing_key: ev.routing_key,
             op: ev.op,
             metric_table: ev.metric_table,
-            bytes: ev.body.len(),
+            bytes,
             published_at: Instant::now(),
             published_ms,
             commit_time_us: ev.commit_time_us,
@@ -181,7 +252,7 @@ impl PublishLoop {
     /// whose id is `<first id>+<count>`.
     async fn flush(
         &mut self,
-        window: &mut VecDeque<InFlight>,
+        window: &mut ConfirmWindow<InFlight>,
         batch: &mut Batch,
         last_progress: &mut Instant,
     ) -> Result<(), SinkError> {

@@ -125,7 +125,7 @@ async fn prepare(
         info!(exchange = %sink.exchange, "connected to RabbitMQ");
     }
     crate::health::Health::set(&obs.health.broker_connected, true);
-    let broker_watch = AbortOnDrop(tokio::spawn(watch_broker(publisher.status(), obs.clone())));
+    let broker_watch = AbortOnDrop(tokio::spawn(watch_broker(publisher.state(), obs.clone())));
     let mut conn = Connection::connect(&source.conn, true).await?;
     let (database, _) = setup::identify_system(&mut conn).await?;
     publication::ensure_publication(&mut conn, &source.publication, &settings.filter).await?;
@@ -390,23 +390,26 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Follows the broker connection's `blocked` and `connected` state (RabbitMQ's resource
-/// alarms block publishing without closing anything), logging each change once.
-async fn watch_broker(status: lapin::ConnectionStatus, obs: Observers) {
+/// Follows the broker connection's `blocked` and `open` state (RabbitMQ's resource alarms
+/// block publishing without closing anything), logging each change once. A closed or lost
+/// connection also ends the session through the publisher's signals; this only reports it.
+async fn watch_broker(mut state: watch::Receiver<crate::sink::BrokerState>, obs: Observers) {
     let mut blocked = false;
     loop {
-        let now = status.blocked();
-        if now != blocked {
-            blocked = now;
-            obs.broker_blocked(now);
-            if now {
+        let now = *state.borrow_and_update();
+        if now.blocked != blocked {
+            blocked = now.blocked;
+            obs.broker_blocked(blocked);
+            if blocked {
                 warn!("RabbitMQ blocked the connection (memory or disk alarm): publishing waits");
             } else {
                 info!("RabbitMQ unblocked the connection");
             }
         }
-        crate::health::Health::set(&obs.health.broker_connected, status.connected());
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        crate::health::Health::set(&obs.health.broker_connected, now.open);
+        if state.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use lapin::types::FieldTable;
-
 use super::checker::{self, Monitor, Run, SCHEMA};
 use super::*;
 

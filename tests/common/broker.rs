@@ -82,11 +82,10 @@ impl Broker {
         loop {
             // Bounded: polling a closed port in the ephemeral range can connect the socket to
             // itself (TCP simultaneous open), and then the AMQP handshake never completes.
-            let (url, props) = (self.url(), lapin::ConnectionProperties::default());
-            let attempt = lapin::Connection::connect(&url, props);
-            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), c.close(200, "up".into())).await;
+            let url = walrelay::sink::AmqpUrl::parse(&self.url()).unwrap();
+            let attempt = walrelay::sink::Link::open(&url, "probe", Duration::from_secs(2));
+            if let Ok((link, _)) = attempt.await {
+                link.close().await;
                 return;
             }
             assert!(

@@ -10,10 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicQosArguments};
+use walrelay::sink::{AmqpUrl, Link};
 
 use super::{TestQueue, connect};
 
@@ -202,53 +200,61 @@ pub async fn consume(
     out: Arc<Mutex<Vec<Delivery>>>,
     stop: Arc<AtomicBool>,
 ) {
+    let url = AmqpUrl::parse(&url).expect("an AMQP URL");
     while !stop.load(Ordering::Relaxed) {
         // Bounded, like every connect to a broker that may be down (see common::broker).
-        let attempt = Connection::connect(&url, ConnectionProperties::default());
-        let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(2), attempt).await else {
+        let Ok((link, _signals)) = Link::open(&url, "checker", Duration::from_secs(2)).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let _ = consume_session(&conn, &queue, &out, &stop).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "done".into())).await;
+        let _ = consume_session(&link, &queue, &out, &stop).await;
+        link.close().await;
     }
 }
 
 async fn consume_session(
-    conn: &Connection,
+    link: &Link,
     queue: &str,
     out: &Mutex<Vec<Delivery>>,
     stop: &AtomicBool,
-) -> Result<(), lapin::Error> {
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(500, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "checker".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
+) -> Result<(), String> {
+    let err = |e: amqprs::error::Error| e.to_string();
+    let ch = link.channel().await.map_err(|e| e.to_string())?;
+    ch.basic_qos(BasicQosArguments::new(0, 500, false))
+        .await
+        .map_err(err)?;
+    let (_tag, mut consumer) = ch
+        .basic_consume_rx(
+            BasicConsumeArguments::new(queue, "checker")
+                .manual_ack(true)
+                .finish(),
         )
-        .await?;
+        .await
+        .map_err(err)?;
     // Acks go out every ACK_EVERY deliveries (`multiple`) or when the queue is quiet: awaiting
     // one ack per message made the consumer, not walrelay, the bottleneck of the big runs.
     const ACK_EVERY: usize = 100;
-    let mut unacked: Option<lapin::message::Delivery> = None;
+    let mut unacked: Option<u64> = None;
     let mut pending = 0usize;
+    let ack = |tag| ch.basic_ack(BasicAckArguments::new(tag, true));
     while !stop.load(Ordering::Relaxed) {
-        let next = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
-        let d = match next {
+        let next = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+        let m = match next {
             Err(_) => {
                 if let Some(last) = unacked.take() {
-                    last.ack(BasicAckOptions { multiple: true }).await?;
+                    ack(last).await.map_err(err)?;
                     pending = 0;
                 }
                 continue;
             }
-            Ok(Some(d)) => d?,
+            Ok(Some(m)) => m,
+            // The channel or connection is gone: reconnect (unacked deliveries come again).
             Ok(None) => return Ok(()),
         };
-        let body: serde_json::Value = serde_json::from_slice(&d.data).unwrap();
+        let (Some(deliver), Some(content)) = (m.deliver, m.content) else {
+            continue;
+        };
+        let body: serde_json::Value = serde_json::from_slice(&content).unwrap();
         let id = body["key"]["id"].as_i64().unwrap();
         let v = body["new"]["v"].as_i64().unwrap() as i32;
         let lsn = parse_lsn(body["commit_lsn"].as_str().unwrap());
@@ -259,15 +265,15 @@ async fn consume_session(
         });
         pending += 1;
         if pending >= ACK_EVERY {
-            d.ack(BasicAckOptions { multiple: true }).await?;
+            ack(deliver.delivery_tag()).await.map_err(err)?;
             pending = 0;
             unacked = None;
         } else {
-            unacked = Some(d);
+            unacked = Some(deliver.delivery_tag());
         }
     }
     if let Some(last) = unacked {
-        last.ack(BasicAckOptions { multiple: true }).await?;
+        ack(last).await.map_err(err)?;
     }
     Ok(())
 }

@@ -3,19 +3,42 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+use amqprs::channel::{
+    BasicGetArguments, Channel, ExchangeDeclareArguments, ExchangeDeleteArguments,
+    QueueBindArguments, QueueDeclareArguments, QueueDeleteArguments, QueueUnbindArguments,
 };
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+pub use amqprs::{BasicProperties, FieldTable, FieldValue};
+use walrelay::sink::{AmqpUrl, Link};
 
 use super::AMQP_URL;
+
+/// Queue arguments (`x-queue-type`, `x-max-length`, …) from pairs.
+pub fn queue_args(pairs: &[(&str, FieldValue)]) -> FieldTable {
+    let mut t = FieldTable::new();
+    for (k, v) in pairs {
+        t.insert((*k).try_into().unwrap(), v.clone());
+    }
+    t
+}
+
+/// A string argument or header value.
+pub fn text(v: &str) -> FieldValue {
+    FieldValue::S(v.try_into().unwrap())
+}
+
+/// Connects to the broker at `url` (walrelay's own connection code, bounded).
+pub async fn connect_amqp(url: &str, name: &str) -> Link {
+    let url = AmqpUrl::parse(url).expect("an AMQP URL");
+    Link::open(&url, name, Duration::from_secs(10))
+        .await
+        .expect("connect to RabbitMQ")
+        .0
+}
 
 /// A queue bound to an exchange on the local RabbitMQ, drained with basic.get.
 pub struct TestQueue {
     pub channel: Channel,
-    pub conn: Connection,
+    pub link: Link,
     pub exchange: String,
     pub queue: String,
     pub url: String,
@@ -30,10 +53,23 @@ pub struct Received {
     pub properties: BasicProperties,
 }
 
+impl Received {
+    /// A header's value as text (strings as they are, numbers in decimal).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let headers = self.properties.headers()?;
+        let key: amqprs::FieldName = name.try_into().ok()?;
+        match headers.as_ref().get(&key)? {
+            FieldValue::S(s) => Some(String::from(s.clone())),
+            FieldValue::l(n) => Some(n.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+}
+
 impl TestQueue {
     /// Declares `exchange` (durable topic) and a queue bound with `binding` (None: no binding).
     pub async fn new(exchange: &str, binding: Option<&str>) -> TestQueue {
-        TestQueue::on(AMQP_URL, exchange, binding, FieldTable::default()).await
+        TestQueue::on(AMQP_URL, exchange, binding, FieldTable::new()).await
     }
 
     /// Like `new`, on the broker at `url`, with queue arguments (e.g. `x-queue-type`).
@@ -54,37 +90,28 @@ impl TestQueue {
         binding: Option<&str>,
         args: FieldTable,
     ) -> TestQueue {
-        let conn = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .expect("connect to RabbitMQ");
-        let channel = conn.create_channel().await.unwrap();
+        let link = connect_amqp(url, "walrelay test queue").await;
+        let channel = link.channel().await.unwrap();
         channel
             .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
+                ExchangeDeclareArguments::new(exchange, "topic")
+                    .durable(true)
+                    .finish(),
             )
             .await
             .unwrap();
         let queue = queue.to_owned();
         channel
             .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
+                QueueDeclareArguments::durable_client_named(&queue)
+                    .arguments(args)
+                    .finish(),
             )
             .await
             .unwrap();
         let q = TestQueue {
             channel,
-            conn,
+            link,
             exchange: exchange.to_owned(),
             queue,
             url: url.to_owned(),
@@ -97,52 +124,50 @@ impl TestQueue {
 
     pub async fn bind(&self, key: &str) {
         self.channel
-            .queue_bind(
-                self.queue.as_str().into(),
-                self.exchange.as_str().into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+            .queue_bind(QueueBindArguments::new(&self.queue, &self.exchange, key))
             .await
             .unwrap();
     }
 
     pub async fn unbind(&self, key: &str) {
         self.channel
-            .queue_unbind(
-                self.queue.as_str().into(),
-                self.exchange.as_str().into(),
-                key.into(),
-                FieldTable::default(),
-            )
+            .queue_unbind(QueueUnbindArguments::new(&self.queue, &self.exchange, key))
+            .await
+            .unwrap();
+    }
+
+    /// Deletes the queue (the exchange stays).
+    pub async fn delete_queue(&self) {
+        let _ = self
+            .channel
+            .queue_delete(QueueDeleteArguments::new(&self.queue))
+            .await;
+    }
+
+    /// Deletes the exchange (the queue stays).
+    pub async fn delete_exchange(&self) {
+        self.channel
+            .exchange_delete(ExchangeDeleteArguments::new(&self.exchange))
             .await
             .unwrap();
     }
 
     /// Takes one message if any.
     pub async fn get(&self) -> Option<Received> {
-        let msg = self
+        let (get, properties, content) = self
             .channel
-            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(BasicGetArguments::new(&self.queue).no_ack(true).finish())
             .await
             .unwrap()?;
         let body: serde_json::Value =
-            serde_json::from_slice(&msg.delivery.data).expect("message body is JSON");
+            serde_json::from_slice(&content).expect("message body is JSON");
         Some(Received {
-            routing_key: msg.delivery.routing_key.to_string(),
-            message_id: msg
-                .delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
+            routing_key: get.routing_key().clone(),
+            message_id: properties.message_id().cloned().unwrap_or_default(),
             body,
-            properties: msg.delivery.properties.clone(),
+            properties,
         })
     }
-
     /// Collects messages until `n` arrived (panics after `timeout`).
     pub async fn take(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let mut got = Vec::new();
@@ -207,11 +232,12 @@ impl TestQueue {
     pub async fn delete(self) {
         let _ = self
             .channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .queue_delete(QueueDeleteArguments::new(&self.queue))
             .await;
         let _ = self
             .channel
-            .exchange_delete(self.exchange.as_str().into(), Default::default())
+            .exchange_delete(ExchangeDeleteArguments::new(&self.exchange))
             .await;
+        self.link.close().await;
     }
 }

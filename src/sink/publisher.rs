@@ -1,0 +1,147 @@
+//! `Publisher`: a confirm-mode channel that publishes events persistently with `mandatory`
+//! and hands every broker answer ([`Signal`]) to the publish loop, which settles them in
+//! publish order through a [`ConfirmWindow`](super::confirms::ConfirmWindow).
+//!
+//! `basic_publish` only queues the frames for amqprs's writer task (on this runtime); the
+//! answers arrive through the channel callback as signals. So publishing never waits for the
+//! broker, and the window of unconfirmed messages is bounded by the publish loop alone.
+
+use std::sync::Arc;
+
+use amqprs::channel::{BasicPublishArguments, Channel, ExchangeDeclareArguments};
+use amqprs::{BasicProperties, FieldTable, FieldValue, LongStr};
+use tokio::sync::{mpsc, watch};
+
+use super::link::{BrokerState, Link, Signal};
+use super::{SinkError, SinkSettings};
+use crate::event::Event;
+
+/// AMQP short strings (exchange, routing key, message id) hold at most 255 bytes; amqprs
+/// panics on longer ones, so they are checked first.
+const SHORT_STRING_MAX: usize = 255;
+
+/// The publishing side of one session.
+pub struct Publisher {
+    link: Link,
+    channel: Channel,
+    signals: mpsc::UnboundedReceiver<Signal>,
+    exchange: Arc<str>,
+}
+
+/// An answer of the broker for the publish loop.
+pub type Answer = Signal;
+
+impl Publisher {
+    /// Connects, opens a channel, enables confirms and declares the exchanges, all within
+    /// `confirm_timeout` (the caller bounds the whole of it too).
+    pub async fn connect(settings: &SinkSettings) -> Result<Publisher, SinkError> {
+        let amqp = |context| move |source| SinkError::Amqp { context, source };
+        let (link, signals) = Link::open(&settings.url, "walrelay", settings.confirm_timeout)
+            .await
+            .map_err(amqp("connecting"))?;
+        let channel = link
+            .confirm_channel()
+            .await
+            .map_err(amqp("opening the publishing channel"))?;
+        if settings.declare_exchange {
+            for name in std::iter::once(&settings.exchange).chain(&settings.extra_exchanges) {
+                let args = ExchangeDeclareArguments::new(name, "topic")
+                    .durable(true)
+                    .finish();
+                channel
+                    .exchange_declare(args)
+                    .await
+                    .map_err(|e| link.explain("declaring an exchange", e))
+                    .map_err(amqp("declaring an exchange"))?;
+            }
+        }
+        Ok(Publisher {
+            link,
+            channel,
+            signals,
+            exchange: Arc::from(settings.exchange.as_str()),
+        })
+    }
+
+    /// The default exchange's name.
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// Publishes a message holding `count` events (a batch when more than one: its body is a
+    /// JSON array of event objects and the `batch` header says how many). Takes the body:
+    /// it is handed to the socket writer without a copy.
+    pub async fn publish_message(
+        &self,
+        event: &Event,
+        body: Vec<u8>,
+        count: usize,
+    ) -> Result<(), SinkError> {
+        let exchange = event.exchange.as_deref().unwrap_or(&self.exchange);
+        for (what, text) in [
+            ("the exchange name", exchange),
+            ("the routing key", event.routing_key.as_str()),
+            ("the message id", event.id.as_str()),
+        ] {
+            if text.len() > SHORT_STRING_MAX {
+                return Err(SinkError::TooLong {
+                    id: event.id.clone(),
+                    what,
+                    len: text.len(),
+                });
+            }
+        }
+        let mut headers = FieldTable::new();
+        // A long string holds up to 4 GiB: more than any event (max_message_bytes).
+        let long = |v: &str| FieldValue::S(LongStr::try_from(v).unwrap_or_default());
+        if count > 1 {
+            headers.insert(name("batch"), FieldValue::l(count as i64));
+        }
+        headers.insert(name("op"), long(event.op.as_str()));
+        headers.insert(name("schema"), long(&event.schema));
+        headers.insert(name("table"), long(&event.table));
+        headers.insert(name("commit_lsn"), long(&event.commit_lsn.to_string()));
+        let mut props = BasicProperties::default();
+        props
+            .with_message_id(&event.id)
+            .with_content_type("application/json")
+            .with_persistence(true)
+            .with_headers(headers);
+        if let Some(t) = event.commit_time_us {
+            let unix_secs = crate::event::time::pg_to_unix_us(t).div_euclid(1_000_000);
+            props.with_timestamp(unix_secs.max(0) as u64);
+        }
+        let args = BasicPublishArguments::new(exchange, &event.routing_key)
+            .mandatory(true)
+            .finish();
+        self.channel
+            .basic_publish(props.finish(), body, args)
+            .await
+            .map_err(|e| SinkError::Amqp {
+                context: "publishing",
+                source: self.link.explain("publishing", e),
+            })
+    }
+
+    /// The next answer of the broker (confirms, returns, closes, a lost connection).
+    pub async fn answer(&mut self) -> Answer {
+        // The link holds a sender itself, so the channel never ends while we hold the link.
+        self.signals.recv().await.unwrap_or(Signal::Lost)
+    }
+
+    /// A live view of the connection's state (open, blocked by an alarm).
+    pub fn state(&self) -> watch::Receiver<BrokerState> {
+        self.link.state()
+    }
+
+    /// Closes channel and connection politely (best effort, bounded).
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.channel.close()).await;
+        self.link.close().await;
+    }
+}
+
+/// A header name; walrelay's are short literals.
+fn name(s: &str) -> amqprs::FieldName {
+    s.try_into().expect("header names are short literals")
+}

@@ -1,0 +1,190 @@
+//! `AmqpUrl`: what `rabbitmq.url` says, parsed once at config time so a bad URL is a config
+//! error naming the key, never a failure at the first connect.
+//!
+//! The form is RabbitMQ's URI spec: `amqp[s]://user:password@host[:port][/vhost][?query]`,
+//! user, password and vhost percent-decoded (`%2f` is the vhost `/`). A missing or empty path
+//! is the vhost `/` (the spec makes `amqp://host/` the empty vhost, which nobody means).
+//! Query parameters: `heartbeat` (seconds, at least 2) and, for `amqps`, `cacertfile` (a PEM
+//! bundle to trust instead of the system's roots). Anything else is refused by name rather
+//! than silently ignored.
+
+use std::path::PathBuf;
+
+use crate::secret::Secret;
+use crate::source::params::percent_decode;
+
+/// RabbitMQ's default heartbeat, which the server lowers when it proposes less.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 60;
+
+/// A parsed `amqp://` or `amqps://` URL.
+#[derive(Clone, Debug)]
+pub struct AmqpUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub vhost: String,
+    pub heartbeat_secs: u16,
+    /// `amqps` only: trust this PEM bundle instead of the system's and webpki's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why a URL is not usable; the text never contains the URL (it may hold a password).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum UrlError {
+    #[error("not a URL")]
+    NotAUrl,
+    #[error("scheme {0:?} is not amqp or amqps")]
+    Scheme(String),
+    #[error("no host")]
+    NoHost,
+    #[error("query parameter heartbeat: {0:?} is not a number of seconds from 2 to 65535")]
+    Heartbeat(String),
+    #[error("query parameter cacertfile is only meaningful with amqps://")]
+    CaWithoutTls,
+    #[error(
+        "query parameter {0:?} is not supported (supported: heartbeat, cacertfile; connecting is bounded by rabbitmq.confirm_timeout_ms)"
+    )]
+    UnknownParameter(String),
+}
+
+impl AmqpUrl {
+    pub fn parse(s: &str) -> Result<AmqpUrl, UrlError> {
+        let url = url::Url::parse(s).map_err(|_| UrlError::NotAUrl)?;
+        let tls = match url.scheme() {
+            "amqp" => false,
+            "amqps" => true,
+            other => return Err(UrlError::Scheme(other.to_owned())),
+        };
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or(UrlError::NoHost)?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let user = match percent_decode(url.username()) {
+            u if u.is_empty() => "guest".to_owned(),
+            u => u,
+        };
+        let password = Secret::new(
+            url.password()
+                .map_or_else(|| "guest".to_owned(), percent_decode),
+        );
+        let vhost = match percent_decode(url.path().trim_start_matches('/')) {
+            v if v.is_empty() => "/".to_owned(),
+            v => v,
+        };
+        let mut parsed = AmqpUrl {
+            tls,
+            host,
+            port: url.port().unwrap_or(if tls { 5671 } else { 5672 }),
+            user,
+            password,
+            vhost,
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+            ca_file: None,
+        };
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                // amqprs sends a heartbeat every heartbeat/2 seconds: 0 or 1 would spin.
+                "heartbeat" => {
+                    parsed.heartbeat_secs = v
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|&h| h >= 2)
+                        .ok_or_else(|| UrlError::Heartbeat(v.to_string()))?
+                }
+                "cacertfile" if tls => parsed.ca_file = Some(PathBuf::from(v.as_ref())),
+                "cacertfile" => return Err(UrlError::CaWithoutTls),
+                other => return Err(UrlError::UnknownParameter(other.to_owned())),
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// `host:port vhost "/" as user`, for messages (never the password).
+    pub fn describe(&self) -> String {
+        format!(
+            "{}:{} vhost {:?} as {}",
+            self.host, self.port, self.vhost, self.user
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_usual_forms() {
+        let u = AmqpUrl::parse("amqp://guest:guest@localhost:5672/%2f").unwrap();
+        assert_eq!(
+            (
+                u.tls,
+                u.host.as_str(),
+                u.port,
+                u.user.as_str(),
+                u.vhost.as_str()
+            ),
+            (false, "localhost", 5672, "guest", "/")
+        );
+        assert_eq!(u.password.expose(), "guest");
+        let u = AmqpUrl::parse("amqps://a%40b:p%3Aw@[::1]/prod?heartbeat=10").unwrap();
+        assert_eq!(
+            (
+                u.tls,
+                u.host.as_str(),
+                u.port,
+                u.user.as_str(),
+                u.vhost.as_str()
+            ),
+            (true, "::1", 5671, "a@b", "prod")
+        );
+        assert_eq!((u.password.expose(), u.heartbeat_secs), ("p:w", 10));
+        let u = AmqpUrl::parse("amqp://rabbit").unwrap();
+        assert_eq!(
+            (u.user.as_str(), u.vhost.as_str(), u.heartbeat_secs),
+            ("guest", "/", 60)
+        );
+        assert_eq!(AmqpUrl::parse("amqp://h/").unwrap().vhost, "/");
+        assert_eq!(AmqpUrl::parse("amqp://h/a%2Fb").unwrap().vhost, "a/b");
+        let u = AmqpUrl::parse("amqps://h?cacertfile=/etc/ca.pem").unwrap();
+        assert_eq!(u.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour() {
+        assert_eq!(AmqpUrl::parse("rabbit").unwrap_err(), UrlError::NotAUrl);
+        assert_eq!(
+            AmqpUrl::parse("http://h").unwrap_err(),
+            UrlError::Scheme("http".into())
+        );
+        assert_eq!(
+            AmqpUrl::parse("amqp://h?heartbeat=0").unwrap_err(),
+            UrlError::Heartbeat("0".into())
+        );
+        assert_eq!(
+            AmqpUrl::parse("amqp://h?heartbeat=x").unwrap_err(),
+            UrlError::Heartbeat("x".into())
+        );
+        assert_eq!(
+            AmqpUrl::parse("amqp://h?cacertfile=/x").unwrap_err(),
+            UrlError::CaWithoutTls
+        );
+        assert_eq!(
+            AmqpUrl::parse("amqp://h?frame_max=4096").unwrap_err(),
+            UrlError::UnknownParameter("frame_max".into())
+        );
+    }
+
+    #[test]
+    fn errors_and_descriptions_never_show_the_password() {
+        let u = AmqpUrl::parse("amqp://me:s3cret@h/v").unwrap();
+        assert!(!u.describe().contains("s3cret"));
+        assert!(!format!("{u:?}").contains("s3cret"));
+        let e = AmqpUrl::parse("amqp://me:s3cret@h/v?nope=1").unwrap_err();
+        assert!(!e.to_string().contains("s3cret"));
+    }
+}
