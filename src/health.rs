@@ -129,7 +129,9 @@ impl Health {
             why.push("not connected to RabbitMQ");
         }
         if get(&self.broker_blocked) {
-            why.push("RabbitMQ blocks publishing (resource alarm)");
+            why.push(
+                "RabbitMQ holds publishing: no confirm (a resource alarm, or an overloaded broker)",
+            );
         }
         let oldest = self.oldest_unconfirmed_ms.load(Ordering::Relaxed);
         if oldest != 0

@@ -105,7 +105,7 @@ async fn an_unbound_routing_key_fails_doctor_and_readyz_names_it() {
     s.queue().unbind("#").await;
     s.queue().bind("*.*.delete").await;
     let (passed, text) = doctor(&s);
-    assert!(!passed);
+    assert!(!passed, "{text}");
     assert!(
         text.contains("public.a.insert") && text.contains("would be unroutable"),
         "{text}"

@@ -206,6 +206,66 @@ async fn unroutable_message_holds_the_slot_until_a_binding_exists() {
     s.finish().await;
 }
 
+/// RabbitMQ answers an unroutable `mandatory` message with `basic.return` and then `basic.ack`
+/// for the same delivery tag, while routed messages around it are acked too. The return must be
+/// matched to its own message: the error names exactly that event, what was published before
+/// it counts as delivered, and the slot stays before its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_among_routed_messages_is_matched_to_its_own_event() {
+    let s = Scene::with(
+        "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)",
+        &["public.items", "public.other"],
+        Setup {
+            consumer: Consumer::Bound("public.items.*"),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (client, queue) = (&s.client, s.queue());
+    let relay = Relay::start(&s.config);
+    relay.wait_log("streaming", T).await;
+    // One transaction, one window: events 0-2 routed, 3 unroutable, 4-5 routed.
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO items VALUES (1), (2), (3); INSERT INTO other VALUES (1);
+             INSERT INTO items VALUES (4), (5); COMMIT;",
+        )
+        .await
+        .unwrap();
+    let commit = current_lsn(client).await;
+    relay.wait_log("returned unroutable", T).await;
+    let got = queue.take(3, T).await;
+    let lsn = got[0].body["commit_lsn"].as_str().unwrap().to_owned();
+    let log = relay.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("returned unroutable"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("message {lsn}:3 ")) && line.contains("public.other.insert"),
+        "the error names the returned event ({lsn}:3), not a neighbour: {line}"
+    );
+    assert!(
+        s.confirmed().await < commit,
+        "slot passed the returned message"
+    );
+    // Bound, the whole transaction is delivered (0-2 again: at least once, same ids).
+    queue.bind("public.other.*").await;
+    wait_for("slot past the transaction", T, || async {
+        (s.confirmed().await >= commit).then_some(())
+    })
+    .await;
+    let rest = queue.drain(Duration::from_millis(500)).await;
+    let ids: BTreeSet<String> = got
+        .iter()
+        .chain(&rest)
+        .map(|m| m.message_id.clone())
+        .collect();
+    let want: BTreeSet<String> = (0..6).map(|i| format!("{lsn}:{i}")).collect();
+    assert_eq!(ids, want, "every event of the transaction, by id");
+    s.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_cleanly_and_a_restart_replays_nothing() {
     let s = Scene::with(

@@ -7,7 +7,6 @@
 //! - [`rabbitmq`]: credentials, exchanges, bindings for every routing key the config can
 //!   produce, queue durability and type (through the management API).
 
-mod management;
 mod postgres;
 mod rabbitmq;
 mod tables;

@@ -7,11 +7,11 @@ use std::time::Duration;
 use amqprs::channel::ExchangeDeclareArguments;
 use serde_json::Value;
 
-use super::management::{Api, segment};
 use super::{Finding, Level, Streamed, topic};
 use crate::config::Settings;
 use crate::event::routing::{KeyRef, RouteVars, RoutingTemplate};
 use crate::pgoutput::{Column, Datum, Relation, ReplicaIdentity, TupleData};
+use crate::sink::management::{Api, segment};
 use crate::sink::{AmqpUrl, Link};
 
 const SIDE: &str = "rabbitmq";
@@ -82,18 +82,7 @@ pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Findi
     let Some(missing) = exchange_checks(settings, uri, &exchanges, out).await else {
         return;
     };
-    let api_url = settings.sink.management_url.as_ref().map_or_else(
-        || {
-            format!(
-                "http://{}:{}@{}:15672",
-                segment(&uri.user),
-                segment(uri.password.expose()),
-                uri.host
-            )
-        },
-        |u| u.expose().to_owned(),
-    );
-    let Some(api) = Api::from_url(&api_url) else {
+    let Some(api) = settings.sink.management_api() else {
         return out.push(f(
             Level::Warn,
             "rabbitmq.management_url is not usable: bindings not checked",

@@ -8,13 +8,20 @@
 //! room; (3) the stall watchdog: no confirm for `confirm_timeout` while messages are in flight
 //! means the broker is blocked or gone, and the session ends so the replication connection is
 //! released. How answers settle messages in publish order: [`ConfirmWindow`].
+//!
+//! Held publishing is noticed sooner than the stall: with messages in flight and no confirm
+//! for `hold_warning`, the loop says so once (and asks the management API, when reachable,
+//! whether a memory or disk alarm is the cause), sets `walrelay_broker_blocked`, and says
+//! again when confirms resume. RabbitMQ's own `connection.blocked` notification would say it
+//! directly, but the broker sends it only to clients announcing the capability, and amqprs
+//! does not (docs/architecture.md).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::checkpoint::AckTracker;
 use crate::error::RunError;
@@ -61,6 +68,10 @@ pub struct PublishLoop {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub batch: BatchLimits,
+    /// No confirm for this long with messages in flight: publishing is held (said once).
+    pub hold_warning: Duration,
+    /// The management API, to name the alarm that holds publishing (best effort).
+    pub alarms: Option<Arc<crate::sink::management::Api>>,
 }
 
 impl PublishLoop {
@@ -71,6 +82,8 @@ impl PublishLoop {
         let mut input_open = true;
         let mut last_progress = Instant::now();
         let mut batch = Batch::default();
+        let mut held = false;
+        self.set_held(false);
         loop {
             if !input_open && window.is_empty() {
                 return Ok(self.publisher);
@@ -79,7 +92,13 @@ impl PublishLoop {
             tokio::select! {
                 biased;
                 answer = self.publisher.answer() => {
+                    let before = last_progress;
                     self.settle(answer, &mut window, &mut last_progress)?;
+                    if held && last_progress != before {
+                        held = false;
+                        self.set_held(false);
+                        info!(held_ms = before.elapsed().as_millis() as u64, "RabbitMQ confirms again: publishing resumed");
+                    }
                 }
                 item = self.rx.recv(), if input_open && window.len() < self.max_in_flight => match item {
                     Some(Outbound::Event(ev)) => {
@@ -121,6 +140,18 @@ impl PublishLoop {
                         input_open = false;
                     }
                 },
+                _ = tokio::time::sleep_until(last_progress + self.hold_warning), if !window.is_empty() && !held => {
+                    held = true;
+                    self.set_held(true);
+                    warn!(
+                        in_flight = window.len(),
+                        waited_ms = self.hold_warning.as_millis() as u64,
+                        "RabbitMQ confirms nothing: publishing is held (blocked by a memory or disk alarm, or the broker is overloaded or unreachable); the session ends after rabbitmq.confirm_timeout_ms"
+                    );
+                    if let Some(api) = &self.alarms {
+                        tokio::spawn(report_alarms(Arc::clone(api)));
+                    }
+                }
                 _ = tokio::time::sleep_until(stall_at), if !window.is_empty() => {
                     return Err(SinkError::Stalled { waited: self.confirm_timeout, in_flight: window.len() }.into());
                 }
@@ -278,6 +309,11 @@ impl PublishLoop {
         self.send(window, first, count, last_progress).await
     }
 
+    fn set_held(&self, held: bool) {
+        crate::health::Health::set(&self.health.broker_blocked, held);
+        self.metrics.broker_blocked.set(i64::from(held));
+    }
+
     fn observe_confirm(&self, done: &InFlight, next: Option<&InFlight>) {
         let m = &self.metrics;
         m.in_flight.dec();
@@ -318,6 +354,25 @@ impl PublishLoop {
                 false
             }
         });
+    }
+}
+
+/// Names the resource alarms RabbitMQ's nodes report, if any (a held publisher's likely cause).
+/// Silent when the API is unreachable or reports none: the hold warning stands on its own.
+async fn report_alarms(api: Arc<crate::sink::management::Api>) {
+    let Ok(serde_json::Value::Array(nodes)) = api.get("/api/nodes").await else {
+        return;
+    };
+    for n in nodes {
+        let name = n["name"].as_str().unwrap_or("?");
+        for (field, alarm) in [("mem_alarm", "memory"), ("disk_free_alarm", "disk")] {
+            if n[field] == serde_json::Value::Bool(true) {
+                warn!(
+                    node = name,
+                    "RabbitMQ has a {alarm} alarm in effect: it blocks every publisher until it clears"
+                );
+            }
+        }
     }
 }
 

@@ -241,6 +241,9 @@ async fn launch(
             metrics: Arc::clone(&obs.metrics),
             health: Arc::clone(&obs.health),
             batch: sink.batch,
+            hold_warning: (sink.confirm_timeout / 10)
+                .clamp(Duration::from_secs(1), Duration::from_secs(5)),
+            alarms: sink.management_api().map(Arc::new),
         }
         .run(),
     );

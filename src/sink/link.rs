@@ -65,12 +65,15 @@ pub enum Signal {
 #[error("{detail}")]
 pub struct AmqpError {
     pub detail: String,
+    /// The bounded connect ran out of time (no answer, as opposed to a refusal).
+    pub timed_out: bool,
 }
 
 impl AmqpError {
     pub fn new(detail: impl Into<String>) -> AmqpError {
         AmqpError {
             detail: detail.into(),
+            timed_out: false,
         }
     }
 }
@@ -107,12 +110,15 @@ impl Link {
                 .await
                 .map_err(|e| AmqpError::new(explain_open(&e.to_string(), url)))
         };
-        let connection = tokio::time::timeout(timeout, open).await.map_err(|_| {
-            AmqpError::new(format!(
-                "no complete AMQP handshake with {} within {timeout:?}",
-                url.describe()
-            ))
-        })??;
+        let connection = tokio::time::timeout(timeout, open)
+            .await
+            .map_err(|_| AmqpError {
+                detail: format!(
+                    "no complete AMQP handshake with {} within {timeout:?}",
+                    url.describe()
+                ),
+                timed_out: true,
+            })??;
         let (state_tx, state) = watch::channel(BrokerState {
             open: true,
             blocked: false,

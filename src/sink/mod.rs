@@ -13,6 +13,7 @@ use crate::secret::Secret;
 
 pub mod confirms;
 pub mod link;
+pub mod management;
 pub mod publisher;
 pub mod url;
 
@@ -93,6 +94,25 @@ pub struct SinkSettings {
     pub batch: BatchLimits,
     /// RabbitMQ's management API, for `walrelay doctor` (bindings and queue types).
     pub management_url: Option<Secret>,
+}
+
+impl SinkSettings {
+    /// The management API: `management_url`, else `http://<user>:<password>@<host>:15672`.
+    pub fn management_api(&self) -> Option<crate::sink::management::Api> {
+        use crate::sink::management::{Api, segment};
+        let url = self.management_url.as_ref().map_or_else(
+            || {
+                format!(
+                    "http://{}:{}@{}:15672",
+                    segment(&self.url.user),
+                    segment(self.url.password.expose()),
+                    self.url.host
+                )
+            },
+            |u| u.expose().to_owned(),
+        );
+        Api::from_url(&url)
+    }
 }
 
 /// Batch mode limits; `max_events <= 1` turns it off.

@@ -38,7 +38,15 @@ impl Publisher {
         let amqp = |context| move |source| SinkError::Amqp { context, source };
         let (link, signals) = Link::open(&settings.url, "walrelay", settings.confirm_timeout)
             .await
-            .map_err(amqp("connecting"))?;
+            .map_err(|e| match e.timed_out {
+                true => SinkError::ConnectTimeout {
+                    waited: settings.confirm_timeout,
+                },
+                false => SinkError::Amqp {
+                    context: "connecting",
+                    source: e,
+                },
+            })?;
         let channel = link
             .confirm_channel()
             .await

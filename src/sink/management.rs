@@ -1,5 +1,6 @@
 //! A minimal client for RabbitMQ's management HTTP API (`GET` with basic auth, JSON back),
-//! enough for the doctor's binding and queue checks. HTTP/1.0 keeps the response unchunked.
+//! enough for the doctor's binding and queue checks and the publisher's alarm check.
+//! HTTP/1.0 keeps the response unchunked.
 
 use std::time::Duration;
 
