@@ -122,7 +122,9 @@ async fn an_exchange_deleted_mid_stream_closes_the_channel_and_walrelay_recovers
     relay.wait_log("NOT_FOUND", T).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(s.confirmed().await < held);
-    let q = TestQueue::new(&s.exchange, Some("#")).await;
+    // The exchange back, the queue bound to it again; the same consumer reads on.
+    q.declare_exchange().await;
+    q.bind("#").await;
     let got = q.take(1, T).await;
     assert_eq!(got[0].body["key"]["id"], 2);
     q.delete().await;

@@ -1,11 +1,15 @@
-//! A queue bound to an exchange on the local RabbitMQ, drained with `basic.get`: what a
-//! consumer receives, with its properties.
+//! A queue bound to an exchange on the local RabbitMQ, read by a consumer with a small
+//! prefetch (unacknowledged until the test takes them, so nothing is lost): what a consumer
+//! receives, with its properties. Not `basic.get`: amqprs's get path lost a response under the
+//! full suite's load (its dispatcher panicked on a responder whose caller was gone), and the
+//! consumer path is the one real consumers use.
 
 use std::time::{Duration, Instant};
 
 use amqprs::channel::{
-    BasicGetArguments, Channel, ExchangeDeclareArguments, ExchangeDeleteArguments,
-    QueueBindArguments, QueueDeclareArguments, QueueDeleteArguments, QueueUnbindArguments,
+    BasicAckArguments, BasicConsumeArguments, BasicQosArguments, Channel, ConsumerMessage,
+    ExchangeDeclareArguments, ExchangeDeleteArguments, QueueBindArguments, QueueDeclareArguments,
+    QueueDeleteArguments, QueueUnbindArguments,
 };
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
 use walrelay::sink::{AmqpUrl, Link};
@@ -35,13 +39,15 @@ pub async fn connect_amqp(url: &str, name: &str) -> Link {
         .0
 }
 
-/// A queue bound to an exchange on the local RabbitMQ, drained with basic.get.
+/// A queue bound to an exchange on the local RabbitMQ.
 pub struct TestQueue {
     pub channel: Channel,
     pub link: Link,
     pub exchange: String,
     pub queue: String,
     pub url: String,
+    /// Started by the first `get`, so a queue nobody reads keeps its messages.
+    deliveries: tokio::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ConsumerMessage>>>,
 }
 
 /// A message as a consumer sees it.
@@ -115,6 +121,7 @@ impl TestQueue {
             exchange: exchange.to_owned(),
             queue,
             url: url.to_owned(),
+            deliveries: tokio::sync::Mutex::new(None),
         };
         if let Some(b) = binding {
             q.bind(b).await;
@@ -144,6 +151,18 @@ impl TestQueue {
             .await;
     }
 
+    /// Declares the exchange (durable topic) again, e.g. after `delete_exchange`.
+    pub async fn declare_exchange(&self) {
+        self.channel
+            .exchange_declare(
+                ExchangeDeclareArguments::new(&self.exchange, "topic")
+                    .durable(true)
+                    .finish(),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Deletes the exchange (the queue stays).
     pub async fn delete_exchange(&self) {
         self.channel
@@ -152,22 +171,49 @@ impl TestQueue {
             .unwrap();
     }
 
-    /// Takes one message if any.
+    /// Takes one message if any (waits briefly for the broker to deliver it).
     pub async fn get(&self) -> Option<Received> {
-        let (get, properties, content) = self
-            .channel
-            .basic_get(BasicGetArguments::new(&self.queue).no_ack(true).finish())
+        let mut deliveries = self.deliveries.lock().await;
+        if deliveries.is_none() {
+            self.channel
+                .basic_qos(BasicQosArguments::new(0, 64, false))
+                .await
+                .unwrap();
+            let args = BasicConsumeArguments::new(&self.queue, "")
+                .manual_ack(true)
+                .finish();
+            let (_tag, rx) = self.channel.basic_consume_rx(args).await.unwrap();
+            *deliveries = Some(rx);
+        }
+        let rx = deliveries.as_mut().unwrap();
+        let m = match tokio::time::timeout(Duration::from_millis(25), rx.recv()).await {
+            Err(_) => return None,
+            Ok(Some(m)) => m,
+            Ok(None) => panic!(
+                "the consumer of {} ended: {:?}",
+                self.queue,
+                self.link.last_close()
+            ),
+        };
+        let (deliver, properties, content) = (
+            m.deliver.expect("a delivery"),
+            m.basic_properties.expect("properties"),
+            m.content.expect("a body"),
+        );
+        self.channel
+            .basic_ack(BasicAckArguments::new(deliver.delivery_tag(), false))
             .await
-            .unwrap()?;
+            .unwrap();
         let body: serde_json::Value =
             serde_json::from_slice(&content).expect("message body is JSON");
         Some(Received {
-            routing_key: get.routing_key().clone(),
+            routing_key: deliver.routing_key().clone(),
             message_id: properties.message_id().cloned().unwrap_or_default(),
             body,
             properties,
         })
     }
+
     /// Collects messages until `n` arrived (panics after `timeout`).
     pub async fn take(&self, n: usize, timeout: Duration) -> Vec<Received> {
         let mut got = Vec::new();
