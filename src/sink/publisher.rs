@@ -109,21 +109,35 @@ impl Publisher {
         headers.insert(name("schema"), long(&event.schema));
         headers.insert(name("table"), long(&event.table));
         headers.insert(name("commit_lsn"), long(&event.commit_lsn.to_string()));
-        let mut props = BasicProperties::default();
-        props
-            .with_message_id(&event.id)
-            .with_content_type("application/json")
-            .with_persistence(true)
-            .with_headers(headers);
-        if let Some(t) = event.commit_time_us {
+        let timestamp = event.commit_time_us.map(|t| {
             let unix_secs = crate::event::time::pg_to_unix_us(t).div_euclid(1_000_000);
-            props.with_timestamp(unix_secs.max(0) as u64);
-        }
-        let args = BasicPublishArguments::new(exchange, &event.routing_key)
-            .mandatory(true)
-            .finish();
+            unix_secs.max(0) as u64
+        });
+        // Built in one go: the builder's `finish` clones the whole header table.
+        let props = BasicProperties::new(
+            Some("application/json".to_owned()),
+            None,
+            Some(headers),
+            Some(amqprs::DELIVERY_MODE_PERSISTENT),
+            None,
+            None,
+            None,
+            None,
+            Some(event.id.clone()),
+            timestamp,
+            None,
+            None,
+            None,
+            None,
+        );
+        let args = BasicPublishArguments {
+            exchange: exchange.to_owned(),
+            routing_key: event.routing_key.clone(),
+            mandatory: true,
+            immediate: false,
+        };
         self.channel
-            .basic_publish(props.finish(), body, args)
+            .basic_publish(props, body, args)
             .await
             .map_err(|e| SinkError::Amqp {
                 context: "publishing",
