@@ -40,5 +40,6 @@ pub mod service;
 pub mod sink;
 pub mod source;
 pub mod status;
+pub mod stream;
 pub mod tail;
 pub mod value;
