@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(tail.sequence, Sequence::Overflow(Lsn(4096)));
         assert_eq!(tail.id, 1 << INDEX_BITS);
         // The highest LSN PostgreSQL can write.
-        let max = publishing_id(Lsn(u64::MAX & !7), 0);
+        let max = publishing_id(Lsn(!7), 0);
         assert_eq!(max.sequence, Sequence::Epoch(u64::MAX >> EPOCH_BITS));
     }
 
