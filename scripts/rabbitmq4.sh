@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# RabbitMQ 4 next to the system's RabbitMQ 3.10 (docs/operations.md, "Supported RabbitMQ
+# versions"): Debian 13's rabbitmq-server 4.0 from a Debian 13 root made by debootstrap, started
+# with chroot on ports of its own, with the stream and management plugins.
+#
+#   scripts/rabbitmq4.sh start    build the root when missing (cached), start the node, wait
+#   scripts/rabbitmq4.sh stop     stop the node and unmount what start mounted
+#   scripts/rabbitmq4.sh status   exit 0 when the node answers
+#
+# Ports: AMQP 5673, stream 5553, management 15673, distribution 25673, its own epmd on 4370 (the
+# system node keeps 5672/5552/15672/25672/4369). Credentials guest/guest (from 127.0.0.1).
+# The root is kept in $WALRELAY_RABBITMQ4_ROOT (default /var/cache/walrelay/rabbitmq4-root);
+# building it takes about a minute and needs Debian's package mirror.
+set -euo pipefail
+
+ROOT=${WALRELAY_RABBITMQ4_ROOT:-/var/cache/walrelay/rabbitmq4-root}
+MIRROR=${WALRELAY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+AMQP_PORT=5673 STREAM_PORT=5553 MGMT_PORT=15673 DIST_PORT=25673 EPMD_PORT=4370
+NODE=rabbit4@localhost
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+in_root() { as_root env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/var/lib/rabbitmq \
+  ERL_EPMD_PORT=$EPMD_PORT ERL_EPMD_ADDRESS=127.0.0.1 RABBITMQ_NODENAME=$NODE RABBITMQ_DIST_PORT=$DIST_PORT \
+  chroot "$ROOT" "$@"; }
+up() { (exec 3<>"/dev/tcp/127.0.0.1/$AMQP_PORT") 2>/dev/null; }
+
+build() {
+  command -v debootstrap >/dev/null || {
+    echo "== installing debootstrap" >&2
+    as_root apt-get update -qq && as_root apt-get install -y -qq debootstrap >/dev/null
+  }
+  echo "== building a Debian 13 root in $ROOT (about a minute)" >&2
+  local tmp="$ROOT.partial"
+  as_root rm -rf "$tmp"
+  as_root mkdir -p "$(dirname "$ROOT")"
+  as_root debootstrap --variant=minbase trixie "$tmp" "$MIRROR" >/dev/null
+  # Daemons must not start inside the root while packages install.
+  printf '#!/bin/sh\nexit 101\n' | as_root tee "$tmp/usr/sbin/policy-rc.d" >/dev/null
+  as_root chmod +x "$tmp/usr/sbin/policy-rc.d"
+  as_root chroot "$tmp" apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
+  as_root mv "$tmp" "$ROOT"
+}
+
+configure() {
+  as_root tee "$ROOT/etc/rabbitmq/rabbitmq.conf" >/dev/null <<CONF
+listeners.tcp.default = 127.0.0.1:$AMQP_PORT
+stream.listeners.tcp.default = 127.0.0.1:$STREAM_PORT
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $MGMT_PORT
+CONF
+  echo '[rabbitmq_management,rabbitmq_stream].' | as_root tee "$ROOT/etc/rabbitmq/enabled_plugins" >/dev/null
+}
+
+mounted() { mountpoint -q "$ROOT/$1"; }
+
+start() {
+  [ -x "$ROOT/usr/sbin/rabbitmq-server" ] || build
+  configure
+  for m in proc dev; do mounted "$m" || as_root mount --bind "/$m" "$ROOT/$m"; done
+  if ! up; then
+    echo "== starting RabbitMQ 4 ($NODE, AMQP $AMQP_PORT, stream $STREAM_PORT)" >&2
+    in_root rabbitmq-server -detached
+  fi
+  for _ in $(seq 1 120); do
+    if up && in_root rabbitmqctl -q await_startup >/dev/null 2>&1; then
+      echo "RabbitMQ $(in_root rabbitmqctl -q version) on 127.0.0.1:$AMQP_PORT (stream $STREAM_PORT)" >&2
+      return 0
+    fi
+    sleep 1
+  done
+  echo "RabbitMQ 4 did not start; its log: $ROOT/var/log/rabbitmq/" >&2
+  return 1
+}
+
+# Processes running inside the root (the node, epmd, their helpers).
+inside() {
+  local p
+  for p in /proc/[0-9]*; do
+    [ "$(as_root readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+stop() {
+  [ -d "$ROOT" ] || return 0
+  if up; then in_root rabbitmqctl -q stop >/dev/null 2>&1 || true; fi
+  in_root epmd -kill >/dev/null 2>&1 || true
+  # Nothing may stay behind: wait for the node to exit, then make sure.
+  for _ in $(seq 1 30); do [ -z "$(inside)" ] && break; sleep 0.5; done
+  local left; left=$(inside)
+  [ -z "$left" ] || as_root kill -9 $left 2>/dev/null || true
+  sleep 0.2
+  for m in dev proc; do if mounted "$m"; then as_root umount "$ROOT/$m"; fi; done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) up ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
