@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs walrelay's whole test suite on a fresh Debian/Ubuntu machine:
 # installs PostgreSQL and RabbitMQ from the distribution if missing, makes sure RabbitMQ is
-# running on 127.0.0.1:5672 (guest/guest) with its management API on 15672, then runs every test. Each integration test starts
+# running on 127.0.0.1:5672 (guest/guest) with its management API on 15672, starts RabbitMQ 4 on
+# other ports (scripts/rabbitmq4.sh), then runs every test. Each integration test starts
 # its own throwaway PostgreSQL cluster (initdb in a temp dir, wal_level=logical, a free port),
 # so the system PostgreSQL is never touched and needs no configuration. Formatting and clippy
 # (with the lints of Cargo.toml) are checked first: a warning fails the suite.
@@ -10,6 +11,9 @@ cd "$(dirname "$0")/.."
 
 . scripts/services.sh
 . scripts/tools.sh
+# RabbitMQ 4 beside it, for the stream tests (a cached debootstrap root; about a minute the
+# first time on a machine, seconds after; `scripts/rabbitmq4.sh stop` removes it from memory).
+bash scripts/rabbitmq4.sh start
 
 echo "== cargo fmt --check"
 cargo fmt --check
