@@ -279,7 +279,7 @@ async fn kill_9_twice_during_a_backfill_the_standby_resumes_it_with_identical_id
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_during_a_backfill_loses_nothing() {
-    let proxy = common::proxy::Proxy::start("127.0.0.1:5672").await;
+    let proxy = common::proxy::Proxy::start(&amqp_addr()).await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
     let setup = common::scene::Setup {
         amqp_url: &amqp,

@@ -16,7 +16,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn steady_state_is_exactly_once_in_commit_order() {
     let bed = Bed::new(&[]).await;
-    let relay = Relay::start(&bed.config(AMQP_URL));
+    let relay = Relay::start(&bed.config(amqp_url()));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
     let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 4);
@@ -33,7 +33,7 @@ async fn steady_state_is_exactly_once_in_commit_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_at_random_moments_loses_nothing() {
     let bed = Bed::new(&[]).await;
-    let cfg = bed.config(AMQP_URL);
+    let cfg = bed.config(amqp_url());
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
@@ -59,7 +59,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crashes_at_the_seams_lose_nothing() {
     let bed = Bed::new(&[]).await;
-    let cfg = bed.config(AMQP_URL);
+    let cfg = bed.config(amqp_url());
     // The slot exists before the workload starts (changes before it are not ours to deliver).
     let mut first = Relay::start(&cfg);
     first.wait_log("streaming", T).await;
@@ -90,7 +90,7 @@ async fn crashes_at_the_seams_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_transaction_that_commits_while_walrelay_is_down_is_delivered() {
     let bed = Bed::new(&[]).await;
-    let cfg = bed.config(AMQP_URL);
+    let cfg = bed.config(amqp_url());
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let mut long_client = connect(&bed.url).await;
@@ -138,7 +138,7 @@ async fn a_long_transaction_that_commits_while_walrelay_is_down_is_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
     let bed = Bed::new(&[]).await;
-    let cfg = bed.config(AMQP_URL);
+    let cfg = bed.config(amqp_url());
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let rows: i64 = if long() { 1_000_000 } else { 100_000 };
@@ -198,7 +198,7 @@ async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_unavailable_for_three_sender_timeouts_holds_the_slot_then_delivers() {
     let bed = Bed::new(&["wal_sender_timeout = 2s"]).await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&amqp_addr()).await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
     let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;
@@ -230,7 +230,7 @@ async fn broker_unavailable_for_three_sender_timeouts_holds_the_slot_then_delive
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_confirms_under_a_2s_sender_timeout_cause_no_walsender_timeout() {
     let bed = Bed::new(&["wal_sender_timeout = 2s"]).await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&amqp_addr()).await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
     let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;
@@ -262,7 +262,7 @@ async fn a_blackholed_postgres_link_is_noticed_and_recovered() {
     let cfg = write_config(
         bed.dir.path(),
         &url_via_proxy,
-        AMQP_URL,
+        amqp_url(),
         &bed.slot,
         &bed.exchange,
         &["public.t0", "public.t1", "public.t2"],
@@ -303,7 +303,7 @@ async fn postgres_crash_and_restart_mid_stream_loses_nothing() {
     // A crash must not lose acknowledged commits on the server itself, or the checker would
     // blame walrelay for PostgreSQL's asynchronous commit (the harness turns it off for speed).
     let bed = Bed::new(&["synchronous_commit = on"]).await;
-    let relay = Relay::start(&bed.config(AMQP_URL));
+    let relay = Relay::start(&bed.config(amqp_url()));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
     let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 3);
@@ -324,7 +324,7 @@ async fn postgres_crash_and_restart_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_fast_shutdown_is_not_held_up_while_the_broker_is_down() {
     let bed = Bed::new(&[]).await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&amqp_addr()).await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
     let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;
@@ -346,7 +346,7 @@ async fn postgres_fast_shutdown_is_not_held_up_while_the_broker_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_published_tables_advance_the_slot_but_never_past_a_held_change() {
     let bed = Bed::new(&[]).await;
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&amqp_addr()).await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
     let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;

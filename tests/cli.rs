@@ -76,7 +76,7 @@ async fn a_server_without_tls_under_the_default_sslmode_says_what_to_do() {
     let cfg = write_config(
         dir.path(),
         &url,
-        AMQP_URL,
+        amqp_url(),
         &unique("slot"),
         &unique("ex"),
         &["public.t"],

@@ -116,7 +116,7 @@ async fn a_standby_promotion_with_a_failover_slot_loses_nothing() {
     let via = |url: &str| url.replace(&format!(":{}/", bed.pg.port), &format!(":{}/", addr.port));
     bed.url = via(&bed.url);
     bed.other_url = via(&bed.other_url);
-    let cfg = bed.config(AMQP_URL);
+    let cfg = bed.config(amqp_url());
     config_set(&cfg, "postgres", "failover_slot", "true");
     let doctor = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args(["doctor", "--config"])

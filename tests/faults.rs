@@ -19,7 +19,7 @@ async fn commit_and_lsn(client: &tokio_postgres::Client, sql: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_never_passes_a_message_the_broker_has_not_confirmed() {
-    let proxy = proxy::Proxy::start("127.0.0.1:5672").await;
+    let proxy = proxy::Proxy::start(&amqp_addr()).await;
     let amqp_via_proxy = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
     // A long confirm timeout: the held confirm must not end the session during the check.
     let s = Scene::with(

@@ -174,7 +174,7 @@ async fn every_builtin_type_renders_like_to_jsonb() {
     let cfg = write_config(
         cfg_dir.path(),
         &pg.url(&db),
-        AMQP_URL,
+        amqp_url(),
         &slot,
         &exchange,
         &["public.everything"],

@@ -242,7 +242,7 @@ async fn partition_queues(exchange: &str, n: u32) -> Vec<TestQueue> {
     for i in 0..n {
         qs.push(
             TestQueue::named(
-                AMQP_URL,
+                amqp_url(),
                 exchange,
                 &format!("{exchange}_p{i}"),
                 Some(&format!("acct.*.p{i}")),

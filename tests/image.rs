@@ -275,7 +275,7 @@ async fn the_image_builds_and_its_binary_becomes_healthy_under_the_images_settin
         .envs(env.iter().map(|(k, v)| (k.clone(), map(v))))
         // What a deployment adds (docker-compose.yml does the same).
         .env("DATABASE_URL", pg.url(&db))
-        .env("AMQP_URL", AMQP_URL)
+        .env("AMQP_URL", amqp_url())
         .env("WALRELAY_RABBITMQ_EXCHANGE", &exchange)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

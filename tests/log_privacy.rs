@@ -63,7 +63,7 @@ async fn no_failure_path_logs_a_row_value() {
         ("x-max-length", FieldValue::I(0)),
         ("x-overflow", text("reject-publish")),
     ]);
-    let full = TestQueue::named(AMQP_URL, &s.exchange, &unique("full"), Some("#"), args).await;
+    let full = TestQueue::named(amqp_url(), &s.exchange, &unique("full"), Some("#"), args).await;
     let relay = Relay::start_env(&s.config, &verbose());
     relay.wait_log("nacked", T).await;
     assert_no_canary("nacked", &relay.log());
@@ -81,7 +81,7 @@ async fn no_failure_path_logs_a_row_value() {
     s.set("rabbitmq", "max_message_bytes", "16777216");
 
     // 4. The broker connection cut while messages are in flight.
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&amqp_addr()).await;
     s.set(
         "rabbitmq",
         "url",

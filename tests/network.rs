@@ -24,7 +24,7 @@ struct Links {
 async fn links(confirm_timeout_ms: u64) -> Links {
     let bed = Bed::new(&["wal_sender_timeout = 5s"]).await;
     let pg = Proxy::start(&format!("127.0.0.1:{}", bed.pg.port)).await;
-    let mq = Proxy::start("127.0.0.1:5672").await;
+    let mq = Proxy::start(&amqp_addr()).await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", mq.port);
     let cfg = bed.config(&amqp);
     let url = bed

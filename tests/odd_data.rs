@@ -18,7 +18,7 @@ async fn stream(pg: &PgCluster, db: &str, tables: &[&str]) -> (Relay, TestQueue)
     let cfg = write_config(
         dir.path(),
         &pg.url(db),
-        AMQP_URL,
+        amqp_url(),
         &unique("slot"),
         &exchange,
         tables,

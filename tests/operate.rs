@@ -61,7 +61,7 @@ async fn metrics_follow_the_stream_and_secrets_never_leak() {
     let cfg = write_config(
         dir.path(),
         &url,
-        AMQP_URL,
+        amqp_url(),
         &slot,
         &exchange,
         &["public.items"],
@@ -167,7 +167,7 @@ async fn metrics_follow_the_stream_and_secrets_never_leak() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_flips_when_the_broker_is_cut_and_back() {
-    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let proxy = Proxy::start(&amqp_addr()).await;
     let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
     let setup = Setup {
         amqp_url: &amqp,

@@ -427,7 +427,7 @@ async fn identifiers_that_need_quoting_everywhere() {
     assert_eq!(header(&got[1], "table"), "Quote\"d");
     // A binding that names the escaped word matches exactly that table.
     let q = TestQueue::named(
-        AMQP_URL,
+        amqp_url(),
         &s.exchange,
         &unique("odd"),
         Some("Odd Schema.my%2Etable.*"),

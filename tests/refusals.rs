@@ -51,7 +51,7 @@ async fn nacks_from_a_full_queue_hold_the_slot_until_there_is_room() {
         ("x-max-length", FieldValue::I(3)),
         ("x-overflow", text("reject-publish")),
     ]);
-    let q = TestQueue::on(AMQP_URL, &s.exchange, Some("#"), args).await;
+    let q = TestQueue::on(amqp_url(), &s.exchange, Some("#"), args).await;
     let relay = Relay::start(&config(&s, None, ""));
     relay.wait_log("streaming", T).await;
     let mut lsns = Vec::new();

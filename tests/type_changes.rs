@@ -38,7 +38,7 @@ async fn scene(
     let cfg = write_config(
         dir.path(),
         &pg.url(db),
-        AMQP_URL,
+        amqp_url(),
         &slot,
         &exchange,
         &["public.people"],

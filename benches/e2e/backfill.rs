@@ -36,7 +36,7 @@ pub async fn walrelay_backfill(
     let exchange = unique("bench_bf");
     let queue = TestQueue::new(&exchange, Some("#")).await;
     let live_queue = TestQueue::named(
-        AMQP_URL,
+        amqp_url(),
         &exchange,
         &format!("{exchange}_live"),
         Some("public.bf_live.#"),
@@ -48,7 +48,7 @@ pub async fn walrelay_backfill(
     let cfg = write_config(
         dir.path(),
         &env.url,
-        AMQP_URL,
+        amqp_url(),
         &slot,
         &exchange,
         &[&format!("public.{table}"), "public.bf_live"],

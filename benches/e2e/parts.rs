@@ -214,7 +214,7 @@ pub async fn walrelay_catchup(
     let cfg = write_config(
         dir.path(),
         &env.url,
-        AMQP_URL,
+        amqp_url(),
         &slot,
         &exchange,
         &[&format!("public.{}", b.table)],
@@ -290,9 +290,9 @@ pub async fn broker_limit_on(n: u64, size: usize, quorum: bool, shaped: bool) ->
     } else {
         FieldTable::new()
     };
-    let queue = TestQueue::on(AMQP_URL, &exchange, Some("#"), args).await;
+    let queue = TestQueue::on(amqp_url(), &exchange, Some("#"), args).await;
     // The same client and confirm window walrelay uses, with nothing else around it.
-    let url = walrelay::sink::AmqpUrl::parse(AMQP_URL).unwrap();
+    let url = walrelay::sink::AmqpUrl::parse(amqp_url()).unwrap();
     let (link, mut signals) = walrelay::sink::Link::open(&url, "limit", TIMEOUT)
         .await
         .unwrap();
@@ -354,7 +354,7 @@ pub async fn python_peer(
             &dsn,
             &format!("peer_{}", b.i),
             &format!("pub_{}", b.i),
-            AMQP_URL,
+            amqp_url(),
             &exchange,
         ])
         .args([&b.events.max(1).to_string(), "30"])
@@ -416,7 +416,7 @@ pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency>
     let cfg = write_config(
         dir.path(),
         &env.url,
-        AMQP_URL,
+        amqp_url(),
         "live",
         &exchange,
         &["public.orders"],
@@ -428,7 +428,7 @@ pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency>
     std::fs::write(&cfg, text).unwrap();
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", TIMEOUT).await;
-    let consumer_link = connect_amqp(AMQP_URL, "bench consumer").await;
+    let consumer_link = connect_amqp(amqp_url(), "bench consumer").await;
     let ch = consumer_link.channel().await.unwrap();
     let (_, mut consumer) = ch
         .basic_consume_rx(

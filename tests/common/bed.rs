@@ -29,7 +29,7 @@ pub struct Bed {
 impl Bed {
     /// A bed whose queue lives on the shared broker.
     pub async fn new(conf: &[&str]) -> Bed {
-        Bed::on(conf, AMQP_URL, FieldTable::default()).await
+        Bed::on(conf, amqp_url(), FieldTable::default()).await
     }
 
     /// A bed whose queue (declared with `queue_args`) lives on the broker at `amqp`.

@@ -28,7 +28,21 @@ pub use observe::*;
 pub use queue::*;
 pub use relay::*;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The broker the tests use: the system's RabbitMQ, or `WALRELAY_TEST_AMQP_URL` (e.g. RabbitMQ 4
+/// on 5673, as `scripts/rabbitmq-matrix.sh` runs the AMQP tests).
+pub fn amqp_url() -> &'static str {
+    static URL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::env::var("WALRELAY_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    });
+    &URL
+}
+
+/// `host:port` of that broker's AMQP listener (for the fault-injecting proxies).
+pub fn amqp_addr() -> String {
+    let u = walrelay::sink::AmqpUrl::parse(amqp_url()).expect("an AMQP URL");
+    format!("{}:{}", u.host, u.port)
+}
 
 /// A unique name for this test's objects.
 pub fn unique(prefix: &str) -> String {

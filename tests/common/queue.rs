@@ -14,7 +14,7 @@ use amqprs::channel::{
 pub use amqprs::{BasicProperties, FieldTable, FieldValue};
 use walrelay::sink::{AmqpUrl, Link};
 
-use super::AMQP_URL;
+use super::amqp_url;
 
 /// Queue arguments (`x-queue-type`, `x-max-length`, …) from pairs.
 pub fn queue_args(pairs: &[(&str, FieldValue)]) -> FieldTable {
@@ -75,7 +75,7 @@ impl Received {
 impl TestQueue {
     /// Declares `exchange` (durable topic) and a queue bound with `binding` (None: no binding).
     pub async fn new(exchange: &str, binding: Option<&str>) -> TestQueue {
-        TestQueue::on(AMQP_URL, exchange, binding, FieldTable::new()).await
+        TestQueue::on(amqp_url(), exchange, binding, FieldTable::new()).await
     }
 
     /// Like `new`, on the broker at `url`, with queue arguments (e.g. `x-queue-type`).

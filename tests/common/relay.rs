@@ -83,6 +83,7 @@ impl Relay {
             .env("WALRELAY_LOG", "walrelay=debug,info")
             .env_remove("DATABASE_URL")
             .env_remove("AMQP_URL")
+            .env_remove("WALRELAY_TEST_AMQP_URL")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)

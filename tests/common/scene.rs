@@ -43,7 +43,7 @@ impl Default for Setup<'_> {
         Setup {
             conf: &[],
             consumer: Consumer::Bound("#"),
-            amqp_url: AMQP_URL,
+            amqp_url: amqp_url(),
         }
     }
 }
@@ -195,6 +195,7 @@ impl Scene {
             .arg(&self.config)
             .env_remove("DATABASE_URL")
             .env_remove("AMQP_URL")
+            .env_remove("WALRELAY_TEST_AMQP_URL")
             .output()
             .unwrap()
     }
