@@ -79,6 +79,8 @@ pub struct Metrics {
     pub backfill_chunks: Counter,
     pub backfill_running: Gauge,
     pub backfill_rows_remaining: Gauge,
+    /// The stream sink's own counters (`walrelay_stream_*`).
+    pub stream: crate::stream::metrics::StreamMetrics,
     /// Events confirmed since start, for the progress log line (not exported: the exported
     /// counters have labels).
     pub progress_events: AtomicU64,
@@ -123,6 +125,7 @@ impl Metrics {
             backfill_chunks: Counter::default(),
             backfill_running: Gauge::default(),
             backfill_rows_remaining: Gauge::default(),
+            stream: Default::default(),
             progress_events: AtomicU64::new(0),
             progress_transactions: AtomicU64::new(0),
             registry: Registry::default(),
@@ -276,6 +279,7 @@ impl Metrics {
                 let _ = m.errors.get_or_create(&[("side", side), ("kind", kind)]);
             }
         }
+        m.stream.register(&mut registry);
         Metrics { registry, ..m }
     }
 

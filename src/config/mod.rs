@@ -4,12 +4,13 @@
 //! documented in `docs/configuration.md` (a test keeps the two in step). Overrides:
 //! `DATABASE_URL` and `AMQP_URL` replace the connection URLs, and `WALRELAY_<SECTION>_<KEY>`
 //! (e.g. `WALRELAY_POSTGRES_SLOT`, `WALRELAY_FLOOD_MAX_CHANGES`) replaces any key of the
-//! `postgres`, `rabbitmq`, `service`, `filter`, `flood`, `http`, `backfill`, `snapshot` and
+//! `postgres`, `rabbitmq`, `stream`, `service`, `filter`, `flood`, `http`, `backfill`, `snapshot` and
 //! `control` sections.
 
 mod backfill;
 mod filter;
 mod location;
+mod stream;
 mod validate;
 
 use serde::Deserialize;
@@ -60,6 +61,8 @@ pub struct RawConfig {
     pub postgres: RawPostgres,
     #[serde(default)]
     pub rabbitmq: RawRabbitmq,
+    /// `[stream]`: publish to RabbitMQ Streams instead of an exchange.
+    pub stream: Option<RawStream>,
     #[serde(default)]
     pub service: RawService,
     #[serde(default)]
@@ -101,6 +104,17 @@ pub struct RawRabbitmq {
     pub management_url: Option<crate::secret::Secret>,
     pub batch_max_events: Option<usize>,
     pub batch_max_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStream {
+    pub url: Option<crate::secret::Secret>,
+    pub stream: Option<String>,
+    pub create: Option<bool>,
+    pub max_length_bytes: Option<u64>,
+    pub max_age_secs: Option<u64>,
+    pub max_segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,8 +187,9 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
 }
 
 /// The sections `WALRELAY_<SECTION>_<KEY>` may override.
-const ENV_SECTIONS: [&str; 9] = [
-    "POSTGRES", "RABBITMQ", "SERVICE", "FILTER", "FLOOD", "HTTP", "BACKFILL", "SNAPSHOT", "CONTROL",
+const ENV_SECTIONS: [&str; 10] = [
+    "POSTGRES", "RABBITMQ", "STREAM", "SERVICE", "FILTER", "FLOOD", "HTTP", "BACKFILL", "SNAPSHOT",
+    "CONTROL",
 ];
 
 /// `WALRELAY_*` variables that are not config overrides: the binary's own options and the

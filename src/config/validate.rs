@@ -100,7 +100,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     filter
         .exclude
         .push(super::backfill::internal_exclude(&backfill.schema));
-    let sink = sink(raw.rabbitmq, &filter)?;
+    let sink = match raw.stream {
+        Some(stream) => super::stream::sink(raw.rabbitmq, stream, &filter)?,
+        None => sink(raw.rabbitmq, &filter)?,
+    };
     let service = service(raw.service, raw.http)?;
     Ok(Settings {
         source,
@@ -163,10 +166,11 @@ fn source(raw: RawPostgres) -> Result<SourceSettings, ConfigError> {
 }
 
 fn sink(raw: RawRabbitmq, filter: &FilterSettings) -> Result<SinkSettings, ConfigError> {
-    let url = raw.url.ok_or_else(|| {
+    let url = raw.url.clone().ok_or_else(|| {
         ConfigError::new(
             "rabbitmq.url",
-            "missing (set it in the file or in AMQP_URL)".into(),
+            "missing (set it in the file or in AMQP_URL; or set [stream] url for RabbitMQ Streams)"
+                .into(),
         )
     })?;
     let url = crate::sink::AmqpUrl::parse(url.expose()).map_err(|e| {
@@ -175,13 +179,27 @@ fn sink(raw: RawRabbitmq, filter: &FilterSettings) -> Result<SinkSettings, Confi
             format!("{e} (expected amqp://user:password@host:5672/vhost or amqps://…)"),
         )
     })?;
-    let exchange = raw.exchange.unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
+    let exchange = raw
+        .exchange
+        .clone()
+        .unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
     if exchange.len() > 255 {
         return Err(ConfigError::new(
             "rabbitmq.exchange",
             "longer than 255 bytes".into(),
         ));
     }
+    sink_with(raw, url, exchange, DEFAULT_MAX_MESSAGE_BYTES, filter)
+}
+
+/// The settings both sinks share, once the destination is known.
+pub(super) fn sink_with(
+    raw: RawRabbitmq,
+    url: crate::sink::AmqpUrl,
+    exchange: String,
+    default_max_message_bytes: usize,
+    filter: &FilterSettings,
+) -> Result<SinkSettings, ConfigError> {
     let template = raw
         .routing_key
         .unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_owned());
@@ -215,7 +233,7 @@ fn sink(raw: RawRabbitmq, filter: &FilterSettings) -> Result<SinkSettings, Confi
             "must be between 1 and 100000".into(),
         ));
     }
-    let max_message_bytes = raw.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let max_message_bytes = raw.max_message_bytes.unwrap_or(default_max_message_bytes);
     if max_message_bytes < 1024 {
         return Err(ConfigError::new(
             "rabbitmq.max_message_bytes",
@@ -247,6 +265,7 @@ fn sink(raw: RawRabbitmq, filter: &FilterSettings) -> Result<SinkSettings, Confi
         publish_messages: raw.publish_messages.unwrap_or(false),
         batch: batch_limits(raw.batch_max_events, raw.batch_max_bytes, max_message_bytes)?,
         management_url: raw.management_url,
+        stream: None,
     })
 }
 

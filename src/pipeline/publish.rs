@@ -31,7 +31,7 @@ use crate::health::{Health, now_ms};
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, OpTable};
 use crate::sink::confirms::{ConfirmWindow, Settled};
-use crate::sink::{Answer, BatchLimits, Publisher, Signal, SinkError};
+use crate::sink::{Answer, BatchLimits, Outlet, Signal, SinkError};
 
 /// What we remember about a message until its confirm arrives.
 struct InFlight {
@@ -57,7 +57,7 @@ struct Batch {
 
 /// Settings of the publish loop.
 pub struct PublishLoop {
-    pub publisher: Publisher,
+    pub publisher: Outlet,
     pub rx: mpsc::Receiver<Outbound>,
     pub acked: watch::Sender<Lsn>,
     pub tracker: AckTracker,
@@ -71,12 +71,14 @@ pub struct PublishLoop {
     pub hold_warning: Duration,
     /// The management API, to name the alarm that holds publishing (best effort).
     pub alarms: Option<Arc<crate::sink::management::Api>>,
+    /// Why the broker refused the last refused message (the stream sink's status code).
+    pub refusal: Option<String>,
 }
 
 impl PublishLoop {
     /// Runs until the replication task closes the channel and every message is confirmed, or
     /// until the first failure.
-    pub async fn run(mut self) -> Result<Publisher, RunError> {
+    pub async fn run(mut self) -> Result<Outlet, RunError> {
         let mut window: ConfirmWindow<InFlight> = ConfirmWindow::new(self.max_in_flight);
         let mut input_open = true;
         let mut last_progress = Instant::now();
@@ -118,6 +120,7 @@ impl PublishLoop {
                                     && f.routing_key == ev.routing_key
                                     && batch.events.len() < self.batch.max_events
                                     && batch.bytes + ev.body.len() < self.batch.max_bytes
+                                    && self.publisher.same_producer(f, &ev)
                             });
                             if !fits {
                                 self.flush(&mut window, &mut batch, &mut last_progress).await?;
@@ -174,6 +177,10 @@ impl PublishLoop {
         match answer {
             Signal::Ack { tag, multiple } => window.ack(tag, multiple).map_err(protocol)?,
             Signal::Nack { tag, multiple } => window.nack(tag, multiple).map_err(protocol)?,
+            Signal::Refused { tag, reason } => {
+                self.refusal = Some(reason);
+                window.nack(tag, false).map_err(protocol)?
+            }
             Signal::Returned {
                 message_id,
                 exchange,
@@ -210,7 +217,7 @@ impl PublishLoop {
                         exchange: done
                             .exchange
                             .as_deref()
-                            .unwrap_or(self.publisher.exchange())
+                            .unwrap_or(self.publisher.destination())
                             .to_owned(),
                         routing_key: done.routing_key,
                     }
@@ -222,6 +229,9 @@ impl PublishLoop {
                     return Err(SinkError::Nacked {
                         id: done.id,
                         routing_key: done.routing_key,
+                        why: self.refusal.take().unwrap_or_else(|| {
+                            "nacked (queue full with reject-publish, or a queue error)".to_owned()
+                        }),
                     }
                     .into());
                 }
@@ -240,7 +250,10 @@ impl PublishLoop {
         ev: Event,
         count: usize,
         last_progress: &mut Instant,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), RunError> {
+        if self.publisher.switches(&ev) {
+            self.settle_all(window, last_progress).await?;
+        }
         let mut ev = ev;
         let body = std::mem::take(&mut ev.body);
         let bytes = body.len();
@@ -283,6 +296,29 @@ impl PublishLoop {
         Ok(())
     }
 
+    /// Waits until every message published is settled (the stream sink, before it publishes
+    /// through another producer: order across connections). Bounded by the stall timeout.
+    async fn settle_all(
+        &mut self,
+        window: &mut ConfirmWindow<InFlight>,
+        last_progress: &mut Instant,
+    ) -> Result<(), RunError> {
+        while !window.is_empty() {
+            let stall_at = *last_progress + self.confirm_timeout;
+            match tokio::time::timeout_at(stall_at, self.publisher.answer()).await {
+                Ok(answer) => self.settle(answer, window, last_progress)?,
+                Err(_) => {
+                    return Err(SinkError::Stalled {
+                        waited: self.confirm_timeout,
+                        in_flight: window.len(),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the pending batch: one event as itself, several as a JSON array in one message
     /// whose id is `<first id>+<count>`.
     async fn flush(
@@ -290,7 +326,7 @@ impl PublishLoop {
         window: &mut ConfirmWindow<InFlight>,
         batch: &mut Batch,
         last_progress: &mut Instant,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), RunError> {
         let events = std::mem::take(&mut batch.events);
         batch.bytes = 0;
         let count = events.len();

@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::error::{RunError, error_chain};
 use crate::lsn::Lsn;
 use crate::position_file::PositionFile;
-use crate::sink::{Publisher, SinkError};
+use crate::sink::{Outlet, SinkError};
 use crate::source::catalog::Catalog;
 use crate::source::stream::ReplicationStream;
 use crate::source::{Connection, publication, setup};
@@ -87,7 +87,7 @@ pub(super) async fn run(
 
 /// Both sides connected and set up; nothing streams yet.
 struct Prepared {
-    publisher: Publisher,
+    publisher: Outlet,
     broker_watch: AbortOnDrop,
     start: Lsn,
     types: TypeRegistry,
@@ -98,7 +98,7 @@ struct Prepared {
 /// A streaming session: the replication task's state and the publisher task.
 struct Running {
     replicator: Replicator,
-    publisher_task: tokio::task::JoinHandle<Result<Publisher, RunError>>,
+    publisher_task: tokio::task::JoinHandle<Result<Outlet, RunError>>,
     acked: watch::Receiver<Lsn>,
     _broker_watch: AbortOnDrop,
     /// The backfill worker: it ends with the session (its unconfirmed chunk is read again).
@@ -113,21 +113,30 @@ async fn prepare(
     let (source, sink) = (&settings.source, &settings.sink);
     // Bounded: a broker that accepts TCP but never finishes the handshake (or a half-open
     // socket) would otherwise hold the session forever, with no retry and no error.
-    let publisher = tokio::time::timeout(sink.confirm_timeout, Publisher::connect(sink))
+    let mut publisher = tokio::time::timeout(sink.confirm_timeout, Outlet::connect(sink))
         .await
         .map_err(|_| SinkError::ConnectTimeout {
             waited: sink.confirm_timeout,
         })??;
     // A standby retries every few seconds: say it once, not at every attempt.
-    if obs.is_standby() {
-        debug!(exchange = %sink.exchange, "connected to RabbitMQ");
-    } else {
-        info!(exchange = %sink.exchange, "connected to RabbitMQ");
+    match (obs.is_standby(), publisher.kind()) {
+        (true, _) => debug!(destination = %sink.exchange, "connected to RabbitMQ"),
+        (false, "stream") => info!(stream = %sink.exchange, "connected to RabbitMQ Streams"),
+        (false, _) => info!(exchange = %sink.exchange, "connected to RabbitMQ"),
     }
     crate::health::Health::set(&obs.health.broker_connected, true);
     let broker_watch = AbortOnDrop(tokio::spawn(watch_broker(publisher.state(), obs.clone())));
     let mut conn = Connection::connect(&source.conn, true).await?;
-    let (database, _) = setup::identify_system(&mut conn).await?;
+    let system = setup::identify_system(&mut conn).await?;
+    let database = system.database.clone();
+    publisher.set_origin(
+        crate::stream::publishing_id::Origin {
+            slot: source.slot.clone(),
+            system_id: system.system_id,
+            timeline: system.timeline,
+        },
+        Arc::clone(&obs.metrics),
+    );
     publication::ensure_publication(&mut conn, &source.publication, &settings.filter).await?;
     publication::check_rules(
         &mut conn,
@@ -244,6 +253,7 @@ async fn launch(
             hold_warning: (sink.confirm_timeout / 10)
                 .clamp(Duration::from_secs(1), Duration::from_secs(5)),
             alarms: sink.management_api().map(Arc::new),
+            refusal: None,
         }
         .run(),
     );
@@ -420,11 +430,11 @@ async fn watch_broker(mut state: watch::Receiver<crate::sink::BrokerState>, obs:
 async fn drain(
     stream: &mut ReplicationStream,
     reporter: &mut Reporter,
-    mut publisher_task: tokio::task::JoinHandle<Result<Publisher, RunError>>,
+    mut publisher_task: tokio::task::JoinHandle<Result<Outlet, RunError>>,
     acked: &watch::Receiver<Lsn>,
     received: Lsn,
     settings: &Settings,
-) -> Result<Option<Publisher>, RunError> {
+) -> Result<Option<Outlet>, RunError> {
     let timeout = settings.service.shutdown_timeout;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);

@@ -44,6 +44,11 @@ pub enum Signal {
         tag: u64,
         multiple: bool,
     },
+    /// The stream sink: a confirm with an error status (or the client failing the message).
+    Refused {
+        tag: u64,
+        reason: String,
+    },
     /// A `mandatory` message no queue was bound for (always followed by its ack).
     Returned {
         message_id: Option<String>,

@@ -14,10 +14,12 @@ use crate::secret::Secret;
 pub mod confirms;
 pub mod link;
 pub mod management;
+pub mod outlet;
 pub mod publisher;
 pub mod url;
 
 pub use link::{AmqpError, BrokerState, Link, Signal};
+pub use outlet::Outlet;
 pub use publisher::{Answer, Publisher};
 pub use url::AmqpUrl;
 
@@ -49,10 +51,12 @@ pub enum SinkError {
         exchange: String,
         routing_key: String,
     },
-    #[error(
-        "message {id} (routing key {routing_key:?}) was nacked by the broker (queue full with reject-publish, or a queue error)"
-    )]
-    Nacked { id: String, routing_key: String },
+    #[error("message {id} (routing key {routing_key:?}) was refused by the broker: {why}")]
+    Nacked {
+        id: String,
+        routing_key: String,
+        why: String,
+    },
     #[error(
         "no broker confirm for {waited:?} with {in_flight} messages in flight (broker blocked or unreachable)"
     )]
@@ -94,6 +98,8 @@ pub struct SinkSettings {
     pub batch: BatchLimits,
     /// RabbitMQ's management API, for `walrelay doctor` (bindings and queue types).
     pub management_url: Option<Secret>,
+    /// `[stream]`: publish to RabbitMQ Streams instead (`exchange` is then the stream).
+    pub stream: Option<crate::stream::StreamSettings>,
 }
 
 impl SinkSettings {

@@ -35,13 +35,19 @@ pub struct AmqpUrl {
 pub enum UrlError {
     #[error("not a URL")]
     NotAUrl,
-    #[error("scheme {0:?} is not amqp or amqps")]
-    Scheme(String),
+    #[error("scheme {found:?} is not {plain} or {tls}")]
+    Scheme {
+        found: String,
+        plain: &'static str,
+        tls: &'static str,
+    },
     #[error("no host")]
     NoHost,
     #[error("query parameter heartbeat: {0:?} is not a number of seconds from 2 to 65535")]
     Heartbeat(String),
-    #[error("query parameter cacertfile is only meaningful with amqps://")]
+    #[error(
+        "query parameter cacertfile is only meaningful with TLS (amqps://, rabbitmq-stream+tls://)"
+    )]
     CaWithoutTls,
     #[error(
         "query parameter {0:?} is not supported (supported: heartbeat, cacertfile; connecting is bounded by rabbitmq.confirm_timeout_ms)"
@@ -49,13 +55,50 @@ pub enum UrlError {
     UnknownParameter(String),
 }
 
+/// The schemes of one protocol: plain, TLS, and their default ports.
+struct Schemes {
+    plain: &'static str,
+    tls: &'static str,
+    ports: (u16, u16),
+}
+
+const AMQP: Schemes = Schemes {
+    plain: "amqp",
+    tls: "amqps",
+    ports: (5672, 5671),
+};
+
+/// RabbitMQ's stream protocol (`[stream] url`), as its clients spell it.
+const STREAM: Schemes = Schemes {
+    plain: "rabbitmq-stream",
+    tls: "rabbitmq-stream+tls",
+    ports: (5552, 5551),
+};
+
 impl AmqpUrl {
+    /// An `amqp://` or `amqps://` URL (`rabbitmq.url`).
     pub fn parse(s: &str) -> Result<AmqpUrl, UrlError> {
+        Self::parse_with(s, &AMQP)
+    }
+
+    /// A `rabbitmq-stream://` or `rabbitmq-stream+tls://` URL (`stream.url`): the same
+    /// parts, default ports 5552 and 5551.
+    pub fn parse_stream(s: &str) -> Result<AmqpUrl, UrlError> {
+        Self::parse_with(s, &STREAM)
+    }
+
+    fn parse_with(s: &str, schemes: &Schemes) -> Result<AmqpUrl, UrlError> {
         let url = url::Url::parse(s).map_err(|_| UrlError::NotAUrl)?;
         let tls = match url.scheme() {
-            "amqp" => false,
-            "amqps" => true,
-            other => return Err(UrlError::Scheme(other.to_owned())),
+            p if p == schemes.plain => false,
+            t if t == schemes.tls => true,
+            other => {
+                return Err(UrlError::Scheme {
+                    found: other.to_owned(),
+                    plain: schemes.plain,
+                    tls: schemes.tls,
+                });
+            }
         };
         let host = url
             .host_str()
@@ -79,7 +122,11 @@ impl AmqpUrl {
         let mut parsed = AmqpUrl {
             tls,
             host,
-            port: url.port().unwrap_or(if tls { 5671 } else { 5672 }),
+            port: url.port().unwrap_or(if tls {
+                schemes.ports.1
+            } else {
+                schemes.ports.0
+            }),
             user,
             password,
             vhost,
@@ -158,9 +205,11 @@ mod tests {
     fn refuses_what_it_cannot_honour() {
         assert_eq!(AmqpUrl::parse("rabbit").unwrap_err(), UrlError::NotAUrl);
         assert_eq!(
-            AmqpUrl::parse("http://h").unwrap_err(),
-            UrlError::Scheme("http".into())
+            AmqpUrl::parse("http://h").unwrap_err().to_string(),
+            "scheme \"http\" is not amqp or amqps"
         );
+        assert!(AmqpUrl::parse("rabbitmq-stream://h").is_err());
+        assert!(AmqpUrl::parse_stream("amqp://h").is_err());
         assert_eq!(
             AmqpUrl::parse("amqp://h?heartbeat=0").unwrap_err(),
             UrlError::Heartbeat("0".into())
@@ -176,6 +225,21 @@ mod tests {
         assert_eq!(
             AmqpUrl::parse("amqp://h?frame_max=4096").unwrap_err(),
             UrlError::UnknownParameter("frame_max".into())
+        );
+    }
+
+    #[test]
+    fn stream_urls_have_their_own_schemes_and_ports() {
+        let u = AmqpUrl::parse_stream("rabbitmq-stream://me:pw@h/v").unwrap();
+        assert_eq!(
+            (u.tls, u.port, u.user.as_str(), u.vhost.as_str()),
+            (false, 5552, "me", "v")
+        );
+        let u = AmqpUrl::parse_stream("rabbitmq-stream+tls://h?cacertfile=/ca.pem").unwrap();
+        assert_eq!((u.tls, u.port, u.vhost.as_str()), (true, 5551, "/"));
+        assert_eq!(
+            AmqpUrl::parse_stream("rabbitmq-stream://h?cacertfile=/x").unwrap_err(),
+            UrlError::CaWithoutTls
         );
     }
 

@@ -50,7 +50,7 @@ pub struct SlotState {
 
 /// `IDENTIFY_SYSTEM`: proves this is a replication connection; returns the database name
 /// (column 4 of systemid, timeline, xlogpos, dbname) and the server's WAL position.
-pub async fn identify_system(conn: &mut Connection) -> Result<(String, Lsn), SourceError> {
+pub async fn identify_system(conn: &mut Connection) -> Result<SystemIdentity, SourceError> {
     let rows = conn.simple_query("IDENTIFY_SYSTEM").await?;
     let row = rows
         .first()
@@ -59,7 +59,26 @@ pub async fn identify_system(conn: &mut Connection) -> Result<(String, Lsn), Sou
     let xlogpos = get(2)
         .parse::<Lsn>()
         .map_err(|e| SourceError::Protocol(e.to_string()))?;
-    Ok((get(3), xlogpos))
+    let timeline = get(1)
+        .parse::<u32>()
+        .map_err(|_| SourceError::Protocol("IDENTIFY_SYSTEM: timeline is not a number".into()))?;
+    Ok(SystemIdentity {
+        system_id: get(0),
+        timeline,
+        xlogpos,
+        database: get(3),
+    })
+}
+
+/// `IDENTIFY_SYSTEM`'s answer.
+#[derive(Clone, Debug)]
+pub struct SystemIdentity {
+    /// Differs between servers (initdb), kept by physical replicas and restores.
+    pub system_id: String,
+    /// Starts anew at a promotion or point-in-time restore.
+    pub timeline: u32,
+    pub xlogpos: Lsn,
+    pub database: String,
 }
 
 /// Finds the slot, creating it when missing. `known` is the position this process last

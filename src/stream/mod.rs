@@ -1,4 +1,32 @@
-//! RabbitMQ Streams (issue 16, in progress): what the stream sink needs that does not depend on
-//! the broker. So far: publishing ids and producer names for broker-side deduplication.
+//! RabbitMQ Streams: the stream sink (`[stream]` in the config). Events go to a stream over
+//! the stream protocol with the same body, the same LSN contract and the same publish loop as
+//! the AMQP sink; named producers with publishing ids derived from the change's place in the
+//! slot ([`publishing_id`]) let the broker drop replays, so consumers see each change once.
 
+pub mod metrics;
+pub mod publisher;
 pub mod publishing_id;
+
+use std::time::Duration;
+
+use crate::sink::AmqpUrl;
+
+pub use publisher::StreamPublisher;
+
+/// RabbitMQ's default stream `frame_max` is 1 MiB; a message and its frame must fit in it.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// `[stream]`: where the stream sink publishes. The stream's name is the sink's exchange
+/// (`SinkSettings::exchange`), so table rules and the flood reroute name other streams.
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    /// `rabbitmq-stream://` or `rabbitmq-stream+tls://`.
+    pub url: AmqpUrl,
+    /// Create missing streams at start (else a missing stream is an error).
+    pub create: bool,
+    /// Retention of streams walrelay creates: `max-length-bytes`, `max-age`.
+    pub max_length_bytes: Option<u64>,
+    pub max_age: Option<Duration>,
+    /// `stream-max-segment-size-bytes` of streams walrelay creates.
+    pub max_segment_bytes: Option<u64>,
+}

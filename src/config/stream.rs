@@ -1,0 +1,83 @@
+//! `[stream]`: the stream sink's settings. With this section walrelay publishes to RabbitMQ
+//! Streams instead of an exchange; `[rabbitmq]` keeps the settings both sinks share (routing
+//! key template, in-flight window, message size, confirm timeout, batching).
+
+use super::validate::sink_with;
+use super::{ConfigError, DEFAULT_EXCHANGE, RawRabbitmq, RawStream};
+use crate::filter::FilterSettings;
+use crate::sink::SinkSettings;
+use crate::stream::StreamSettings;
+
+pub(super) fn sink(
+    rabbitmq: RawRabbitmq,
+    raw: RawStream,
+    filter: &FilterSettings,
+) -> Result<SinkSettings, ConfigError> {
+    if rabbitmq.url.is_some() {
+        return Err(ConfigError::new(
+            "rabbitmq.url",
+            "set together with [stream]: walrelay publishes to one sink (unset rabbitmq.url and AMQP_URL, or remove [stream])"
+                .into(),
+        ));
+    }
+    for (key, set) in [
+        ("rabbitmq.exchange", rabbitmq.exchange.is_some()),
+        (
+            "rabbitmq.declare_exchange",
+            rabbitmq.declare_exchange.is_some(),
+        ),
+    ] {
+        if set {
+            return Err(ConfigError::new(
+                key,
+                "applies to the AMQP sink only; with [stream], stream.stream names the stream"
+                    .into(),
+            ));
+        }
+    }
+    let url = raw
+        .url
+        .ok_or_else(|| ConfigError::new("stream.url", "missing".into()))?;
+    let url = crate::sink::AmqpUrl::parse_stream(url.expose()).map_err(|e| {
+        ConfigError::new(
+            "stream.url",
+            format!("{e} (expected rabbitmq-stream://user:password@host:5552/vhost)"),
+        )
+    })?;
+    if url.tls && url.ca_file.is_none() {
+        return Err(ConfigError::new(
+            "stream.url",
+            "rabbitmq-stream+tls:// needs ?cacertfile=<PEM bundle>: the stream client cannot check a certificate against the system's roots, and walrelay never connects unchecked"
+                .into(),
+        ));
+    }
+    let stream = raw.stream.unwrap_or_else(|| DEFAULT_EXCHANGE.to_owned());
+    if stream.is_empty() || stream.len() > 255 {
+        return Err(ConfigError::new(
+            "stream.stream",
+            "must be 1 to 255 bytes".into(),
+        ));
+    }
+    let positive = |key: &str, v: Option<u64>| match v {
+        Some(0) => Err(ConfigError::new(key, "must be greater than 0".into())),
+        v => Ok(v),
+    };
+    let settings = StreamSettings {
+        url: url.clone(),
+        create: raw.create.unwrap_or(true),
+        max_length_bytes: positive("stream.max_length_bytes", raw.max_length_bytes)?,
+        max_age: positive("stream.max_age_secs", raw.max_age_secs)?
+            .map(std::time::Duration::from_secs),
+        max_segment_bytes: positive("stream.max_segment_bytes", raw.max_segment_bytes)?,
+    };
+    let mut sink = sink_with(
+        rabbitmq,
+        url,
+        stream,
+        crate::stream::DEFAULT_MAX_MESSAGE_BYTES,
+        filter,
+    )?;
+    sink.declare_exchange = false;
+    sink.stream = Some(settings);
+    Ok(sink)
+}

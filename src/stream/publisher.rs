@@ -1,0 +1,466 @@
+//! `StreamPublisher`: publishes events to RabbitMQ Streams over the stream protocol, one
+//! producer per (stream, deduplication sequence), and turns every publish confirm into a
+//! [`Signal`] for the publish loop, which settles them in publish order exactly as it settles
+//! AMQP confirms (`sink::confirms::ConfirmWindow`).
+//!
+//! Delivery tags: the AMQP channel numbers publishes 1, 2, 3…; this publisher does the same
+//! over all its producers, so the window, the ack tracker and the LSN contract are shared
+//! code. A confirm with an error status is `Signal::Refused` (the session ends, nothing after
+//! it counts). A closed connection is `Signal::Lost`.
+//!
+//! Which producer: row changes, truncates and logical messages carry `<commit LSN>:<index>`
+//! and go to the named producer of their [`Sequence`] with their publishing id, so the broker
+//! drops a replay. Events walrelay derives (backfill reads, bulk summaries, control events)
+//! have no place in that order and go to an unnamed producer: never dropped, possibly repeated
+//! after a crash (their ids are stable for consumers to de-duplicate).
+//!
+//! Order across producers: each producer has a connection of its own, so messages of two
+//! producers can reach the stream in either order. The publish loop therefore lets a message
+//! go to another producer than the previous one only when every earlier message is confirmed
+//! ([`StreamPublisher::switches`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rabbitmq_stream_client::types::{ByteCapacity, Message, ResponseCode};
+use rabbitmq_stream_client::{
+    Client, ClientOptions, ConfirmationStatus, Dedup, Environment, NoDedup, OnClosed, Producer,
+    TlsConfiguration,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info};
+
+use super::StreamSettings;
+use super::publishing_id::{Origin, Sequence, producer_name, publishing_id};
+use crate::event::{Event, Op};
+use crate::sink::{BrokerState, Signal, SinkError};
+
+/// Messages the client's writer task packs into one publish frame at most.
+const FRAME_BATCH: usize = 256;
+
+/// Which producer a message goes to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProducerKey {
+    pub stream: Arc<str>,
+    /// `None`: the unnamed producer (no deduplication).
+    pub sequence: Option<Sequence>,
+}
+
+enum Handle {
+    Named(Producer<Dedup>),
+    Unnamed(Producer<NoDedup>),
+}
+
+/// The publishing side of one session on the stream protocol.
+pub struct StreamPublisher {
+    env: Environment,
+    /// For queries that are not publishing: the last stored id of a producer name.
+    admin: Client,
+    origin: Option<Origin>,
+    producers: HashMap<ProducerKey, (Handle, u64)>,
+    /// The producer of the last message published.
+    last: Option<ProducerKey>,
+    next_tag: u64,
+    signals_tx: mpsc::UnboundedSender<Signal>,
+    signals: mpsc::UnboundedReceiver<Signal>,
+    state: Arc<watch::Sender<BrokerState>>,
+    stream: Arc<str>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// Errors of the stream side, named for the log.
+fn failed(context: &'static str, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Amqp {
+        context,
+        source: crate::sink::AmqpError::new(format!("(stream protocol) {e}")),
+    }
+}
+
+impl StreamPublisher {
+    /// Connects (the environment checks the credentials) and creates the streams that do not
+    /// exist when `create` is on, with the configured retention.
+    pub async fn connect(
+        settings: &crate::sink::SinkSettings,
+        stream: &StreamSettings,
+    ) -> Result<StreamPublisher, SinkError> {
+        let url = &stream.url;
+        let mut builder = Environment::builder()
+            .host(&url.host)
+            .port(url.port)
+            .username(&url.user)
+            .password(url.password.expose())
+            .virtual_host(&url.vhost)
+            .heartbeat(u32::from(url.heartbeat_secs))
+            .client_provided_name("walrelay");
+        let mut options = ClientOptions::builder()
+            .host(&url.host)
+            .port(url.port)
+            .user(&url.user)
+            .password(url.password.expose())
+            .v_host(&url.vhost)
+            .client_provided_name("walrelay-admin".to_owned());
+        if url.tls {
+            // Never without checking the certificate: the client library trusts any server
+            // when no root certificates are given, so validation requires `cacertfile`.
+            let Some(ca) = &url.ca_file else {
+                return Err(failed(
+                    "TLS",
+                    "rabbitmq-stream+tls:// needs ?cacertfile=<PEM bundle>",
+                ));
+            };
+            let tls = TlsConfiguration::builder()
+                .add_root_certificates(ca.clone())
+                .build()
+                .map_err(|e| failed("TLS", e))?;
+            builder = builder.tls(tls.clone());
+            options = options.tls(tls);
+        }
+        let env = builder.build().await.map_err(|e| failed("connecting", e))?;
+        let admin = Client::connect(options.build())
+            .await
+            .map_err(|e| failed("connecting", e))?;
+        let publisher = Self::with(env, admin, settings);
+        let names = std::iter::once(&settings.exchange).chain(&settings.extra_exchanges);
+        for name in names {
+            publisher.ensure_stream(name, stream).await?;
+        }
+        Ok(publisher)
+    }
+
+    fn with(env: Environment, admin: Client, settings: &crate::sink::SinkSettings) -> Self {
+        let (signals_tx, signals) = mpsc::unbounded_channel();
+        let (state, _) = watch::channel(BrokerState {
+            open: true,
+            blocked: false,
+        });
+        StreamPublisher {
+            env,
+            admin,
+            origin: None,
+            producers: HashMap::new(),
+            last: None,
+            next_tag: 1,
+            signals_tx,
+            signals,
+            state: Arc::new(state),
+            stream: Arc::from(settings.exchange.as_str()),
+            metrics: None,
+        }
+    }
+
+    /// Creates `name` when missing (and `create` is on); an existing stream keeps its own
+    /// retention, which `walrelay doctor` reports.
+    async fn ensure_stream(&self, name: &str, s: &StreamSettings) -> Result<(), SinkError> {
+        if !s.create {
+            let exists = self
+                .admin
+                .metadata(vec![name.to_owned()])
+                .await
+                .map_err(|e| failed("reading stream metadata", e))?
+                .get(name)
+                .is_some_and(|m| m.response_code == ResponseCode::Ok);
+            if exists {
+                return Ok(());
+            }
+            return Err(failed(
+                "checking the stream",
+                format!("stream {name:?} does not exist and stream.create is off"),
+            ));
+        }
+        let mut creator = self.env.stream_creator();
+        if let Some(bytes) = s.max_length_bytes {
+            creator = creator.max_length(ByteCapacity::B(bytes));
+        }
+        if let Some(age) = s.max_age {
+            creator = creator.max_age(age);
+        }
+        if let Some(bytes) = s.max_segment_bytes {
+            creator = creator.max_segment_size(ByteCapacity::B(bytes));
+        }
+        match creator.create(name).await {
+            Ok(()) => {
+                info!(stream = name, "created the stream");
+                Ok(())
+            }
+            Err(rabbitmq_stream_client::error::StreamCreateError::Create {
+                status: ResponseCode::StreamAlreadyExists,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(failed("creating the stream", e)),
+        }
+    }
+
+    /// Who publishes (slot, system id, timeline): part of every producer name. Set once the
+    /// replication connection has identified the server, before the first publish.
+    pub fn set_origin(&mut self, origin: Origin, metrics: Arc<crate::metrics::Metrics>) {
+        self.origin = Some(origin);
+        self.metrics = Some(metrics);
+    }
+
+    /// The default stream's name.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The producer (and publishing id) of `event`.
+    pub fn route(&self, event: &Event) -> (ProducerKey, Option<u64>) {
+        let stream = event
+            .exchange
+            .clone()
+            .unwrap_or_else(|| Arc::clone(&self.stream));
+        match change_index(event) {
+            Some(index) => {
+                let pid = publishing_id(event.commit_lsn, index);
+                let key = ProducerKey {
+                    stream,
+                    sequence: Some(pid.sequence),
+                };
+                (key, Some(pid.id))
+            }
+            None => (
+                ProducerKey {
+                    stream,
+                    sequence: None,
+                },
+                None,
+            ),
+        }
+    }
+
+    /// True when `event` goes to another producer than the previous message: it may be sent
+    /// only once everything before it is confirmed (order across connections).
+    pub fn switches(&self, event: &Event) -> bool {
+        self.last
+            .as_ref()
+            .is_some_and(|last| *last != self.route(event).0)
+    }
+
+    /// Publishes a message of `count` events; its confirm arrives as a signal with the next
+    /// delivery tag.
+    pub async fn publish_message(
+        &mut self,
+        event: &Event,
+        body: Vec<u8>,
+        count: usize,
+    ) -> Result<(), SinkError> {
+        let (key, id) = self.route(event);
+        if !self.producers.contains_key(&key) {
+            let handle = self.open_producer(&key).await?;
+            self.producers.insert(key.clone(), handle);
+        }
+        let message = message(event, body, count, id);
+        let tag = self.next_tag;
+        let tx = self.signals_tx.clone();
+        let confirm = move |res: Result<ConfirmationStatus, _>| {
+            let signal = answer(tag, res);
+            async move {
+                let _ = tx.send(signal);
+            }
+        };
+        let (handle, stored) = self.producers.get_mut(&key).expect("inserted above");
+        if let Some(id) = id
+            && id <= *stored
+            && let Some(m) = &self.metrics
+        {
+            m.stream.replays.inc();
+        }
+        match handle {
+            Handle::Named(p) => p.send(message, confirm).await,
+            Handle::Unnamed(p) => p.send(message, confirm).await,
+        }
+        .map_err(|e| failed("publishing", e))?;
+        self.next_tag += 1;
+        self.last = Some(key);
+        Ok(())
+    }
+
+    async fn open_producer(&self, key: &ProducerKey) -> Result<(Handle, u64), SinkError> {
+        let closed = Box::new(Closed {
+            signals: self.signals_tx.clone(),
+            state: Arc::clone(&self.state),
+        });
+        let builder = self
+            .env
+            .producer()
+            .batch_size(FRAME_BATCH)
+            .client_provided_name("walrelay")
+            .on_closed(closed);
+        let Some(sequence) = &key.sequence else {
+            let p = builder
+                .build(&key.stream)
+                .await
+                .map_err(|e| failed("opening a producer", e))?;
+            return Ok((Handle::Unnamed(p), 0));
+        };
+        let origin = self
+            .origin
+            .as_ref()
+            .ok_or_else(|| failed("opening a producer", "the server is not identified yet"))?;
+        let name = producer_name(origin, sequence);
+        let stored = self
+            .admin
+            .query_publisher_sequence(&name, &key.stream)
+            .await
+            .map_err(|e| failed("reading a producer's last publishing id", e))?;
+        let p = builder
+            .name(&name)
+            .build(&key.stream)
+            .await
+            .map_err(|e| failed("opening a producer", e))?;
+        debug!(producer = %name, stream = %key.stream, stored, "opened a deduplicating producer");
+        if let Some(m) = &self.metrics {
+            m.stream.producers.inc();
+        }
+        Ok((Handle::Named(p), stored))
+    }
+
+    /// The next answer of the broker.
+    pub async fn answer(&mut self) -> Signal {
+        self.signals.recv().await.unwrap_or(Signal::Lost)
+    }
+
+    /// A live view of the connection's state (open).
+    pub fn state(&self) -> watch::Receiver<BrokerState> {
+        self.state.subscribe()
+    }
+
+    /// Closes producers and connections (best effort, bounded).
+    pub async fn close(self) {
+        let closing = async {
+            for (_, (handle, _)) in self.producers {
+                let _ = match handle {
+                    Handle::Named(p) => p.close().await,
+                    Handle::Unnamed(p) => p.close().await,
+                };
+            }
+            let _ = self.admin.close().await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), closing).await;
+        if let Some(m) = &self.metrics {
+            m.stream.producers.set(0);
+        }
+    }
+}
+
+/// The index of a change in its transaction (`<commit LSN>:<index>`, or `…+<count>` for a
+/// batch, whose first event's index it is); `None` for events walrelay derives.
+fn change_index(event: &Event) -> Option<u64> {
+    match event.op {
+        Op::Insert | Op::Update | Op::Delete | Op::Truncate | Op::Message => {}
+        Op::Bulk | Op::Read | Op::Control => return None,
+    }
+    let first = event.id.split('+').next()?;
+    let (lsn, index) = first.rsplit_once(':')?;
+    (lsn == event.commit_lsn.to_string())
+        .then(|| index.parse().ok())
+        .flatten()
+}
+
+/// The AMQP 1.0 message: the event body, with properties and application properties that
+/// mirror the AMQP sink's (message id, content type, timestamp, headers, routing key).
+fn message(event: &Event, body: Vec<u8>, count: usize, id: Option<u64>) -> Message {
+    let mut props = Message::builder()
+        .body(body)
+        .properties()
+        .message_id(event.id.clone())
+        .content_type("application/json");
+    if let Some(t) = event.commit_time_us {
+        let ms = crate::event::time::pg_to_unix_us(t).div_euclid(1000);
+        if let Some(at) = chrono::DateTime::from_timestamp_millis(ms) {
+            props = props.creation_time(at);
+        }
+    }
+    let mut app = props
+        .message_builder()
+        .application_properties()
+        .insert("op", event.op.as_str())
+        .insert("schema", event.schema.as_str())
+        .insert("table", event.table.as_str())
+        .insert("commit_lsn", event.commit_lsn.to_string().as_str())
+        .insert("routing_key", event.routing_key.as_str());
+    if count > 1 {
+        app = app.insert("batch", count as i64);
+    }
+    let builder = app.message_builder();
+    match id {
+        Some(id) => builder.publishing_id(id).build(),
+        None => builder.build(),
+    }
+}
+
+/// A confirm (or its failure) as the publish loop's signal.
+fn answer(
+    tag: u64,
+    res: Result<ConfirmationStatus, rabbitmq_stream_client::error::ProducerPublishError>,
+) -> Signal {
+    match res {
+        Ok(s) if s.confirmed() => Signal::Ack {
+            tag,
+            multiple: false,
+        },
+        Ok(s) => Signal::Refused {
+            tag,
+            reason: format!("the stream refused it: {:?}", s.status()),
+        },
+        Err(e) => Signal::Refused {
+            tag,
+            reason: format!("the stream client failed it: {e}"),
+        },
+    }
+}
+
+/// Told by the client when a producer's connection closes: the session ends.
+struct Closed {
+    signals: mpsc::UnboundedSender<Signal>,
+    state: Arc<watch::Sender<BrokerState>>,
+}
+
+#[async_trait::async_trait]
+impl OnClosed for Closed {
+    async fn on_closed(&self, unconfirmed: Vec<Message>) {
+        self.state.send_modify(|s| s.open = false);
+        tracing::warn!(
+            unconfirmed = unconfirmed.len(),
+            "RabbitMQ closed a stream producer's connection; unconfirmed messages are replayed from the slot"
+        );
+        let _ = self.signals.send(Signal::Lost);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lsn::Lsn;
+
+    fn event(op: Op, id: &str, lsn: u64) -> Event {
+        Event {
+            id: id.to_owned(),
+            op,
+            schema: "public".into(),
+            table: "t".into(),
+            commit_lsn: Lsn(lsn),
+            commit_time_us: None,
+            routing_key: "public.t.insert".into(),
+            exchange: None,
+            metric_table: Arc::from("t"),
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn changes_have_an_index_and_derived_events_none() {
+        let lsn = Lsn(0x16B374D48);
+        let id = |rest: &str| format!("{lsn}{rest}");
+        assert_eq!(change_index(&event(Op::Insert, &id(":7"), lsn.0)), Some(7));
+        assert_eq!(
+            change_index(&event(Op::Update, &id(":7+12"), lsn.0)),
+            Some(7)
+        );
+        assert_eq!(change_index(&event(Op::Message, &id(":0"), lsn.0)), Some(0));
+        // A row change whose id is not its own LSN's is not trusted with deduplication.
+        assert_eq!(change_index(&event(Op::Insert, "0/10:7", lsn.0)), None);
+        for op in [Op::Bulk, Op::Read, Op::Control] {
+            assert_eq!(change_index(&event(op, &id(":3"), lsn.0)), None);
+        }
+    }
+}
