@@ -238,6 +238,12 @@ async fn dispatch(command: Command, settings: walrelay::config::Settings) -> Exi
                 count,
                 idle_timeout: idle_timeout_secs.map(std::time::Duration::from_secs),
             };
+            if settings.sink.stream.is_some() {
+                eprintln!(
+                    "walrelay tail: reads an exchange over AMQP; with [stream] it cannot read the stream yet (use a stream consumer, e.g. `rabbitmq-streams` tools, from offset first)"
+                );
+                return ExitCode::FAILURE;
+            }
             match walrelay::tail::run(&settings, &opts, &mut std::io::stdout()).await {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {

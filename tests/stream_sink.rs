@@ -190,8 +190,65 @@ async fn changes_reach_the_stream_in_order_with_their_properties() {
         (slot_confirmed(&client, &slot).await >= end).then_some(())
     })
     .await;
+    // The doctor checks the stream side instead of exchanges; `tail` says it cannot read it.
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .env_remove("AMQP_URL")
+            .env_remove("WALRELAY_TEST_AMQP_URL")
+            .output()
+            .unwrap()
+    };
+    let doctor = run(&["doctor"]);
+    let report = String::from_utf8_lossy(&doctor.stdout).to_string();
+    assert!(
+        report.contains("ok   stream: connected to 127.0.0.1:5553"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("ok   stream: stream {stream:?} exists")),
+        "{report}"
+    );
+    assert!(
+        !report.contains("rabbitmq:"),
+        "no AMQP checks with [stream]: {report}"
+    );
+    let tail = run(&["tail", "--count", "1"]);
+    assert!(!tail.status.success());
+    assert!(String::from_utf8_lossy(&tail.stderr).contains("cannot read the stream"));
     let _ = env.delete_stream(&stream).await;
     drop(relay);
+}
+
+#[test]
+fn a_stream_config_refuses_the_amqp_only_keys_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stream_config(
+        dir.path(),
+        "postgresql://u@127.0.0.1:1/db",
+        "s",
+        "st",
+        &["public.a"],
+    );
+    let check = |extra: &str, key: &str| {
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text = text.replace("[rabbitmq]\n", &format!("[rabbitmq]\n{extra}\n"));
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env_remove("AMQP_URL")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{extra}: accepted");
+        assert!(err.contains(&format!("config key {key}")), "{extra}: {err}");
+    };
+    check("url = \"amqp://h\"", "rabbitmq.url");
+    check("exchange = \"x\"", "rabbitmq.exchange");
 }
 
 /// Reads the stream into checker deliveries (the changes of t0–t2) until `stop`.

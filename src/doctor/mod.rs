@@ -6,9 +6,11 @@
 //!   the publication and each table's replica identity.
 //! - [`rabbitmq`]: credentials, exchanges, bindings for every routing key the config can
 //!   produce, queue durability and type (through the management API).
+//! - [`stream`]: with `[stream]`, the stream port and each stream instead.
 
 mod postgres;
 mod rabbitmq;
+mod stream;
 mod tables;
 pub mod topic;
 
@@ -65,7 +67,10 @@ pub struct Streamed {
 pub async fn run(settings: &Settings) -> Vec<Finding> {
     let mut findings = Vec::new();
     let tables = postgres::check(settings, &mut findings).await;
-    rabbitmq::check(settings, &tables, &mut findings).await;
+    match &settings.sink.stream {
+        Some(stream_settings) => stream::check(settings, stream_settings, &mut findings).await,
+        None => rabbitmq::check(settings, &tables, &mut findings).await,
+    }
     findings
 }
 
