@@ -230,7 +230,7 @@ impl PublishLoop {
                         id: done.id,
                         routing_key: done.routing_key,
                         why: self.refusal.take().unwrap_or_else(|| {
-                            "nacked (queue full with reject-publish, or a queue error)".to_owned()
+                            "nacked by the broker (queue full with reject-publish, or a queue error)".to_owned()
                         }),
                     }
                     .into());

@@ -51,7 +51,7 @@ pub enum SinkError {
         exchange: String,
         routing_key: String,
     },
-    #[error("message {id} (routing key {routing_key:?}) was refused by the broker: {why}")]
+    #[error("message {id} (routing key {routing_key:?}) was {why}")]
     Nacked {
         id: String,
         routing_key: String,

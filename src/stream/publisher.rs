@@ -400,11 +400,11 @@ fn answer(
         },
         Ok(s) => Signal::Refused {
             tag,
-            reason: format!("the stream refused it: {:?}", s.status()),
+            reason: format!("refused by the stream: {:?}", s.status()),
         },
         Err(e) => Signal::Refused {
             tag,
-            reason: format!("the stream client failed it: {e}"),
+            reason: format!("failed by the stream client: {e}"),
         },
     }
 }
