@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::checker::{self, Delivery, History, Monitor, SCHEMA};
+use common::checker::{self, Delivery, History, Monitor};
 use common::*;
 use futures_util::StreamExt;
 use rabbitmq_stream_client::Environment;
@@ -282,35 +282,26 @@ async fn consume_changes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
-    let pg = PgCluster::start();
-    let db = unique("app");
-    let client = pg.create_db(&db).await;
-    client.batch_execute(SCHEMA).await.unwrap();
-    let other = unique("other");
-    pg.create_db(&other)
-        .await
-        .batch_execute("CREATE TABLE noise ()")
-        .await
-        .unwrap();
-    let (slot, stream) = (unique("slot"), unique("st"));
-    let dir = tempfile::tempdir().unwrap();
+    // The chaos bed's cluster, schema and second database (its AMQP queue goes unused).
+    let bed = common::bed::Bed::new(&[]).await;
+    let (client, slot, stream) = (&bed.client, bed.slot.clone(), unique("st"));
     let cfg = stream_config(
-        dir.path(),
-        &pg.url(&db),
+        bed.dir.path(),
+        &bed.url,
         &slot,
         &stream,
         &["public.t0", "public.t1", "public.t2"],
     );
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
-    let monitor = Monitor::start(pg.url(&db), slot.clone());
+    let monitor = Monitor::start(bed.url.clone(), slot.clone());
     let (stop, history) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(Mutex::new(History::default())),
     );
     let writers = tokio::spawn(checker::workload(
-        pg.url(&db),
-        pg.url(&other),
+        bed.url.clone(),
+        bed.other_url.clone(),
         4,
         Arc::clone(&stop),
         Arc::clone(&history),
@@ -343,9 +334,9 @@ async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
     replays += replays_of(&relay).await;
     stop.store(true, Ordering::Relaxed);
     writers.await.unwrap();
-    let end = current_lsn(&client).await;
+    let end = current_lsn(client).await;
     wait_for("the slot past the workload", T, || async {
-        (slot_confirmed(&client, &slot).await >= end).then_some(())
+        (slot_confirmed(client, &slot).await >= end).then_some(())
     })
     .await;
     // Everything confirmed is in the stream; give the consumer time to read it.

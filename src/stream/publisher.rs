@@ -351,7 +351,8 @@ fn change_index(event: &Event) -> Option<u64> {
     }
     let first = event.id.split('+').next()?;
     let (lsn, index) = first.rsplit_once(':')?;
-    (lsn == event.commit_lsn.to_string())
+    // Parsed, not formatted: this runs for every event (twice, with `switches`).
+    (lsn.parse::<crate::lsn::Lsn>().ok()? == event.commit_lsn)
         .then(|| index.parse().ok())
         .flatten()
 }
