@@ -108,8 +108,9 @@ impl RunError {
                 _ if matches!(e, SourceError::TypesChanged { .. }) => Decision::Reconnect,
                 _ => Decision::Stop,
             },
-            // An oversized row never fits; everything else the broker did may pass.
-            RunError::Sink(SinkError::Oversized { .. }) => Decision::Stop,
+            // An oversized row never fits, a wrong partition count never changes by itself;
+            // everything else the broker did may pass.
+            RunError::Sink(SinkError::Oversized { .. } | SinkError::Layout(_)) => Decision::Stop,
             RunError::Sink(_) => Decision::Reconnect,
             RunError::Rule(_)
             | RunError::Unmatched(_)

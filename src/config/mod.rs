@@ -115,6 +115,7 @@ pub struct RawStream {
     pub max_length_bytes: Option<u64>,
     pub max_age_secs: Option<u64>,
     pub max_segment_bytes: Option<u64>,
+    pub partitions: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

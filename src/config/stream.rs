@@ -8,6 +8,9 @@ use crate::filter::FilterSettings;
 use crate::sink::SinkSettings;
 use crate::stream::StreamSettings;
 
+/// Partitions of a super stream at most: each is a stream with its own producer connection.
+const MAX_PARTITIONS: u32 = 256;
+
 pub(super) fn sink(
     rabbitmq: RawRabbitmq,
     raw: RawStream,
@@ -69,6 +72,15 @@ pub(super) fn sink(
         max_age: positive("stream.max_age_secs", raw.max_age_secs)?
             .map(std::time::Duration::from_secs),
         max_segment_bytes: positive("stream.max_segment_bytes", raw.max_segment_bytes)?,
+        partitions: match raw.partitions {
+            Some(n) if !(1..=MAX_PARTITIONS).contains(&n) => {
+                return Err(ConfigError::new(
+                    "stream.partitions",
+                    format!("must be 1 to {MAX_PARTITIONS}"),
+                ));
+            }
+            n => n,
+        },
     };
     let mut sink = sink_with(
         rabbitmq,

@@ -266,3 +266,22 @@ fn filter_errors_name_the_key() {
     let e = err(&format!("{MINIMAL}\n[flood]\nmax_changes = 0\n"), &[]);
     assert_eq!(e.key, "flood.max_changes");
 }
+
+#[test]
+fn stream_partitions_make_a_super_stream_within_limits() {
+    let stream = |extra: &str| {
+        format!(
+            "[filter]\ninclude = [\"public.a\"]\n[postgres]\nurl = \"postgres://u@db/app\"\n\
+             [stream]\nurl = \"rabbitmq-stream://guest:guest@127.0.0.1:5552/%2f\"\nstream = \"orders\"\n{extra}"
+        )
+    };
+    let s = from_str_with_env(&stream("partitions = 8\n"), &[]).unwrap();
+    assert_eq!(s.sink.stream.as_ref().unwrap().partitions, Some(8));
+    assert_eq!(s.sink.exchange, "orders");
+    let plain = from_str_with_env(&stream(""), &[]).unwrap();
+    assert_eq!(plain.sink.stream.unwrap().partitions, None);
+    for bad in ["partitions = 0\n", "partitions = 257\n"] {
+        let e = err(&stream(bad), &[]);
+        assert_eq!(e.key, "stream.partitions", "{bad}: {e}");
+    }
+}

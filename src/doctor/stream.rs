@@ -1,6 +1,7 @@
 //! The stream side of `walrelay doctor` (with `[stream]`): the credentials on the stream
-//! port, and each stream the configuration names — present (with its leader), or missing and
-//! created at start (`stream.create`), or missing and an error.
+//! port and the server's version, and each stream the configuration names — present (with
+//! its leader), or missing and created at start (`stream.create`), or missing and an error;
+//! with `stream.partitions`, the super stream and its partition count.
 
 use rabbitmq_stream_client::types::ResponseCode;
 use rabbitmq_stream_client::{Client, ClientOptions};
@@ -51,14 +52,27 @@ pub async fn check(settings: &Settings, stream: &StreamSettings, out: &mut Vec<F
             ));
         }
     };
+    let version = client
+        .server_properties()
+        .await
+        .get("version")
+        .cloned()
+        .unwrap_or_else(|| "of an unknown version".to_owned());
     out.push(f(
         Level::Ok,
-        format!("connected to {} (stream protocol)", url.describe()),
+        format!(
+            "connected to {} (stream protocol, RabbitMQ {version})",
+            url.describe()
+        ),
     ));
-    let names: Vec<String> = std::iter::once(&settings.sink.exchange)
+    let mut names: Vec<String> = std::iter::once(&settings.sink.exchange)
         .chain(&settings.sink.extra_exchanges)
         .cloned()
         .collect();
+    if let Some(n) = stream.partitions {
+        names.retain(|x| *x != settings.sink.exchange);
+        super_stream(&client, &settings.sink.exchange, n, stream.create, out).await;
+    }
     let metadata = match client.metadata(names.clone()).await {
         Ok(m) => m,
         Err(e) => return out.push(f(Level::Fail, format!("cannot read stream metadata: {e}"))),
@@ -85,4 +99,50 @@ pub async fn check(settings: &Settings, stream: &StreamSettings, out: &mut Vec<F
         }
     }
     let _ = client.close().await;
+}
+
+/// The super stream: present with the configured number of partitions, or missing and
+/// created at start, or an error.
+async fn super_stream(client: &Client, name: &str, n: u32, create: bool, out: &mut Vec<Finding>) {
+    let found = match client.partitions(name.to_owned()).await {
+        Ok(p) => p,
+        Err(e) => {
+            return out.push(f(
+                Level::Fail,
+                format!("cannot read super stream {name:?}'s partitions: {e}"),
+            ));
+        }
+    };
+    let got = found.streams.len();
+    if !found.is_ok() || got == 0 {
+        return out.push(if create {
+            f(
+                Level::Ok,
+                format!(
+                    "super stream {name:?} does not exist; walrelay creates it at start with {n} partitions ({name}-0 … {name}-{})",
+                    n - 1
+                ),
+            )
+        } else {
+            f(
+                Level::Fail,
+                format!("super stream {name:?} does not exist and stream.create is off"),
+            )
+        });
+    }
+    if got != n as usize {
+        return out.push(f(
+            Level::Fail,
+            format!(
+                "super stream {name:?} has {got} partitions but stream.partitions = {n}: walrelay refuses to start (keys would move between partitions)"
+            ),
+        ));
+    }
+    out.push(f(
+        Level::Ok,
+        format!(
+            "super stream {name:?} has {n} partitions: {}",
+            found.streams.join(", ")
+        ),
+    ));
 }

@@ -73,6 +73,9 @@ pub struct Event {
     pub commit_lsn: Lsn,
     pub commit_time_us: Option<i64>,
     pub routing_key: String,
+    /// The row's key hash ([`routing::key_hash`]); `None` for events without a key (truncates,
+    /// bulk summaries, logical messages, control events). Picks a super stream's partition.
+    pub key_hash: Option<u64>,
     /// The exchange, when a table rule or the flood guard overrides the default one.
     pub exchange: Option<Arc<str>>,
     /// The `table` label of this event's metrics: the table's name when the configuration
@@ -108,6 +111,7 @@ impl Event {
             commit_lsn: tx.commit_lsn,
             commit_time_us: tx.commit_time_us,
             routing_key,
+            key_hash: None,
             exchange: None,
             metric_table: Arc::from("control"),
             body,
@@ -130,6 +134,7 @@ impl Event {
             commit_lsn: tx.commit_lsn,
             commit_time_us: tx.commit_time_us,
             routing_key,
+            key_hash: None,
             exchange: None,
             metric_table: Arc::from("message"),
             body,

@@ -171,16 +171,22 @@ pub struct RouteVars<'a> {
     pub partition: Option<u32>,
 }
 
-/// The partition of a row: 64-bit FNV-1a over the text of its key columns (see `key_text`), in
-/// column order, each followed by a 0xFF byte (which never occurs in UTF-8), modulo `n`.
-/// Stable across releases and platforms, so consumers may compute it too. A row without a key
-/// is in partition 0.
+/// The partition of a row: its [`key_hash`] modulo `n`. Stable across releases and
+/// platforms, so consumers may compute it too. A row without a key is in partition 0.
 pub fn partition_of(key: Option<KeyRef<'_>>, n: u32) -> u32 {
+    key.map_or(0, |k| partition_by_hash(key_hash(k), n))
+}
+
+/// Partition `0..n` of a key hash (the super stream sink and `{partition}` agree on it).
+pub fn partition_by_hash(hash: u64, n: u32) -> u32 {
+    (hash % u64::from(n.max(1))) as u32
+}
+
+/// A row's key hash: 64-bit FNV-1a over the text of its key columns (see `key_text`), in
+/// column order, each followed by a 0xFF byte (which never occurs in UTF-8).
+pub fn key_hash(key: KeyRef<'_>) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let Some(key) = key else {
-        return 0;
-    };
     let mut h = OFFSET;
     let mut eat = |b: u8| {
         h ^= u64::from(b);
@@ -192,7 +198,7 @@ pub fn partition_of(key: Option<KeyRef<'_>>, n: u32) -> u32 {
         }
         eat(0xFF);
     }
-    (h % u64::from(n.max(1))) as u32
+    h
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ fn candidate(view: &Arc<TableView>, index: u64) -> Candidate {
             commit_lsn: Lsn(0x10),
             commit_time_us: Some(0),
             routing_key: format!("public.{}.update", view.rel.name),
+            key_hash: None,
             exchange: None,
             metric_table: Arc::from("public.orders"),
             body,

@@ -17,7 +17,7 @@ mod view;
 
 pub use view::{TableView, key_description};
 
-use crate::event::routing::{KeyRef, RouteVars, RoutingTemplate, partition_of};
+use crate::event::routing::{KeyRef, RouteVars, RoutingTemplate, key_hash, partition_by_hash};
 use crate::event::{Event, Op, TableIdentity, TxContext};
 use crate::pgoutput::{Datum, Relation, TupleData};
 use crate::source::catalog::RelationFacts;

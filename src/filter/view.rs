@@ -183,18 +183,28 @@ pub struct TableView {
 impl TableView {
     /// The routing key of one of this table's events; `key` is the tuple holding its key.
     pub fn route(&self, op: Op, key: Option<&TupleData<'_>>) -> String {
+        self.route_and_hash(op, key).0
+    }
+
+    /// The routing key and the key's hash (`None` without a key), computed once: the super
+    /// stream sink picks partitions by the same hash as `{partition}`.
+    fn route_and_hash(&self, op: Op, key: Option<&TupleData<'_>>) -> (String, Option<u64>) {
         let key = key.map(|tuple| KeyRef {
             rel: &self.rel,
             columns: self.table.key_columns(),
             tuple,
         });
-        self.routing.render(&RouteVars {
+        let hash = key.map(key_hash);
+        let routing_key = self.routing.render(&RouteVars {
             schema: &self.table.schema,
             table: &self.table.name,
             op: op.as_str(),
             key,
-            partition: self.partitions.map(|n| partition_of(key, n)),
-        })
+            partition: self
+                .partitions
+                .map(|n| hash.map_or(0, |h| partition_by_hash(h, n))),
+        });
+        (routing_key, hash)
     }
 
     /// An event of this table, routed by its rule. `key` is the tuple holding the row's key
@@ -207,6 +217,7 @@ impl TableView {
         body: Vec<u8>,
         key: Option<&TupleData<'_>>,
     ) -> Event {
+        let (routing_key, key_hash) = self.route_and_hash(op, key);
         Event {
             id,
             op,
@@ -214,7 +225,8 @@ impl TableView {
             table: self.table.name.clone(),
             commit_lsn: tx.commit_lsn,
             commit_time_us: tx.commit_time_us,
-            routing_key: self.route(op, key),
+            routing_key,
+            key_hash,
             exchange: self.exchange.clone(),
             metric_table: Arc::clone(&self.metric_table),
             body,

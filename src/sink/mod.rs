@@ -73,6 +73,9 @@ pub enum SinkError {
     },
     #[error("RabbitMQ: no complete connection (handshake, channel, exchanges) within {waited:?}")]
     ConnectTimeout { waited: Duration },
+    /// The broker's layout contradicts the configuration in a way no retry mends.
+    #[error("RabbitMQ: {0}")]
+    Layout(String),
 }
 
 /// Where and how to publish.

@@ -3,13 +3,14 @@
 //! the AMQP sink; named producers with publishing ids derived from the change's place in the
 //! slot ([`publishing_id`]) let the broker drop replays, so consumers see each change once.
 
+pub mod destinations;
 pub mod metrics;
 pub mod publisher;
 pub mod publishing_id;
 
 use std::time::Duration;
 
-use crate::sink::AmqpUrl;
+use crate::sink::{AmqpUrl, SinkError};
 
 pub use publisher::StreamPublisher;
 
@@ -29,4 +30,16 @@ pub struct StreamSettings {
     pub max_age: Option<Duration>,
     /// `stream-max-segment-size-bytes` of streams walrelay creates.
     pub max_segment_bytes: Option<u64>,
+    /// `Some(n)`: the stream is a super stream of `n` partitions, and each event goes to the
+    /// partition its key hash picks (the same hash as `{partition}`). The count is checked
+    /// against the broker's at start: changing it would move keys between partitions.
+    pub partitions: Option<u32>,
+}
+
+/// Errors of the stream side, named for the log.
+pub(crate) fn failed(context: &'static str, e: impl std::fmt::Display) -> SinkError {
+    SinkError::Amqp {
+        context,
+        source: crate::sink::AmqpError::new(format!("(stream protocol) {e}")),
+    }
 }

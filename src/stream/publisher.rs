@@ -14,15 +14,13 @@
 //! have no place in that order and go to an unnamed producer: never dropped, possibly repeated
 //! after a crash (their ids are stable for consumers to de-duplicate).
 //!
-//! Order across producers: each producer has a connection of its own, so messages of two
-//! producers can reach the stream in either order. The publish loop therefore lets a message
-//! go to another producer than the previous one only when every earlier message is confirmed
-//! ([`StreamPublisher::switches`]).
+//! Which stream, and when a message must wait for earlier confirms (order across producers):
+//! [`super::destinations`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rabbitmq_stream_client::types::{ByteCapacity, Message, ResponseCode};
+use rabbitmq_stream_client::types::{ByteCapacity, Message, ResponseCode, StreamCreator};
 use rabbitmq_stream_client::{
     Client, ClientOptions, ConfirmationStatus, Dedup, Environment, NoDedup, OnClosed, Producer,
     TlsConfiguration,
@@ -30,10 +28,14 @@ use rabbitmq_stream_client::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
-use super::StreamSettings;
+use super::destinations::{Destinations, super_stream};
 use super::publishing_id::{Origin, Sequence, producer_name, publishing_id};
+use super::{StreamSettings, failed};
 use crate::event::{Event, Op};
 use crate::sink::{BrokerState, Signal, SinkError};
+
+/// What the stream protocol needs on the broker's side, for connection errors.
+const NEEDS: &str = "walrelay's stream sink needs RabbitMQ 3.13 or later with the rabbitmq_stream plugin on the stream port";
 
 /// Messages the client's writer task packs into one publish frame at most.
 const FRAME_BATCH: usize = 256;
@@ -58,22 +60,13 @@ pub struct StreamPublisher {
     admin: Client,
     origin: Option<Origin>,
     producers: HashMap<ProducerKey, (Handle, u64)>,
-    /// The producer of the last message published.
-    last: Option<ProducerKey>,
+    /// The streams (and super stream partitions) and the producers last used on them.
+    destinations: Destinations,
     next_tag: u64,
     signals_tx: mpsc::UnboundedSender<Signal>,
     signals: mpsc::UnboundedReceiver<Signal>,
     state: Arc<watch::Sender<BrokerState>>,
-    stream: Arc<str>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
-}
-
-/// Errors of the stream side, named for the log.
-fn failed(context: &'static str, e: impl std::fmt::Display) -> SinkError {
-    SinkError::Amqp {
-        context,
-        source: crate::sink::AmqpError::new(format!("(stream protocol) {e}")),
-    }
 }
 
 impl StreamPublisher {
@@ -115,19 +108,37 @@ impl StreamPublisher {
             builder = builder.tls(tls.clone());
             options = options.tls(tls);
         }
-        let env = builder.build().await.map_err(|e| failed("connecting", e))?;
+        // A broker older than 3.13 closes the connection at the client's first command
+        // (ExchangeCommandVersions), which the client reports as a bare I/O error.
+        let env = builder
+            .build()
+            .await
+            .map_err(|e| failed("connecting", format!("{e} ({NEEDS})")))?;
         let admin = Client::connect(options.build())
             .await
             .map_err(|e| failed("connecting", e))?;
-        let publisher = Self::with(env, admin, settings);
-        let names = std::iter::once(&settings.exchange).chain(&settings.extra_exchanges);
-        for name in names {
-            publisher.ensure_stream(name, stream).await?;
+        if let Some(version) = admin.server_properties().await.get("version") {
+            info!(rabbitmq = %version, "connected to RabbitMQ over the stream protocol");
         }
-        Ok(publisher)
+        let partitions = match stream.partitions {
+            Some(n) => super_stream(&env, &admin, &settings.exchange, n, stream).await?,
+            None => {
+                Self::ensure_stream(&env, &admin, &settings.exchange, stream).await?;
+                Vec::new()
+            }
+        };
+        for name in settings
+            .extra_exchanges
+            .iter()
+            .filter(|x| **x != settings.exchange)
+        {
+            Self::ensure_stream(&env, &admin, name, stream).await?;
+        }
+        let destinations = Destinations::new(&settings.exchange, partitions);
+        Ok(Self::with(env, admin, destinations))
     }
 
-    fn with(env: Environment, admin: Client, settings: &crate::sink::SinkSettings) -> Self {
+    fn with(env: Environment, admin: Client, destinations: Destinations) -> Self {
         let (signals_tx, signals) = mpsc::unbounded_channel();
         let (state, _) = watch::channel(BrokerState {
             open: true,
@@ -138,22 +149,25 @@ impl StreamPublisher {
             admin,
             origin: None,
             producers: HashMap::new(),
-            last: None,
+            destinations,
             next_tag: 1,
             signals_tx,
             signals,
             state: Arc::new(state),
-            stream: Arc::from(settings.exchange.as_str()),
             metrics: None,
         }
     }
 
     /// Creates `name` when missing (and `create` is on); an existing stream keeps its own
     /// retention, which `walrelay doctor` reports.
-    async fn ensure_stream(&self, name: &str, s: &StreamSettings) -> Result<(), SinkError> {
+    async fn ensure_stream(
+        env: &Environment,
+        admin: &Client,
+        name: &str,
+        s: &StreamSettings,
+    ) -> Result<(), SinkError> {
         if !s.create {
-            let exists = self
-                .admin
+            let exists = admin
                 .metadata(vec![name.to_owned()])
                 .await
                 .map_err(|e| failed("reading stream metadata", e))?
@@ -167,17 +181,7 @@ impl StreamPublisher {
                 format!("stream {name:?} does not exist and stream.create is off"),
             ));
         }
-        let mut creator = self.env.stream_creator();
-        if let Some(bytes) = s.max_length_bytes {
-            creator = creator.max_length(ByteCapacity::B(bytes));
-        }
-        if let Some(age) = s.max_age {
-            creator = creator.max_age(age);
-        }
-        if let Some(bytes) = s.max_segment_bytes {
-            creator = creator.max_segment_size(ByteCapacity::B(bytes));
-        }
-        match creator.create(name).await {
+        match with_retention(env.stream_creator(), s).create(name).await {
             Ok(()) => {
                 info!(stream = name, "created the stream");
                 Ok(())
@@ -197,17 +201,14 @@ impl StreamPublisher {
         self.metrics = Some(metrics);
     }
 
-    /// The default stream's name.
+    /// The default stream's (or super stream's) name.
     pub fn stream(&self) -> &str {
-        &self.stream
+        self.destinations.default_name()
     }
 
     /// The producer (and publishing id) of `event`.
     pub fn route(&self, event: &Event) -> (ProducerKey, Option<u64>) {
-        let stream = event
-            .exchange
-            .clone()
-            .unwrap_or_else(|| Arc::clone(&self.stream));
+        let stream = self.destinations.stream_of(event);
         match change_index(event) {
             Some(index) => {
                 let pid = publishing_id(event.commit_lsn, index);
@@ -227,12 +228,11 @@ impl StreamPublisher {
         }
     }
 
-    /// True when `event` goes to another producer than the previous message: it may be sent
-    /// only once everything before it is confirmed (order across connections).
+    /// True when `event` may be sent only once everything before it is confirmed: it goes
+    /// to another producer of a stream than the last message there (order across
+    /// connections; [`super::destinations`]).
     pub fn switches(&self, event: &Event) -> bool {
-        self.last
-            .as_ref()
-            .is_some_and(|last| *last != self.route(event).0)
+        self.destinations.must_wait(&self.route(event).0)
     }
 
     /// Publishes a message of `count` events; its confirm arrives as a signal with the next
@@ -270,7 +270,7 @@ impl StreamPublisher {
         }
         .map_err(|e| failed("publishing", e))?;
         self.next_tag += 1;
-        self.last = Some(key);
+        self.destinations.sent(&key);
         Ok(())
     }
 
@@ -340,6 +340,20 @@ impl StreamPublisher {
             m.stream.producers.set(0);
         }
     }
+}
+
+/// A stream creator with the configured retention (`max-length-bytes`, `max-age`, segment size).
+pub(super) fn with_retention(mut creator: StreamCreator, s: &StreamSettings) -> StreamCreator {
+    if let Some(bytes) = s.max_length_bytes {
+        creator = creator.max_length(ByteCapacity::B(bytes));
+    }
+    if let Some(age) = s.max_age {
+        creator = creator.max_age(age);
+    }
+    if let Some(bytes) = s.max_segment_bytes {
+        creator = creator.max_segment_size(ByteCapacity::B(bytes));
+    }
+    creator
 }
 
 /// The index of a change in its transaction (`<commit LSN>:<index>`, or `…+<count>` for a
@@ -442,6 +456,7 @@ mod tests {
             commit_lsn: Lsn(lsn),
             commit_time_us: None,
             routing_key: "public.t.insert".into(),
+            key_hash: None,
             exchange: None,
             metric_table: Arc::from("t"),
             body: Vec::new(),

@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod queue;
 pub mod relay;
 pub mod scene;
+pub mod stream;
 
 use std::net::TcpListener;
 use std::process::Command;
