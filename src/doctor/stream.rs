@@ -39,7 +39,11 @@ pub async fn check(settings: &Settings, stream: &StreamSettings, out: &mut Vec<F
         Ok(Err(e)) => {
             return out.push(f(
                 Level::Fail,
-                format!("cannot connect to {} over the stream protocol: {e} (RabbitMQ 3.13+ with rabbitmq_stream)", url.describe()),
+                format!(
+                    "cannot connect to {} over the stream protocol: {e} ({})",
+                    url.describe(),
+                    crate::stream::NEEDS
+                ),
             ));
         }
         Err(_) => {

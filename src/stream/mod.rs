@@ -36,6 +36,10 @@ pub struct StreamSettings {
     pub partitions: Option<u32>,
 }
 
+/// What the stream protocol needs on the broker's side, for connection errors: an older
+/// broker (3.10 here) closes the connection at the client's first command.
+pub(crate) const NEEDS: &str = "walrelay's stream sink needs RabbitMQ 3.13 or later with the rabbitmq_stream plugin on the stream port";
+
 /// Errors of the stream side, named for the log.
 pub(crate) fn failed(context: &'static str, e: impl std::fmt::Display) -> SinkError {
     SinkError::Amqp {

@@ -34,9 +34,6 @@ use super::{StreamSettings, failed};
 use crate::event::{Event, Op};
 use crate::sink::{BrokerState, Signal, SinkError};
 
-/// What the stream protocol needs on the broker's side, for connection errors.
-const NEEDS: &str = "walrelay's stream sink needs RabbitMQ 3.13 or later with the rabbitmq_stream plugin on the stream port";
-
 /// Messages the client's writer task packs into one publish frame at most.
 const FRAME_BATCH: usize = 256;
 
@@ -113,7 +110,7 @@ impl StreamPublisher {
         let env = builder
             .build()
             .await
-            .map_err(|e| failed("connecting", format!("{e} ({NEEDS})")))?;
+            .map_err(|e| failed("connecting", format!("{e} ({})", super::NEEDS)))?;
         let admin = Client::connect(options.build())
             .await
             .map_err(|e| failed("connecting", e))?;
