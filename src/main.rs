@@ -71,6 +71,10 @@ enum Command {
         /// Exit when no event arrived for this many seconds.
         #[arg(long)]
         idle_timeout_secs: Option<u64>,
+        /// With `[stream]`: where to start reading — `first`, `last`, `next` (the default), an
+        /// offset, or an RFC 3339 time (e.g. 2026-12-02T18:00:00Z).
+        #[arg(long)]
+        offset: Option<walrelay::tail::stream::From>,
     },
     /// Backfill a table's existing rows beside the stream (as `read` events); the instance that
     /// holds the slot runs it. `--status` lists backfills, `--cancel` stops them.
@@ -230,20 +234,55 @@ async fn dispatch(command: Command, settings: walrelay::config::Settings) -> Exi
             ack,
             count,
             idle_timeout_secs,
+            offset,
         } => {
+            let idle_timeout = idle_timeout_secs.map(std::time::Duration::from_secs);
+            if let Some(stream) = &settings.sink.stream {
+                if let Some(flag) = [
+                    ("--queue", queue.is_some()),
+                    ("--binding", binding.is_some()),
+                    ("--ack", ack),
+                ]
+                .into_iter()
+                .find_map(|(flag, set)| set.then_some(flag))
+                {
+                    eprintln!(
+                        "walrelay tail: {flag} applies to an exchange; with [stream], tail reads the stream from --offset"
+                    );
+                    return ExitCode::from(2);
+                }
+                let from = offset.unwrap_or(walrelay::tail::stream::From::Next);
+                let out = &mut std::io::stdout();
+                return match walrelay::tail::stream::run(
+                    &settings,
+                    stream,
+                    &from,
+                    count,
+                    idle_timeout,
+                    out,
+                )
+                .await
+                {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("walrelay tail: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            if offset.is_some() {
+                eprintln!(
+                    "walrelay tail: --offset applies to [stream]; an exchange's queue has no offsets"
+                );
+                return ExitCode::from(2);
+            }
             let opts = walrelay::tail::TailOptions {
                 queue,
                 binding,
                 ack,
                 count,
-                idle_timeout: idle_timeout_secs.map(std::time::Duration::from_secs),
+                idle_timeout,
             };
-            if settings.sink.stream.is_some() {
-                eprintln!(
-                    "walrelay tail: reads an exchange over AMQP; with [stream] it cannot read the stream yet (use a stream consumer, e.g. `rabbitmq-streams` tools, from offset first)"
-                );
-                return ExitCode::FAILURE;
-            }
             match walrelay::tail::run(&settings, &opts, &mut std::io::stdout()).await {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {

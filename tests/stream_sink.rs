@@ -140,9 +140,53 @@ async fn changes_reach_the_stream_in_order_with_their_properties() {
         !report.contains("rabbitmq:"),
         "no AMQP checks with [stream]: {report}"
     );
-    let tail = run(&["tail", "--count", "1"]);
-    assert!(!tail.status.success());
-    assert!(String::from_utf8_lossy(&tail.stderr).contains("cannot read the stream"));
+    // `tail` reads the stream from an offset: `first`, a number, a time, `next`.
+    let lines = |args: &[&str]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_once(' ').unwrap().0.to_owned())
+            .collect::<Vec<_>>()
+    };
+    let keys = [
+        "public.a.insert",
+        "public.b.insert",
+        "public.a.update",
+        "public.b.delete",
+        "public.a.truncate",
+    ];
+    assert_eq!(
+        lines(&["tail", "--offset", "first", "--idle-timeout-secs", "2"]),
+        keys,
+        "every message from the first, with its routing key"
+    );
+    assert_eq!(
+        lines(&["tail", "--offset", "3", "--count", "2"]),
+        keys[3..],
+        "from offset 3"
+    );
+    assert_eq!(
+        lines(&["tail", "--offset", "2000-01-01T00:00:00Z", "--count", "5"]),
+        keys,
+        "from a time before the stream"
+    );
+    assert!(
+        lines(&["tail", "--offset", "next", "--idle-timeout-secs", "1"]).is_empty(),
+        "nothing new after the end"
+    );
+    for bad in [
+        &["tail", "--queue", "q"][..],
+        &["tail", "--offset", "yesterday"][..],
+    ] {
+        let out = run(bad);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(!out.stderr.is_empty());
+    }
     let _ = env.delete_stream(&stream).await;
     drop(relay);
 }

@@ -201,6 +201,26 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
         report.contains("RabbitMQ 4."),
         "the server's version: {report}"
     );
+    // `tail` reads every partition.
+    let tail = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["tail", "--offset", "first", "--count", "60", "--config"])
+        .arg(&cfg)
+        .env_remove("AMQP_URL")
+        .env_remove("WALRELAY_TEST_AMQP_URL")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&tail.stdout).to_string();
+    assert_eq!(printed.lines().count(), 60, "{printed}");
+    assert!(
+        printed
+            .lines()
+            .all(|l| l.starts_with("public.acct.update {"))
+    );
+    assert!(
+        String::from_utf8_lossy(&tail.stderr).contains(&format!("({PARTITIONS} partitions)")),
+        "{}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
     drop(relay);
     config_set(&cfg, "stream", "partitions", "2");
     let mut wrong = Relay::start(&cfg);

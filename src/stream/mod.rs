@@ -3,6 +3,7 @@
 //! the AMQP sink; named producers with publishing ids derived from the change's place in the
 //! slot ([`publishing_id`]) let the broker drop replays, so consumers see each change once.
 
+pub mod connect;
 pub mod destinations;
 pub mod metrics;
 pub mod publisher;

@@ -22,8 +22,7 @@ use std::sync::Arc;
 
 use rabbitmq_stream_client::types::{ByteCapacity, Message, ResponseCode, StreamCreator};
 use rabbitmq_stream_client::{
-    Client, ClientOptions, ConfirmationStatus, Dedup, Environment, NoDedup, OnClosed, Producer,
-    TlsConfiguration,
+    Client, ConfirmationStatus, Dedup, Environment, NoDedup, OnClosed, Producer,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
@@ -73,47 +72,7 @@ impl StreamPublisher {
         settings: &crate::sink::SinkSettings,
         stream: &StreamSettings,
     ) -> Result<StreamPublisher, SinkError> {
-        let url = &stream.url;
-        let mut builder = Environment::builder()
-            .host(&url.host)
-            .port(url.port)
-            .username(&url.user)
-            .password(url.password.expose())
-            .virtual_host(&url.vhost)
-            .heartbeat(u32::from(url.heartbeat_secs))
-            .client_provided_name("walrelay");
-        let mut options = ClientOptions::builder()
-            .host(&url.host)
-            .port(url.port)
-            .user(&url.user)
-            .password(url.password.expose())
-            .v_host(&url.vhost)
-            .client_provided_name("walrelay-admin".to_owned());
-        if url.tls {
-            // Never without checking the certificate: the client library trusts any server
-            // when no root certificates are given, so validation requires `cacertfile`.
-            let Some(ca) = &url.ca_file else {
-                return Err(failed(
-                    "TLS",
-                    "rabbitmq-stream+tls:// needs ?cacertfile=<PEM bundle>",
-                ));
-            };
-            let tls = TlsConfiguration::builder()
-                .add_root_certificates(ca.clone())
-                .build()
-                .map_err(|e| failed("TLS", e))?;
-            builder = builder.tls(tls.clone());
-            options = options.tls(tls);
-        }
-        // A broker older than 3.13 closes the connection at the client's first command
-        // (ExchangeCommandVersions), which the client reports as a bare I/O error.
-        let env = builder
-            .build()
-            .await
-            .map_err(|e| failed("connecting", format!("{e} ({})", super::NEEDS)))?;
-        let admin = Client::connect(options.build())
-            .await
-            .map_err(|e| failed("connecting", e))?;
+        let (env, admin) = super::connect::environment(&stream.url, "walrelay").await?;
         if let Some(version) = admin.server_properties().await.get("version") {
             info!(rabbitmq = %version, "connected to RabbitMQ over the stream protocol");
         }

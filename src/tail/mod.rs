@@ -6,7 +6,10 @@
 //! starts and leaves nothing behind: no queue that keeps collecting messages after it exits, no
 //! binding that makes `doctor` think someone reads those events. `--queue NAME` reads a queue
 //! that exists instead; it only *peeks* (messages go back to the queue when tail exits) unless
-//! `--ack` says to consume them, which is what the demo's consumer does.
+//! `--ack` says to consume them, which is what the demo's consumer does. With `[stream]`,
+//! [`stream`] reads the stream from an offset instead.
+
+pub mod stream;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
