@@ -5,6 +5,8 @@
 #
 #   scripts/rabbitmq4.sh start    build the root when missing (cached), start the node, wait
 #   scripts/rabbitmq4.sh stop     stop the node and unmount what start mounted
+#   scripts/rabbitmq4.sh restart  stop the node process and start it again (tests of a restart)
+#   scripts/rabbitmq4.sh crash    kill -9 the node and start it again (tests of a crash)
 #   scripts/rabbitmq4.sh status   exit 0 when the node answers
 #
 # Ports: AMQP 5673, stream 5553, management 15673, distribution 25673, its own epmd on 4370 (the
@@ -93,9 +95,30 @@ stop() {
   for m in dev proc; do if mounted "$m"; then as_root umount "$ROOT/$m"; fi; done
 }
 
+# The node process exits and starts again (a broker restart: every connection drops, streams
+# and their deduplication state are recovered from disk). For tests of the stream sink.
+restart() {
+  up || { echo "RabbitMQ 4 is not running" >&2; return 1; }
+  in_root rabbitmqctl -q stop >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do up || break; sleep 0.5; done
+  start
+}
+
+# The node is killed with SIGKILL (a broker crash: no connection is closed cleanly, confirms
+# in flight are lost, streams recover from their segment files) and started again.
+crash() {
+  up || { echo "RabbitMQ 4 is not running" >&2; return 1; }
+  local pids; pids=$(inside)
+  [ -z "$pids" ] || as_root kill -9 $pids 2>/dev/null || true
+  for _ in $(seq 1 60); do up || break; sleep 0.5; done
+  start
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  restart) restart ;;
+  crash) crash ;;
   status) up ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|crash|status" >&2; exit 2 ;;
 esac

@@ -1,0 +1,135 @@
+//! The stream sink through broker restarts: RabbitMQ 4's node stops cleanly and starts again
+//! (`scripts/rabbitmq4.sh restart`), then is killed with SIGKILL and started twice (`crash`:
+//! confirms in flight are lost) while four writers commit; walrelay reconnects, and
+//! the checker then reads the stream from offset `first`: nothing lost, no duplicate (the
+//! deduplication state survives the restart with the stream), commit order per table.
+//!
+//! A binary of its own: the restart cuts every connection to the node, which the other
+//! stream tests would take for failures of their own.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::checker::{self, History, Monitor};
+use common::stream::*;
+use common::*;
+
+const T: Duration = Duration::from_secs(180);
+const RECONNECTS: &str = "walrelay_reconnects_total{side=\"rabbitmq\"}";
+
+/// `scripts/rabbitmq4.sh restart` (a clean stop and start) or `crash` (kill -9, then start).
+fn bounce_broker(how: &'static str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq4.sh");
+    let out = std::process::Command::new(script)
+        .arg(how)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{how} of RabbitMQ 4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_restarts_mid_stream_lose_nothing_and_duplicate_nothing() {
+    let bed = common::bed::Bed::new(&[]).await;
+    let (client, slot, stream) = (&bed.client, bed.slot.clone(), unique("st"));
+    let cfg = stream_config(
+        bed.dir.path(),
+        &bed.url,
+        &slot,
+        &stream,
+        &["public.t0", "public.t1", "public.t2"],
+    );
+    let relay = Relay::start(&cfg);
+    relay.wait_log("streaming", T).await;
+    let monitor = Monitor::start(bed.url.clone(), slot.clone());
+    let (stop, history) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Mutex::new(History::default())),
+    );
+    let writers = tokio::spawn(checker::workload(
+        bed.url.clone(),
+        bed.other_url.clone(),
+        4,
+        Arc::clone(&stop),
+        Arc::clone(&history),
+    ));
+    let faults = ["restart", "crash", "crash"];
+    let restarts = faults.len();
+    let port = relay.http_port().await;
+    for how in faults {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = metric(&http_get(port, "/metrics").1, RECONNECTS);
+        tokio::task::spawn_blocking(move || bounce_broker(how))
+            .await
+            .unwrap();
+        // walrelay notices, reconnects and streams again.
+        wait_for("a reconnect to RabbitMQ after the restart", T, || async {
+            let n = metric(&http_get(port, "/metrics").1, RECONNECTS);
+            (n > before).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writers.await.unwrap();
+    let end = current_lsn(client).await;
+    wait_for("the slot past the workload", T, || async {
+        (slot_confirmed(client, &slot).await >= end).then_some(())
+    })
+    .await;
+    let replays = replays_of(&relay).await;
+    let reconnects = metric(&http_get(port, "/metrics").1, RECONNECTS);
+    drop(relay);
+
+    // Everything confirmed is in the stream: read it from `first` until it stops growing.
+    let (deliveries, consumer_stop) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let env = env().await;
+    let consumer = tokio::spawn(consume_changes(
+        env.clone(),
+        stream.clone(),
+        Arc::clone(&deliveries),
+        Arc::clone(&consumer_stop),
+    ));
+    let mut last = usize::MAX;
+    wait_for("the stream read to its end", T, || {
+        let n = deliveries.lock().unwrap().len();
+        let settled = n == last && n > 0;
+        last = n;
+        async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            settled.then_some(())
+        }
+    })
+    .await;
+    consumer_stop.store(true, Ordering::Relaxed);
+    consumer.await.unwrap();
+    let (max, backwards) = monitor.stop().await;
+    let h = std::mem::take(&mut *history.lock().unwrap());
+    let d = std::mem::take(&mut *deliveries.lock().unwrap());
+    let v = checker::check(&h, &d, max, backwards);
+    eprintln!(
+        "chaos: stream broker restart+crash: faults={restarts} reconnects={reconnects} committed={} delivered={} lost={} duplicated={} order_violations={} replays_dropped_by_the_broker={replays}",
+        v.committed,
+        v.delivered,
+        v.lost.len(),
+        v.duplicated,
+        v.order_violations.len(),
+    );
+    v.assert_safe();
+    assert!(v.committed > 100, "{v:?}");
+    assert_eq!(v.duplicated, 0, "the broker dropped every replay: {v:?}");
+    assert!(
+        reconnects >= restarts as f64,
+        "each restart ended a session: {reconnects} reconnects"
+    );
+    let _ = env.delete_stream(&stream).await;
+}
