@@ -13,6 +13,8 @@ mod common;
 mod e2e_backfill;
 #[path = "e2e/parts.rs"]
 mod e2e_parts;
+#[path = "e2e/streams.rs"]
+mod e2e_streams;
 
 use std::time::{Duration, Instant};
 
@@ -40,16 +42,35 @@ async fn run() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     let n = |base: f64| ((base * scale) as i64).max(1000);
+    let only = |what: &str| std::env::var("BENCH_ONLY").is_ok_and(|v| v == what);
     // Classic versus quorum queue: the broker's own limit, 500-byte persistent messages.
     let count = n(200_000.0) as u64;
-    let classic = broker_limit_on(count, 500, false, false).await;
-    let quorum = broker_limit_on(count, 500, true, false).await;
-    println!(
-        "Broker limit, {count} persistent 500-byte messages, window 2,000: classic queue {:.0}/s, quorum queue {:.0}/s",
-        count as f64 / classic,
-        count as f64 / quorum
-    );
-    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "broker") {
+    if !only("stream") && !only("stream-limit") {
+        let classic = broker_limit_on(count, 500, false, false).await;
+        let quorum = broker_limit_on(count, 500, true, false).await;
+        println!(
+            "Broker limit, {count} persistent 500-byte messages, window 2,000: classic queue {:.0}/s, quorum queue {:.0}/s",
+            count as f64 / classic,
+            count as f64 / quorum
+        );
+    }
+    if only("stream-limit") {
+        for batch in [1, 16, 256] {
+            let secs = e2e_streams::stream_limit_with(count, 400, batch).await;
+            println!(
+                "Stream limit, {count} 400-byte messages, {batch} per frame: {:.0}/s",
+                count as f64 / secs
+            );
+        }
+        return;
+    }
+    if only("broker") {
+        // With walrelay's properties too (the figure walrelay's own rate is held against).
+        let shaped = broker_limit(count, 500).await;
+        println!(
+            "Broker limit, {count} 500-byte messages with walrelay's properties, classic queue: {:.0}/s",
+            count as f64 / shaped
+        );
         return;
     }
     // synchronous_commit on, as in production: with it off, the walsender only sees commits
@@ -86,6 +107,11 @@ async fn run() {
             n(100_000.0),
         ),
     ];
+    // `BENCH_ONLY=stream`: the stream sink (RabbitMQ 4's stream port) on the same backlogs.
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "stream") {
+        e2e_streams::report(&env, &client, &backlogs).await;
+        return;
+    }
     // `BENCH_ONLY=backfill`: the backfill of a table of backlog (a)'s shape only.
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "backfill") {
         let _ = Backlog::build(&env, &client, 0, "orders", n(1_000_000.0)).await;

@@ -307,3 +307,127 @@ async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
     let _ = env.delete_stream(&stream).await;
     drop(relay);
 }
+
+/// Large rows: a backlog of 1,000 rows of 33 kB in one transaction and a 900 kB row reach the
+/// stream in one session. walrelay fills each publish frame up to the broker's 1 MiB
+/// `frame_max` and no further (the client library's own producer packs messages without a
+/// size check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_large_rows_respects_the_frame_limit() {
+    let (pg, db) = (PgCluster::start(), unique("app"));
+    let client = pg.create_db(&db).await;
+    client
+        .batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let (slot, stream) = (unique("slot"), unique("st"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stream_config(dir.path(), &pg.url(&db), &slot, &stream, &["public.big"]);
+    // A backlog (walrelay stopped while it is written), so the publishes queue up.
+    let mut relay = Relay::start(&cfg);
+    relay.wait_log("streaming", T).await;
+    relay.terminate(T);
+    client
+        .batch_execute(
+            "INSERT INTO big SELECT g, repeat(md5(g::text), 1000) FROM generate_series(1, 1000) g;
+             INSERT INTO big VALUES (0, repeat('x', 900000));",
+        )
+        .await
+        .unwrap();
+    let relay = Relay::start(&cfg);
+    let end = current_lsn(&client).await;
+    wait_for("the slot past the large rows", T, || async {
+        (slot_confirmed(&client, &slot).await >= end).then_some(())
+    })
+    .await;
+    let (out, stop) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let env = env().await;
+    let reader = tokio::spawn(consume(
+        env.clone(),
+        stream.clone(),
+        Arc::clone(&out),
+        Arc::clone(&stop),
+    ));
+    wait_for("1,001 messages in the stream", T, || {
+        let n = out.lock().unwrap().len();
+        async move { (n >= 1001).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    let got = out.lock().unwrap().clone();
+    assert_eq!(got.len(), 1001);
+    let sizes: Vec<usize> = got.iter().map(|(_, m)| m.data().unwrap().len()).collect();
+    assert!(
+        sizes[..1000].iter().all(|n| *n > 32_000),
+        "{:?}",
+        &sizes[..3]
+    );
+    assert!(sizes[1000] > 900_000, "{}", sizes[1000]);
+    // One session did it all: no frame made the broker close the connection.
+    assert!(
+        !relay.log().contains("session ended"),
+        "a session failed: {}",
+        relay.log()
+    );
+    let _ = env.delete_stream(&stream).await;
+}
+
+/// Batch mode on a stream: a transaction's events travel as JSON arrays of up to
+/// `batch_max_events`, each message saying how many events it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_mode_sends_arrays_to_the_stream() {
+    let (pg, db) = (PgCluster::start(), unique("app"));
+    let client = pg.create_db(&db).await;
+    client
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let (slot, stream) = (unique("slot"), unique("st"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stream_config(dir.path(), &pg.url(&db), &slot, &stream, &["public.a"]);
+    config_set(&cfg, "rabbitmq", "batch_max_events", "10");
+    let relay = Relay::start(&cfg);
+    relay.wait_log("streaming", T).await;
+    client
+        .batch_execute("INSERT INTO a SELECT g, 'v' FROM generate_series(1, 25) g")
+        .await
+        .unwrap();
+    let (out, stop) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let env = env().await;
+    let reader = tokio::spawn(consume(
+        env.clone(),
+        stream.clone(),
+        Arc::clone(&out),
+        Arc::clone(&stop),
+    ));
+    wait_for("three batch messages", T, || {
+        let n = out.lock().unwrap().len();
+        async move { (n >= 3).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    let got = out.lock().unwrap().clone();
+    let sizes: Vec<usize> = got
+        .iter()
+        .map(|(_, m)| body(m).as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [10, 10, 5], "arrays of up to 10, in order");
+    let counts: Vec<Option<String>> = got.iter().map(|(_, m)| app_property(m, "batch")).collect();
+    assert!(counts.iter().all(Option::is_some), "{counts:?}");
+    let ids: Vec<i64> = got
+        .iter()
+        .flat_map(|(_, m)| body(m).as_array().unwrap().clone())
+        .map(|e| e["key"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=25).collect::<Vec<_>>());
+    drop(relay);
+    let _ = env.delete_stream(&stream).await;
+}

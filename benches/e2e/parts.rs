@@ -33,6 +33,11 @@ pub struct Backlog {
     pub end: u64,
 }
 
+/// pgbench against the bench database, with the scripts in benches/e2e.
+pub fn pgbench_run(env: &Env, args: &[&str]) {
+    pgbench(env, args)
+}
+
 fn pgbench(env: &Env, args: &[&str]) {
     let script_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e");
     let mut cmd = Command::new(pg_bin("pgbench"));
@@ -374,7 +379,7 @@ pub async fn python_peer(
 }
 
 /// `2026-11-22T03:35:50.822039+00:00` → µs since the Unix epoch.
-fn parse_commit_time(s: &str) -> Option<i64> {
+pub fn parse_commit_time(s: &str) -> Option<i64> {
     let (date, rest) = s.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, dd) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);

@@ -89,6 +89,13 @@ impl PublishLoop {
             if !input_open && window.is_empty() {
                 return Ok(self.publisher);
             }
+            // The stream sink fills frames: send them once nothing more is ready to add (or
+            // no more may be added), before waiting on anything.
+            if self.publisher.has_pending()
+                && (self.rx.is_empty() || !input_open || window.len() >= self.max_in_flight)
+            {
+                self.flush_frames(window.len()).await?;
+            }
             let stall_at = last_progress + self.confirm_timeout;
             tokio::select! {
                 biased;
@@ -251,9 +258,6 @@ impl PublishLoop {
         count: usize,
         last_progress: &mut Instant,
     ) -> Result<(), RunError> {
-        if self.publisher.switches(&ev) {
-            self.settle_all(window, last_progress).await?;
-        }
         let mut ev = ev;
         let body = std::mem::take(&mut ev.body);
         let bytes = body.len();
@@ -296,26 +300,15 @@ impl PublishLoop {
         Ok(())
     }
 
-    /// Waits until every message published is settled (the stream sink, before it publishes
-    /// through another producer: order across connections). Bounded by the stall timeout.
-    async fn settle_all(
-        &mut self,
-        window: &mut ConfirmWindow<InFlight>,
-        last_progress: &mut Instant,
-    ) -> Result<(), RunError> {
-        while !window.is_empty() {
-            let stall_at = *last_progress + self.confirm_timeout;
-            match tokio::time::timeout_at(stall_at, self.publisher.answer()).await {
-                Ok(answer) => self.settle(answer, window, last_progress)?,
-                Err(_) => {
-                    return Err(SinkError::Stalled {
-                        waited: self.confirm_timeout,
-                        in_flight: window.len(),
-                    }
-                    .into());
-                }
-            }
-        }
+    /// Sends the stream sink's filled frames, bounded like a publish: a broker that stops
+    /// reading ends the session as stalled.
+    async fn flush_frames(&mut self, in_flight: usize) -> Result<(), RunError> {
+        tokio::time::timeout(self.confirm_timeout, self.publisher.flush())
+            .await
+            .map_err(|_| SinkError::Stalled {
+                waited: self.confirm_timeout,
+                in_flight,
+            })??;
         Ok(())
     }
 

@@ -52,12 +52,21 @@ impl Outlet {
         }
     }
 
-    /// True when `event` may be published only after every earlier message is confirmed
-    /// (the stream sink switching producers; never on AMQP's one channel).
-    pub fn switches(&self, event: &Event) -> bool {
+    /// True when published messages wait in a frame (the stream sink frames its publishes;
+    /// AMQP's client writes each at once).
+    pub fn has_pending(&self) -> bool {
         match self {
             Outlet::Amqp(_) => false,
-            Outlet::Stream(s) => s.switches(event),
+            Outlet::Stream(s) => s.has_pending(),
+        }
+    }
+
+    /// Sends the messages waiting in frames: the publish loop calls it when it has nothing
+    /// more to add right now.
+    pub async fn flush(&mut self) -> Result<(), SinkError> {
+        match self {
+            Outlet::Amqp(_) => Ok(()),
+            Outlet::Stream(s) => s.flush().await,
         }
     }
 

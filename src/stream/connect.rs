@@ -17,28 +17,8 @@ pub async fn environment(url: &AmqpUrl, name: &str) -> Result<(Environment, Clie
         .virtual_host(&url.vhost)
         .heartbeat(u32::from(url.heartbeat_secs))
         .client_provided_name(name);
-    let mut options = ClientOptions::builder()
-        .host(&url.host)
-        .port(url.port)
-        .user(&url.user)
-        .password(url.password.expose())
-        .v_host(&url.vhost)
-        .client_provided_name(format!("{name} (queries)"));
-    if url.tls {
-        // Never without checking the certificate: the client library trusts any server when
-        // no root certificates are given, so validation requires `cacertfile`.
-        let Some(ca) = &url.ca_file else {
-            return Err(failed(
-                "TLS",
-                "rabbitmq-stream+tls:// needs ?cacertfile=<PEM bundle>",
-            ));
-        };
-        let tls = TlsConfiguration::builder()
-            .add_root_certificates(ca.clone())
-            .build()
-            .map_err(|e| failed("TLS", e))?;
-        builder = builder.tls(tls.clone());
-        options = options.tls(tls);
+    if let Some(tls) = tls(url)? {
+        builder = builder.tls(tls);
     }
     // A broker older than 3.13 closes the connection at the client's first command
     // (ExchangeCommandVersions), which the client reports as a bare I/O error.
@@ -46,10 +26,52 @@ pub async fn environment(url: &AmqpUrl, name: &str) -> Result<(Environment, Clie
         .build()
         .await
         .map_err(|e| failed("connecting", format!("{e} ({NEEDS})")))?;
-    let admin = Client::connect(options.build())
+    let options = client_options(url, &format!("{name} (queries)"), &url.host, url.port)?;
+    let admin = Client::connect(options)
         .await
         .map_err(|e| failed("connecting", e))?;
     Ok((env, admin))
+}
+
+/// Options for a plain client connection to `host:port` (the URL's node, or a stream's
+/// leader as the broker advertises it) with the URL's credentials, vhost, heartbeat and TLS.
+pub fn client_options(
+    url: &AmqpUrl,
+    name: &str,
+    host: &str,
+    port: u16,
+) -> Result<ClientOptions, SinkError> {
+    let mut options = ClientOptions::builder()
+        .host(host)
+        .port(port)
+        .user(&url.user)
+        .password(url.password.expose())
+        .v_host(&url.vhost)
+        .heartbeat(u32::from(url.heartbeat_secs))
+        .client_provided_name(name.to_owned());
+    if let Some(tls) = tls(url)? {
+        options = options.tls(tls);
+    }
+    Ok(options.build())
+}
+
+/// TLS for `rabbitmq-stream+tls://`: never without checking the certificate — the client
+/// library trusts any server when no root certificates are given, so it needs `cacertfile`.
+fn tls(url: &AmqpUrl) -> Result<Option<TlsConfiguration>, SinkError> {
+    if !url.tls {
+        return Ok(None);
+    }
+    let Some(ca) = &url.ca_file else {
+        return Err(failed(
+            "TLS",
+            "rabbitmq-stream+tls:// needs ?cacertfile=<PEM bundle>",
+        ));
+    };
+    TlsConfiguration::builder()
+        .add_root_certificates(ca.clone())
+        .build()
+        .map(Some)
+        .map_err(|e| failed("TLS", e))
 }
 
 /// The streams that make up `name`: its partitions when `partitions` is set (in binding

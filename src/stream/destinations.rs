@@ -4,39 +4,28 @@
 //! stays in one partition and consumers keep per-key order with one active consumer per
 //! partition).
 //!
-//! Order across producers: every producer has a connection of its own, so two producers'
-//! messages can reach the broker in either order. Within one stream that would break the
-//! order, so a message may go to another producer of the *same* stream only once everything
-//! before it is confirmed. The partitions of a super stream are separate streams: a message
-//! moving from one partition to another needs no wait (the per-key order lives inside each
-//! partition), which is what lets a super stream publish at full speed with keys spread
-//! over all partitions. Between other streams (a reroute, a table's own stream) walrelay
-//! keeps the conservative rule and waits.
+//! Order: all producers of one stream publish on the connection to its leader
+//! (`super::link`), so the broker gets a stream's messages in publish order; the partitions of
+//! a super stream are separate streams, each with its own order (per key).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rabbitmq_stream_client::types::ResponseCode;
 use rabbitmq_stream_client::{Client, Environment};
 use tracing::info;
 
-use super::publisher::ProducerKey;
 use super::{StreamSettings, failed};
 use crate::event::Event;
 use crate::event::routing::partition_by_hash;
 use crate::sink::SinkError;
 
-/// The streams of one session and the last producer used on each partition.
+/// The streams of one session.
 pub struct Destinations {
     /// The default stream, or the super stream's name.
     default: Arc<str>,
     /// The super stream's partition streams in binding order (empty without a super stream):
     /// partition `i` is `partitions[i]`.
     partitions: Vec<Arc<str>>,
-    /// The producer of the last message sent to each partition stream.
-    on_partition: HashMap<Arc<str>, ProducerKey>,
-    /// The producer of the last message sent.
-    last: Option<ProducerKey>,
 }
 
 impl Destinations {
@@ -44,8 +33,6 @@ impl Destinations {
         Destinations {
             default: Arc::from(default),
             partitions: partitions.into_iter().map(Arc::from).collect(),
-            on_partition: HashMap::new(),
-            last: None,
         }
     }
 
@@ -66,42 +53,6 @@ impl Destinations {
                 Arc::clone(&self.partitions[p as usize])
             }
         }
-    }
-
-    /// True when a message for producer `key` must wait until every earlier message is
-    /// confirmed (see the module's note on order).
-    pub fn must_wait(&self, key: &ProducerKey) -> bool {
-        let Some(last) = &self.last else {
-            return false;
-        };
-        if last == key {
-            return false;
-        }
-        if self.is_partition(&key.stream) && self.is_partition(&last.stream) {
-            return self
-                .on_partition
-                .get(&key.stream)
-                .is_some_and(|prev| prev != key);
-        }
-        true
-    }
-
-    /// Records that a message went to `key`.
-    pub fn sent(&mut self, key: &ProducerKey) {
-        if self.is_partition(&key.stream) && self.on_partition.get(&key.stream) != Some(key) {
-            self.on_partition
-                .insert(Arc::clone(&key.stream), key.clone());
-        }
-        if self.last.as_ref() != Some(key) {
-            self.last = Some(key.clone());
-        }
-    }
-
-    fn is_partition(&self, stream: &Arc<str>) -> bool {
-        // Partition counts are small; a scan beats hashing a name.
-        self.partitions
-            .iter()
-            .any(|p| Arc::ptr_eq(p, stream) || p == stream)
     }
 }
 
@@ -159,39 +110,36 @@ pub async fn super_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::publishing_id::Sequence;
+    use crate::event::Op;
+    use crate::lsn::Lsn;
 
-    fn key(stream: &str, sequence: Option<Sequence>) -> ProducerKey {
-        ProducerKey {
-            stream: Arc::from(stream),
-            sequence,
+    fn event(exchange: Option<&str>, key_hash: Option<u64>) -> Event {
+        Event {
+            id: "0/10:0".into(),
+            op: Op::Insert,
+            schema: "public".into(),
+            table: "t".into(),
+            commit_lsn: Lsn(0x10),
+            commit_time_us: None,
+            routing_key: "public.t.insert".into(),
+            key_hash,
+            exchange: exchange.map(Arc::from),
+            metric_table: Arc::from("t"),
+            body: Vec::new(),
         }
     }
 
     #[test]
-    fn moving_between_partitions_never_waits_but_switching_producers_in_one_does() {
-        let mut d = Destinations::new("orders", vec!["orders-0".into(), "orders-1".into()]);
-        let named = || Some(Sequence::Epoch(0));
-        assert!(!d.must_wait(&key("orders-0", named())));
-        d.sent(&key("orders-0", named()));
-        // Another partition, same producer name: no wait.
-        assert!(!d.must_wait(&key("orders-1", named())));
-        d.sent(&key("orders-1", named()));
-        assert!(!d.must_wait(&key("orders-0", named())));
-        // Another producer on a partition already written by a different one: wait.
-        assert!(d.must_wait(&key("orders-0", None)));
-        assert!(d.must_wait(&key("orders-1", Some(Sequence::Epoch(1)))));
-        // A stream outside the super stream: wait.
-        assert!(d.must_wait(&key("audit", named())));
-    }
-
-    #[test]
-    fn a_plain_stream_waits_on_every_producer_change() {
-        let mut d = Destinations::new("walrelay", Vec::new());
-        let named = || Some(Sequence::Epoch(0));
-        d.sent(&key("walrelay", named()));
-        assert!(!d.must_wait(&key("walrelay", named())));
-        assert!(d.must_wait(&key("walrelay", None)));
-        assert!(d.must_wait(&key("other", named())));
+    fn keys_pick_partitions_and_other_streams_stay_plain() {
+        let d = Destinations::new("orders", (0..3).map(|i| format!("orders-{i}")).collect());
+        assert_eq!(&*d.stream_of(&event(None, Some(7))), "orders-1");
+        assert_eq!(&*d.stream_of(&event(None, Some(9))), "orders-0");
+        // No key (truncates, summaries, messages): partition 0.
+        assert_eq!(&*d.stream_of(&event(None, None)), "orders-0");
+        // The super stream named as an exchange is the partitioned default.
+        assert_eq!(&*d.stream_of(&event(Some("orders"), Some(8))), "orders-2");
+        assert_eq!(&*d.stream_of(&event(Some("audit"), Some(8))), "audit");
+        let plain = Destinations::new("walrelay", Vec::new());
+        assert_eq!(&*plain.stream_of(&event(None, Some(8))), "walrelay");
     }
 }

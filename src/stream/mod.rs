@@ -5,6 +5,7 @@
 
 pub mod connect;
 pub mod destinations;
+pub mod link;
 pub mod metrics;
 pub mod publisher;
 pub mod publishing_id;

@@ -14,27 +14,24 @@
 //! have no place in that order and go to an unnamed producer: never dropped, possibly repeated
 //! after a crash (their ids are stable for consumers to de-duplicate).
 //!
-//! Which stream, and when a message must wait for earlier confirms (order across producers):
-//! [`super::destinations`].
+//! Which stream: [`super::destinations`]. Producers are publishers on the connection to their
+//! stream's leader ([`StreamLink`], which also frames the publishes), so a stream's messages
+//! reach the broker in publish order whichever producer sends them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use rabbitmq_stream_client::types::{ByteCapacity, Message, ResponseCode, StreamCreator};
-use rabbitmq_stream_client::{
-    Client, ConfirmationStatus, Dedup, Environment, NoDedup, OnClosed, Producer,
-};
+use rabbitmq_stream_client::{Client, Environment};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use super::destinations::{Destinations, super_stream};
+use super::link::{MESSAGE_OVERHEAD, StreamLink};
 use super::publishing_id::{Origin, Sequence, producer_name, publishing_id};
 use super::{StreamSettings, failed};
 use crate::event::{Event, Op};
 use crate::sink::{BrokerState, Signal, SinkError};
-
-/// Messages the client's writer task packs into one publish frame at most.
-const FRAME_BATCH: usize = 256;
 
 /// Which producer a message goes to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -44,18 +41,28 @@ pub struct ProducerKey {
     pub sequence: Option<Sequence>,
 }
 
-enum Handle {
-    Named(Producer<Dedup>),
-    Unnamed(Producer<NoDedup>),
+/// A producer: a publisher on the connection to its stream's leader.
+struct Producer {
+    /// The leader's address: the key of its link.
+    leader: (String, u16),
+    publisher: u8,
+    /// Named: the highest id the broker stored for the name when the producer opened (a
+    /// message at or below it is a replay the broker drops). Unnamed: 0.
+    stored: u64,
+    /// Unnamed: the last publishing id used (ids only match confirms to messages).
+    last_id: u64,
 }
 
 /// The publishing side of one session on the stream protocol.
 pub struct StreamPublisher {
-    env: Environment,
-    /// For queries that are not publishing: the last stored id of a producer name.
+    /// For queries that are not publishing (metadata, the last stored id of a name).
     admin: Client,
+    /// The URL the links' connections take their credentials and TLS from.
+    url: crate::sink::AmqpUrl,
     origin: Option<Origin>,
-    producers: HashMap<ProducerKey, (Handle, u64)>,
+    producers: HashMap<ProducerKey, Producer>,
+    /// One connection per leader node.
+    links: HashMap<(String, u16), StreamLink>,
     /// The streams (and super stream partitions) and the producers last used on them.
     destinations: Destinations,
     next_tag: u64,
@@ -91,20 +98,22 @@ impl StreamPublisher {
             Self::ensure_stream(&env, &admin, name, stream).await?;
         }
         let destinations = Destinations::new(&settings.exchange, partitions);
-        Ok(Self::with(env, admin, destinations))
+        let _ = env;
+        Ok(Self::with(admin, stream.url.clone(), destinations))
     }
 
-    fn with(env: Environment, admin: Client, destinations: Destinations) -> Self {
+    fn with(admin: Client, url: crate::sink::AmqpUrl, destinations: Destinations) -> Self {
         let (signals_tx, signals) = mpsc::unbounded_channel();
         let (state, _) = watch::channel(BrokerState {
             open: true,
             blocked: false,
         });
         StreamPublisher {
-            env,
             admin,
+            url,
             origin: None,
             producers: HashMap::new(),
+            links: HashMap::new(),
             destinations,
             next_tag: 1,
             signals_tx,
@@ -184,15 +193,9 @@ impl StreamPublisher {
         }
     }
 
-    /// True when `event` may be sent only once everything before it is confirmed: it goes
-    /// to another producer of a stream than the last message there (order across
-    /// connections; [`super::destinations`]).
-    pub fn switches(&self, event: &Event) -> bool {
-        self.destinations.must_wait(&self.route(event).0)
-    }
-
-    /// Publishes a message of `count` events; its confirm arrives as a signal with the next
-    /// delivery tag.
+    /// Adds a message of `count` events to the frame of its producer's link; its confirm
+    /// arrives as a signal with the next delivery tag. The frame is sent when full, when the
+    /// link's next message is another producer's, or by [`Self::flush`].
     pub async fn publish_message(
         &mut self,
         event: &Event,
@@ -201,73 +204,119 @@ impl StreamPublisher {
     ) -> Result<(), SinkError> {
         let (key, id) = self.route(event);
         if !self.producers.contains_key(&key) {
-            let handle = self.open_producer(&key).await?;
-            self.producers.insert(key.clone(), handle);
+            let producer = self.open_producer(&key).await?;
+            self.producers.insert(key.clone(), producer);
         }
-        let message = message(event, body, count, id);
-        let tag = self.next_tag;
-        let tx = self.signals_tx.clone();
-        let confirm = move |res: Result<ConfirmationStatus, _>| {
-            let signal = answer(tag, res);
-            async move {
-                let _ = tx.send(signal);
+        let producer = self.producers.get_mut(&key).expect("inserted above");
+        let id = match id {
+            Some(id) => {
+                if id <= producer.stored
+                    && let Some(m) = &self.metrics
+                {
+                    m.stream.replays.inc();
+                }
+                id
+            }
+            None => {
+                producer.last_id += 1;
+                producer.last_id
             }
         };
-        let (handle, stored) = self.producers.get_mut(&key).expect("inserted above");
-        if let Some(id) = id
-            && id <= *stored
-            && let Some(m) = &self.metrics
-        {
-            m.stream.replays.inc();
-        }
-        match handle {
-            Handle::Named(p) => p.send(message, confirm).await,
-            Handle::Unnamed(p) => p.send(message, confirm).await,
-        }
-        .map_err(|e| failed("publishing", e))?;
+        let size = body.len()
+            + MESSAGE_OVERHEAD
+            + event.id.len()
+            + event.routing_key.len()
+            + event.schema.len()
+            + event.table.len();
+        let message = message(event, body, count, id);
+        let tag = self.next_tag;
+        let link = self
+            .links
+            .get_mut(&producer.leader)
+            .expect("a producer's link is opened with it");
+        link.push(producer.publisher, id, tag, message, size)
+            .await?;
         self.next_tag += 1;
-        self.destinations.sent(&key);
         Ok(())
     }
 
-    async fn open_producer(&self, key: &ProducerKey) -> Result<(Handle, u64), SinkError> {
-        let closed = Box::new(Closed {
-            signals: self.signals_tx.clone(),
-            state: Arc::clone(&self.state),
-        });
-        let builder = self
-            .env
-            .producer()
-            .batch_size(FRAME_BATCH)
-            .client_provided_name("walrelay")
-            .on_closed(closed);
-        let Some(sequence) = &key.sequence else {
-            let p = builder
-                .build(&key.stream)
-                .await
-                .map_err(|e| failed("opening a producer", e))?;
-            return Ok((Handle::Unnamed(p), 0));
+    /// True when a frame waits to be sent.
+    pub fn has_pending(&self) -> bool {
+        self.links.values().any(StreamLink::has_pending)
+    }
+
+    /// Sends every frame being filled.
+    pub async fn flush(&mut self) -> Result<(), SinkError> {
+        for link in self.links.values_mut() {
+            link.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the producer of `key`: a publisher on the connection to its stream's leader
+    /// (opened when missing), named after the origin and sequence or unnamed.
+    async fn open_producer(&mut self, key: &ProducerKey) -> Result<Producer, SinkError> {
+        let leader = self.leader_of(&key.stream).await?;
+        if !self.links.contains_key(&leader) {
+            let options =
+                super::connect::client_options(&self.url, "walrelay", &leader.0, leader.1)?;
+            let link =
+                StreamLink::open(options, self.signals_tx.clone(), Arc::clone(&self.state)).await?;
+            self.links.insert(leader.clone(), link);
+        }
+        let name = match &key.sequence {
+            None => None,
+            Some(sequence) => {
+                let origin = self.origin.as_ref().ok_or_else(|| {
+                    failed("opening a producer", "the server is not identified yet")
+                })?;
+                Some(producer_name(origin, sequence))
+            }
         };
-        let origin = self
-            .origin
-            .as_ref()
-            .ok_or_else(|| failed("opening a producer", "the server is not identified yet"))?;
-        let name = producer_name(origin, sequence);
-        let stored = self
-            .admin
-            .query_publisher_sequence(&name, &key.stream)
-            .await
-            .map_err(|e| failed("reading a producer's last publishing id", e))?;
-        let p = builder
-            .name(&name)
-            .build(&key.stream)
-            .await
-            .map_err(|e| failed("opening a producer", e))?;
-        debug!(producer = %name, stream = %key.stream, stored, "opened a deduplicating producer");
+        let link = self.links.get_mut(&leader).expect("inserted above");
+        let stored = match &name {
+            Some(name) => link
+                .client()
+                .query_publisher_sequence(name, &key.stream)
+                .await
+                .map_err(|e| failed("reading a producer's last publishing id", e))?,
+            None => 0,
+        };
+        let publisher = link.declare(name.clone(), &key.stream).await?;
+        debug!(producer = ?name, stream = %key.stream, stored, publisher, "opened a stream producer");
         if let Some(m) = &self.metrics {
             m.stream.producers.inc();
         }
-        Ok((Handle::Named(p), stored))
+        Ok(Producer {
+            leader,
+            publisher,
+            stored,
+            last_id: 0,
+        })
+    }
+
+    /// The leader node of `stream`, as the broker advertises it.
+    async fn leader_of(&self, stream: &str) -> Result<(String, u16), SinkError> {
+        let metadata = self
+            .admin
+            .metadata(vec![stream.to_owned()])
+            .await
+            .map_err(|e| failed("reading stream metadata", e))?;
+        match metadata.get(stream) {
+            Some(m) if m.response_code == ResponseCode::Ok => {
+                let port = u16::try_from(m.leader.port)
+                    .map_err(|_| failed("reading stream metadata", "leader port out of range"))?;
+                Ok((m.leader.host.clone(), port))
+            }
+            Some(m) => Err(failed(
+                "reading stream metadata",
+                format!("stream {stream:?}: {:?}", m.response_code),
+            )),
+            None => Err(failed(
+                "reading stream metadata",
+                format!("stream {stream:?}: no answer"),
+            )),
+        }
     }
 
     /// The next answer of the broker.
@@ -280,14 +329,11 @@ impl StreamPublisher {
         self.state.subscribe()
     }
 
-    /// Closes producers and connections (best effort, bounded).
+    /// Closes the connections (best effort, bounded).
     pub async fn close(self) {
         let closing = async {
-            for (_, (handle, _)) in self.producers {
-                let _ = match handle {
-                    Handle::Named(p) => p.close().await,
-                    Handle::Unnamed(p) => p.close().await,
-                };
+            for (_, link) in self.links {
+                link.close().await;
             }
             let _ = self.admin.close().await;
         };
@@ -329,7 +375,7 @@ fn change_index(event: &Event) -> Option<u64> {
 
 /// The AMQP 1.0 message: the event body, with properties and application properties that
 /// mirror the AMQP sink's (message id, content type, timestamp, headers, routing key).
-fn message(event: &Event, body: Vec<u8>, count: usize, id: Option<u64>) -> Message {
+fn message(event: &Event, body: Vec<u8>, count: usize, id: u64) -> Message {
     let mut props = Message::builder()
         .body(body)
         .properties()
@@ -350,52 +396,12 @@ fn message(event: &Event, body: Vec<u8>, count: usize, id: Option<u64>) -> Messa
         .insert("commit_lsn", event.commit_lsn.to_string().as_str())
         .insert("routing_key", event.routing_key.as_str());
     if count > 1 {
-        app = app.insert("batch", count as i64);
+        // An unsigned int: rabbitmq-stream-protocol 0.11 sizes a small `long` (-128..=127) as
+        // 3 bytes but writes 2, which corrupts the publish frame (the broker's reader crashes
+        // on it and closes the connection); its `uint` sizes and writes agree.
+        app = app.insert("batch", u32::try_from(count).unwrap_or(u32::MAX));
     }
-    let builder = app.message_builder();
-    match id {
-        Some(id) => builder.publishing_id(id).build(),
-        None => builder.build(),
-    }
-}
-
-/// A confirm (or its failure) as the publish loop's signal.
-fn answer(
-    tag: u64,
-    res: Result<ConfirmationStatus, rabbitmq_stream_client::error::ProducerPublishError>,
-) -> Signal {
-    match res {
-        Ok(s) if s.confirmed() => Signal::Ack {
-            tag,
-            multiple: false,
-        },
-        Ok(s) => Signal::Refused {
-            tag,
-            reason: format!("refused by the stream: {:?}", s.status()),
-        },
-        Err(e) => Signal::Refused {
-            tag,
-            reason: format!("failed by the stream client: {e}"),
-        },
-    }
-}
-
-/// Told by the client when a producer's connection closes: the session ends.
-struct Closed {
-    signals: mpsc::UnboundedSender<Signal>,
-    state: Arc<watch::Sender<BrokerState>>,
-}
-
-#[async_trait::async_trait]
-impl OnClosed for Closed {
-    async fn on_closed(&self, unconfirmed: Vec<Message>) {
-        self.state.send_modify(|s| s.open = false);
-        tracing::warn!(
-            unconfirmed = unconfirmed.len(),
-            "RabbitMQ closed a stream producer's connection; unconfirmed messages are replayed from the slot"
-        );
-        let _ = self.signals.send(Signal::Lost);
-    }
+    app.message_builder().publishing_id(id).build()
 }
 
 #[cfg(test)]

@@ -1,0 +1,327 @@
+//! The stream sink's part of the end-to-end benchmark (`BENCH_ONLY=stream`, against RabbitMQ
+//! 4 from `scripts/rabbitmq4.sh`): walrelay publishing backlogs (a)–(c) to a stream, one
+//! message per event, against the decode limit of the same run and the stream limit (a
+//! minimal named producer with publishing ids, walrelay's message shape, every message
+//! confirmed); then live commit→consumer latency read from the stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rabbitmq_stream_client::types::{Message, OffsetSpecification};
+
+use super::common::stream::{STREAM_URL, env};
+use super::common::*;
+use super::e2e_parts::*;
+use super::{TIMEOUT, timed};
+
+/// A stream-sink config for backlog `i` (its slot and publication), `batch` events per
+/// message at most.
+fn config(
+    dir: &std::path::Path,
+    url: &str,
+    slot: &str,
+    publication: &str,
+    stream: &str,
+    table: &str,
+    batch: usize,
+) -> std::path::PathBuf {
+    let text = format!(
+        "[postgres]\nurl = {url:?}\nslot = {slot:?}\npublication = {publication:?}\n\
+         [stream]\nurl = {STREAM_URL:?}\nstream = {stream:?}\nmax_length_bytes = 20000000000\n\
+         [rabbitmq]\nconfirm_timeout_ms = 60000\nbatch_max_events = {batch}\n\
+         [service]\nprobe_interval_ms = 600000\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\
+         [filter]\ninclude = [\"public.{table}\"]\n"
+    );
+    let path = dir.join("walrelay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// walrelay with the stream sink from start until the slot is confirmed past the backlog.
+pub async fn stream_catchup(
+    env_: &Env,
+    c: &tokio_postgres::Client,
+    b: &Backlog,
+    batch: usize,
+) -> RelayRun {
+    let stream = unique("bench");
+    let dir = tempfile::tempdir().unwrap();
+    let slot = format!("main_{}", b.i);
+    let cfg = config(
+        dir.path(),
+        &env_.url,
+        &slot,
+        &format!("pub_{}", b.i),
+        &stream,
+        &b.table,
+        batch,
+    );
+    let start = Instant::now();
+    let relay = Relay::start(&cfg);
+    let pid = relay.child.id();
+    while slot_confirmed(c, &slot).await < b.end {
+        assert!(start.elapsed() < TIMEOUT, "walrelay did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs_of(pid);
+    let peak = proc_status_of(pid, "VmHWM:");
+    let port = relay.http_port().await;
+    let metrics = tokio::task::spawn_blocking(move || http_get(port, "/metrics").1)
+        .await
+        .unwrap();
+    let events: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("walrelay_events_published_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let bytes = metric(&metrics, "walrelay_bytes_published_total");
+    let messages = metric(&metrics, "walrelay_publish_confirm_seconds_count");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = proc_status_of(pid, "VmRSS:");
+    drop(relay);
+    let _ = env().await.delete_stream(&stream).await;
+    RelayRun {
+        secs,
+        events: events as u64,
+        messages: messages as u64,
+        avg_bytes: (bytes / events.max(1.0)) as usize,
+        cpu_secs: cpu,
+        peak_rss_kib: peak,
+        idle_rss_kib: idle,
+    }
+}
+
+/// The stream limit: one named producer sending `n` messages of `size` bytes shaped like
+/// walrelay's (message id, content type, creation time, five application properties), each
+/// with a publishing id, every one confirmed. Seconds until the last confirm.
+pub async fn stream_limit(n: u64, size: usize) -> f64 {
+    stream_limit_with(n, size, 256).await
+}
+
+/// [`stream_limit`] with the client packing at most `batch` messages into one frame.
+pub async fn stream_limit_with(n: u64, size: usize, batch: usize) -> f64 {
+    let env = env().await;
+    let stream = unique("limit");
+    env.stream_creator().create(&stream).await.unwrap();
+    let mut producer = env
+        .producer()
+        .name(&unique("limit"))
+        .batch_size(batch)
+        .build(&stream)
+        .await
+        .unwrap();
+    let body = vec![b'x'; size.max(1)];
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let (_, secs) = timed(async {
+        for i in 0..n {
+            let message = Message::builder()
+                .body(body.clone())
+                .properties()
+                .message_id(format!("0/16B374D48:{i}"))
+                .content_type("application/json")
+                .creation_time(chrono::Utc::now())
+                .message_builder()
+                .application_properties()
+                .insert("op", "insert")
+                .insert("schema", "public")
+                .insert("table", "orders")
+                .insert("commit_lsn", "0/16B374D48")
+                .insert("routing_key", "public.orders.insert")
+                .message_builder()
+                .publishing_id(i + 1)
+                .build();
+            let (confirmed, done) = (Arc::clone(&confirmed), Arc::clone(&done));
+            producer
+                .send(message, move |r| {
+                    assert!(
+                        r.is_ok_and(|s| s.confirmed()),
+                        "the stream refused a message"
+                    );
+                    if confirmed.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                        done.notify_one();
+                    }
+                    async {}
+                })
+                .await
+                .unwrap();
+        }
+        if confirmed.load(Ordering::Relaxed) < n {
+            done.notified().await;
+        }
+    })
+    .await;
+    let _ = producer.close().await;
+    let _ = env.delete_stream(&stream).await;
+    secs
+}
+
+/// Live commit→consumer latency with the stream sink at `rates` transactions per second
+/// (pgbench, 20 s each), the consumer reading the stream from `next`.
+pub async fn stream_live_latency(
+    env_: &Env,
+    c: &tokio_postgres::Client,
+    rates: &[u32],
+) -> Vec<Latency> {
+    c.batch_execute("CREATE PUBLICATION pub_slive FOR TABLE orders")
+        .await
+        .unwrap();
+    let stream = unique("live");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &env_.url,
+        "slive",
+        "pub_slive",
+        &stream,
+        "orders",
+        1,
+    );
+    let relay = Relay::start(&cfg);
+    relay.wait_log("streaming", TIMEOUT).await;
+    let env = env().await;
+    let mut consumer = env
+        .consumer()
+        .offset(OffsetSpecification::Next)
+        .build(&stream)
+        .await
+        .unwrap();
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let sink = Arc::clone(&samples);
+    let task = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let Some(data) = d.message().data() else {
+                continue;
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as i64;
+            let v: serde_json::Value = serde_json::from_slice(data).unwrap();
+            if let Some(t) = v["commit_time"].as_str().and_then(parse_commit_time) {
+                sink.lock().unwrap().push(now - t);
+            }
+        }
+    });
+    let mut out = Vec::new();
+    for &rate in rates {
+        samples.lock().unwrap().clear();
+        let start = Instant::now();
+        pgbench_run(
+            env_,
+            &[
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-R",
+                &rate.to_string(),
+                "-T",
+                "20",
+                "-f",
+                "single.sql",
+            ],
+        );
+        let bench_secs = start.elapsed().as_secs_f64();
+        let end = current_lsn(c).await;
+        let caught = Instant::now();
+        while slot_confirmed(c, "slive").await < end && caught.elapsed() < TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let catchup = caught.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut v = samples.lock().unwrap().clone();
+        v.sort_unstable();
+        let pct = |p: f64| {
+            v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
+        out.push(Latency {
+            rate,
+            achieved_tps: v.len() as f64 / bench_secs,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: v.last().copied().unwrap_or(0) as f64 / 1000.0,
+            samples: v.len(),
+            catchup_after_secs: catchup,
+            idle_rss_kib: proc_status_of(relay.child.id(), "VmRSS:"),
+        });
+    }
+    task.abort();
+    drop(relay);
+    let _ = env.delete_stream(&stream).await;
+    out
+}
+
+/// Backlogs (a)–(c) with the stream sink, batch mode on (a)'s shape, live latency: the
+/// report of `BENCH_ONLY=stream`.
+pub async fn report(env_: &Env, client: &tokio_postgres::Client, backlogs: &[(&str, &str, i64)]) {
+    println!(
+        "| backlog (stream sink, RabbitMQ 4) | events | decode limit /s | stream limit /s | walrelay /s | × decode | CPU µs/event | peak RSS MiB | messages |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut i = 0;
+    for (name, table, count) in backlogs {
+        let mut b = Backlog::build(env_, client, i, table, *count).await;
+        eprintln!("== stream backlog {name}");
+        let decode = decode_limit(env_, client, &b).await;
+        let relay = stream_catchup(env_, client, &b, 1).await;
+        if b.events == 0 {
+            b.events = relay.events;
+        }
+        let limit = stream_limit(b.events, relay.avg_bytes).await;
+        let ev = b.events as f64;
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
+            b.events,
+            ev / decode,
+            ev / limit,
+            ev / relay.secs,
+            decode / relay.secs,
+            relay.cpu_secs * 1e6 / ev,
+            relay.peak_rss_kib as f64 / 1024.0,
+            relay.messages
+        );
+        i += 1;
+    }
+    // Batch mode (100 events per message) on (a)'s shape.
+    let (_, _, count) = backlogs[0];
+    let b = Backlog::build(env_, client, i, "orders", count).await;
+    let decode = decode_limit(env_, client, &b).await;
+    let relay = stream_catchup(env_, client, &b, 100).await;
+    let ev = b.events as f64;
+    println!(
+        "| a, batch mode (100 events/message) | {} | {:.0} | — | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
+        b.events,
+        ev / decode,
+        ev / relay.secs,
+        decode / relay.secs,
+        relay.cpu_secs * 1e6 / ev,
+        relay.peak_rss_kib as f64 / 1024.0,
+        relay.messages
+    );
+    let lat = stream_live_latency(env_, client, &[2000, 5000]).await;
+    println!(
+        "\n| live, stream sink: target tx/s | achieved | p50 ms | p99 ms | max ms | samples | catch-up s | RSS MiB |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for l in lat {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.1} |",
+            l.rate,
+            l.achieved_tps,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            l.samples,
+            l.catchup_after_secs,
+            l.idle_rss_kib as f64 / 1024.0
+        );
+    }
+}
