@@ -45,7 +45,7 @@ async fn run() {
     let only = |what: &str| std::env::var("BENCH_ONLY").is_ok_and(|v| v == what);
     // Classic versus quorum queue: the broker's own limit, 500-byte persistent messages.
     let count = n(200_000.0) as u64;
-    if !only("stream") && !only("stream-limit") {
+    if !only("stream") && !only("stream-limit") && !only("stream-catchup") {
         let classic = broker_limit_on(count, 500, false, false).await;
         let quorum = broker_limit_on(count, 500, true, false).await;
         println!(
@@ -107,6 +107,19 @@ async fn run() {
             n(100_000.0),
         ),
     ];
+    // `BENCH_ONLY=stream-catchup`: backlog (a) through the stream sink only (for profiling).
+    if only("stream-catchup") {
+        let b = Backlog::build(&env, &client, 0, "orders", n(1_000_000.0)).await;
+        let relay = e2e_streams::stream_catchup(&env, &client, &b, 1).await;
+        println!(
+            "stream catch-up, {} events: walrelay {:.0}/s, CPU {:.2} µs/event, peak RSS {:.1} MiB",
+            b.events,
+            b.events as f64 / relay.secs,
+            relay.cpu_secs * 1e6 / b.events as f64,
+            relay.peak_rss_kib as f64 / 1024.0
+        );
+        return;
+    }
     // `BENCH_ONLY=stream`: the stream sink (RabbitMQ 4's stream port) on the same backlogs.
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "stream") {
         e2e_streams::report(&env, &client, &backlogs).await;

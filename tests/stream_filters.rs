@@ -1,0 +1,110 @@
+//! Filters and the flood guard with the stream sink (RabbitMQ 4): a table rule's `ops` drop
+//! what it excludes, and a flood (a transaction over `flood.max_changes`) is rerouted to a
+//! stream of its own with the routing prefix, while the main stream keeps commit order.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::stream::*;
+use common::*;
+
+const T: Duration = Duration::from_secs(120);
+
+/// Reads `stream` from `first` until it holds `n` messages (then a little longer, to catch
+/// extras): each message's routing key and body.
+async fn read(stream: &str, n: usize) -> Vec<(String, serde_json::Value)> {
+    let (out, stop) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let reader = tokio::spawn(consume(
+        env().await,
+        stream.to_owned(),
+        Arc::clone(&out),
+        Arc::clone(&stop),
+    ));
+    wait_for(&format!("{n} messages in {stream}"), T, || {
+        let got = out.lock().unwrap().len();
+        async move { (got >= n).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    let got = out.lock().unwrap().clone();
+    got.iter()
+        .map(|(_, m)| (app_property(m, "routing_key").unwrap(), body(m)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rules_drop_and_floods_go_to_their_own_stream() {
+    let (pg, db) = (PgCluster::start(), unique("app"));
+    let client = pg.create_db(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id int PRIMARY KEY, v int);",
+        )
+        .await
+        .unwrap();
+    let (slot, stream) = (unique("slot"), unique("st"));
+    let bulk = format!("{stream}_bulk");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stream_config(
+        dir.path(),
+        &pg.url(&db),
+        &slot,
+        &stream,
+        &["public.a", "public.b"],
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[[filter.table]]\nname = \"public.b\"\nops = [\"insert\"]\n\
+         [flood]\nmax_changes = 10\npolicy = \"reroute\"\nreroute_exchange = {bulk:?}\nreroute_routing_prefix = \"bulk.\"\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let relay = Relay::start(&cfg);
+    relay.wait_log("streaming", T).await;
+    // One transaction each (a multi-statement batch would be one transaction).
+    for sql in [
+        "INSERT INTO a VALUES (1, 1)",
+        "INSERT INTO b VALUES (1, 1)",
+        "UPDATE b SET v = 2 WHERE id = 1",
+        "INSERT INTO a SELECT g, g FROM generate_series(100, 119) g",
+        "INSERT INTO a VALUES (2, 2)",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let main = read(&stream, 3).await;
+    let keys: Vec<&str> = main.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["public.a.insert", "public.b.insert", "public.a.insert"],
+        "b's update dropped by its rule, the flood elsewhere, commit order kept"
+    );
+    assert_eq!(main[2].1["key"]["id"], 2);
+    let flood = read(&bulk, 20).await;
+    assert_eq!(flood.len(), 20, "each flood change once");
+    assert!(
+        flood.iter().all(|(k, _)| k == "bulk.public.a.insert"),
+        "{:?}",
+        flood.first()
+    );
+    let ids: Vec<i64> = flood
+        .iter()
+        .map(|(_, b)| b["key"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (100..120).collect::<Vec<_>>());
+    let end = current_lsn(&client).await;
+    wait_for("the slot past the changes", T, || async {
+        (slot_confirmed(&client, &slot).await >= end).then_some(())
+    })
+    .await;
+    drop(relay);
+    let env = env().await;
+    let _ = env.delete_stream(&stream).await;
+    let _ = env.delete_stream(&bulk).await;
+}
