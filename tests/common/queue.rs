@@ -96,6 +96,15 @@ impl TestQueue {
         binding: Option<&str>,
         args: FieldTable,
     ) -> TestQueue {
+        // `TEST_QUEUE_TYPE=quorum` (scripts/rabbitmq-matrix.sh) makes every queue a
+        // test declares without arguments of its own a quorum queue. Not `WALRELAY_*`:
+        // walrelay refuses unknown variables of its own prefix, and children inherit this.
+        let mut args = args;
+        if args.as_ref().is_empty()
+            && let Ok(kind) = std::env::var("TEST_QUEUE_TYPE")
+        {
+            args = queue_args(&[("x-queue-type", text(&kind))]);
+        }
         let link = connect_amqp(url, "walrelay test queue").await;
         let channel = link.channel().await.unwrap();
         channel
