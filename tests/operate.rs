@@ -232,6 +232,7 @@ fn walrelay(args: &[&str]) -> std::process::Output {
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("AMQP_URL")
+        .env_remove("WALRELAY_TEST_AMQP_URL")
         .output()
         .unwrap()
 }
@@ -253,7 +254,12 @@ async fn doctor_finds_a_missing_binding_and_a_table_without_a_key_then_passes() 
     let cfg_s = cfg.to_str().unwrap();
     let out = walrelay(&["doctor", "--config", cfg_s]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         text.contains("ok   postgres: wal_level is logical"),
         "{text}"
@@ -272,7 +278,9 @@ async fn doctor_finds_a_missing_binding_and_a_table_without_a_key_then_passes() 
         text.contains("public.orders: every routing key is bound"),
         "{text}"
     );
-    assert!(text.contains("durable classic queue"), "{text}");
+    // scripts/rabbitmq-matrix.sh runs this with quorum queues too (TEST_QUEUE_TYPE).
+    let kind = std::env::var("TEST_QUEUE_TYPE").unwrap_or_else(|_| "classic".into());
+    assert!(text.contains(&format!("durable {kind} queue")), "{text}");
     // Nothing was created.
     let pubs = client
         .query("SELECT 1 FROM pg_publication", &[])
@@ -295,6 +303,7 @@ async fn doctor_finds_a_missing_binding_and_a_table_without_a_key_then_passes() 
     let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args(["doctor", "--config", cfg_s])
         .env("WALRELAY_POSTGRES_FAILOVER_SLOT", "true")
+        .env_remove("WALRELAY_TEST_AMQP_URL")
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();

@@ -97,6 +97,7 @@ async fn the_broker_drops_replays_of_walrelay_publishing_ids() {
         slot: "walrelay".into(),
         system_id: "7412345678901234567".into(),
         timeline: 1,
+        rules: "0badf00d".into(),
     };
     let all = changes();
     // A first session publishes up to the second transaction, then "crashes".

@@ -134,6 +134,7 @@ async fn prepare(
             slot: source.slot.clone(),
             system_id: system.system_id,
             timeline: system.timeline,
+            rules: crate::stream::publishing_id::rules_fingerprint(&settings.filter),
         },
         Arc::clone(&obs.metrics),
     );

@@ -77,14 +77,32 @@ pub struct Origin {
     pub system_id: String,
     /// `IDENTIFY_SYSTEM`'s `timeline`: a promotion or a point-in-time restore starts a new one.
     pub timeline: u32,
+    /// [`rules_fingerprint`] of the filter and flood settings. Indexes count every change of
+    /// a transaction, published or not, so a filter widened while a transaction was partly
+    /// sent would re-include a change at an index below one the broker stored — and the broker
+    /// would drop it as a replay. With the fingerprint in the name, other rules mean other
+    /// producers: such a change is published (possibly beside duplicates), never dropped.
+    pub rules: String,
 }
 
-/// The producer name of a sequence, e.g. `walrelay:orders_slot:7412…:1:e0` or `…:x0/1A2B3C8`.
+/// 8 hex digits of FNV-1a over the settings' debug form: equal settings, equal fingerprint
+/// (the form holds no addresses or hash-ordered maps).
+pub fn rules_fingerprint(settings: &impl std::fmt::Debug) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{settings:?}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:08x}", (h >> 32) as u32 ^ h as u32)
+}
+
+/// The producer name of a sequence, e.g. `walrelay:orders_slot:7412…:1:r5f3a9c01:e0` or
+/// `…:x0/1A2B3C8`.
 /// RabbitMQ allows up to 255 bytes; a slot name has at most 63.
 pub fn producer_name(origin: &Origin, sequence: &Sequence) -> String {
     let base = format!(
-        "walrelay:{}:{}:{}",
-        origin.slot, origin.system_id, origin.timeline
+        "walrelay:{}:{}:{}:r{}",
+        origin.slot, origin.system_id, origin.timeline, origin.rules
     );
     match sequence {
         Sequence::Epoch(e) => format!("{base}:e{e}"),
@@ -96,6 +114,14 @@ pub fn producer_name(origin: &Origin, sequence: &Sequence) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn rules_fingerprints_follow_the_settings() {
+        let a = rules_fingerprint(&["public.a"]);
+        assert_eq!(a.len(), 8);
+        assert_eq!(a, rules_fingerprint(&["public.a"]));
+        assert_ne!(a, rules_fingerprint(&["public.a", "public.b"]));
+    }
 
     /// A plausible commit LSN: 8-byte aligned, anywhere in the 64-bit space.
     fn lsn() -> impl Strategy<Value = u64> {
@@ -168,20 +194,30 @@ mod tests {
             slot: "walrelay".into(),
             system_id: "7412345678901234567".into(),
             timeline: 1,
+            rules: "0badf00d".into(),
         };
         let n = producer_name(&o, &Sequence::Epoch(0));
-        assert_eq!(n, "walrelay:walrelay:7412345678901234567:1:e0");
+        assert_eq!(n, "walrelay:walrelay:7412345678901234567:1:r0badf00d:e0");
         let promoted = Origin {
             timeline: 2,
             ..o.clone()
         };
         assert_ne!(producer_name(&promoted, &Sequence::Epoch(0)), n);
         let tail = producer_name(&o, &Sequence::Overflow(Lsn(0x1_0000_0028)));
-        assert_eq!(tail, "walrelay:walrelay:7412345678901234567:1:x1/28");
+        assert_eq!(
+            tail,
+            "walrelay:walrelay:7412345678901234567:1:r0badf00d:x1/28"
+        );
+        let other_rules = Origin {
+            rules: "00000001".into(),
+            ..o.clone()
+        };
+        assert_ne!(producer_name(&other_rules, &Sequence::Epoch(0)), n);
         let longest = Origin {
             slot: "s".repeat(63),
             system_id: u64::MAX.to_string(),
             timeline: u32::MAX,
+            rules: "ffffffff".into(),
         };
         assert!(producer_name(&longest, &Sequence::Overflow(Lsn(u64::MAX))).len() <= 255);
     }

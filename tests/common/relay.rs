@@ -24,9 +24,16 @@ pub fn write_config(
     extra: &str,
 ) -> PathBuf {
     let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+    // RabbitMQ 4 (scripts/rabbitmq4.sh) listens on 5673 with its management API on 15673; the
+    // doctor would otherwise ask the system node's API (15672) about this broker's exchanges.
+    let management = if amqp_url.contains("127.0.0.1:5673/") {
+        "management_url = \"http://guest:guest@127.0.0.1:15673\"\n"
+    } else {
+        ""
+    };
     let text = format!(
         "[postgres]\nurl = {pg_url:?}\nslot = {slot:?}\npublication = {slot:?}\nstatus_interval_ms = 200\n\
-         [rabbitmq]\nurl = {amqp_url:?}\nexchange = {exchange:?}\nconfirm_timeout_ms = 5000\n\
+         [rabbitmq]\nurl = {amqp_url:?}\nexchange = {exchange:?}\nconfirm_timeout_ms = 5000\n{management}\
          [service]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\nshutdown_timeout_ms = 5000\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\
          [filter]\ninclude = [{}]\n{extra}",
