@@ -98,7 +98,8 @@ impl StreamPublisher {
             Self::ensure_stream(&env, &admin, name, stream).await?;
         }
         let destinations = Destinations::new(&settings.exchange, partitions);
-        let _ = env;
+        // The environment only created streams; producers live on `StreamLink`s.
+        drop(env);
         Ok(Self::with(admin, stream.url.clone(), destinations))
     }
 

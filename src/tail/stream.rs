@@ -140,7 +140,8 @@ pub async fn run(
     for h in handles {
         let _ = h.close().await;
     }
-    let _ = env;
+    // The consumers' connections belong to the environment: it lives until they closed.
+    drop(env);
     result
 }
 
