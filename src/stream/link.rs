@@ -17,6 +17,7 @@
 //! tag; a confirm for an id walrelay did not send is logged and ignored (never a panic).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rabbitmq_stream_client::types::Message;
@@ -48,6 +49,8 @@ type Tags = Arc<Mutex<HashMap<(u8, u64), u64>>>;
 pub struct StreamLink {
     client: Client,
     tags: Tags,
+    /// Set before walrelay closes the connection itself: its end is then no failure.
+    closing: Arc<AtomicBool>,
     /// Publisher ids in use on this connection (the protocol allows 256).
     declared: u16,
     /// The frame being filled: messages of `pending_for` only.
@@ -67,8 +70,10 @@ impl StreamLink {
             .await
             .map_err(|e| failed("connecting to the stream's leader", e))?;
         let tags: Tags = Arc::default();
+        let closing = Arc::new(AtomicBool::new(false));
         let confirms = Arc::new(Confirms {
             tags: Arc::clone(&tags),
+            closing: Arc::clone(&closing),
             signals,
             state,
         });
@@ -85,6 +90,7 @@ impl StreamLink {
         Ok(StreamLink {
             client,
             tags,
+            closing,
             declared: 0,
             pending: Vec::with_capacity(FRAME_MESSAGES),
             pending_for: 0,
@@ -169,6 +175,7 @@ impl StreamLink {
     }
 
     pub async fn close(self) {
+        self.closing.store(true, Ordering::Relaxed);
         let _ = self.client.close().await;
     }
 }
@@ -177,6 +184,7 @@ impl StreamLink {
 /// the connection.
 struct Confirms {
     tags: Tags,
+    closing: Arc<AtomicBool>,
     signals: mpsc::UnboundedSender<Signal>,
     state: Arc<watch::Sender<BrokerState>>,
 }
@@ -243,6 +251,7 @@ impl Confirms {
                 warn!(error = %e, "the stream connection failed");
                 self.lost(Signal::Lost);
             }
+            None if self.closing.load(Ordering::Relaxed) => {}
             None => {
                 warn!(
                     "RabbitMQ closed a stream connection; unconfirmed messages are replayed from the slot"
