@@ -92,6 +92,15 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     replays += replays_of(&relay).await;
+    // The rows' final values, then a TRUNCATE: it has no key and goes to every partition.
+    let finals: HashMap<i64, i64> = client
+        .query("SELECT id, v FROM acct", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (i64::from(r.get::<_, i32>(0)), i64::from(r.get::<_, i32>(1))))
+        .collect();
+    client.batch_execute("TRUNCATE acct").await.unwrap();
     let end = current_lsn(&client).await;
     wait_for("the slot past the workload", T, || async {
         (slot_confirmed(&client, &slot).await >= end).then_some(())
@@ -100,13 +109,6 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
 
     // Read every partition from `first`.
     let env = env().await;
-    let finals: HashMap<i64, i64> = client
-        .query("SELECT id, v FROM acct", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (i64::from(r.get::<_, i32>(0)), i64::from(r.get::<_, i32>(1))))
-        .collect();
     let want: usize = finals.values().map(|v| *v as usize).sum();
     let stop = Arc::new(AtomicBool::new(false));
     let outs: Vec<_> = (0..PARTITIONS)
@@ -127,7 +129,7 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
     let count = || outs.iter().map(|o| o.lock().unwrap().len()).sum::<usize>();
     wait_for("every committed change in the partitions", T, || {
         let n = count();
-        async move { (n >= want).then_some(()) }
+        async move { (n >= want + PARTITIONS as usize).then_some(()) }
     })
     .await;
     // A replay the broker failed to drop would arrive after the originals: give it time.
@@ -139,7 +141,14 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
     let mut seen: HashMap<i64, (usize, Vec<i64>)> = HashMap::new();
     let mut total = 0;
     for (p, out) in outs.iter().enumerate() {
-        for (_, m) in out.lock().unwrap().iter() {
+        let out = out.lock().unwrap();
+        let (last, changes) = out.split_last().expect("a partition with messages");
+        assert_eq!(
+            body(&last.1)["op"],
+            "truncate",
+            "partition {p} ends with the truncate"
+        );
+        for (_, m) in changes {
             let b = body(m);
             assert_eq!(b["op"], "update", "{b}");
             let id = b["key"]["id"].as_i64().unwrap();

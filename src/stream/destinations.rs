@@ -41,6 +41,17 @@ impl Destinations {
         &self.default
     }
 
+    /// The partitions a truncate of the default destination goes to: all of them, so the
+    /// consumer of every partition learns that its rows are gone. `None`: one stream.
+    pub fn fan_out(&self, event: &Event) -> Option<&[Arc<str>]> {
+        let default = event
+            .exchange
+            .as_deref()
+            .is_none_or(|x| x == &*self.default);
+        (event.op == crate::event::Op::Truncate && default && !self.partitions.is_empty())
+            .then_some(self.partitions.as_slice())
+    }
+
     /// The stream `event` goes to. An exchange naming the super stream itself means the
     /// default destination, partitioned.
     pub fn stream_of(&self, event: &Event) -> Arc<str> {
@@ -141,5 +152,25 @@ mod tests {
         assert_eq!(&*d.stream_of(&event(Some("audit"), Some(8))), "audit");
         let plain = Destinations::new("walrelay", Vec::new());
         assert_eq!(&*plain.stream_of(&event(None, Some(8))), "walrelay");
+    }
+
+    #[test]
+    fn truncates_of_the_super_stream_go_to_every_partition() {
+        let d = Destinations::new("orders", (0..3).map(|i| format!("orders-{i}")).collect());
+        let mut t = event(None, None);
+        t.op = Op::Truncate;
+        assert_eq!(d.fan_out(&t).map(<[_]>::len), Some(3));
+        assert!(
+            d.fan_out(&event(None, Some(1))).is_none(),
+            "a row change: one partition"
+        );
+        t.exchange = Some(Arc::from("audit"));
+        assert!(d.fan_out(&t).is_none(), "another stream: one copy");
+        t.exchange = None;
+        assert!(
+            Destinations::new("walrelay", Vec::new())
+                .fan_out(&t)
+                .is_none()
+        );
     }
 }

@@ -45,6 +45,10 @@ pub const MESSAGE_OVERHEAD: usize = 512;
 /// (publisher id, publishing id) → delivery tag, shared with the handler.
 type Tags = Arc<Mutex<HashMap<(u8, u64), u64>>>;
 
+/// Delivery tags sent as several copies (a truncate to every partition of a super stream) →
+/// copies not confirmed yet. Shared by all links: the tag is acked once every copy is.
+pub type FanOut = Arc<Mutex<HashMap<u64, usize>>>;
+
 /// One connection and its publishers.
 pub struct StreamLink {
     client: Client,
@@ -65,6 +69,7 @@ impl StreamLink {
         options: ClientOptions,
         signals: mpsc::UnboundedSender<Signal>,
         state: Arc<watch::Sender<BrokerState>>,
+        fan_out: FanOut,
     ) -> Result<StreamLink, SinkError> {
         let client = Client::connect(options)
             .await
@@ -74,6 +79,7 @@ impl StreamLink {
         let confirms = Arc::new(Confirms {
             tags: Arc::clone(&tags),
             closing: Arc::clone(&closing),
+            fan_out,
             signals,
             state,
         });
@@ -185,6 +191,7 @@ impl StreamLink {
 struct Confirms {
     tags: Tags,
     closing: Arc<AtomicBool>,
+    fan_out: FanOut,
     signals: mpsc::UnboundedSender<Signal>,
     state: Arc<watch::Sender<BrokerState>>,
 }
@@ -205,6 +212,25 @@ impl Confirms {
         tag
     }
 
+    /// True when `tag`'s confirm completes it: it has no copies, or this was the last.
+    fn last_copy(&self, tag: u64) -> bool {
+        let mut fan_out = self
+            .fan_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match fan_out.get_mut(&tag) {
+            None => true,
+            Some(left) if *left > 1 => {
+                *left -= 1;
+                false
+            }
+            Some(_) => {
+                fan_out.remove(&tag);
+                true
+            }
+        }
+    }
+
     fn lost(&self, signal: Signal) {
         self.state.send_modify(|s| s.open = false);
         let _ = self.signals.send(signal);
@@ -217,7 +243,9 @@ impl Confirms {
             Some(Ok(response)) => match response.kind() {
                 ResponseKind::PublishConfirm(c) => {
                     for id in c.publishing_ids {
-                        if let Some(tag) = self.tag(c.publisher_id, id) {
+                        if let Some(tag) = self.tag(c.publisher_id, id)
+                            && self.last_copy(tag)
+                        {
                             let _ = self.signals.send(Signal::Ack {
                                 tag,
                                 multiple: false,

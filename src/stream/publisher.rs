@@ -67,6 +67,8 @@ pub struct StreamPublisher {
     destinations: Destinations,
     next_tag: u64,
     signals_tx: mpsc::UnboundedSender<Signal>,
+    /// Tags published as several copies, shared with every link's handler.
+    fan_out: super::link::FanOut,
     signals: mpsc::UnboundedReceiver<Signal>,
     state: Arc<watch::Sender<BrokerState>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
@@ -118,6 +120,7 @@ impl StreamPublisher {
             destinations,
             next_tag: 1,
             signals_tx,
+            fan_out: Arc::default(),
             signals,
             state: Arc::new(state),
             metrics: None,
@@ -203,6 +206,10 @@ impl StreamPublisher {
         body: Vec<u8>,
         count: usize,
     ) -> Result<(), SinkError> {
+        if let Some(partitions) = self.destinations.fan_out(event) {
+            let partitions = partitions.to_vec();
+            return self.publish_copies(event, body, count, &partitions).await;
+        }
         let (key, id) = self.route(event);
         if !self.producers.contains_key(&key) {
             let producer = self.open_producer(&key).await?;
@@ -241,6 +248,54 @@ impl StreamPublisher {
         Ok(())
     }
 
+    /// Publishes `event` to every stream of `streams` under one delivery tag, acked once
+    /// every copy is (a truncate to each partition of a super stream). Each copy goes to its
+    /// partition's producer with the event's publishing id, so replays are dropped there too.
+    async fn publish_copies(
+        &mut self,
+        event: &Event,
+        body: Vec<u8>,
+        count: usize,
+        streams: &[Arc<str>],
+    ) -> Result<(), SinkError> {
+        let (first, id) = self.route(event);
+        let tag = self.next_tag;
+        if streams.len() > 1 {
+            self.fan_out
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(tag, streams.len());
+        }
+        let size = body.len() + MESSAGE_OVERHEAD + event.id.len() + event.routing_key.len();
+        for stream in streams {
+            let key = ProducerKey {
+                stream: Arc::clone(stream),
+                sequence: first.sequence.clone(),
+            };
+            if !self.producers.contains_key(&key) {
+                let producer = self.open_producer(&key).await?;
+                self.producers.insert(key.clone(), producer);
+            }
+            let producer = self.producers.get_mut(&key).expect("inserted above");
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    producer.last_id += 1;
+                    producer.last_id
+                }
+            };
+            let message = message(event, body.clone(), count, id);
+            let link = self
+                .links
+                .get_mut(&producer.leader)
+                .expect("a producer's link is opened with it");
+            link.push(producer.publisher, id, tag, message, size)
+                .await?;
+        }
+        self.next_tag += 1;
+        Ok(())
+    }
+
     /// True when a frame waits to be sent.
     pub fn has_pending(&self) -> bool {
         self.links.values().any(StreamLink::has_pending)
@@ -261,8 +316,13 @@ impl StreamPublisher {
         if !self.links.contains_key(&leader) {
             let options =
                 super::connect::client_options(&self.url, "walrelay", &leader.0, leader.1)?;
-            let link =
-                StreamLink::open(options, self.signals_tx.clone(), Arc::clone(&self.state)).await?;
+            let link = StreamLink::open(
+                options,
+                self.signals_tx.clone(),
+                Arc::clone(&self.state),
+                Arc::clone(&self.fan_out),
+            )
+            .await?;
             self.links.insert(leader.clone(), link);
         }
         let name = match &key.sequence {
