@@ -50,6 +50,21 @@ impl std::str::FromStr for From {
     }
 }
 
+impl std::fmt::Display for From {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            From::First => f.write_str("the first message"),
+            From::Last => f.write_str("the last chunk"),
+            From::Next => f.write_str("the next message (what arrives from now on)"),
+            From::Offset(o) => write!(f, "offset {o}"),
+            From::Time(ms) => match chrono::DateTime::from_timestamp_millis(*ms) {
+                Some(t) => write!(f, "the first chunk stored at or after {}", t.to_rfc3339()),
+                None => write!(f, "the first chunk stored at or after {ms} ms"),
+            },
+        }
+    }
+}
+
 impl From {
     fn spec(&self) -> OffsetSpecification {
         match self {
@@ -110,7 +125,7 @@ pub async fn run(
     } else {
         format!("stream {name:?}")
     };
-    eprintln!("walrelay tail: reading {what} from {from:?} (reading removes nothing)");
+    eprintln!("walrelay tail: reading {what} from {from} (reading removes nothing)");
     let mut printed = 0;
     let mut last = Instant::now();
     let result = loop {
@@ -176,6 +191,11 @@ mod tests {
         assert_eq!(
             "2026-12-02T19:00:00+01:00".parse(),
             Ok(From::Time(1_796_234_400_000))
+        );
+        assert_eq!(From::Offset(3).to_string(), "offset 3");
+        assert_eq!(
+            From::Time(1_796_234_400_000).to_string(),
+            "the first chunk stored at or after 2026-12-02T18:00:00+00:00"
         );
         let e = "yesterday".parse::<From>().unwrap_err();
         assert!(e.contains("RFC 3339"), "{e}");
