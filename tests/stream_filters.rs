@@ -1,6 +1,7 @@
 //! Filters and the flood guard with the stream sink (RabbitMQ 4): a table rule's `ops` drop
-//! what it excludes, and a flood (a transaction over `flood.max_changes`) is rerouted to a
-//! stream of its own with the routing prefix, while the main stream keeps commit order.
+//! what it excludes, a flood (a transaction over `flood.max_changes`) is rerouted to a stream
+//! of its own with the routing prefix, another table's flood becomes one `bulk` summary, and
+//! the main stream keeps commit order.
 
 mod common;
 
@@ -46,7 +47,8 @@ async fn rules_drop_and_floods_go_to_their_own_stream() {
     let client = pg.create_db(&db).await;
     client
         .batch_execute(
-            "CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id int PRIMARY KEY, v int);",
+            "CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id int PRIMARY KEY, v int);
+             CREATE TABLE c (id int PRIMARY KEY);",
         )
         .await
         .unwrap();
@@ -58,11 +60,12 @@ async fn rules_drop_and_floods_go_to_their_own_stream() {
         &pg.url(&db),
         &slot,
         &stream,
-        &["public.a", "public.b"],
+        &["public.a", "public.b", "public.c"],
     );
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(
         "[[filter.table]]\nname = \"public.b\"\nops = [\"insert\"]\n\
+         [[filter.table]]\nname = \"public.c\"\nflood_policy = \"summarize\"\n\
          [flood]\nmax_changes = 10\npolicy = \"reroute\"\nreroute_exchange = {bulk:?}\nreroute_routing_prefix = \"bulk.\"\n"
     ));
     std::fs::write(&cfg, text).unwrap();
@@ -75,15 +78,24 @@ async fn rules_drop_and_floods_go_to_their_own_stream() {
         "UPDATE b SET v = 2 WHERE id = 1",
         "INSERT INTO a SELECT g, g FROM generate_series(100, 119) g",
         "INSERT INTO a VALUES (2, 2)",
+        "INSERT INTO c SELECT g FROM generate_series(1, 30) g",
     ] {
         client.batch_execute(sql).await.unwrap();
     }
-    let main = read(&stream, 3).await;
-    let keys: Vec<&str> = main.iter().map(|(k, _)| k.as_str()).collect();
+    let main = read(&stream, 4).await;
+    let ops: Vec<(&str, &str)> = main
+        .iter()
+        .map(|(_, b)| (b["table"].as_str().unwrap(), b["op"].as_str().unwrap()))
+        .collect();
     assert_eq!(
-        keys,
-        ["public.a.insert", "public.b.insert", "public.a.insert"],
-        "b's update dropped by its rule, the flood elsewhere, commit order kept"
+        ops,
+        [
+            ("a", "insert"),
+            ("b", "insert"),
+            ("a", "insert"),
+            ("c", "bulk")
+        ],
+        "b's update dropped by its rule, a's flood elsewhere, c's flood summarized, commit order kept"
     );
     assert_eq!(main[2].1["key"]["id"], 2);
     let flood = read(&bulk, 20).await;
