@@ -428,7 +428,7 @@ fn change_index(event: &Event) -> Option<u64> {
     }
     let first = event.id.split('+').next()?;
     let (lsn, index) = first.rsplit_once(':')?;
-    // Parsed, not formatted: this runs for every event (twice, with `switches`).
+    // Parsed, not formatted: this runs for every event.
     (lsn.parse::<crate::lsn::Lsn>().ok()? == event.commit_lsn)
         .then(|| index.parse().ok())
         .flatten()
