@@ -42,25 +42,8 @@ async fn changes_reach_the_stream_in_order_with_their_properties() {
         .await
         .unwrap();
     let end = current_lsn(&client).await;
-    let (out, stop) = (
-        Arc::new(Mutex::new(Vec::new())),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let got = read_at_least(&stream, 5).await;
     let env = env().await;
-    let reader = tokio::spawn(consume(
-        env.clone(),
-        stream.clone(),
-        Arc::clone(&out),
-        Arc::clone(&stop),
-    ));
-    wait_for("five messages in the stream", T, || {
-        let n = out.lock().unwrap().len();
-        async move { (n >= 5).then_some(()) }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.unwrap();
-    let got = out.lock().unwrap().clone();
     let seen: Vec<(String, String)> = got
         .iter()
         .map(|(_, m)| {
@@ -287,14 +270,8 @@ async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
     let h = std::mem::take(&mut *history.lock().unwrap());
     let d = std::mem::take(&mut *deliveries.lock().unwrap());
     let v = checker::check(&h, &d, max, backwards);
-    eprintln!(
-        "chaos: stream kill -9: faults={kills} committed={} delivered={} lost={} duplicated={} order_violations={} replays_dropped_by_the_broker={replays}",
-        v.committed,
-        v.delivered,
-        v.lost.len(),
-        v.duplicated,
-        v.order_violations.len(),
-    );
+    common::bed::report("stream kill -9", &v, kills);
+    eprintln!("chaos: stream kill -9: replays_dropped_by_the_broker={replays}");
     v.assert_safe();
     assert!(v.committed > 100, "{v:?}");
     assert_eq!(v.duplicated, 0, "the broker dropped every replay: {v:?}");
@@ -340,25 +317,8 @@ async fn a_burst_of_large_rows_respects_the_frame_limit() {
         (slot_confirmed(&client, &slot).await >= end).then_some(())
     })
     .await;
-    let (out, stop) = (
-        Arc::new(Mutex::new(Vec::new())),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let got = read_at_least(&stream, 1001).await;
     let env = env().await;
-    let reader = tokio::spawn(consume(
-        env.clone(),
-        stream.clone(),
-        Arc::clone(&out),
-        Arc::clone(&stop),
-    ));
-    wait_for("1,001 messages in the stream", T, || {
-        let n = out.lock().unwrap().len();
-        async move { (n >= 1001).then_some(()) }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.unwrap();
-    let got = out.lock().unwrap().clone();
     assert_eq!(got.len(), 1001);
     let sizes: Vec<usize> = got.iter().map(|(_, m)| m.data().unwrap().len()).collect();
     assert!(
@@ -396,25 +356,8 @@ async fn batch_mode_sends_arrays_to_the_stream() {
         .batch_execute("INSERT INTO a SELECT g, 'v' FROM generate_series(1, 25) g")
         .await
         .unwrap();
-    let (out, stop) = (
-        Arc::new(Mutex::new(Vec::new())),
-        Arc::new(AtomicBool::new(false)),
-    );
+    let got = read_at_least(&stream, 3).await;
     let env = env().await;
-    let reader = tokio::spawn(consume(
-        env.clone(),
-        stream.clone(),
-        Arc::clone(&out),
-        Arc::clone(&stop),
-    ));
-    wait_for("three batch messages", T, || {
-        let n = out.lock().unwrap().len();
-        async move { (n >= 3).then_some(()) }
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.unwrap();
-    let got = out.lock().unwrap().clone();
     let sizes: Vec<usize> = got
         .iter()
         .map(|(_, m)| body(m).as_array().unwrap().len())

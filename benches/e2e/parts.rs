@@ -33,11 +33,6 @@ pub struct Backlog {
     pub end: u64,
 }
 
-/// pgbench against the bench database, with the scripts in benches/e2e.
-pub fn pgbench_run(env: &Env, args: &[&str]) {
-    pgbench(env, args)
-}
-
 fn pgbench(env: &Env, args: &[&str]) {
     let script_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e");
     let mut cmd = Command::new(pg_bin("pgbench"));
@@ -460,49 +455,7 @@ pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency>
     });
     let mut out = Vec::new();
     for rate in [2000u32, 5000] {
-        samples.lock().unwrap().clear();
-        let start = Instant::now();
-        pgbench(
-            env,
-            &[
-                "-c",
-                "4",
-                "-j",
-                "2",
-                "-R",
-                &rate.to_string(),
-                "-T",
-                "20",
-                "-f",
-                "single.sql",
-            ],
-        );
-        let bench_secs = start.elapsed().as_secs_f64();
-        let end = current_lsn(c).await;
-        let caught = Instant::now();
-        while slot_confirmed(c, "live").await < end && caught.elapsed() < TIMEOUT {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let catchup = caught.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut v = samples.lock().unwrap().clone();
-        v.sort_unstable();
-        let pct = |p: f64| {
-            v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0) as f64
-                / 1000.0
-        };
-        out.push(Latency {
-            rate,
-            achieved_tps: v.len() as f64 / bench_secs,
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            max_ms: v.last().copied().unwrap_or(0) as f64 / 1000.0,
-            samples: v.len(),
-            catchup_after_secs: catchup,
-            idle_rss_kib: 0,
-        });
+        out.push(latency_at(env, c, "live", rate, &samples).await);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     if let Some(l) = out.last_mut() {
@@ -513,6 +466,61 @@ pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency>
     drop(relay);
     queue.delete().await;
     out
+}
+
+/// One pgbench run of single-row transactions at `rate` tx/s for 20 s, with a consumer
+/// pushing commit→consume latencies (µs) into `samples`; waits until `slot` is confirmed past
+/// the run. `idle_rss_kib` is left 0 for the caller.
+pub async fn latency_at(
+    env: &Env,
+    c: &tokio_postgres::Client,
+    slot: &str,
+    rate: u32,
+    samples: &std::sync::Mutex<Vec<i64>>,
+) -> Latency {
+    samples.lock().unwrap().clear();
+    let start = Instant::now();
+    pgbench(
+        env,
+        &[
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-R",
+            &rate.to_string(),
+            "-T",
+            "20",
+            "-f",
+            "single.sql",
+        ],
+    );
+    let bench_secs = start.elapsed().as_secs_f64();
+    let end = current_lsn(c).await;
+    let caught = Instant::now();
+    while slot_confirmed(c, slot).await < end && caught.elapsed() < TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let catchup = caught.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut v = samples.lock().unwrap().clone();
+    v.sort_unstable();
+    let pct = |p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Latency {
+        rate,
+        achieved_tps: v.len() as f64 / bench_secs,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: v.last().copied().unwrap_or(0) as f64 / 1000.0,
+        samples: v.len(),
+        catchup_after_secs: catchup,
+        idle_rss_kib: 0,
+    }
 }
 
 pub struct Row {

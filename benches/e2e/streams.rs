@@ -209,49 +209,9 @@ pub async fn stream_live_latency(
     });
     let mut out = Vec::new();
     for &rate in rates {
-        samples.lock().unwrap().clear();
-        let start = Instant::now();
-        pgbench_run(
-            env_,
-            &[
-                "-c",
-                "4",
-                "-j",
-                "2",
-                "-R",
-                &rate.to_string(),
-                "-T",
-                "20",
-                "-f",
-                "single.sql",
-            ],
-        );
-        let bench_secs = start.elapsed().as_secs_f64();
-        let end = current_lsn(c).await;
-        let caught = Instant::now();
-        while slot_confirmed(c, "slive").await < end && caught.elapsed() < TIMEOUT {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let catchup = caught.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut v = samples.lock().unwrap().clone();
-        v.sort_unstable();
-        let pct = |p: f64| {
-            v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0) as f64
-                / 1000.0
-        };
-        out.push(Latency {
-            rate,
-            achieved_tps: v.len() as f64 / bench_secs,
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            max_ms: v.last().copied().unwrap_or(0) as f64 / 1000.0,
-            samples: v.len(),
-            catchup_after_secs: catchup,
-            idle_rss_kib: proc_status_of(relay.child.id(), "VmRSS:"),
-        });
+        let mut l = latency_at(env_, c, "slive", rate, &samples).await;
+        l.idle_rss_kib = proc_status_of(relay.child.id(), "VmRSS:");
+        out.push(l);
     }
     task.abort();
     drop(relay);

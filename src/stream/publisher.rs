@@ -200,17 +200,58 @@ impl StreamPublisher {
     /// Adds a message of `count` events to the frame of its producer's link; its confirm
     /// arrives as a signal with the next delivery tag. The frame is sent when full, when the
     /// link's next message is another producer's, or by [`Self::flush`].
+    ///
+    /// A truncate of a super stream goes to every partition under that one tag, acked once
+    /// every copy is; each copy goes to its partition's producer with the event's publishing
+    /// id, so replays are dropped there too.
     pub async fn publish_message(
         &mut self,
         event: &Event,
         body: Vec<u8>,
         count: usize,
     ) -> Result<(), SinkError> {
-        if let Some(partitions) = self.destinations.fan_out(event) {
-            let partitions = partitions.to_vec();
-            return self.publish_copies(event, body, count, &partitions).await;
-        }
         let (key, id) = self.route(event);
+        let tag = self.next_tag;
+        let size = body.len()
+            + MESSAGE_OVERHEAD
+            + event.id.len()
+            + event.routing_key.len()
+            + event.schema.len()
+            + event.table.len();
+        match self.destinations.fan_out(event).map(<[_]>::to_vec) {
+            None => self.push(key, id, tag, event, body, count, size).await?,
+            Some(partitions) => {
+                self.fan_out
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(tag, partitions.len());
+                for stream in partitions {
+                    let key = ProducerKey {
+                        stream,
+                        sequence: key.sequence.clone(),
+                    };
+                    self.push(key, id, tag, event, body.clone(), count, size)
+                        .await?;
+                }
+            }
+        }
+        self.next_tag += 1;
+        Ok(())
+    }
+
+    /// Adds the message of `event` to the frame of `key`'s producer (opened when missing) as
+    /// delivery tag `tag`, with publishing id `id` (named producers) or the producer's next.
+    #[allow(clippy::too_many_arguments)] // one call per copy: the pieces of one message
+    async fn push(
+        &mut self,
+        key: ProducerKey,
+        id: Option<u64>,
+        tag: u64,
+        event: &Event,
+        body: Vec<u8>,
+        count: usize,
+        size: usize,
+    ) -> Result<(), SinkError> {
         if !self.producers.contains_key(&key) {
             let producer = self.open_producer(&key).await?;
             self.producers.insert(key.clone(), producer);
@@ -230,70 +271,12 @@ impl StreamPublisher {
                 producer.last_id
             }
         };
-        let size = body.len()
-            + MESSAGE_OVERHEAD
-            + event.id.len()
-            + event.routing_key.len()
-            + event.schema.len()
-            + event.table.len();
         let message = message(event, body, count, id);
-        let tag = self.next_tag;
         let link = self
             .links
             .get_mut(&producer.leader)
             .expect("a producer's link is opened with it");
-        link.push(producer.publisher, id, tag, message, size)
-            .await?;
-        self.next_tag += 1;
-        Ok(())
-    }
-
-    /// Publishes `event` to every stream of `streams` under one delivery tag, acked once
-    /// every copy is (a truncate to each partition of a super stream). Each copy goes to its
-    /// partition's producer with the event's publishing id, so replays are dropped there too.
-    async fn publish_copies(
-        &mut self,
-        event: &Event,
-        body: Vec<u8>,
-        count: usize,
-        streams: &[Arc<str>],
-    ) -> Result<(), SinkError> {
-        let (first, id) = self.route(event);
-        let tag = self.next_tag;
-        if streams.len() > 1 {
-            self.fan_out
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(tag, streams.len());
-        }
-        let size = body.len() + MESSAGE_OVERHEAD + event.id.len() + event.routing_key.len();
-        for stream in streams {
-            let key = ProducerKey {
-                stream: Arc::clone(stream),
-                sequence: first.sequence.clone(),
-            };
-            if !self.producers.contains_key(&key) {
-                let producer = self.open_producer(&key).await?;
-                self.producers.insert(key.clone(), producer);
-            }
-            let producer = self.producers.get_mut(&key).expect("inserted above");
-            let id = match id {
-                Some(id) => id,
-                None => {
-                    producer.last_id += 1;
-                    producer.last_id
-                }
-            };
-            let message = message(event, body.clone(), count, id);
-            let link = self
-                .links
-                .get_mut(&producer.leader)
-                .expect("a producer's link is opened with it");
-            link.push(producer.publisher, id, tag, message, size)
-                .await?;
-        }
-        self.next_tag += 1;
-        Ok(())
+        link.push(producer.publisher, id, tag, message, size).await
     }
 
     /// True when a frame waits to be sent.

@@ -88,6 +88,30 @@ pub async fn consume(
     let _ = consumer.handle().close().await;
 }
 
+/// Reads `stream` from `first` until it holds at least `n` messages, then half a second
+/// more, so a caller checking an exact count sees extras too.
+pub async fn read_at_least(stream: &str, n: usize) -> Vec<(u64, Message)> {
+    let (out, stop) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let reader = tokio::spawn(consume(
+        env().await,
+        stream.to_owned(),
+        Arc::clone(&out),
+        Arc::clone(&stop),
+    ));
+    super::wait_for(&format!("{n} messages in {stream}"), T, || {
+        let got = out.lock().unwrap().len();
+        async move { (got >= n).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    std::mem::take(&mut *out.lock().unwrap())
+}
+
 pub fn body(m: &Message) -> serde_json::Value {
     serde_json::from_slice(m.data().unwrap()).unwrap()
 }
