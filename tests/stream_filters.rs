@@ -100,3 +100,65 @@ async fn rules_drop_and_floods_go_to_their_own_stream() {
     let _ = env.delete_stream(&stream).await;
     let _ = env.delete_stream(&bulk).await;
 }
+
+/// The shapes users have, through the stream sink: a partitioned table (published through its
+/// root), an identifier that needs quoting, an empty transaction, and DDL while streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_and_oddly_named_tables_reach_the_stream() {
+    let (pg, db) = (PgCluster::start(), unique("app"));
+    let client = pg.create_db(&db).await;
+    client
+        .batch_execute(
+            "CREATE TABLE m (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
+             CREATE TABLE m_low PARTITION OF m FOR VALUES FROM (0) TO (100);
+             CREATE TABLE m_high PARTITION OF m FOR VALUES FROM (100) TO (200);
+             CREATE TABLE \"Odd Name\" (\"Key\" int PRIMARY KEY, v text);",
+        )
+        .await
+        .unwrap();
+    let (slot, stream) = (unique("slot"), unique("st"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stream_config(
+        dir.path(),
+        &pg.url(&db),
+        &slot,
+        &stream,
+        &["public.m", "public.Odd Name"],
+    );
+    let relay = Relay::start(&cfg);
+    relay.wait_log("streaming", T).await;
+    for sql in [
+        "INSERT INTO m VALUES (1, 1), (150, 2)",
+        "BEGIN; COMMIT;",
+        "INSERT INTO \"Odd Name\" VALUES (7, 'x')",
+        "ALTER TABLE m ADD COLUMN w int",
+        "INSERT INTO m VALUES (2, 3, 4)",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let got = read(&stream, 4).await;
+    let seen: Vec<(String, i64)> = got
+        .iter()
+        .map(|(_, b)| {
+            let key = &b["key"];
+            let id = key.get("id").or_else(|| key.get("Key")).unwrap();
+            (
+                b["table"].as_str().unwrap().to_owned(),
+                id.as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("m".to_owned(), 1),
+            ("m".to_owned(), 150),
+            ("Odd Name".to_owned(), 7),
+            ("m".to_owned(), 2)
+        ],
+        "partitions under their root's name, the odd name as it is, in commit order"
+    );
+    assert_eq!(got[3].1["new"]["w"], 4, "the column added while streaming");
+    drop(relay);
+    let _ = env().await.delete_stream(&stream).await;
+}
