@@ -59,13 +59,18 @@ async fn live_metrics_pass_promtool_and_the_rules_query_only_exported_metrics() 
         .await;
     s.queue().take(60, Duration::from_secs(30)).await;
     let port = relay.http_port().await;
-    let (_, text) = http_get(port, "/metrics");
-    assert!(
-        metric(
-            &text,
-            "walrelay_events_published_total{op=\"insert\",table=\"public.t\"}"
-        ) >= 50.0
-    );
+    // The counter moves when the broker's confirm arrives, which can be after the consumer
+    // already holds the message: wait for it rather than read it once.
+    let inserts = "walrelay_events_published_total{op=\"insert\",table=\"public.t\"}";
+    let text = wait_for(
+        "the insert counter to reach 50",
+        Duration::from_secs(30),
+        || async {
+            let (_, text) = http_get(port, "/metrics");
+            (metric(&text, inserts) >= 50.0).then_some(text)
+        },
+    )
+    .await;
     let (ok, out) = check_metrics(&text);
     assert!(ok, "promtool check metrics:\n{out}");
     // promtool can fail: a counter without the _total suffix is a lint error.
