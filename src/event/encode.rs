@@ -33,6 +33,54 @@ pub fn key_object(
     Ok(b.out[range].to_owned())
 }
 
+thread_local! {
+    /// The transaction fields of the last transaction [`Body::start`] wrote, as JSON: every
+    /// event of a transaction carries the same, so they are formatted once per transaction
+    /// rather than once per event (a pure memo: the text depends only on the `TxContext`).
+    static TX_FIELDS: std::cell::RefCell<(Option<TxContext>, String)> =
+        const { std::cell::RefCell::new((None, String::new())) };
+}
+
+/// `,"commit_lsn":…,"xid":…,"commit_time":…` (after the fields before them).
+fn write_tx_fields(out: &mut String, tx: &TxContext) {
+    // An LSN and a timestamp are ASCII without characters JSON escapes.
+    out.push_str(",\"commit_lsn\":\"");
+    tx.commit_lsn.push_to(out);
+    out.push('"');
+    match tx.xid {
+        Some(xid) => {
+            out.push_str(",\"xid\":");
+            push_decimal(out, u64::from(xid));
+        }
+        None => out.push_str(",\"xid\":null"),
+    }
+    match tx.commit_time_us {
+        Some(t) => {
+            out.push_str(",\"commit_time\":\"");
+            out.push_str(&format_pg_timestamp(t));
+            out.push('"');
+        }
+        None => out.push_str(",\"commit_time\":null"),
+    }
+}
+
+/// Appends the decimal digits of `n` without the formatting machinery (per-event text).
+pub(super) fn push_decimal(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[at..] {
+        out.push(char::from(b));
+    }
+}
+
 /// A JSON object under construction.
 pub struct Body {
     out: String,
@@ -47,7 +95,10 @@ impl Body {
         b.out.push('{');
         b.key("id");
         write_json_string(&mut b.out, id);
-        b.raw_field("op", &format!("\"{}\"", op.as_str()));
+        b.key("op");
+        b.out.push('"');
+        b.out.push_str(op.as_str());
+        b.out.push('"');
         match table {
             Some(t) => {
                 b.string_field("schema", &t.schema);
@@ -60,15 +111,14 @@ impl Body {
                 b.null_field("partition");
             }
         }
-        b.string_field("commit_lsn", &tx.commit_lsn.to_string());
-        match tx.xid {
-            Some(xid) => b.raw_field("xid", &xid.to_string()),
-            None => b.null_field("xid"),
-        }
-        match tx.commit_time_us {
-            Some(t) => b.string_field("commit_time", &format_pg_timestamp(t)),
-            None => b.null_field("commit_time"),
-        }
+        TX_FIELDS.with_borrow_mut(|(of, fields)| {
+            if *of != Some(*tx) {
+                fields.clear();
+                write_tx_fields(fields, tx);
+                *of = Some(*tx);
+            }
+            b.out.push_str(fields);
+        });
         b
     }
 

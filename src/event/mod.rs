@@ -195,7 +195,11 @@ impl RowChange<'_> {
 
 /// Builds the id of the change at `index` in the transaction.
 pub fn event_id(commit_lsn: Lsn, index: u64) -> String {
-    format!("{commit_lsn}:{index}")
+    let mut id = String::with_capacity(24);
+    commit_lsn.push_to(&mut id);
+    id.push(':');
+    encode::push_decimal(&mut id, index);
+    id
 }
 
 /// A rendered row event.

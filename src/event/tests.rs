@@ -323,3 +323,20 @@ fn bulk_body() {
     assert_eq!(v["bulk"]["first_key"]["id"], 1);
     assert!(v["bulk"]["last_key"].is_null());
 }
+
+#[test]
+fn event_ids_are_the_lsn_and_the_decimal_index() {
+    for (lsn, index) in [
+        (0, 0),
+        (0x16_B374_D848, 7),
+        (u64::MAX, u64::MAX),
+        (1 << 32, 10),
+        (0xF, 1_000_000),
+    ] {
+        assert_eq!(
+            event_id(Lsn(lsn), index),
+            format!("{}:{index}", Lsn(lsn)),
+            "{lsn:#x} {index}"
+        );
+    }
+}

@@ -16,7 +16,7 @@
 //! Confirms and errors arrive on the client's handler task and become [`Signal`]s by delivery
 //! tag; a confirm for an id walrelay did not send is logged and ignored (never a panic).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -42,8 +42,38 @@ pub const FRAME_MESSAGES: usize = 256;
 /// id, length, AMQP 1.0 section headers, property and application-property encodings.
 pub const MESSAGE_OVERHEAD: usize = 512;
 
-/// (publisher id, publishing id) → delivery tag, shared with the handler.
-type Tags = Arc<Mutex<HashMap<(u8, u64), u64>>>;
+/// The messages sent and not answered yet, shared with the handler.
+type Tags = Arc<Mutex<Outstanding>>;
+
+/// Per publisher, (publishing id, delivery tag) of each message sent and not answered, in
+/// the order sent. The broker answers a publisher's messages in that order, so an answer is
+/// almost always for the oldest: a queue makes that O(1) with no hashing, and an answer out
+/// of order is still found (further in).
+#[derive(Default)]
+struct Outstanding {
+    by_publisher: Vec<VecDeque<(u64, u64)>>,
+}
+
+impl Outstanding {
+    fn insert(&mut self, publisher: u8, id: u64, tag: u64) {
+        let p = usize::from(publisher);
+        if self.by_publisher.len() <= p {
+            self.by_publisher.resize_with(p + 1, VecDeque::new);
+        }
+        self.by_publisher[p].push_back((id, tag));
+    }
+
+    /// The delivery tag of `publisher`'s message `id`, which is answered now; `None` for a
+    /// message this link did not send (or already answered).
+    fn remove(&mut self, publisher: u8, id: u64) -> Option<u64> {
+        let sent = self.by_publisher.get_mut(usize::from(publisher))?;
+        if sent.front().is_some_and(|&(i, _)| i == id) {
+            return sent.pop_front().map(|(_, tag)| tag);
+        }
+        let at = sent.iter().position(|&(i, _)| i == id)?;
+        sent.remove(at).map(|(_, tag)| tag)
+    }
+}
 
 /// Delivery tags sent as several copies (a truncate to every partition of a super stream) →
 /// copies not confirmed yet. Shared by all links: the tag is acked once every copy is.
@@ -159,7 +189,7 @@ impl StreamLink {
         self.tags
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((publisher, id), tag);
+            .insert(publisher, id, tag);
         self.pending_for = publisher;
         self.pending_bytes += size;
         self.pending.push(message);
@@ -202,7 +232,7 @@ impl Confirms {
             .tags
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(publisher, id));
+            .remove(publisher, id);
         if tag.is_none() {
             warn!(
                 publisher,
@@ -218,6 +248,10 @@ impl Confirms {
             .fan_out
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fan_out.is_empty() {
+            // The usual case (no truncate of a super stream in flight): no lookup.
+            return true;
+        }
         match fan_out.get_mut(&tag) {
             None => true,
             Some(left) if *left > 1 => {
@@ -287,5 +321,26 @@ impl Confirms {
                 self.lost(Signal::Lost);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outstanding;
+
+    #[test]
+    fn answers_in_order_out_of_order_and_unknown() {
+        let mut o = Outstanding::default();
+        for (id, tag) in [(10, 1), (11, 2), (12, 3)] {
+            o.insert(0, id, tag);
+        }
+        o.insert(3, 10, 4);
+        assert_eq!(o.remove(0, 10), Some(1));
+        assert_eq!(o.remove(0, 12), Some(3), "out of order");
+        assert_eq!(o.remove(0, 12), None, "answered twice");
+        assert_eq!(o.remove(0, 11), Some(2));
+        assert_eq!(o.remove(3, 10), Some(4), "another publisher, same id");
+        assert_eq!(o.remove(7, 1), None, "a publisher never used");
+        assert_eq!(o.remove(0, 99), None);
     }
 }

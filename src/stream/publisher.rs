@@ -72,6 +72,9 @@ pub struct StreamPublisher {
     signals: mpsc::UnboundedReceiver<Signal>,
     state: Arc<watch::Sender<BrokerState>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The last commit LSN a message carried, and its text (an application property of
+    /// every message; the same for every message of a transaction).
+    lsn_text: (crate::lsn::Lsn, String),
 }
 
 impl StreamPublisher {
@@ -124,6 +127,7 @@ impl StreamPublisher {
             signals,
             state: Arc::new(state),
             metrics: None,
+            lsn_text: (crate::lsn::Lsn::ZERO, "0/0".to_owned()),
         }
     }
 
@@ -271,7 +275,12 @@ impl StreamPublisher {
                 producer.last_id
             }
         };
-        let message = message(event, body, count, id);
+        if self.lsn_text.0 != event.commit_lsn {
+            self.lsn_text.1.clear();
+            event.commit_lsn.push_to(&mut self.lsn_text.1);
+            self.lsn_text.0 = event.commit_lsn;
+        }
+        let message = message(event, &self.lsn_text.1, body, count, id);
         let link = self
             .links
             .get_mut(&producer.leader)
@@ -419,7 +428,8 @@ fn change_index(event: &Event) -> Option<u64> {
 
 /// The AMQP 1.0 message: the event body, with properties and application properties that
 /// mirror the AMQP sink's (message id, content type, timestamp, headers, routing key).
-fn message(event: &Event, body: Vec<u8>, count: usize, id: u64) -> Message {
+/// `commit_lsn` is the text of `event.commit_lsn`.
+fn message(event: &Event, commit_lsn: &str, body: Vec<u8>, count: usize, id: u64) -> Message {
     let mut props = Message::builder()
         .body(body)
         .properties()
@@ -437,7 +447,7 @@ fn message(event: &Event, body: Vec<u8>, count: usize, id: u64) -> Message {
         .insert("op", event.op.as_str())
         .insert("schema", event.schema.as_str())
         .insert("table", event.table.as_str())
-        .insert("commit_lsn", event.commit_lsn.to_string().as_str())
+        .insert("commit_lsn", commit_lsn)
         .insert("routing_key", event.routing_key.as_str());
     if count > 1 {
         // An unsigned int: rabbitmq-stream-protocol 0.11 sizes a small `long` (-128..=127) as
