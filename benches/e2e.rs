@@ -107,15 +107,27 @@ async fn run() {
             n(100_000.0),
         ),
     ];
-    // `BENCH_ONLY=stream-catchup`: backlog (a) through the stream sink only (for profiling).
+    // `BENCH_ONLY=stream-catchup`: one backlog through the stream sink only, for profiling:
+    // (a) unless `BENCH_BACKLOG` names another (`b`, `c`).
     if only("stream-catchup") {
-        let b = Backlog::build(&env, &client, 0, "orders", n(1_000_000.0)).await;
+        let i = match std::env::var("BENCH_BACKLOG").as_deref() {
+            Ok("b") => 1,
+            Ok("c") => 2,
+            _ => 0,
+        };
+        let (_, table, count) = backlogs[i];
+        let b = Backlog::build(&env, &client, i, table, count).await;
         let relay = e2e_streams::stream_catchup(&env, &client, &b, 1).await;
+        // The mix's change count is what walrelay published.
+        let events = if b.events == 0 {
+            relay.events
+        } else {
+            b.events
+        };
         println!(
-            "stream catch-up, {} events: walrelay {:.0}/s, CPU {:.2} µs/event, peak RSS {:.1} MiB",
-            b.events,
-            b.events as f64 / relay.secs,
-            relay.cpu_secs * 1e6 / b.events as f64,
+            "stream catch-up, {events} events: walrelay {:.0}/s, CPU {:.2} µs/event, peak RSS {:.1} MiB",
+            events as f64 / relay.secs,
+            relay.cpu_secs * 1e6 / events as f64,
             relay.peak_rss_kib as f64 / 1024.0
         );
         return;

@@ -6,7 +6,7 @@ use crate::source::catalog::QualifiedName;
 use crate::value::{TypeRegistry, ValueError, write_json_string, write_value};
 
 use super::identity::TableIdentity;
-use super::time::format_pg_timestamp;
+use super::time::write_pg_timestamp;
 use super::{Op, TxContext};
 
 /// Which columns of a row image [`Body::row`] writes.
@@ -57,7 +57,7 @@ fn write_tx_fields(out: &mut String, tx: &TxContext) {
     match tx.commit_time_us {
         Some(t) => {
             out.push_str(",\"commit_time\":\"");
-            out.push_str(&format_pg_timestamp(t));
+            write_pg_timestamp(out, t);
             out.push('"');
         }
         None => out.push_str(",\"commit_time\":null"),

@@ -79,7 +79,23 @@ impl Replicator {
                 return Ok(Stop::Shutdown);
             }
             if let Some(front) = self.pending.pop_front() {
-                // Not reading the socket now: silence from the server proves nothing.
+                // The usual case: the publisher has room, so hand the item over without
+                // arming a select (this runs for every event).
+                let front = match self.tx.try_reserve() {
+                    Ok(permit) => {
+                        permit.send(front);
+                        // What `reserve` would do: yield to the publisher now and then, so
+                        // a long run of ready items does not wait for a full channel.
+                        tokio::task::coop::consume_budget().await;
+                        continue;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        return Ok(Stop::PublisherGone);
+                    }
+                    Err(mpsc::error::TrySendError::Full(())) => front,
+                };
+                // Waiting for room, not reading the socket: silence from the server proves
+                // nothing.
                 self.last_heard = tokio::time::Instant::now();
                 // Decide first, act after: the reserve future borrows the channel.
                 enum Next {

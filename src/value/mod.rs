@@ -108,10 +108,44 @@ struct Catalog<'a> {
     attrs: HashMap<u32, Vec<&'a PgAttrRow>>,
 }
 
+/// Hashes a type OID with one multiplication instead of SipHash: the registry is looked up
+/// for every column of every row, and OIDs come from the server's catalog, not from anyone
+/// who could choose them to collide.
+#[derive(Clone, Copy, Debug, Default)]
+struct OidHash;
+
+impl std::hash::BuildHasher for OidHash {
+    type Hasher = OidHasher;
+    fn build_hasher(&self) -> OidHasher {
+        OidHasher(0)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OidHasher(u64);
+
+impl std::hash::Hasher for OidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: spreads consecutive OIDs over the high bits the table uses.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Type OID → rendering kind.
 #[derive(Clone, Debug, Default)]
 pub struct TypeRegistry {
-    kinds: HashMap<u32, TypeKind>,
+    kinds: HashMap<u32, TypeKind, OidHash>,
     /// Every OID of user-defined types (`>= FIRST_NORMAL_OID`) that `pg_type` had when loaded,
     /// text-rendered ones included, so a type created later can be told apart.
     user_types: std::collections::HashSet<u32>,
@@ -154,7 +188,7 @@ fn scalar_kind(oid: u32) -> Option<TypeKind> {
 impl TypeRegistry {
     /// A registry that knows only the built-in scalar types (enough until `pg_type` is loaded).
     pub fn builtin() -> Self {
-        let mut kinds = HashMap::new();
+        let mut kinds = HashMap::with_hasher(OidHash);
         for o in [
             oid::BOOL,
             oid::INT8,
@@ -190,7 +224,7 @@ impl TypeRegistry {
         for a in attrs {
             cat.attrs.entry(a.typoid).or_default().push(a);
         }
-        let mut kinds = HashMap::new();
+        let mut kinds = HashMap::with_hasher(OidHash);
         for row in rows {
             let kind = resolve(row.oid, &cat, 0);
             if kind != TypeKind::Text {
