@@ -50,7 +50,7 @@ fn write_tx_fields(out: &mut String, tx: &TxContext) {
     match tx.xid {
         Some(xid) => {
             out.push_str(",\"xid\":");
-            push_decimal(out, u64::from(xid));
+            push_decimal(out, u64::from(xid), 1);
         }
         None => out.push_str(",\"xid\":null"),
     }
@@ -64,9 +64,10 @@ fn write_tx_fields(out: &mut String, tx: &TxContext) {
     }
 }
 
-/// Appends the decimal digits of `n` without the formatting machinery (per-event text).
-pub(super) fn push_decimal(out: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
+/// Appends the decimal digits of `n`, zero-padded to at least `width`, without the
+/// formatting machinery: ids, xids and commit times are per-event text.
+pub(super) fn push_decimal(out: &mut String, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -76,6 +77,7 @@ pub(super) fn push_decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
+    at = at.min(buf.len().saturating_sub(width));
     for &b in &buf[at..] {
         out.push(char::from(b));
     }

@@ -198,7 +198,7 @@ pub fn event_id(commit_lsn: Lsn, index: u64) -> String {
     let mut id = String::with_capacity(24);
     commit_lsn.push_to(&mut id);
     id.push(':');
-    encode::push_decimal(&mut id, index);
+    encode::push_decimal(&mut id, index, 1);
     id
 }
 

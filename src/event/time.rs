@@ -1,6 +1,8 @@
 //! PostgreSQL commit timestamps (microseconds since 2000-01-01 UTC) as ISO 8601 text, in the
 //! same form `to_jsonb()` gives a `timestamptz` in UTC: `2026-11-22T10:00:00.123456+00:00`.
 
+use super::encode::push_decimal;
+
 /// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
@@ -29,17 +31,17 @@ pub fn write_pg_timestamp(out: &mut String, pg_us: i64) {
         // Outside what a commit time can be; printed as `{:04}` would print it.
         out.push('-');
     }
-    push_padded(out, y.unsigned_abs(), if y < 0 { 3 } else { 4 });
+    push_decimal(out, y.unsigned_abs(), if y < 0 { 3 } else { 4 });
     out.push('-');
-    push_padded(out, u64::from(m), 2);
+    push_decimal(out, u64::from(m), 2);
     out.push('-');
-    push_padded(out, u64::from(d), 2);
+    push_decimal(out, u64::from(d), 2);
     out.push('T');
-    push_padded(out, (sod / 3600) as u64, 2);
+    push_decimal(out, (sod / 3600) as u64, 2);
     out.push(':');
-    push_padded(out, ((sod % 3600) / 60) as u64, 2);
+    push_decimal(out, ((sod % 3600) / 60) as u64, 2);
     out.push(':');
-    push_padded(out, (sod % 60) as u64, 2);
+    push_decimal(out, (sod % 60) as u64, 2);
     if micros != 0 {
         out.push('.');
         let mut frac = micros as u64;
@@ -48,27 +50,9 @@ pub fn write_pg_timestamp(out: &mut String, pg_us: i64) {
             frac /= 10;
             width -= 1;
         }
-        push_padded(out, frac, width);
+        push_decimal(out, frac, width);
     }
     out.push_str("+00:00");
-}
-
-/// The decimal digits of `n`, zero-padded to at least `width`.
-fn push_padded(out: &mut String, mut n: u64, width: usize) {
-    let mut buf = [b'0'; 20];
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    at = at.min(buf.len().saturating_sub(width));
-    for &b in &buf[at..] {
-        out.push(char::from(b));
-    }
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day) (Howard Hinnant's algorithm).
