@@ -97,6 +97,14 @@ impl Outlet {
         }
     }
 
+    /// The next answer if one has arrived already (never waits).
+    pub fn try_answer(&mut self) -> Option<Signal> {
+        match self {
+            Outlet::Amqp(p) => p.try_answer(),
+            Outlet::Stream(s) => s.try_answer(),
+        }
+    }
+
     pub fn state(&self) -> watch::Receiver<BrokerState> {
         match self {
             Outlet::Amqp(p) => p.state(),

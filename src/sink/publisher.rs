@@ -151,6 +151,15 @@ impl Publisher {
         self.signals.recv().await.unwrap_or(Signal::Lost)
     }
 
+    /// The next answer if one has arrived already.
+    pub fn try_answer(&mut self) -> Option<Answer> {
+        match self.signals.try_recv() {
+            Ok(signal) => Some(signal),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Signal::Lost),
+        }
+    }
+
     /// A live view of the connection's state (open, blocked by an alarm).
     pub fn state(&self) -> watch::Receiver<BrokerState> {
         self.link.state()

@@ -14,6 +14,7 @@ use postgres_protocol::message::frontend;
 use super::conn::Connection;
 use super::error::{ServerError, SourceError};
 use super::setup::{quote_ident, quote_literal};
+use super::wire::Frame;
 use crate::lsn::Lsn;
 
 /// A message of the replication stream.
@@ -91,22 +92,25 @@ impl ReplicationStream {
     pub async fn next(&mut self) -> Result<ReplMessage, SourceError> {
         loop {
             let f = self.conn.framed.read_frame().await?;
-            match f.tag {
-                b'd' => return parse_copy_data(f.body),
-                b'N' => continue,
-                b'E' => return Err(SourceError::Server(ServerError::parse(&f.body))),
-                // A walsender ends COPY mode on a clean server shutdown (`pg_ctl stop -m fast`,
-                // a failover's demotion): CopyDone, then CommandComplete and ReadyForQuery.
-                // The server is going away, not refusing us: reconnect.
-                b'c' => return Err(SourceError::StreamEnded("CopyDone")),
-                b'C' => return Err(SourceError::StreamEnded("CommandComplete")),
-                b'Z' => return Err(SourceError::StreamEnded("ReadyForQuery")),
-                t => {
-                    return Err(SourceError::Protocol(format!(
-                        "message {:?} in the replication stream",
-                        t as char
-                    )));
+            if let Some(msg) = classify(f) {
+                return msg;
+            }
+        }
+    }
+
+    /// The next message if the bytes read so far hold it; `None` when the socket must be read
+    /// first. Lets the replication loop take a run of buffered messages without arming a
+    /// `select!` per message.
+    pub fn buffered(&mut self) -> Option<Result<ReplMessage, SourceError>> {
+        loop {
+            match self.conn.framed.buffered_frame() {
+                Ok(Some(f)) => {
+                    if let Some(msg) = classify(f) {
+                        return Some(msg);
+                    }
                 }
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e.into())),
             }
         }
     }
@@ -136,6 +140,25 @@ impl ReplicationStream {
     pub async fn close(self) {
         self.conn.close().await;
     }
+}
+
+/// What a frame of the replication stream is: a message, an error, or nothing (a notice).
+fn classify(f: Frame) -> Option<Result<ReplMessage, SourceError>> {
+    Some(match f.tag {
+        b'd' => parse_copy_data(f.body),
+        b'N' => return None,
+        b'E' => Err(SourceError::Server(ServerError::parse(&f.body))),
+        // A walsender ends COPY mode on a clean server shutdown (`pg_ctl stop -m fast`, a
+        // failover's demotion): CopyDone, then CommandComplete and ReadyForQuery. The server
+        // is going away, not refusing us: reconnect.
+        b'c' => Err(SourceError::StreamEnded("CopyDone")),
+        b'C' => Err(SourceError::StreamEnded("CommandComplete")),
+        b'Z' => Err(SourceError::StreamEnded("ReadyForQuery")),
+        t => Err(SourceError::Protocol(format!(
+            "message {:?} in the replication stream",
+            t as char
+        ))),
+    })
 }
 
 fn parse_copy_data(mut body: Bytes) -> Result<ReplMessage, SourceError> {

@@ -139,6 +139,11 @@ impl Framed {
         }
     }
 
+    /// The next frame if the read buffer already holds all of it; reads nothing.
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        Self::try_frame(&mut self.read_buf)
+    }
+
     /// Sends everything in the write buffer. Not cancel-safe: call it outside `select!` arms.
     pub async fn flush(&mut self) -> Result<(), WireError> {
         let buf = self.write_buf.split();
