@@ -167,7 +167,13 @@ impl Replicator {
                         self.send_status(silent > self.status_interval).await?
                     }
                     Next::Gone => return Ok(Stop::PublisherGone),
-                    Next::Message(msg) => self.handle(msg?).await?,
+                    Next::Message(msg) => {
+                        // Once per read from the socket: the messages taken from the buffer
+                        // after it arrived with it.
+                        self.metrics.touch_server();
+                        self.last_heard = tokio::time::Instant::now();
+                        self.handle(msg?).await?
+                    }
                 }
             }
         }
@@ -185,8 +191,6 @@ impl Replicator {
     }
 
     async fn handle(&mut self, msg: ReplMessage) -> Result<(), RunError> {
-        self.metrics.touch_server();
-        self.last_heard = tokio::time::Instant::now();
         match msg {
             ReplMessage::Keepalive {
                 wal_end,
