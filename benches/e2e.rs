@@ -125,10 +125,11 @@ async fn run() {
             b.events
         };
         println!(
-            "stream catch-up, {events} events: walrelay {:.0}/s, CPU {:.2} µs/event, peak RSS {:.1} MiB",
+            "stream catch-up, {events} events: walrelay {:.0}/s, CPU {:.2} µs/event, peak RSS {:.1} MiB, streaming after {:.2} s",
             events as f64 / relay.secs,
             relay.cpu_secs * 1e6 / events as f64,
-            relay.peak_rss_kib as f64 / 1024.0
+            relay.peak_rss_kib as f64 / 1024.0,
+            relay.startup_secs.unwrap_or(f64::NAN)
         );
         return;
     }

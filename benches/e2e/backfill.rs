@@ -164,6 +164,7 @@ pub async fn walrelay_backfill(
         cpu_secs: cpu,
         peak_rss_kib: peak,
         idle_rss_kib: 0,
+        startup_secs: None,
     };
     (run, latencies)
 }

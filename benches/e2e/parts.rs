@@ -170,6 +170,8 @@ pub struct RelayRun {
     pub cpu_secs: f64,
     pub peak_rss_kib: u64,
     pub idle_rss_kib: u64,
+    /// Seconds from start until walrelay said it was streaming (where measured).
+    pub startup_secs: Option<f64>,
 }
 
 /// A `/proc/<pid>/status` field in KiB.
@@ -269,6 +271,7 @@ pub async fn walrelay_catchup(
         cpu_secs: cpu,
         peak_rss_kib: peak,
         idle_rss_kib: idle,
+        startup_secs: None,
     }
 }
 

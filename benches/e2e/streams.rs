@@ -27,10 +27,17 @@ fn config(
     table: &str,
     batch: usize,
 ) -> std::path::PathBuf {
+    // The end of a catch-up is when the slot is confirmed past the backlog, and the slot moves
+    // at walrelay's status updates: with the default interval (1 s) a catch-up of 0.6-1.3 s
+    // measured as 1 or 2 s (the 44k/79k events/s of backlog b). 50 ms rounds it up by less.
+    // BENCH_IN_FLIGHT: another confirm window than walrelay's default (an experiment).
+    let window = std::env::var("BENCH_IN_FLIGHT")
+        .map(|n| format!("max_in_flight = {n}\n"))
+        .unwrap_or_default();
     let text = format!(
-        "[postgres]\nurl = {url:?}\nslot = {slot:?}\npublication = {publication:?}\n\
+        "[postgres]\nurl = {url:?}\nslot = {slot:?}\npublication = {publication:?}\nstatus_interval_ms = 50\n\
          [stream]\nurl = {STREAM_URL:?}\nstream = {stream:?}\nmax_length_bytes = 20000000000\n\
-         [rabbitmq]\nconfirm_timeout_ms = 60000\nbatch_max_events = {batch}\n\
+         [rabbitmq]\nconfirm_timeout_ms = 60000\nbatch_max_events = {batch}\n{window}\
          [service]\nprobe_interval_ms = 600000\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\
          [filter]\ninclude = [\"public.{table}\"]\n"
@@ -62,11 +69,19 @@ pub async fn stream_catchup(
     let start = Instant::now();
     let relay = Relay::start(&cfg);
     let pid = relay.child.id();
+    let mut startup = None;
     while slot_confirmed(c, &slot).await < b.end {
         assert!(start.elapsed() < TIMEOUT, "walrelay did not catch up");
+        if startup.is_none() && relay.log().contains(" streaming slot=") {
+            startup = Some(start.elapsed().as_secs_f64());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = start.elapsed().as_secs_f64();
+    // BENCH_LOG: walrelay's log of the run on stderr (where its startup time goes).
+    if std::env::var_os("BENCH_LOG").is_some() {
+        eprintln!("{}", relay.log());
+    }
     let cpu = cpu_secs_of(pid);
     let peak = proc_status_of(pid, "VmHWM:");
     let port = relay.http_port().await;
@@ -92,6 +107,7 @@ pub async fn stream_catchup(
         cpu_secs: cpu,
         peak_rss_kib: peak,
         idle_rss_kib: idle,
+        startup_secs: startup,
     }
 }
 
@@ -219,13 +235,20 @@ pub async fn stream_live_latency(
     out
 }
 
+/// The startup column: seconds until walrelay streamed (part of its catch-up time).
+fn startup(relay: &RelayRun) -> String {
+    relay
+        .startup_secs
+        .map_or_else(|| "?".to_owned(), |s| format!("{s:.2}"))
+}
+
 /// Backlogs (a)–(c) with the stream sink, batch mode on (a)'s shape, live latency: the
 /// report of `BENCH_ONLY=stream`.
 pub async fn report(env_: &Env, client: &tokio_postgres::Client, backlogs: &[(&str, &str, i64)]) {
     println!(
-        "| backlog (stream sink, RabbitMQ 4) | events | decode limit /s | stream limit /s | walrelay /s | × decode | CPU µs/event | peak RSS MiB | messages |"
+        "| backlog (stream sink, RabbitMQ 4) | events | decode limit /s | stream limit /s | walrelay /s | × decode | CPU µs/event | peak RSS MiB | messages | startup s |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut i = 0;
     for (name, table, count) in backlogs {
         let mut b = Backlog::build(env_, client, i, table, *count).await;
@@ -238,7 +261,7 @@ pub async fn report(env_: &Env, client: &tokio_postgres::Client, backlogs: &[(&s
         let limit = stream_limit(b.events, relay.avg_bytes).await;
         let ev = b.events as f64;
         println!(
-            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
+            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} |",
             b.events,
             ev / decode,
             ev / limit,
@@ -246,7 +269,8 @@ pub async fn report(env_: &Env, client: &tokio_postgres::Client, backlogs: &[(&s
             decode / relay.secs,
             relay.cpu_secs * 1e6 / ev,
             relay.peak_rss_kib as f64 / 1024.0,
-            relay.messages
+            relay.messages,
+            startup(&relay)
         );
         i += 1;
     }
@@ -257,14 +281,15 @@ pub async fn report(env_: &Env, client: &tokio_postgres::Client, backlogs: &[(&s
     let relay = stream_catchup(env_, client, &b, 100).await;
     let ev = b.events as f64;
     println!(
-        "| a, batch mode (100 events/message) | {} | {:.0} | — | {:.0} | {:.2} | {:.2} | {:.1} | {} |",
+        "| a, batch mode (100 events/message) | {} | {:.0} | — | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} |",
         b.events,
         ev / decode,
         ev / relay.secs,
         decode / relay.secs,
         relay.cpu_secs * 1e6 / ev,
         relay.peak_rss_kib as f64 / 1024.0,
-        relay.messages
+        relay.messages,
+        startup(&relay)
     );
     let lat = stream_live_latency(env_, client, &[2000, 5000]).await;
     println!(

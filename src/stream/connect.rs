@@ -1,6 +1,7 @@
-//! Connecting to RabbitMQ over the stream protocol: an `Environment` (it opens the producers'
-//! and consumers' connections) and a plain `Client` for queries, from one `rabbitmq-stream://`
-//! URL, with TLS only when a CA file lets the certificate be checked.
+//! Connecting to RabbitMQ over the stream protocol: an `Environment` (it opens consumers'
+//! connections, for `walrelay tail`) and a plain `Client` for queries and stream creation,
+//! from one `rabbitmq-stream://` URL, with TLS only when a CA file lets the certificate be
+//! checked.
 
 use rabbitmq_stream_client::{Client, ClientOptions, Environment, TlsConfiguration};
 
@@ -26,11 +27,18 @@ pub async fn environment(url: &AmqpUrl, name: &str) -> Result<(Environment, Clie
         .build()
         .await
         .map_err(|e| failed("connecting", format!("{e} ({NEEDS})")))?;
-    let options = client_options(url, &format!("{name} (queries)"), &url.host, url.port)?;
-    let admin = Client::connect(options)
-        .await
-        .map_err(|e| failed("connecting", e))?;
+    let admin = admin(url, name).await?;
     Ok((env, admin))
+}
+
+/// A plain client to the URL's node for queries and stream creation, named `<name> (queries)`.
+/// The publisher needs no `Environment`: each stream it creates through one would open (and
+/// close) a connection of its own, and every connection costs tens of milliseconds at start.
+pub async fn admin(url: &AmqpUrl, name: &str) -> Result<Client, SinkError> {
+    let options = client_options(url, &format!("{name} (queries)"), &url.host, url.port)?;
+    Client::connect(options)
+        .await
+        .map_err(|e| failed("connecting", format!("{e} ({NEEDS})")))
 }
 
 /// Options for a plain client connection to `host:port` (the URL's node, or a stream's

@@ -10,8 +10,8 @@
 
 use std::sync::Arc;
 
+use rabbitmq_stream_client::Client;
 use rabbitmq_stream_client::types::ResponseCode;
-use rabbitmq_stream_client::{Client, Environment};
 use tracing::info;
 
 use super::{StreamSettings, failed};
@@ -71,7 +71,6 @@ impl Destinations {
 /// missing and `create` is on. An existing super stream must have exactly `n` partitions:
 /// another count would send keys to other partitions than before.
 pub async fn super_stream(
-    env: &Environment,
     admin: &Client,
     name: &str,
     n: u32,
@@ -89,19 +88,27 @@ pub async fn super_stream(
             format!("super stream {name:?} does not exist and stream.create is off"),
         ));
     } else {
-        let mut creator = env.stream_creator();
-        creator = super::publisher::with_retention(creator, s);
-        match creator.create_super_stream(name, n as usize, None).await {
-            Ok(()) => info!(
+        // Partitions `<name>-0` … `<name>-<n-1>`, bound with keys "0" … "n-1" (what the
+        // RabbitMQ clients name them).
+        let keys: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        let partitions = keys.iter().map(|k| format!("{name}-{k}")).collect();
+        let answer = admin
+            .create_super_stream(name, partitions, keys, super::publisher::retention(s))
+            .await
+            .map_err(|e| failed("creating the super stream", e))?;
+        match answer.code() {
+            ResponseCode::Ok => info!(
                 super_stream = name,
                 partitions = n,
                 "created the super stream"
             ),
-            Err(rabbitmq_stream_client::error::StreamCreateError::Create {
-                status: ResponseCode::StreamAlreadyExists,
-                ..
-            }) => {}
-            Err(e) => return Err(failed("creating the super stream", e)),
+            ResponseCode::StreamAlreadyExists => {}
+            code => {
+                return Err(failed(
+                    "creating the super stream",
+                    format!("super stream {name:?}: {code:?}"),
+                ));
+            }
         }
         let again = admin
             .partitions(name.to_owned())

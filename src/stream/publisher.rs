@@ -21,8 +21,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rabbitmq_stream_client::types::{ByteCapacity, Message, ResponseCode, StreamCreator};
-use rabbitmq_stream_client::{Client, Environment};
+use rabbitmq_stream_client::Client;
+use rabbitmq_stream_client::types::{Message, ResponseCode};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
@@ -84,14 +84,14 @@ impl StreamPublisher {
         settings: &crate::sink::SinkSettings,
         stream: &StreamSettings,
     ) -> Result<StreamPublisher, SinkError> {
-        let (env, admin) = super::connect::environment(&stream.url, "walrelay").await?;
+        let admin = super::connect::admin(&stream.url, "walrelay").await?;
         if let Some(version) = admin.server_properties().await.get("version") {
             info!(rabbitmq = %version, "connected to RabbitMQ over the stream protocol");
         }
         let partitions = match stream.partitions {
-            Some(n) => super_stream(&env, &admin, &settings.exchange, n, stream).await?,
+            Some(n) => super_stream(&admin, &settings.exchange, n, stream).await?,
             None => {
-                Self::ensure_stream(&env, &admin, &settings.exchange, stream).await?;
+                Self::ensure_stream(&admin, &settings.exchange, stream).await?;
                 Vec::new()
             }
         };
@@ -100,11 +100,9 @@ impl StreamPublisher {
             .iter()
             .filter(|x| **x != settings.exchange)
         {
-            Self::ensure_stream(&env, &admin, name, stream).await?;
+            Self::ensure_stream(&admin, name, stream).await?;
         }
         let destinations = Destinations::new(&settings.exchange, partitions);
-        // The environment only created streams; producers live on `StreamLink`s.
-        drop(env);
         Ok(Self::with(admin, stream.url.clone(), destinations))
     }
 
@@ -134,7 +132,6 @@ impl StreamPublisher {
     /// Creates `name` when missing (and `create` is on); an existing stream keeps its own
     /// retention, which `walrelay doctor` reports.
     async fn ensure_stream(
-        env: &Environment,
         admin: &Client,
         name: &str,
         s: &StreamSettings,
@@ -154,16 +151,20 @@ impl StreamPublisher {
                 format!("stream {name:?} does not exist and stream.create is off"),
             ));
         }
-        match with_retention(env.stream_creator(), s).create(name).await {
-            Ok(()) => {
+        let answer = admin
+            .create_stream(name, retention(s))
+            .await
+            .map_err(|e| failed("creating the stream", e))?;
+        match answer.code() {
+            ResponseCode::Ok => {
                 info!(stream = name, "created the stream");
                 Ok(())
             }
-            Err(rabbitmq_stream_client::error::StreamCreateError::Create {
-                status: ResponseCode::StreamAlreadyExists,
-                ..
-            }) => Ok(()),
-            Err(e) => Err(failed("creating the stream", e)),
+            ResponseCode::StreamAlreadyExists => Ok(()),
+            code => Err(failed(
+                "creating the stream",
+                format!("stream {name:?}: {code:?}"),
+            )),
         }
     }
 
@@ -406,18 +407,23 @@ impl StreamPublisher {
     }
 }
 
-/// A stream creator with the configured retention (`max-length-bytes`, `max-age`, segment size).
-pub(super) fn with_retention(mut creator: StreamCreator, s: &StreamSettings) -> StreamCreator {
+/// The arguments of a stream created with the configured retention (`max-length-bytes`,
+/// `max-age`, segment size), as the stream protocol's create commands take them.
+pub(super) fn retention(s: &StreamSettings) -> HashMap<String, String> {
+    let mut options = HashMap::new();
     if let Some(bytes) = s.max_length_bytes {
-        creator = creator.max_length(ByteCapacity::B(bytes));
+        options.insert("max-length-bytes".to_owned(), bytes.to_string());
     }
     if let Some(age) = s.max_age {
-        creator = creator.max_age(age);
+        options.insert("max-age".to_owned(), format!("{}s", age.as_secs()));
     }
     if let Some(bytes) = s.max_segment_bytes {
-        creator = creator.max_segment_size(ByteCapacity::B(bytes));
+        options.insert(
+            "stream-max-segment-size-bytes".to_owned(),
+            bytes.to_string(),
+        );
     }
-    creator
+    options
 }
 
 /// The index of a change in its transaction (`<commit LSN>:<index>`, or `…+<count>` for a
