@@ -36,9 +36,11 @@ pub async fn environment(url: &AmqpUrl, name: &str) -> Result<(Environment, Clie
 /// close) a connection of its own, and every connection costs tens of milliseconds at start.
 pub async fn admin(url: &AmqpUrl, name: &str) -> Result<Client, SinkError> {
     let options = client_options(url, &format!("{name} (queries)"), &url.host, url.port)?;
-    Client::connect(options)
+    let client = Client::connect(options)
         .await
-        .map_err(|e| failed("connecting", format!("{e} ({NEEDS})")))
+        .map_err(|e| failed("connecting", format!("{e} ({NEEDS})")))?;
+    super::nodelay::set_for(&super::nodelay::resolve(&url.host, url.port).await);
+    Ok(client)
 }
 
 /// Options for a plain client connection to `host:port` (the URL's node, or a stream's

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod destinations;
 pub mod link;
 pub mod metrics;
+pub mod nodelay;
 pub mod publisher;
 pub mod publishing_id;
 

@@ -316,6 +316,9 @@ impl StreamPublisher {
                 Arc::clone(&self.fan_out),
             )
             .await?;
+            // Before the first publish: the client leaves Nagle's algorithm on.
+            let set = super::nodelay::set_for(&super::nodelay::resolve(&leader.0, leader.1).await);
+            debug!(host = %leader.0, port = leader.1, sockets = set, "TCP_NODELAY on the stream connections");
             self.links.insert(leader.clone(), link);
         }
         let name = match &key.sequence {
