@@ -119,6 +119,11 @@ impl RoutingTemplate {
 
 /// Appends `value` with `%` and `.` escaped (see the module docs).
 fn push_escaped(out: &mut String, value: &str) {
+    // Most names have neither: one scan and one copy (this runs for every event).
+    if !value.bytes().any(|b| b == b'%' || b == b'.') {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '%' => out.push_str("%25"),
