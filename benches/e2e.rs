@@ -125,11 +125,12 @@ async fn run() {
             b.events
         };
         println!(
-            "stream catch-up, {events} events: walrelay {:.0}/s, CPU {:.2} µs/event, peak RSS {:.1} MiB, streaming after {:.2} s",
+            "stream catch-up, {events} events: walrelay {:.0}/s, CPU {:.2} µs/event, peak RSS {:.1} MiB, streaming after {:.2} s and {:.0} ms of CPU",
             events as f64 / relay.secs,
             relay.cpu_secs * 1e6 / events as f64,
             relay.peak_rss_kib as f64 / 1024.0,
-            relay.startup_secs.unwrap_or(f64::NAN)
+            relay.startup_secs.unwrap_or(f64::NAN),
+            relay.startup_cpu_secs.unwrap_or(f64::NAN) * 1000.0
         );
         return;
     }

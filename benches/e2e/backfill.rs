@@ -165,6 +165,7 @@ pub async fn walrelay_backfill(
         peak_rss_kib: peak,
         idle_rss_kib: 0,
         startup_secs: None,
+        startup_cpu_secs: None,
     };
     (run, latencies)
 }

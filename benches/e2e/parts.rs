@@ -172,6 +172,8 @@ pub struct RelayRun {
     pub idle_rss_kib: u64,
     /// Seconds from start until walrelay said it was streaming (where measured).
     pub startup_secs: Option<f64>,
+    /// CPU seconds walrelay had used by then (included in `cpu_secs`).
+    pub startup_cpu_secs: Option<f64>,
 }
 
 /// A `/proc/<pid>/status` field in KiB.
@@ -272,6 +274,7 @@ pub async fn walrelay_catchup(
         peak_rss_kib: peak,
         idle_rss_kib: idle,
         startup_secs: None,
+        startup_cpu_secs: None,
     }
 }
 

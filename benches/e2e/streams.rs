@@ -70,10 +70,12 @@ pub async fn stream_catchup(
     let relay = Relay::start(&cfg);
     let pid = relay.child.id();
     let mut startup = None;
+    let mut startup_cpu = None;
     while slot_confirmed(c, &slot).await < b.end {
         assert!(start.elapsed() < TIMEOUT, "walrelay did not catch up");
         if startup.is_none() && relay.log().contains(" streaming slot=") {
             startup = Some(start.elapsed().as_secs_f64());
+            startup_cpu = Some(cpu_secs_of(pid));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -108,6 +110,7 @@ pub async fn stream_catchup(
         peak_rss_kib: peak,
         idle_rss_kib: idle,
         startup_secs: startup,
+        startup_cpu_secs: startup_cpu,
     }
 }
 
@@ -235,18 +238,22 @@ pub async fn stream_live_latency(
     out
 }
 
-/// The startup column: seconds until walrelay streamed (part of its catch-up time).
+/// The startup column: seconds until walrelay streamed (part of its catch-up time) and the
+/// CPU it had used by then (part of its CPU per event: 10 ms is 0.1 µs/event over 100,000).
 fn startup(relay: &RelayRun) -> String {
-    relay
-        .startup_secs
-        .map_or_else(|| "?".to_owned(), |s| format!("{s:.2}"))
+    match (relay.startup_secs, relay.startup_cpu_secs) {
+        // /proc counts CPU in 10 ms ticks.
+        (Some(s), Some(cpu)) if cpu < 0.01 => format!("{s:.2} s, < 10 ms CPU"),
+        (Some(s), Some(cpu)) => format!("{s:.2} s, {:.0} ms CPU", cpu * 1000.0),
+        _ => "?".to_owned(),
+    }
 }
 
 /// Backlogs (a)–(c) with the stream sink, batch mode on (a)'s shape, live latency: the
 /// report of `BENCH_ONLY=stream`.
 pub async fn report(env_: &Env, client: &tokio_postgres::Client, backlogs: &[(&str, &str, i64)]) {
     println!(
-        "| backlog (stream sink, RabbitMQ 4) | events | decode limit /s | stream limit /s | walrelay /s | × decode | CPU µs/event | peak RSS MiB | messages | startup s |"
+        "| backlog (stream sink, RabbitMQ 4) | events | decode limit /s | stream limit /s | walrelay /s | × decode | CPU µs/event | peak RSS MiB | messages | startup |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut i = 0;
