@@ -203,6 +203,55 @@ fn a_stream_config_refuses_the_amqp_only_keys_by_name() {
     check("exchange = \"x\"", "rabbitmq.exchange");
 }
 
+/// The arguments RabbitMQ 4's management API shows for `stream`.
+fn stream_arguments(stream: &str) -> serde_json::Value {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-f", "-u", "guest:guest"])
+        .arg(format!("http://127.0.0.1:15673/api/queues/%2f/{stream}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queue: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    queue["arguments"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_walrelay_creates_has_the_configured_retention() {
+    let (pg, db) = (PgCluster::start(), unique("app"));
+    let client = pg.create_db(&db).await;
+    client
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (slot, stream) = (unique("slot"), unique("st"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stream_config_with(
+        dir.path(),
+        &pg.url(&db),
+        &slot,
+        &stream,
+        &["public.a"],
+        "max_length_bytes = 50000000\nmax_segment_bytes = 10000000",
+    );
+    let relay = Relay::start(&cfg);
+    relay.wait_log("streaming", T).await;
+    let args = stream_arguments(&stream);
+    assert_eq!(args["x-queue-type"], "stream", "{args}");
+    assert_eq!(args["x-max-length-bytes"], 50_000_000, "{args}");
+    assert_eq!(
+        args["x-stream-max-segment-size-bytes"], 10_000_000,
+        "{args}"
+    );
+    assert_eq!(args["x-max-age"], "3600s", "{args}");
+    assert_eq!(args["x-queue-leader-locator"], "least-leaders", "{args}");
+    drop(relay);
+    let _ = env().await.delete_stream(&stream).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
     // The chaos bed's cluster, schema and second database (its AMQP queue goes unused).

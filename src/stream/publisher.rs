@@ -411,9 +411,15 @@ impl StreamPublisher {
 }
 
 /// The arguments of a stream created with the configured retention (`max-length-bytes`,
-/// `max-age`, segment size), as the stream protocol's create commands take them.
+/// `max-age`, segment size), as the stream protocol's create commands take them. Leaders are
+/// placed on the node leading the fewest streams (`least-leaders`, what the client's own
+/// stream creator asks for), not on the node walrelay happens to be connected to.
 pub(super) fn retention(s: &StreamSettings) -> HashMap<String, String> {
     let mut options = HashMap::new();
+    options.insert(
+        "queue-leader-locator".to_owned(),
+        "least-leaders".to_owned(),
+    );
     if let Some(bytes) = s.max_length_bytes {
         options.insert("max-length-bytes".to_owned(), bytes.to_string());
     }
