@@ -23,6 +23,18 @@ pub use outlet::Outlet;
 pub use publisher::{Answer, Publisher};
 pub use url::AmqpUrl;
 
+/// The next signal if one has arrived already (never waits); a channel whose senders are
+/// gone is a lost connection. Both sinks' `try_answer`.
+pub(crate) fn try_signal(
+    signals: &mut tokio::sync::mpsc::UnboundedReceiver<Signal>,
+) -> Option<Signal> {
+    match signals.try_recv() {
+        Ok(signal) => Some(signal),
+        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(Signal::Lost),
+    }
+}
+
 /// Errors of the RabbitMQ side.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

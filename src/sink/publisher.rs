@@ -153,11 +153,7 @@ impl Publisher {
 
     /// The next answer if one has arrived already.
     pub fn try_answer(&mut self) -> Option<Answer> {
-        match self.signals.try_recv() {
-            Ok(signal) => Some(signal),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => Some(Signal::Lost),
-        }
+        super::try_signal(&mut self.signals)
     }
 
     /// A live view of the connection's state (open, blocked by an alarm).

@@ -39,7 +39,7 @@ pub async fn admin(url: &AmqpUrl, name: &str) -> Result<Client, SinkError> {
     let client = Client::connect(options)
         .await
         .map_err(|e| failed("connecting", format!("{e} ({NEEDS})")))?;
-    super::nodelay::set_for(&super::nodelay::resolve(&url.host, url.port).await);
+    super::nodelay::set_for_host(&url.host, url.port).await;
     Ok(client)
 }
 

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use rabbitmq_stream_client::Client;
-use rabbitmq_stream_client::types::ResponseCode;
 use tracing::info;
 
 use super::{StreamSettings, failed};
@@ -93,22 +92,20 @@ pub async fn super_stream(
         let keys: Vec<String> = (0..n).map(|i| i.to_string()).collect();
         let partitions = keys.iter().map(|k| format!("{name}-{k}")).collect();
         let answer = admin
-            .create_super_stream(name, partitions, keys, super::publisher::retention(s))
+            .create_super_stream(
+                name,
+                partitions,
+                keys,
+                super::publisher::create_arguments(s),
+            )
             .await
             .map_err(|e| failed("creating the super stream", e))?;
-        match answer.code() {
-            ResponseCode::Ok => info!(
+        if super::publisher::created(answer.code(), "super stream", name)? {
+            info!(
                 super_stream = name,
                 partitions = n,
                 "created the super stream"
-            ),
-            ResponseCode::StreamAlreadyExists => {}
-            code => {
-                return Err(failed(
-                    "creating the super stream",
-                    format!("super stream {name:?}: {code:?}"),
-                ));
-            }
+            );
         }
         let again = admin
             .partitions(name.to_owned())

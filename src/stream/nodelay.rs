@@ -65,12 +65,21 @@ fn try_set_for(peers: &[SocketAddr]) -> std::io::Result<usize> {
     Ok(set)
 }
 
-/// The addresses `host:port` resolves to (what the client connected to is one of them).
-pub async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
-    tokio::net::lookup_host((host, port))
+/// [`set_for`] the addresses `host:port` resolves to (what the client connected to is one of
+/// them), after the client connected there.
+pub async fn set_for_host(host: &str, port: u16) -> usize {
+    let peers: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map(Iterator::collect)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let set = set_for(&peers);
+    debug!(
+        host,
+        port,
+        sockets = set,
+        "TCP_NODELAY on the stream connections"
+    );
+    set
 }
 
 #[cfg(test)]

@@ -152,20 +152,13 @@ impl StreamPublisher {
             ));
         }
         let answer = admin
-            .create_stream(name, retention(s))
+            .create_stream(name, create_arguments(s))
             .await
             .map_err(|e| failed("creating the stream", e))?;
-        match answer.code() {
-            ResponseCode::Ok => {
-                info!(stream = name, "created the stream");
-                Ok(())
-            }
-            ResponseCode::StreamAlreadyExists => Ok(()),
-            code => Err(failed(
-                "creating the stream",
-                format!("stream {name:?}: {code:?}"),
-            )),
+        if created(answer.code(), "stream", name)? {
+            info!(stream = name, "created the stream");
         }
+        Ok(())
     }
 
     /// Who publishes (slot, system id, timeline): part of every producer name. Set once the
@@ -317,8 +310,7 @@ impl StreamPublisher {
             )
             .await?;
             // Before the first publish: the client leaves Nagle's algorithm on.
-            let set = super::nodelay::set_for(&super::nodelay::resolve(&leader.0, leader.1).await);
-            debug!(host = %leader.0, port = leader.1, sockets = set, "TCP_NODELAY on the stream connections");
+            super::nodelay::set_for_host(&leader.0, leader.1).await;
             self.links.insert(leader.clone(), link);
         }
         let name = match &key.sequence {
@@ -383,11 +375,7 @@ impl StreamPublisher {
 
     /// The next answer if one has arrived already.
     pub fn try_answer(&mut self) -> Option<Signal> {
-        match self.signals.try_recv() {
-            Ok(signal) => Some(signal),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => Some(Signal::Lost),
-        }
+        crate::sink::try_signal(&mut self.signals)
     }
 
     /// A live view of the connection's state (open).
@@ -414,7 +402,7 @@ impl StreamPublisher {
 /// `max-age`, segment size), as the stream protocol's create commands take them. Leaders are
 /// placed on the node leading the fewest streams (`least-leaders`, what the client's own
 /// stream creator asks for), not on the node walrelay happens to be connected to.
-pub(super) fn retention(s: &StreamSettings) -> HashMap<String, String> {
+pub(super) fn create_arguments(s: &StreamSettings) -> HashMap<String, String> {
     let mut options = HashMap::new();
     options.insert(
         "queue-leader-locator".to_owned(),
@@ -433,6 +421,19 @@ pub(super) fn retention(s: &StreamSettings) -> HashMap<String, String> {
         );
     }
     options
+}
+
+/// What the broker answered to a create command for `what` `name`: true when it created it,
+/// false when it existed already, an error naming the code otherwise.
+pub(super) fn created(code: &ResponseCode, what: &str, name: &str) -> Result<bool, SinkError> {
+    match code {
+        ResponseCode::Ok => Ok(true),
+        ResponseCode::StreamAlreadyExists => Ok(false),
+        code => Err(failed(
+            "creating a stream",
+            format!("{what} {name:?}: {code:?}"),
+        )),
+    }
 }
 
 /// The index of a change in its transaction (`<commit LSN>:<index>`, or `…+<count>` for a
