@@ -3,8 +3,10 @@
 //! the AMQP sink; named producers with publishing ids derived from the change's place in the
 //! slot ([`publishing_id`]) let the broker drop replays, so consumers see each change once.
 
+pub mod amqp10;
 pub mod connect;
 pub mod destinations;
+pub mod frame;
 pub mod link;
 pub mod metrics;
 pub mod nodelay;

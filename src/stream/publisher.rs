@@ -22,12 +22,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rabbitmq_stream_client::Client;
-use rabbitmq_stream_client::types::{Message, ResponseCode};
+use rabbitmq_stream_client::types::ResponseCode;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
+use super::amqp10;
 use super::destinations::{Destinations, super_stream};
-use super::link::{MESSAGE_OVERHEAD, StreamLink};
+use super::link::{MESSAGE_OVERHEAD, Routes, StreamLink};
 use super::publishing_id::{Origin, Sequence, producer_name, publishing_id};
 use super::{StreamSettings, failed};
 use crate::event::{Event, Op};
@@ -217,7 +218,7 @@ impl StreamPublisher {
             + event.schema.len()
             + event.table.len();
         match self.destinations.fan_out(event).map(<[_]>::to_vec) {
-            None => self.push(key, id, tag, event, body, count, size).await?,
+            None => self.push(key, id, tag, event, &body, count, size).await?,
             Some(partitions) => {
                 self.fan_out
                     .lock()
@@ -228,8 +229,7 @@ impl StreamPublisher {
                         stream,
                         sequence: key.sequence.clone(),
                     };
-                    self.push(key, id, tag, event, body.clone(), count, size)
-                        .await?;
+                    self.push(key, id, tag, event, &body, count, size).await?;
                 }
             }
         }
@@ -246,7 +246,7 @@ impl StreamPublisher {
         id: Option<u64>,
         tag: u64,
         event: &Event,
-        body: Vec<u8>,
+        body: &[u8],
         count: usize,
         size: usize,
     ) -> Result<(), SinkError> {
@@ -274,12 +274,22 @@ impl StreamPublisher {
             event.commit_lsn.push_to(&mut self.lsn_text.1);
             self.lsn_text.0 = event.commit_lsn;
         }
-        let message = message(event, &self.lsn_text.1, body, count, id);
         let link = self
             .links
             .get_mut(&producer.leader)
             .expect("a producer's link is opened with it");
-        link.push(producer.publisher, id, tag, message, size).await
+        let batch = u32::try_from(count).unwrap_or(u32::MAX);
+        let props = application_properties(event, &self.lsn_text.1, batch);
+        let fields = amqp10::Fields {
+            message_id: &event.id,
+            content_type: "application/json",
+            creation_time_ms: event
+                .commit_time_us
+                .map(|t| crate::event::time::pg_to_unix_us(t).div_euclid(1000)),
+            application_properties: if count > 1 { &props } else { &props[..5] },
+        };
+        link.push(producer.publisher, id, tag, (&fields, body), size)
+            .await
     }
 
     /// True when a frame waits to be sent.
@@ -300,17 +310,12 @@ impl StreamPublisher {
     async fn open_producer(&mut self, key: &ProducerKey) -> Result<Producer, SinkError> {
         let leader = self.leader_of(&key.stream).await?;
         if !self.links.contains_key(&leader) {
-            let options =
-                super::connect::client_options(&self.url, "walrelay", &leader.0, leader.1)?;
-            let link = StreamLink::open(
-                options,
-                self.signals_tx.clone(),
-                Arc::clone(&self.state),
-                Arc::clone(&self.fan_out),
-            )
-            .await?;
-            // Before the first publish: the client leaves Nagle's algorithm on.
-            super::nodelay::set_for_host(&leader.0, leader.1).await;
+            let routes = Routes {
+                signals: self.signals_tx.clone(),
+                state: Arc::clone(&self.state),
+                fan_out: Arc::clone(&self.fan_out),
+            };
+            let link = StreamLink::open(&self.url, "walrelay", &leader.0, leader.1, routes).await?;
             self.links.insert(leader.clone(), link);
         }
         let name = match &key.sequence {
@@ -324,14 +329,10 @@ impl StreamPublisher {
         };
         let link = self.links.get_mut(&leader).expect("inserted above");
         let stored = match &name {
-            Some(name) => link
-                .client()
-                .query_publisher_sequence(name, &key.stream)
-                .await
-                .map_err(|e| failed("reading a producer's last publishing id", e))?,
+            Some(name) => link.stored_id(name, &key.stream).await?,
             None => 0,
         };
-        let publisher = link.declare(name.clone(), &key.stream).await?;
+        let publisher = link.declare(name.as_deref(), &key.stream).await?;
         debug!(producer = ?name, stream = %key.stream, stored, publisher, "opened a stream producer");
         if let Some(m) = &self.metrics {
             m.stream.producers.inc();
@@ -451,36 +452,23 @@ fn change_index(event: &Event) -> Option<u64> {
         .flatten()
 }
 
-/// The AMQP 1.0 message: the event body, with properties and application properties that
-/// mirror the AMQP sink's (message id, content type, timestamp, headers, routing key).
-/// `commit_lsn` is the text of `event.commit_lsn`.
-fn message(event: &Event, commit_lsn: &str, body: Vec<u8>, count: usize, id: u64) -> Message {
-    let mut props = Message::builder()
-        .body(body)
-        .properties()
-        .message_id(event.id.clone())
-        .content_type("application/json");
-    if let Some(t) = event.commit_time_us {
-        let ms = crate::event::time::pg_to_unix_us(t).div_euclid(1000);
-        if let Some(at) = chrono::DateTime::from_timestamp_millis(ms) {
-            props = props.creation_time(at);
-        }
-    }
-    let mut app = props
-        .message_builder()
-        .application_properties()
-        .insert("op", event.op.as_str())
-        .insert("schema", event.schema.as_str())
-        .insert("table", event.table.as_str())
-        .insert("commit_lsn", commit_lsn)
-        .insert("routing_key", event.routing_key.as_str());
-    if count > 1 {
-        // An unsigned int: rabbitmq-stream-protocol 0.11 sizes a small `long` (-128..=127) as
-        // 3 bytes but writes 2, which corrupts the publish frame (the broker's reader crashes
-        // on it and closes the connection); its `uint` sizes and writes agree.
-        app = app.insert("batch", u32::try_from(count).unwrap_or(u32::MAX));
-    }
-    app.message_builder().publishing_id(id).build()
+/// The application properties of an event's message, mirroring the AMQP sink's headers
+/// (and its routing key); the sixth, `batch` (events in a batch message), is sent only when
+/// the message holds more than one. `commit_lsn` is the text of `event.commit_lsn`.
+fn application_properties<'a>(
+    event: &'a Event,
+    commit_lsn: &'a str,
+    batch: u32,
+) -> [(&'static str, amqp10::Value<'a>); 6] {
+    use amqp10::Value::{Str, Uint};
+    [
+        ("op", Str(event.op.as_str())),
+        ("schema", Str(&event.schema)),
+        ("table", Str(&event.table)),
+        ("commit_lsn", Str(commit_lsn)),
+        ("routing_key", Str(&event.routing_key)),
+        ("batch", Uint(batch)),
+    ]
 }
 
 #[cfg(test)]
