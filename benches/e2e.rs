@@ -45,7 +45,7 @@ async fn run() {
     let only = |what: &str| std::env::var("BENCH_ONLY").is_ok_and(|v| v == what);
     // Classic versus quorum queue: the broker's own limit, 500-byte persistent messages.
     let count = n(200_000.0) as u64;
-    if !only("stream") && !only("stream-limit") && !only("stream-catchup") {
+    if !only("stream") && !only("stream-limit") && !only("stream-catchup") && !only("stream-live") {
         let classic = broker_limit_on(count, 500, false, false).await;
         let quorum = broker_limit_on(count, 500, true, false).await;
         println!(
@@ -132,6 +132,19 @@ async fn run() {
             relay.startup_secs.unwrap_or(f64::NAN),
             relay.startup_cpu_secs.unwrap_or(f64::NAN) * 1000.0
         );
+        return;
+    }
+    // `BENCH_ONLY=stream-live`: the stream sink's live commit→consumer latency only.
+    if only("stream-live") {
+        // The live run writes to backlog (b)'s table.
+        let (_, table, _) = backlogs[1];
+        Backlog::build(&env, &client, 1, table, 1000).await;
+        for l in e2e_streams::stream_live_latency(&env, &client, &[2000, 5000]).await {
+            println!(
+                "stream live at {} tx/s: achieved {:.0}, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                l.rate, l.achieved_tps, l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
         return;
     }
     // `BENCH_ONLY=stream`: the stream sink (RabbitMQ 4's stream port) on the same backlogs.

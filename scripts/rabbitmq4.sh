@@ -9,15 +9,17 @@
 #   scripts/rabbitmq4.sh crash    kill -9 the node and start it again (tests of a crash)
 #   scripts/rabbitmq4.sh status   exit 0 when the node answers
 #
-# Ports: AMQP 5673, stream 5553, management 15673, distribution 25673, its own epmd on 4370 (the
-# system node keeps 5672/5552/15672/25672/4369). Credentials guest/guest (from 127.0.0.1).
+# Ports: AMQP 5673, stream 5553, stream over TLS 5554, management 15673, distribution 25673,
+# its own epmd on 4370 (the system node keeps 5672/5552/15672/25672/4369). Credentials
+# guest/guest (from 127.0.0.1). The TLS listener serves a certificate for localhost signed by
+# a test CA made here once: $ROOT/etc/rabbitmq/tls/ca.pem (tests of stream TLS read it).
 # The root is kept in $WALRELAY_RABBITMQ4_ROOT (default /var/cache/walrelay/rabbitmq4-root);
 # building it takes about a minute and needs Debian's package mirror.
 set -euo pipefail
 
 ROOT=${WALRELAY_RABBITMQ4_ROOT:-/var/cache/walrelay/rabbitmq4-root}
 MIRROR=${WALRELAY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-AMQP_PORT=5673 STREAM_PORT=5553 MGMT_PORT=15673 DIST_PORT=25673 EPMD_PORT=4370
+AMQP_PORT=5673 STREAM_PORT=5553 STREAM_TLS_PORT=5554 MGMT_PORT=15673 DIST_PORT=25673 EPMD_PORT=4370
 NODE=rabbit4@localhost
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -43,14 +45,39 @@ build() {
   as_root mv "$tmp" "$ROOT"
 }
 
+# A test CA and a certificate for localhost (and 127.0.0.1) it signed, made once per root.
+certificates() {
+  local d="$ROOT/etc/rabbitmq/tls"
+  [ -s "$d/server.pem" ] && return 0
+  echo "== making a test CA and a server certificate in $d" >&2
+  as_root mkdir -p "$d"
+  as_root openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=walrelay-test-ca \
+    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  as_root openssl req -newkey rsa:2048 -nodes -subj /CN=localhost \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' | as_root tee "$d/ext" >/dev/null
+  as_root openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+    -CAcreateserial -days 3650 -extfile "$d/ext" -out "$d/server.pem" 2>/dev/null
+  # The node runs as the rabbitmq user inside the root.
+  in_root chown -R rabbitmq:rabbitmq /etc/rabbitmq/tls
+  as_root chmod 644 "$d/ca.pem"
+}
+
 configure() {
+  certificates
   as_root tee "$ROOT/etc/rabbitmq/rabbitmq.conf" >/dev/null <<CONF
 listeners.tcp.default = 127.0.0.1:$AMQP_PORT
 stream.listeners.tcp.default = 127.0.0.1:$STREAM_PORT
+stream.listeners.ssl.default = 127.0.0.1:$STREAM_TLS_PORT
+ssl_options.cacertfile = /etc/rabbitmq/tls/ca.pem
+ssl_options.certfile = /etc/rabbitmq/tls/server.pem
+ssl_options.keyfile = /etc/rabbitmq/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $MGMT_PORT
 CONF
-  echo '[rabbitmq_management,rabbitmq_stream].' | as_root tee "$ROOT/etc/rabbitmq/enabled_plugins" >/dev/null
+  echo '[rabbitmq_management,rabbitmq_stream,rabbitmq_stream_management].' | as_root tee "$ROOT/etc/rabbitmq/enabled_plugins" >/dev/null
 }
 
 mounted() { mountpoint -q "$ROOT/$1"; }

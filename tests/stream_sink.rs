@@ -203,11 +203,11 @@ fn a_stream_config_refuses_the_amqp_only_keys_by_name() {
     check("exchange = \"x\"", "rabbitmq.exchange");
 }
 
-/// The arguments RabbitMQ 4's management API shows for `stream`.
-fn stream_arguments(stream: &str) -> serde_json::Value {
+/// What RabbitMQ 4's management API answers at `path` (after `/api/`).
+fn management(path: &str) -> serde_json::Value {
     let out = std::process::Command::new("curl")
         .args(["-sS", "-f", "-u", "guest:guest"])
-        .arg(format!("http://127.0.0.1:15673/api/queues/%2f/{stream}"))
+        .arg(format!("http://127.0.0.1:15673/api/{path}"))
         .output()
         .unwrap();
     assert!(
@@ -215,8 +215,88 @@ fn stream_arguments(stream: &str) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let queue: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    queue["arguments"].clone()
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The arguments RabbitMQ 4's management API shows for `stream`.
+fn stream_arguments(stream: &str) -> serde_json::Value {
+    management(&format!("queues/%2f/{stream}"))["arguments"].clone()
+}
+
+/// Over `rabbitmq-stream+tls://` with the test CA of `scripts/rabbitmq4.sh` (its stream TLS
+/// listener on 5554 serves a certificate for localhost): walrelay's connections, the
+/// publishing one included, are TLS with the certificate checked, and the changes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_reach_the_stream_over_tls() {
+    let root = std::env::var("WALRELAY_RABBITMQ4_ROOT")
+        .unwrap_or_else(|_| "/var/cache/walrelay/rabbitmq4-root".into());
+    let ca = format!("{root}/etc/rabbitmq/tls/ca.pem");
+    assert!(
+        std::path::Path::new(&ca).exists(),
+        "{ca}: the test CA (scripts/rabbitmq4.sh start makes it)"
+    );
+    let (pg, db) = (PgCluster::start(), unique("app"));
+    let client = pg.create_db(&db).await;
+    client
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (slot, stream) = (unique("slot"), unique("st"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = stream_config(dir.path(), &pg.url(&db), &slot, &stream, &["public.a"]);
+    let tls_url = format!("rabbitmq-stream+tls://guest:guest@localhost:5554/%2f?cacertfile={ca}");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains(STREAM_URL));
+    std::fs::write(&cfg, text.replace(STREAM_URL, &tls_url)).unwrap();
+    let relay = Relay::start(&cfg);
+    relay.wait_log("streaming", T).await;
+    client
+        .batch_execute("INSERT INTO a VALUES (1), (2); DELETE FROM a WHERE id = 1;")
+        .await
+        .unwrap();
+    let got = read_at_least(&stream, 3).await;
+    let ops: Vec<String> = got
+        .iter()
+        .map(|(_, m)| body(m)["op"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ops, ["insert", "insert", "delete"]);
+    // Every connection walrelay holds on the TLS port is TLS: the queries' one and the
+    // publishing one (the management API lists connections some seconds after they open).
+    let on_tls_port = |connections: &serde_json::Value| -> Vec<serde_json::Value> {
+        connections
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| {
+                c["client_properties"]["connection_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("walrelay"))
+                    && c["port"] == 5554
+            })
+            .cloned()
+            .collect()
+    };
+    let connections = wait_for(
+        "walrelay's connections in the management API",
+        T,
+        || async move {
+            let all = management("stream/connections");
+            (on_tls_port(&all).len() >= 2).then_some(all)
+        },
+    )
+    .await;
+    let ours = on_tls_port(&connections);
+    assert!(
+        ours.iter().all(|c| c["ssl"] == true),
+        "not TLS: {connections}"
+    );
+    assert!(
+        ours.iter()
+            .any(|c| c["client_properties"]["product"] == "walrelay"),
+        "the publishing connection (walrelay's own) is among them: {connections}"
+    );
+    drop(relay);
+    let _ = env().await.delete_stream(&stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
