@@ -84,7 +84,15 @@ mounted() { mountpoint -q "$ROOT/$1"; }
 
 start() {
   [ -x "$ROOT/usr/sbin/rabbitmq-server" ] || build
+  local before; before=$(cat "$ROOT/etc/rabbitmq/rabbitmq.conf" "$ROOT/etc/rabbitmq/enabled_plugins" 2>/dev/null | md5sum)
   configure
+  # A node started with an older configuration (an earlier version of this script) takes the
+  # new one by a restart.
+  if up && [ "$before" != "$(cat "$ROOT/etc/rabbitmq/rabbitmq.conf" "$ROOT/etc/rabbitmq/enabled_plugins" | md5sum)" ]; then
+    echo "== the configuration changed: restarting RabbitMQ 4" >&2
+    in_root rabbitmqctl -q stop >/dev/null 2>&1 || true
+    for _ in $(seq 1 60); do up || break; sleep 0.5; done
+  fi
   for m in proc dev; do mounted "$m" || as_root mount --bind "/$m" "$ROOT/$m"; done
   if ! up; then
     echo "== starting RabbitMQ 4 ($NODE, AMQP $AMQP_PORT, stream $STREAM_PORT)" >&2
