@@ -61,7 +61,12 @@ pub struct StreamPublisher {
     /// The URL the links' connections take their credentials and TLS from.
     url: crate::sink::AmqpUrl,
     origin: Option<Origin>,
-    producers: HashMap<ProducerKey, Producer>,
+    producers: Vec<Producer>,
+    /// Where each producer is in `producers`.
+    by_key: HashMap<ProducerKey, usize>,
+    /// The producer of the last message: consecutive messages almost always share one, and
+    /// hashing the key (a stream name and a sequence) for each was measurable.
+    last: Option<(ProducerKey, usize)>,
     /// One connection per leader node.
     links: HashMap<(String, u16), StreamLink>,
     /// The streams (and super stream partitions) and the producers last used on them.
@@ -117,7 +122,9 @@ impl StreamPublisher {
             admin,
             url,
             origin: None,
-            producers: HashMap::new(),
+            producers: Vec::new(),
+            by_key: HashMap::new(),
+            last: None,
             links: HashMap::new(),
             destinations,
             next_tag: 1,
@@ -250,11 +257,23 @@ impl StreamPublisher {
         count: usize,
         size: usize,
     ) -> Result<(), SinkError> {
-        if !self.producers.contains_key(&key) {
-            let producer = self.open_producer(&key).await?;
-            self.producers.insert(key.clone(), producer);
-        }
-        let producer = self.producers.get_mut(&key).expect("inserted above");
+        let at = match &self.last {
+            Some((last, at)) if *last == key => *at,
+            _ => {
+                let at = match self.by_key.get(&key) {
+                    Some(&at) => at,
+                    None => {
+                        let producer = self.open_producer(&key).await?;
+                        self.producers.push(producer);
+                        self.by_key.insert(key.clone(), self.producers.len() - 1);
+                        self.producers.len() - 1
+                    }
+                };
+                self.last = Some((key, at));
+                at
+            }
+        };
+        let producer = &mut self.producers[at];
         let id = match id {
             Some(id) => {
                 if id <= producer.stored
