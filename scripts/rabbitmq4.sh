@@ -7,6 +7,8 @@
 #   scripts/rabbitmq4.sh stop     stop the node and unmount what start mounted
 #   scripts/rabbitmq4.sh restart  stop the node process and start it again (tests of a restart)
 #   scripts/rabbitmq4.sh crash    kill -9 the node and start it again (tests of a crash)
+#   scripts/rabbitmq4.sh pause    SIGSTOP the node: silent, connections open (heartbeat tests)
+#   scripts/rabbitmq4.sh resume   SIGCONT the node
 #   scripts/rabbitmq4.sh status   exit 0 when the node answers
 #
 # Ports: AMQP 5673, stream 5553, stream over TLS 5554, management 15673, distribution 25673,
@@ -149,11 +151,26 @@ crash() {
   start
 }
 
+# The node's processes are stopped (SIGSTOP) and go on again (SIGCONT): a broker that goes
+# silent with its connections open, as behind a network that drops packets. For tests of
+# heartbeat timeouts.
+pause() {
+  up || { echo "RabbitMQ 4 is not running" >&2; return 1; }
+  local pids; pids=$(inside)
+  [ -z "$pids" ] || as_root kill -STOP $pids
+}
+resume() {
+  local pids; pids=$(inside)
+  [ -z "$pids" ] || as_root kill -CONT $pids
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   restart) restart ;;
   crash) crash ;;
+  pause) pause ;;
+  resume) resume ;;
   status) up ;;
-  *) echo "usage: $0 start|stop|restart|crash|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|crash|pause|resume|status" >&2; exit 2 ;;
 esac
