@@ -108,6 +108,15 @@ impl Fields {
         })
     }
 
+    /// The fields of a response after its code (`rest` of [`Incoming::Response`]).
+    pub fn after_code(key: u16, rest: Bytes) -> Fields {
+        Fields {
+            key: key | RESPONSE,
+            version: 1,
+            body: rest,
+        }
+    }
+
     fn need(&self, n: usize, field: &'static str) -> Result<(), FrameError> {
         if self.body.remaining() < n {
             return Err(FrameError::Short {

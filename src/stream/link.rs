@@ -564,13 +564,7 @@ impl Handshake {
                             format!("{what}: {}", frame::code_name(code)),
                         ));
                     }
-                    // The fields after the code, read with the same checks as a frame's.
-                    let mut again = Vec::with_capacity(4 + rest.len());
-                    again.extend_from_slice(&(key | frame::RESPONSE).to_be_bytes());
-                    again.extend_from_slice(&[0, 1]);
-                    again.extend_from_slice(&rest);
-                    return frame::Fields::new(Bytes::from(again))
-                        .map_err(|e| failed("connecting to the stream's leader", e));
+                    return Ok(frame::Fields::after_code(key, rest));
                 }
                 Incoming::Close { code, reason, .. } => {
                     return Err(failed(
