@@ -22,16 +22,7 @@ const RECONNECTS: &str = "walrelay_reconnects_total{side=\"rabbitmq\"}";
 
 /// `scripts/rabbitmq4.sh restart` (a clean stop and start) or `crash` (kill -9, then start).
 fn bounce_broker(how: &'static str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq4.sh");
-    let out = std::process::Command::new(script)
-        .arg(how)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{how} of RabbitMQ 4: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rabbitmq4(how);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

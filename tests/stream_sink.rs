@@ -235,26 +235,18 @@ async fn changes_reach_the_stream_over_tls() {
         std::path::Path::new(&ca).exists(),
         "{ca}: the test CA (scripts/rabbitmq4.sh start makes it)"
     );
-    let (pg, db) = (PgCluster::start(), unique("app"));
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    let (slot, stream) = (unique("slot"), unique("st"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stream_config(dir.path(), &pg.url(&db), &slot, &stream, &["public.a"]);
-    let tls_url = format!("rabbitmq-stream+tls://guest:guest@localhost:5554/%2f?cacertfile={ca}");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    assert!(text.contains(STREAM_URL));
-    std::fs::write(&cfg, text.replace(STREAM_URL, &tls_url)).unwrap();
-    let relay = Relay::start(&cfg);
+    let s = StreamScene::new("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
+    let (client, _slot, stream, cfg) = (&s.client, &s.slot, &s.stream, &s.cfg);
+    s.use_url(&format!(
+        "rabbitmq-stream+tls://guest:guest@localhost:5554/%2f?cacertfile={ca}"
+    ));
+    let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     client
         .batch_execute("INSERT INTO a VALUES (1), (2); DELETE FROM a WHERE id = 1;")
         .await
         .unwrap();
-    let got = read_at_least(&stream, 3).await;
+    let got = read_at_least(stream, 3).await;
     let ops: Vec<String> = got
         .iter()
         .map(|(_, m)| body(m)["op"].as_str().unwrap().to_owned())
@@ -296,30 +288,21 @@ async fn changes_reach_the_stream_over_tls() {
         "the publishing connection (walrelay's own) is among them: {connections}"
     );
     drop(relay);
-    let _ = env().await.delete_stream(&stream).await;
+    let _ = env().await.delete_stream(stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_walrelay_creates_has_the_configured_retention() {
-    let (pg, db) = (PgCluster::start(), unique("app"));
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    let (slot, stream) = (unique("slot"), unique("st"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stream_config_with(
-        dir.path(),
-        &pg.url(&db),
-        &slot,
-        &stream,
+    let s = StreamScene::new(
+        "CREATE TABLE a (id int PRIMARY KEY)",
         &["public.a"],
         "max_length_bytes = 50000000\nmax_segment_bytes = 10000000",
-    );
-    let relay = Relay::start(&cfg);
+    )
+    .await;
+    let (stream, cfg) = (&s.stream, &s.cfg);
+    let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
-    let args = stream_arguments(&stream);
+    let args = stream_arguments(stream);
     assert_eq!(args["x-queue-type"], "stream", "{args}");
     assert_eq!(args["x-max-length-bytes"], 50_000_000, "{args}");
     assert_eq!(
@@ -329,7 +312,7 @@ async fn a_stream_walrelay_creates_has_the_configured_retention() {
     assert_eq!(args["x-max-age"], "3600s", "{args}");
     assert_eq!(args["x-queue-leader-locator"], "least-leaders", "{args}");
     drop(relay);
-    let _ = env().await.delete_stream(&stream).await;
+    let _ = env().await.delete_stream(stream).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -420,17 +403,15 @@ async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
 /// size check).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_large_rows_respects_the_frame_limit() {
-    let (pg, db) = (PgCluster::start(), unique("app"));
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let (slot, stream) = (unique("slot"), unique("st"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stream_config(dir.path(), &pg.url(&db), &slot, &stream, &["public.big"]);
+    let s = StreamScene::new(
+        "CREATE TABLE big (id int PRIMARY KEY, v text)",
+        &["public.big"],
+        "",
+    )
+    .await;
+    let (client, slot, stream, cfg) = (&s.client, &s.slot, &s.stream, &s.cfg);
     // A backlog (walrelay stopped while it is written), so the publishes queue up.
-    let mut relay = Relay::start(&cfg);
+    let mut relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     relay.terminate(T);
     client
@@ -440,13 +421,13 @@ async fn a_burst_of_large_rows_respects_the_frame_limit() {
         )
         .await
         .unwrap();
-    let relay = Relay::start(&cfg);
-    let end = current_lsn(&client).await;
+    let relay = Relay::start(cfg);
+    let end = current_lsn(client).await;
     wait_for("the slot past the large rows", T, || async {
-        (slot_confirmed(&client, &slot).await >= end).then_some(())
+        (slot_confirmed(client, slot).await >= end).then_some(())
     })
     .await;
-    let got = read_at_least(&stream, 1001).await;
+    let got = read_at_least(stream, 1001).await;
     let env = env().await;
     assert_eq!(got.len(), 1001);
     let sizes: Vec<usize> = got.iter().map(|(_, m)| m.data().unwrap().len()).collect();
@@ -462,30 +443,28 @@ async fn a_burst_of_large_rows_respects_the_frame_limit() {
         "a session failed: {}",
         relay.log()
     );
-    let _ = env.delete_stream(&stream).await;
+    let _ = env.delete_stream(stream).await;
 }
 
 /// Batch mode on a stream: a transaction's events travel as JSON arrays of up to
 /// `batch_max_events`, each message saying how many events it holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batch_mode_sends_arrays_to_the_stream() {
-    let (pg, db) = (PgCluster::start(), unique("app"));
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
-        .await
-        .unwrap();
-    let (slot, stream) = (unique("slot"), unique("st"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stream_config(dir.path(), &pg.url(&db), &slot, &stream, &["public.a"]);
-    config_set(&cfg, "rabbitmq", "batch_max_events", "10");
-    let relay = Relay::start(&cfg);
+    let s = StreamScene::new(
+        "CREATE TABLE a (id int PRIMARY KEY, v text)",
+        &["public.a"],
+        "",
+    )
+    .await;
+    let (client, _slot, stream, cfg) = (&s.client, &s.slot, &s.stream, &s.cfg);
+    config_set(cfg, "rabbitmq", "batch_max_events", "10");
+    let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     client
         .batch_execute("INSERT INTO a SELECT g, 'v' FROM generate_series(1, 25) g")
         .await
         .unwrap();
-    let got = read_at_least(&stream, 3).await;
+    let got = read_at_least(stream, 3).await;
     let env = env().await;
     let sizes: Vec<usize> = got
         .iter()
@@ -501,5 +480,5 @@ async fn batch_mode_sends_arrays_to_the_stream() {
         .collect();
     assert_eq!(ids, (1..=25).collect::<Vec<_>>());
     drop(relay);
-    let _ = env.delete_stream(&stream).await;
+    let _ = env.delete_stream(stream).await;
 }

@@ -13,6 +13,58 @@ use super::checker::{self, Delivery};
 use super::{Relay, http_get, metric};
 
 pub const STREAM_URL: &str = "rabbitmq-stream://guest:guest@127.0.0.1:5553/%2f";
+
+/// A stream test's scene: a private cluster with a fresh database where `ddl` ran, a unique
+/// slot and stream name, and a config publishing `tables` to the stream (with `extra`
+/// `[stream]` keys, one per line).
+pub struct StreamScene {
+    pub pg: super::PgCluster,
+    pub client: tokio_postgres::Client,
+    pub slot: String,
+    pub stream: String,
+    pub dir: tempfile::TempDir,
+    pub cfg: std::path::PathBuf,
+}
+
+impl StreamScene {
+    pub async fn new(ddl: &str, tables: &[&str], extra: &str) -> StreamScene {
+        let (pg, db) = (super::PgCluster::start(), super::unique("app"));
+        let client = pg.create_db(&db).await;
+        client.batch_execute(ddl).await.unwrap();
+        let (slot, stream) = (super::unique("slot"), super::unique("st"));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = stream_config_with(dir.path(), &pg.url(&db), &slot, &stream, tables, extra);
+        StreamScene {
+            pg,
+            client,
+            slot,
+            stream,
+            dir,
+            cfg,
+        }
+    }
+
+    /// Points the config at `url` instead of RabbitMQ 4's plain stream port.
+    pub fn use_url(&self, url: &str) {
+        let text = std::fs::read_to_string(&self.cfg).unwrap();
+        assert!(text.contains(STREAM_URL));
+        std::fs::write(&self.cfg, text.replace(STREAM_URL, url)).unwrap();
+    }
+}
+
+/// `scripts/rabbitmq4.sh <how>`: restart, crash, pause, resume.
+pub fn rabbitmq4(how: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq4.sh");
+    let out = std::process::Command::new(script)
+        .arg(how)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{how} of RabbitMQ 4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 const T: Duration = Duration::from_secs(120);
 
 pub async fn env() -> Environment {
