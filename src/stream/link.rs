@@ -355,6 +355,10 @@ impl StreamLink {
         w.u32(correlation);
         fill(&mut w);
         w.end();
+        if self.reader.is_finished() {
+            // The reader ended (the connection is gone) and will not answer.
+            return Err(failed(what, "the connection is closed"));
+        }
         write(&self.out, &mut self.writing, &bytes).await?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(answer)) => Ok(answer),
