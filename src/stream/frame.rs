@@ -258,6 +258,16 @@ impl PublishFrame {
         self.count as usize
     }
 
+    /// The bytes the frame holds so far (0 when empty).
+    pub fn bytes(&self) -> usize {
+        if self.count == 0 { 0 } else { self.buf.len() }
+    }
+
+    /// What [`Self::add`] appends for a message: its publishing id, its length, the message.
+    pub fn entry_len(fields: &amqp10::Fields<'_>, body_len: usize) -> usize {
+        8 + 4 + amqp10::encoded_len(fields, body_len)
+    }
+
     pub fn publisher(&self) -> u8 {
         self.publisher
     }
@@ -491,8 +501,10 @@ mod tests {
         p.add(4, 10, &fields, b"{}");
         p.add(4, 11, &fields, b"[]");
         assert_eq!(p.len(), 2);
+        assert_eq!(p.bytes(), 13 + 2 * PublishFrame::entry_len(&fields, 2));
         let bytes = p.finish().to_vec();
         assert!(p.is_empty());
+        assert_eq!(p.bytes(), 0);
         let mut buf = BytesMut::from(&bytes[..]);
         let mut f = Fields::new(take(&mut buf, 1 << 20).unwrap().unwrap()).unwrap();
         assert_eq!((f.key, f.version), (PUBLISH, 1));

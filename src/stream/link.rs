@@ -49,10 +49,6 @@ pub const FRAME_BUDGET: usize = 1_048_576 - 8192;
 /// Messages in one publish frame at most (bounds the latency a full frame adds).
 pub const FRAME_MESSAGES: usize = 256;
 
-/// What a message costs in a frame beyond its body and the strings it carries: publishing
-/// id, length, AMQP 1.0 section headers, property and application-property encodings.
-pub const MESSAGE_OVERHEAD: usize = 512;
-
 /// How long connecting (TCP, TLS, handshake) and each request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -127,9 +123,8 @@ pub struct StreamLink {
     writing: bool,
     /// Publisher ids in use on this connection (the protocol allows 256).
     declared: u16,
-    /// The frame being filled, and the estimate of its size.
+    /// The frame being filled.
     frame: PublishFrame,
-    frame_bytes: usize,
     budget: usize,
     reader: JoinHandle<()>,
     heartbeat: Option<JoinHandle<()>>,
@@ -218,7 +213,6 @@ impl StreamLink {
             writing: false,
             declared: 0,
             frame: PublishFrame::default(),
-            frame_bytes: 0,
             budget,
             reader,
             heartbeat,
@@ -279,21 +273,21 @@ impl StreamLink {
     }
 
     /// Adds a message of publisher `publisher` (with its publishing id `id`, confirmed as
-    /// delivery tag `tag`; `size` bounds its encoded size) to the frame, sending the frame
-    /// first when the message does not fit in it or belongs to another publisher.
+    /// delivery tag `tag`) to the frame, sending the frame first when the message does not
+    /// fit in it or belongs to another publisher.
     pub async fn push(
         &mut self,
         publisher: u8,
         id: u64,
         tag: u64,
         message: (&amqp10::Fields<'_>, &[u8]),
-        size: usize,
     ) -> Result<(), SinkError> {
+        let size = PublishFrame::entry_len(message.0, message.1.len());
         if size > self.budget {
             return Err(failed(
                 "publishing",
                 format!(
-                    "a message of up to {size} bytes does not fit in a frame of the {} bytes this broker accepts (lower stream.max_message_bytes, or raise the broker's stream frame_max)",
+                    "a message of {size} bytes does not fit in a frame of the {} bytes this broker accepts (lower stream.max_message_bytes, or raise the broker's stream frame_max)",
                     self.budget
                 ),
             ));
@@ -301,7 +295,7 @@ impl StreamLink {
         let fits = self.frame.is_empty()
             || (self.frame.publisher() == publisher
                 && self.frame.len() < FRAME_MESSAGES
-                && self.frame_bytes + size <= self.budget);
+                && self.frame.bytes() + size <= self.budget);
         if !fits {
             self.flush().await?;
         }
@@ -309,7 +303,6 @@ impl StreamLink {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(publisher, id, tag);
-        self.frame_bytes += size;
         self.frame.add(publisher, id, message.0, message.1);
         Ok(())
     }
@@ -319,7 +312,6 @@ impl StreamLink {
         if self.frame.is_empty() {
             return Ok(());
         }
-        self.frame_bytes = 0;
         write(&self.out, &mut self.writing, self.frame.finish()).await
     }
 

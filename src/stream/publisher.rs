@@ -28,7 +28,7 @@ use tracing::{debug, info};
 
 use super::amqp10;
 use super::destinations::{Destinations, super_stream};
-use super::link::{MESSAGE_OVERHEAD, Routes, StreamLink};
+use super::link::{Routes, StreamLink};
 use super::publishing_id::{Origin, Sequence, producer_name, publishing_id};
 use super::{StreamSettings, failed};
 use crate::event::{Event, Op};
@@ -218,14 +218,8 @@ impl StreamPublisher {
     ) -> Result<(), SinkError> {
         let (key, id) = self.route(event);
         let tag = self.next_tag;
-        let size = body.len()
-            + MESSAGE_OVERHEAD
-            + event.id.len()
-            + event.routing_key.len()
-            + event.schema.len()
-            + event.table.len();
         match self.destinations.fan_out(event).map(<[_]>::to_vec) {
-            None => self.push(key, id, tag, event, &body, count, size).await?,
+            None => self.push(key, id, tag, event, &body, count).await?,
             Some(partitions) => {
                 self.fan_out
                     .lock()
@@ -236,7 +230,7 @@ impl StreamPublisher {
                         stream,
                         sequence: key.sequence.clone(),
                     };
-                    self.push(key, id, tag, event, &body, count, size).await?;
+                    self.push(key, id, tag, event, &body, count).await?;
                 }
             }
         }
@@ -246,7 +240,6 @@ impl StreamPublisher {
 
     /// Adds the message of `event` to the frame of `key`'s producer (opened when missing) as
     /// delivery tag `tag`, with publishing id `id` (named producers) or the producer's next.
-    #[allow(clippy::too_many_arguments)] // one call per copy: the pieces of one message
     async fn push(
         &mut self,
         key: ProducerKey,
@@ -255,7 +248,6 @@ impl StreamPublisher {
         event: &Event,
         body: &[u8],
         count: usize,
-        size: usize,
     ) -> Result<(), SinkError> {
         let at = match &self.last {
             Some((last, at)) if *last == key => *at,
@@ -307,7 +299,7 @@ impl StreamPublisher {
                 .map(|t| crate::event::time::pg_to_unix_us(t).div_euclid(1000)),
             application_properties: if count > 1 { &props } else { &props[..5] },
         };
-        link.push(producer.publisher, id, tag, (&fields, body), size)
+        link.push(producer.publisher, id, tag, (&fields, body))
             .await
     }
 
