@@ -372,13 +372,19 @@ async fn write(out: &Out, writing: &mut bool, bytes: &[u8]) -> Result<(), SinkEr
         ));
     }
     *writing = true;
-    let mut w = out.lock().await;
-    w.write_all(bytes)
+    send(out, bytes)
         .await
         .map_err(|e| failed("publishing", e))?;
-    w.flush().await.map_err(|e| failed("publishing", e))?;
     *writing = false;
     Ok(())
+}
+
+/// Writes whole frames under the write half's lock and flushes them (TLS buffers): every
+/// writer of the connection (publishes, requests, heartbeats, the answer to a close).
+async fn send(out: &Out, bytes: &[u8]) -> std::io::Result<()> {
+    let mut w = out.lock().await;
+    w.write_all(bytes).await?;
+    w.flush().await
 }
 
 /// What the handshake agreed.
@@ -606,8 +612,7 @@ async fn heartbeats(out: Out, every: Duration) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let mut w = out.lock().await;
-        if w.write_all(&beat).await.is_err() || w.flush().await.is_err() {
+        if send(&out, &beat).await.is_err() {
             return;
         }
     }
@@ -679,9 +684,7 @@ async fn read_loop(
                 let mut w = Writer::begin(&mut answer, frame::CLOSE | frame::RESPONSE, 1);
                 w.u32(correlation).u16(frame::OK);
                 w.end();
-                let mut w = out.lock().await;
-                let _ = w.write_all(&answer).await;
-                let _ = w.flush().await;
+                let _ = send(&out, &answer).await;
                 if !confirms.closing.load(Ordering::Relaxed) {
                     confirms.lost(Signal::Closed {
                         what: "stream connection",
