@@ -18,6 +18,8 @@
 # The root is kept in $WALRELAY_RABBITMQ4_ROOT (default /var/cache/walrelay/rabbitmq4-root);
 # building it takes about a minute and needs Debian's package mirror.
 set -euo pipefail
+# A step that fails says where (set -e alone ends the script without a word).
+trap 'echo "rabbitmq4.sh: the command at line $LINENO failed (exit $?)" >&2' ERR
 
 ROOT=${WALRELAY_RABBITMQ4_ROOT:-/var/cache/walrelay/rabbitmq4-root}
 MIRROR=${WALRELAY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -86,7 +88,9 @@ mounted() { mountpoint -q "$ROOT/$1"; }
 
 start() {
   [ -x "$ROOT/usr/sbin/rabbitmq-server" ] || build
-  local before; before=$(cat "$ROOT/etc/rabbitmq/rabbitmq.conf" "$ROOT/etc/rabbitmq/enabled_plugins" 2>/dev/null | md5sum)
+  # On a new root the files are not there yet: cat fails, and under pipefail that must not
+  # end the script (it did, silently, on a fresh machine).
+  local before; before=$(cat "$ROOT/etc/rabbitmq/rabbitmq.conf" "$ROOT/etc/rabbitmq/enabled_plugins" 2>/dev/null | md5sum || true)
   configure
   # A node started with an older configuration (an earlier version of this script) takes the
   # new one by a restart.
