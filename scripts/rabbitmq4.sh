@@ -175,6 +175,6 @@ case "${1:-}" in
   crash) crash ;;
   pause) pause ;;
   resume) resume ;;
-  status) up ;;
+  status) up || exit 1 ;;
   *) echo "usage: $0 start|stop|restart|crash|pause|resume|status" >&2; exit 2 ;;
 esac
