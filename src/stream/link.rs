@@ -20,26 +20,27 @@
 //! their frames in publish order: a message may move from one producer to another (a derived
 //! event after row changes, a new epoch) without waiting for confirms.
 //!
-//! Confirms and errors arrive on the connection's reader task and become [`Signal`]s by
-//! delivery tag; a confirm for an id walrelay did not send is logged and ignored (never a
-//! panic), and a frame walrelay cannot read ends the connection with its reason.
+//! Confirms and errors arrive on the connection's reader task ([`super::answers`]) and become
+//! signals by delivery tag; a confirm for an id walrelay did not send is logged and ignored
+//! (never a panic), and a frame walrelay cannot read ends the connection with its reason.
 
-use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
 
 use super::amqp10;
+use super::answers::{Awaited, Confirms, Tags, read_loop};
 use super::failed;
-use super::frame::{self, Incoming, PublishFrame, Writer};
-use crate::sink::{AmqpUrl, BrokerState, Signal, SinkError};
+use super::frame::{self, PublishFrame, Writer};
+use super::handshake::{BoxIo, connect_and_open};
+use crate::sink::{AmqpUrl, SinkError};
+
+pub use super::answers::{FanOut, Routes};
 
 /// Bytes of messages in one publish frame at most: RabbitMQ's default stream `frame_max` of
 /// 1 MiB, less room for the frame's own header. `stream.max_message_bytes`'s default
@@ -52,63 +53,9 @@ pub const FRAME_MESSAGES: usize = 256;
 /// How long connecting (TCP, TLS, handshake) and each request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The largest frame read from the broker when it set no `frame_max`.
-const READ_MAX: usize = 16 << 20;
-
-/// A byte stream to the broker: plain TCP or TLS.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-type BoxIo = Box<dyn Io>;
-
-/// The messages sent and not answered yet, shared with the reader.
-type Tags = Arc<Mutex<Outstanding>>;
-
-/// Answers awaited, by correlation id: the response code and the fields after it.
-type Awaited = Arc<Mutex<HashMap<u32, oneshot::Sender<(u16, Bytes)>>>>;
-
-/// The write half, shared by publishes, requests and the heartbeat task (whole frames only).
-type Out = Arc<tokio::sync::Mutex<WriteHalf<BoxIo>>>;
-
-/// Per publisher, (publishing id, delivery tag) of each message sent and not answered, in
-/// the order sent. The broker answers a publisher's messages in that order, so an answer is
-/// almost always for the oldest: a queue makes that O(1) with no hashing, and an answer out
-/// of order is still found (further in).
-#[derive(Default)]
-struct Outstanding {
-    by_publisher: Vec<VecDeque<(u64, u64)>>,
-}
-
-impl Outstanding {
-    fn insert(&mut self, publisher: u8, id: u64, tag: u64) {
-        let p = usize::from(publisher);
-        if self.by_publisher.len() <= p {
-            self.by_publisher.resize_with(p + 1, VecDeque::new);
-        }
-        self.by_publisher[p].push_back((id, tag));
-    }
-
-    /// The delivery tag of `publisher`'s message `id`, which is answered now; `None` for a
-    /// message this link did not send (or already answered).
-    fn remove(&mut self, publisher: u8, id: u64) -> Option<u64> {
-        let sent = self.by_publisher.get_mut(usize::from(publisher))?;
-        if sent.front().is_some_and(|&(i, _)| i == id) {
-            return sent.pop_front().map(|(_, tag)| tag);
-        }
-        let at = sent.iter().position(|&(i, _)| i == id)?;
-        sent.remove(at).map(|(_, tag)| tag)
-    }
-}
-
-/// Delivery tags sent as several copies (a truncate to every partition of a super stream) →
-/// copies not confirmed yet. Shared by all links: the tag is acked once every copy is.
-pub type FanOut = Arc<Mutex<HashMap<u64, usize>>>;
-
-/// Where a link's answers go.
-pub struct Routes {
-    pub signals: mpsc::UnboundedSender<Signal>,
-    pub state: Arc<watch::Sender<BrokerState>>,
-    pub fan_out: FanOut,
-}
+/// The write half, shared by publishes, requests, the heartbeat task and the reader (which
+/// answers a close): whole frames only.
+pub(super) type Out = Arc<tokio::sync::Mutex<WriteHalf<BoxIo>>>;
 
 /// One connection and its publishers.
 pub struct StreamLink {
@@ -381,227 +328,10 @@ async fn write(out: &Out, writing: &mut bool, bytes: &[u8]) -> Result<(), SinkEr
 
 /// Writes whole frames under the write half's lock and flushes them (TLS buffers): every
 /// writer of the connection (publishes, requests, heartbeats, the answer to a close).
-async fn send(out: &Out, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) async fn send(out: &Out, bytes: &[u8]) -> std::io::Result<()> {
     let mut w = out.lock().await;
     w.write_all(bytes).await?;
     w.flush().await
-}
-
-/// What the handshake agreed.
-#[derive(Clone, Copy)]
-struct Tuned {
-    frame_max: u32,
-    heartbeat: u32,
-}
-
-impl Tuned {
-    fn read_max(&self) -> usize {
-        match self.frame_max {
-            0 => READ_MAX,
-            n => n as usize,
-        }
-    }
-}
-
-/// TCP (TCP_NODELAY), TLS when the URL asks, then the handshake: peer properties, SASL
-/// PLAIN, tune, open the vhost. Returns the stream and what was read past the handshake.
-async fn connect_and_open(
-    url: &AmqpUrl,
-    name: &str,
-    host: &str,
-    port: u16,
-) -> Result<(BoxIo, BytesMut, Tuned), SinkError> {
-    const WHAT: &str = "connecting to the stream's leader";
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| failed(WHAT, format!("{host}:{port}: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let io: BoxIo = if url.tls {
-        let Some(ca) = &url.ca_file else {
-            return Err(failed(
-                "TLS",
-                "rabbitmq-stream+tls:// needs ?cacertfile=<PEM bundle>",
-            ));
-        };
-        let config =
-            crate::source::tls::client_config(crate::source::SslMode::VerifyFull, Some(ca))
-                .map_err(|e| failed("TLS", e))?;
-        let server = crate::source::tls::server_name(host).map_err(|e| failed("TLS", e))?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(server, tcp)
-            .await
-            .map_err(|e| failed("TLS", format!("{host}:{port}: {e}")))?;
-        Box::new(tls)
-    } else {
-        Box::new(tcp)
-    };
-    let mut hs = Handshake {
-        io,
-        buf: BytesMut::with_capacity(4096),
-    };
-    let version = env!("CARGO_PKG_VERSION");
-    hs.ask(
-        frame::PEER_PROPERTIES,
-        1,
-        "exchanging peer properties",
-        |w| {
-            w.properties(&[
-                ("connection_name", name),
-                ("product", "walrelay"),
-                ("version", version),
-                ("platform", "Rust"),
-            ]);
-        },
-    )
-    .await?;
-    let mut mechanisms = hs
-        .ask(frame::SASL_HANDSHAKE, 2, "the SASL handshake", |_| {})
-        .await?;
-    let n = mechanisms
-        .array("mechanisms", 2)
-        .map_err(|e| failed(WHAT, e))?;
-    let offered = (0..n)
-        .map(|_| mechanisms.string("mechanism"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| failed(WHAT, e))?;
-    if !offered.iter().any(|m| m == "PLAIN") {
-        return Err(failed(
-            WHAT,
-            format!("the broker offers no PLAIN authentication (it offers {offered:?})"),
-        ));
-    }
-    let mut plain = Vec::with_capacity(url.user.len() + 32);
-    plain.push(0);
-    plain.extend_from_slice(url.user.as_bytes());
-    plain.push(0);
-    plain.extend_from_slice(url.password.expose().as_bytes());
-    hs.ask(frame::SASL_AUTHENTICATE, 3, "authenticating", |w| {
-        w.string("PLAIN").bytes(&plain);
-    })
-    .await?;
-    // The broker proposes its limits; walrelay takes its frame size and the smaller of the
-    // two heartbeats (0 on one side means the other's).
-    let tuned = loop {
-        if let Incoming::Tune {
-            frame_max,
-            heartbeat,
-        } = hs.next().await?
-        {
-            let ours = u32::from(url.heartbeat_secs);
-            let heartbeat = match (ours, heartbeat) {
-                (0, theirs) => theirs,
-                (ours, 0) => ours,
-                (ours, theirs) => ours.min(theirs),
-            };
-            break Tuned {
-                frame_max,
-                heartbeat,
-            };
-        }
-    };
-    let mut tune = Vec::new();
-    // The answer to a tune is a tune (the key without the response bit, as RabbitMQ's own
-    // clients send it).
-    let mut w = Writer::begin(&mut tune, frame::TUNE, 1);
-    w.u32(tuned.frame_max).u32(tuned.heartbeat);
-    w.end();
-    hs.send(&tune).await?;
-    hs.ask(frame::OPEN, 4, "opening the virtual host", |w| {
-        w.string(&url.vhost);
-    })
-    .await?;
-    Ok((hs.io, hs.buf, tuned))
-}
-
-/// The connection before it is split: one request at a time, in order.
-struct Handshake {
-    io: BoxIo,
-    buf: BytesMut,
-}
-
-impl Handshake {
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
-        self.io
-            .write_all(bytes)
-            .await
-            .map_err(|e| failed("connecting to the stream's leader", e))?;
-        self.io
-            .flush()
-            .await
-            .map_err(|e| failed("connecting to the stream's leader", e))
-    }
-
-    async fn next(&mut self) -> Result<Incoming, SinkError> {
-        let frame = read_frame(&mut self.io, &mut self.buf, READ_MAX)
-            .await
-            .map_err(|e| failed("connecting to the stream's leader", e))?;
-        Incoming::parse(frame).map_err(|e| failed("connecting to the stream's leader", e))
-    }
-
-    /// Sends request `key` and returns the fields of its successful answer.
-    async fn ask(
-        &mut self,
-        key: u16,
-        correlation: u32,
-        what: &'static str,
-        fill: impl FnOnce(&mut Writer<'_>),
-    ) -> Result<frame::Fields, SinkError> {
-        let mut bytes = Vec::new();
-        let mut w = Writer::begin(&mut bytes, key, 1);
-        w.u32(correlation);
-        fill(&mut w);
-        w.end();
-        self.send(&bytes).await?;
-        loop {
-            match self.next().await? {
-                Incoming::Response {
-                    key: k,
-                    correlation: c,
-                    code,
-                    rest,
-                } if k == key && c == correlation => {
-                    if code != frame::OK {
-                        return Err(failed(
-                            "connecting to the stream's leader",
-                            format!("{what}: {}", frame::code_name(code)),
-                        ));
-                    }
-                    return Ok(frame::Fields::after_code(key, rest));
-                }
-                Incoming::Close { code, reason, .. } => {
-                    return Err(failed(
-                        "connecting to the stream's leader",
-                        format!(
-                            "{what}: the broker closed the connection ({}: {reason})",
-                            frame::code_name(code)
-                        ),
-                    ));
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Reads the next whole frame; an error when the connection ends.
-async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
-    io: &mut R,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Bytes, String> {
-    loop {
-        if let Some(frame) = frame::take(buf, max).map_err(|e| e.to_string())? {
-            return Ok(frame);
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
-        }
-        match io.read_buf(buf).await {
-            Ok(0) => return Err("the broker closed the connection".into()),
-            Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
 }
 
 /// A heartbeat frame every `every`; ends when a write fails (the reader reports the loss).
@@ -615,195 +345,5 @@ async fn heartbeats(out: Out, every: Duration) {
         if send(&out, &beat).await.is_err() {
             return;
         }
-    }
-}
-
-/// The connection's reader: answers to requests, confirms and errors by delivery tag, and
-/// the end of the connection (by the broker, by a frame walrelay cannot read, by silence).
-async fn read_loop(
-    mut read: ReadHalf<BoxIo>,
-    mut buf: BytesMut,
-    max: usize,
-    silence: Option<Duration>,
-    out: Out,
-    awaited: &Awaited,
-    confirms: Confirms,
-) {
-    loop {
-        let next = match silence {
-            Some(limit) => {
-                match tokio::time::timeout(limit, read_frame(&mut read, &mut buf, max)).await {
-                    Ok(next) => next,
-                    Err(_) => Err(format!(
-                        "no frame from the broker in {} s (two heartbeats)",
-                        limit.as_secs()
-                    )),
-                }
-            }
-            None => read_frame(&mut read, &mut buf, max).await,
-        };
-        let incoming = next.and_then(|f| Incoming::parse(f).map_err(|e| e.to_string()));
-        match incoming {
-            Ok(Incoming::Response {
-                correlation,
-                code,
-                rest,
-                ..
-            }) => {
-                let waiter = awaited
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&correlation);
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send((code, rest));
-                    }
-                    None => debug!(correlation, "an answer to no request; ignored"),
-                }
-            }
-            Ok(Incoming::Confirm { publisher, ids }) => confirms.confirmed(publisher, &ids),
-            Ok(Incoming::Errors { publisher, errors }) => confirms.refused(publisher, &errors),
-            // Sent for a stream this connection publishes to when it is deleted or its
-            // leader moves: a new session finds the stream (or reports it missing).
-            Ok(Incoming::MetadataUpdate { code, stream }) => {
-                confirms.lost(Signal::Closed {
-                    what: "stream producer",
-                    reply: format!(
-                        "stream {stream:?} was deleted or its leader moved (metadata update: {})",
-                        frame::code_name(code)
-                    ),
-                });
-                return;
-            }
-            Ok(Incoming::Close {
-                correlation,
-                code,
-                reason,
-            }) => {
-                let mut answer = Vec::new();
-                let mut w = Writer::begin(&mut answer, frame::CLOSE | frame::RESPONSE, 1);
-                w.u32(correlation).u16(frame::OK);
-                w.end();
-                let _ = send(&out, &answer).await;
-                if !confirms.closing.load(Ordering::Relaxed) {
-                    confirms.lost(Signal::Closed {
-                        what: "stream connection",
-                        reply: format!("{}: {reason}", frame::code_name(code)),
-                    });
-                }
-                return;
-            }
-            Ok(Incoming::Heartbeat | Incoming::Tune { .. }) => {}
-            Ok(Incoming::Other { key }) => {
-                debug!(key, "a stream command publishing does not use; ignored")
-            }
-            Err(_) if confirms.closing.load(Ordering::Relaxed) => return,
-            Err(e) => {
-                warn!(
-                    error = %e,
-                    "the stream connection failed; unconfirmed messages are replayed from the slot"
-                );
-                confirms.lost(Signal::Lost);
-                return;
-            }
-        }
-    }
-}
-
-/// Turns the broker's answers into signals by delivery tag.
-struct Confirms {
-    tags: Tags,
-    closing: Arc<AtomicBool>,
-    routes: Routes,
-}
-
-impl Confirms {
-    fn tag(&self, publisher: u8, id: u64) -> Option<u64> {
-        let tag = self
-            .tags
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(publisher, id);
-        if tag.is_none() {
-            warn!(
-                publisher,
-                id, "the broker answered for a message walrelay did not send; ignored"
-            );
-        }
-        tag
-    }
-
-    /// True when `tag`'s confirm completes it: it has no copies, or this was the last.
-    fn last_copy(&self, tag: u64) -> bool {
-        let mut fan_out = self
-            .routes
-            .fan_out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if fan_out.is_empty() {
-            // The usual case (no truncate of a super stream in flight): no lookup.
-            return true;
-        }
-        match fan_out.get_mut(&tag) {
-            None => true,
-            Some(left) if *left > 1 => {
-                *left -= 1;
-                false
-            }
-            Some(_) => {
-                fan_out.remove(&tag);
-                true
-            }
-        }
-    }
-
-    fn confirmed(&self, publisher: u8, ids: &[u64]) {
-        for &id in ids {
-            if let Some(tag) = self.tag(publisher, id)
-                && self.last_copy(tag)
-            {
-                let _ = self.routes.signals.send(Signal::Ack {
-                    tag,
-                    multiple: false,
-                });
-            }
-        }
-    }
-
-    fn refused(&self, publisher: u8, errors: &[(u64, u16)]) {
-        for &(id, code) in errors {
-            if let Some(tag) = self.tag(publisher, id) {
-                let _ = self.routes.signals.send(Signal::Refused {
-                    tag,
-                    reason: format!("refused by the stream: {}", frame::code_name(code)),
-                });
-            }
-        }
-    }
-
-    fn lost(&self, signal: Signal) {
-        self.routes.state.send_modify(|s| s.open = false);
-        let _ = self.routes.signals.send(signal);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Outstanding;
-
-    #[test]
-    fn answers_in_order_out_of_order_and_unknown() {
-        let mut o = Outstanding::default();
-        for (id, tag) in [(10, 1), (11, 2), (12, 3)] {
-            o.insert(0, id, tag);
-        }
-        o.insert(3, 10, 4);
-        assert_eq!(o.remove(0, 10), Some(1));
-        assert_eq!(o.remove(0, 12), Some(3), "out of order");
-        assert_eq!(o.remove(0, 12), None, "answered twice");
-        assert_eq!(o.remove(0, 11), Some(2));
-        assert_eq!(o.remove(3, 10), Some(4), "another publisher, same id");
-        assert_eq!(o.remove(7, 1), None, "a publisher never used");
-        assert_eq!(o.remove(0, 99), None);
     }
 }

@@ -4,9 +4,11 @@
 //! slot ([`publishing_id`]) let the broker drop replays, so consumers see each change once.
 
 pub mod amqp10;
+mod answers;
 pub mod connect;
 pub mod destinations;
 pub mod frame;
+mod handshake;
 pub mod link;
 pub mod metrics;
 pub mod nodelay;
