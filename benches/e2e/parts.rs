@@ -410,6 +410,11 @@ pub struct Latency {
     pub samples: usize,
     pub catchup_after_secs: f64,
     pub idle_rss_kib: u64,
+    /// walrelay's own share, from its `walrelay_commit_confirm_seconds` histogram over the
+    /// run: the upper bounds (ms) of the buckets holding the median and the 99th percentile
+    /// of commit → broker confirm. What the consumer measures beyond that is the broker
+    /// handing the message on and the consumer reading it. `None` where not read.
+    pub relay_confirm_p50_p99_ms: Option<(f64, f64)>,
 }
 
 pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency> {
@@ -526,6 +531,7 @@ pub async fn latency_at(
         samples: v.len(),
         catchup_after_secs: catchup,
         idle_rss_kib: 0,
+        relay_confirm_p50_p99_ms: None,
     }
 }
 

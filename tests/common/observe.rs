@@ -24,6 +24,43 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A histogram's cumulative buckets in an exposition: `(upper bound, observations at or
+/// below it)` in the exposition's order (ascending, `+Inf` last).
+pub fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, value) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket holding quantile `q` of the observations made between two
+/// readings of a histogram (`before`, `after`: [`histogram`]); `None` when none were made.
+pub fn histogram_quantile_bound(
+    before: &[(f64, f64)],
+    after: &[(f64, f64)],
+    q: f64,
+) -> Option<f64> {
+    let count =
+        |h: &[(f64, f64)], le: f64| h.iter().find(|(b, _)| *b == le).map_or(0.0, |(_, c)| *c);
+    let total = after.last().map(|&(le, c)| c - count(before, le))?;
+    if total <= 0.0 {
+        return None;
+    }
+    after
+        .iter()
+        .find(|&&(le, c)| c - count(before, le) >= q * total)
+        .map(|&(le, _)| le)
+}
+
 /// The peak resident set (VmHWM) of a process, in KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
