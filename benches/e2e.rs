@@ -15,6 +15,8 @@ mod e2e_backfill;
 mod e2e_parts;
 #[path = "e2e/streams.rs"]
 mod e2e_streams;
+#[path = "e2e/subentry.rs"]
+mod e2e_subentry;
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +47,12 @@ async fn run() {
     let only = |what: &str| std::env::var("BENCH_ONLY").is_ok_and(|v| v == what);
     // Classic versus quorum queue: the broker's own limit, 500-byte persistent messages.
     let count = n(200_000.0) as u64;
-    if !only("stream") && !only("stream-limit") && !only("stream-catchup") && !only("stream-live") {
+    if !only("stream")
+        && !only("stream-limit")
+        && !only("stream-catchup")
+        && !only("stream-live")
+        && !only("stream-subentry")
+    {
         let classic = broker_limit_on(count, 500, false, false).await;
         let quorum = broker_limit_on(count, 500, true, false).await;
         println!(
@@ -53,6 +60,17 @@ async fn run() {
             count as f64 / classic,
             count as f64 / quorum
         );
+    }
+    // `BENCH_ONLY=stream-subentry`: sub-entry batching against plain entries, at the broker.
+    if only("stream-subentry") {
+        for per_entry in [1, 10, 100] {
+            let r = e2e_subentry::run(count, 400, per_entry).await;
+            println!(
+                "Stream, {count} 400-byte messages of walrelay's shape, {} per entry: {:.0}/s, broker CPU {:.2} µs/message",
+                r.per_entry, r.messages_per_sec, r.broker_cpu_us_per_message
+            );
+        }
+        return;
     }
     if only("stream-limit") {
         for batch in [1, 16, 256] {

@@ -16,18 +16,21 @@ use crate::sink::{AmqpUrl, SinkError};
 const READ_MAX: usize = 16 << 20;
 
 /// A byte stream to the broker: plain TCP or TLS.
-pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-pub(super) type BoxIo = Box<dyn Io>;
+pub type BoxIo = Box<dyn Io>;
 
 /// What the handshake agreed.
 #[derive(Clone, Copy)]
-pub(super) struct Tuned {
+pub struct Tuned {
+    /// The largest frame either side may send, in bytes (0: no limit set).
     pub frame_max: u32,
+    /// Seconds between heartbeats (0: none).
     pub heartbeat: u32,
 }
 
 impl Tuned {
+    /// The largest frame walrelay accepts from the broker.
     pub fn read_max(&self) -> usize {
         match self.frame_max {
             0 => READ_MAX,
@@ -38,7 +41,7 @@ impl Tuned {
 
 /// TCP (TCP_NODELAY), TLS when the URL asks, then the handshake: peer properties, SASL
 /// PLAIN, tune, open the vhost. Returns the stream and what was read past the handshake.
-pub(super) async fn connect_and_open(
+pub async fn connect_and_open(
     url: &AmqpUrl,
     name: &str,
     host: &str,

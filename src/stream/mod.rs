@@ -8,7 +8,7 @@ mod answers;
 pub mod connect;
 pub mod destinations;
 pub mod frame;
-mod handshake;
+pub mod handshake;
 pub mod link;
 pub mod metrics;
 pub mod nodelay;
