@@ -23,7 +23,7 @@ versions=("$@")
 TESTS=(--test pipeline --test fidelity --test faults --test filters --test refusals --test chaos --test odd_data --test type_changes --test auth --test identity)
 # The stream sink (RabbitMQ 4, scripts/rabbitmq4.sh): content, kill -9 with no duplicate,
 # super stream routing, filters and odd shapes.
-TESTS+=(--test stream_sink --test super_stream --test stream_filters)
+TESTS+=(--test stream_sink --test super_stream --test stream_filters --test stream_slot_hold)
 # Column lists, row filters and FOR TABLES IN SCHEMA exist since 15.
 TESTS_15=(--test publications)
 
