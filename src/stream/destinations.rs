@@ -10,13 +10,8 @@
 
 use std::sync::Arc;
 
-use rabbitmq_stream_client::Client;
-use tracing::info;
-
-use super::{StreamSettings, failed};
 use crate::event::Event;
 use crate::event::routing::partition_by_hash;
-use crate::sink::SinkError;
 
 /// The streams of one session.
 pub struct Destinations {
@@ -64,62 +59,6 @@ impl Destinations {
             }
         }
     }
-}
-
-/// The partition streams of super stream `name`, creating it with `n` partitions when it is
-/// missing and `create` is on. An existing super stream must have exactly `n` partitions:
-/// another count would send keys to other partitions than before.
-pub async fn super_stream(
-    admin: &Client,
-    name: &str,
-    n: u32,
-    s: &StreamSettings,
-) -> Result<Vec<String>, SinkError> {
-    let found = admin
-        .partitions(name.to_owned())
-        .await
-        .map_err(|e| failed("reading the super stream's partitions", e))?;
-    let streams = if found.is_ok() && !found.streams.is_empty() {
-        found.streams
-    } else if !s.create {
-        return Err(failed(
-            "checking the super stream",
-            format!("super stream {name:?} does not exist and stream.create is off"),
-        ));
-    } else {
-        // Partitions `<name>-0` … `<name>-<n-1>`, bound with keys "0" … "n-1" (what the
-        // RabbitMQ clients name them).
-        let keys: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-        let partitions = keys.iter().map(|k| format!("{name}-{k}")).collect();
-        let answer = admin
-            .create_super_stream(
-                name,
-                partitions,
-                keys,
-                super::publisher::create_arguments(s),
-            )
-            .await
-            .map_err(|e| failed("creating the super stream", e))?;
-        if super::publisher::created(answer.code(), "super stream", name)? {
-            info!(
-                super_stream = name,
-                partitions = n,
-                "created the super stream"
-            );
-        }
-        let again = admin
-            .partitions(name.to_owned())
-            .await
-            .map_err(|e| failed("reading the super stream's partitions", e))?;
-        again.streams
-    };
-    if streams.len() != n as usize {
-        return Err(SinkError::Layout(format!(
-            "super stream {name:?} has {} partitions but stream.partitions = {n}; a different count would move keys to other partitions and break their order (create a new super stream to change it)",
-            streams.len()
-        )));
-    }
-    Ok(streams)
 }
 
 #[cfg(test)]

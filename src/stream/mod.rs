@@ -6,6 +6,7 @@
 pub mod amqp10;
 mod answers;
 pub mod connect;
+mod creation;
 pub mod destinations;
 pub mod frame;
 pub mod handshake;

@@ -27,7 +27,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use super::amqp10;
-use super::destinations::{Destinations, super_stream};
+use super::creation::{ensure_stream, super_stream};
+use super::destinations::Destinations;
 use super::link::{Routes, StreamLink};
 use super::publishing_id::{Origin, Sequence, producer_name, publishing_id};
 use super::{StreamSettings, failed};
@@ -97,7 +98,7 @@ impl StreamPublisher {
         let partitions = match stream.partitions {
             Some(n) => super_stream(&admin, &settings.exchange, n, stream).await?,
             None => {
-                Self::ensure_stream(&admin, &settings.exchange, stream).await?;
+                ensure_stream(&admin, &settings.exchange, stream).await?;
                 Vec::new()
             }
         };
@@ -106,7 +107,7 @@ impl StreamPublisher {
             .iter()
             .filter(|x| **x != settings.exchange)
         {
-            Self::ensure_stream(&admin, name, stream).await?;
+            ensure_stream(&admin, name, stream).await?;
         }
         let destinations = Destinations::new(&settings.exchange, partitions);
         Ok(Self::with(admin, stream.url.clone(), destinations))
@@ -135,38 +136,6 @@ impl StreamPublisher {
             metrics: None,
             lsn_text: (crate::lsn::Lsn::ZERO, "0/0".to_owned()),
         }
-    }
-
-    /// Creates `name` when missing (and `create` is on); an existing stream keeps its own
-    /// retention, which `walrelay doctor` reports.
-    async fn ensure_stream(
-        admin: &Client,
-        name: &str,
-        s: &StreamSettings,
-    ) -> Result<(), SinkError> {
-        if !s.create {
-            let exists = admin
-                .metadata(vec![name.to_owned()])
-                .await
-                .map_err(|e| failed("reading stream metadata", e))?
-                .get(name)
-                .is_some_and(|m| m.response_code == ResponseCode::Ok);
-            if exists {
-                return Ok(());
-            }
-            return Err(failed(
-                "checking the stream",
-                format!("stream {name:?} does not exist and stream.create is off"),
-            ));
-        }
-        let answer = admin
-            .create_stream(name, create_arguments(s))
-            .await
-            .map_err(|e| failed("creating the stream", e))?;
-        if created(answer.code(), "stream", name)? {
-            info!(stream = name, "created the stream");
-        }
-        Ok(())
     }
 
     /// Who publishes (slot, system id, timeline): part of every producer name. Set once the
@@ -407,44 +376,6 @@ impl StreamPublisher {
         if let Some(m) = &self.metrics {
             m.stream.producers.set(0);
         }
-    }
-}
-
-/// The arguments of a stream created with the configured retention (`max-length-bytes`,
-/// `max-age`, segment size), as the stream protocol's create commands take them. Leaders are
-/// placed on the node leading the fewest streams (`least-leaders`, what the client's own
-/// stream creator asks for), not on the node walrelay happens to be connected to.
-pub(super) fn create_arguments(s: &StreamSettings) -> HashMap<String, String> {
-    let mut options = HashMap::new();
-    options.insert(
-        "queue-leader-locator".to_owned(),
-        "least-leaders".to_owned(),
-    );
-    if let Some(bytes) = s.max_length_bytes {
-        options.insert("max-length-bytes".to_owned(), bytes.to_string());
-    }
-    if let Some(age) = s.max_age {
-        options.insert("max-age".to_owned(), format!("{}s", age.as_secs()));
-    }
-    if let Some(bytes) = s.max_segment_bytes {
-        options.insert(
-            "stream-max-segment-size-bytes".to_owned(),
-            bytes.to_string(),
-        );
-    }
-    options
-}
-
-/// What the broker answered to a create command for `what` `name`: true when it created it,
-/// false when it existed already, an error naming the code otherwise.
-pub(super) fn created(code: &ResponseCode, what: &str, name: &str) -> Result<bool, SinkError> {
-    match code {
-        ResponseCode::Ok => Ok(true),
-        ResponseCode::StreamAlreadyExists => Ok(false),
-        code => Err(failed(
-            "creating a stream",
-            format!("{what} {name:?}: {code:?}"),
-        )),
     }
 }
 
