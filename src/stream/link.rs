@@ -20,7 +20,7 @@
 //! their frames in publish order: a message may move from one producer to another (a derived
 //! event after row changes, a new epoch) without waiting for confirms.
 //!
-//! Confirms and errors arrive on the connection's reader task ([`super::answers`]) and become
+//! Confirms and errors arrive on the connection's reader task (`super::answers`) and become
 //! signals by delivery tag; a confirm for an id walrelay did not send is logged and ignored
 //! (never a panic), and a frame walrelay cannot read ends the connection with its reason.
 
