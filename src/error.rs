@@ -110,7 +110,9 @@ impl RunError {
             },
             // An oversized row never fits, a wrong partition count never changes by itself;
             // everything else the broker did may pass.
-            RunError::Sink(SinkError::Oversized { .. } | SinkError::Layout(_)) => Decision::Stop,
+            RunError::Sink(
+                SinkError::Oversized { .. } | SinkError::OverFrame { .. } | SinkError::Layout(_),
+            ) => Decision::Stop,
             RunError::Sink(_) => Decision::Reconnect,
             RunError::Rule(_)
             | RunError::Unmatched(_)
@@ -241,6 +243,14 @@ mod tests {
         }
         .into();
         assert_eq!(oversized.decision(), Decision::Stop);
+        let over_frame: RunError = SinkError::OverFrame {
+            id: "x".into(),
+            table: "t".into(),
+            size: 2,
+            max: 1,
+        }
+        .into();
+        assert_eq!(over_frame.decision(), Decision::Stop);
     }
 
     #[test]

@@ -83,6 +83,19 @@ pub enum SinkError {
         size: usize,
         max: usize,
     },
+    /// A stream message that no publish frame of this broker can carry: the broker's stream
+    /// `frame_max` is below what `max_message_bytes` lets through.
+    #[error(
+        "event {id} of {table} is {size} bytes as a stream message, over the {max} bytes a publish \
+         frame of this broker holds (its stream frame_max); lower rabbitmq.max_message_bytes or \
+         raise the broker's stream frame_max: walrelay stops here instead of skipping it"
+    )]
+    OverFrame {
+        id: String,
+        table: String,
+        size: usize,
+        max: usize,
+    },
     #[error("RabbitMQ: no complete connection (handshake, channel, exchanges) within {waited:?}")]
     ConnectTimeout { waited: Duration },
     /// The broker's layout contradicts the configuration in a way no retry mends.

@@ -219,25 +219,31 @@ impl StreamLink {
         !self.frame.is_empty()
     }
 
+    /// The bytes of messages one publish frame of this broker holds (from its `frame_max`).
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
     /// Adds a message of publisher `publisher` (with its publishing id `id`, confirmed as
-    /// delivery tag `tag`) to the frame, sending the frame first when the message does not
-    /// fit in it or belongs to another publisher.
+    /// delivery tag `tag`; `size` is its [`PublishFrame::entry_len`], at most
+    /// [`Self::budget`]) to the frame, sending the frame first when the message does not fit
+    /// in it or belongs to another publisher.
     pub async fn push(
         &mut self,
         publisher: u8,
         id: u64,
         tag: u64,
         message: (&amqp10::Fields<'_>, &[u8]),
+        size: usize,
     ) -> Result<(), SinkError> {
-        let size = PublishFrame::entry_len(message.0, message.1.len());
+        debug_assert_eq!(size, PublishFrame::entry_len(message.0, message.1.len()));
         if size > self.budget {
-            return Err(failed(
-                "publishing",
-                format!(
-                    "a message of {size} bytes does not fit in a frame of the {} bytes this broker accepts (lower stream.max_message_bytes, or raise the broker's stream frame_max)",
-                    self.budget
-                ),
-            ));
+            // The caller names the event (`SinkError::OverFrame`); this is the last guard
+            // against a frame the broker would close the connection over.
+            return Err(SinkError::Layout(format!(
+                "a stream message of {size} bytes is over the {} bytes a publish frame holds",
+                self.budget
+            )));
         }
         let fits = self.frame.is_empty()
             || (self.frame.publisher() == publisher

@@ -29,6 +29,7 @@ use tracing::{debug, info};
 use super::amqp10;
 use super::creation::{ensure_stream, super_stream};
 use super::destinations::Destinations;
+use super::frame::PublishFrame;
 use super::link::{Routes, StreamLink};
 use super::publishing_id::{Origin, Sequence, producer_name, publishing_id};
 use super::{StreamSettings, failed};
@@ -268,7 +269,16 @@ impl StreamPublisher {
                 .map(|t| crate::event::time::pg_to_unix_us(t).div_euclid(1000)),
             application_properties: if count > 1 { &props } else { &props[..5] },
         };
-        link.push(producer.publisher, id, tag, (&fields, body))
+        let size = PublishFrame::entry_len(&fields, body.len());
+        if size > link.budget() {
+            return Err(SinkError::OverFrame {
+                id: event.id.clone(),
+                table: format!("{}.{}", event.schema, event.table),
+                size,
+                max: link.budget(),
+            });
+        }
+        link.push(producer.publisher, id, tag, (&fields, body), size)
             .await
     }
 
