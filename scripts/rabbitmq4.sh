@@ -17,6 +17,9 @@
 # a test CA made here once: $ROOT/etc/rabbitmq/tls/ca.pem (tests of stream TLS read it).
 # The root is kept in $WALRELAY_RABBITMQ4_ROOT (default /var/cache/walrelay/rabbitmq4-root);
 # building it takes about a minute and needs Debian's package mirror.
+# WALRELAY_RABBITMQ4_EXTRA_CONF: lines appended to rabbitmq.conf (a test's setting, e.g.
+# stream.advertised_host); `start` with other lines than the running node's restarts it, and
+# `start` without them puts the usual configuration back.
 set -euo pipefail
 # A step that fails says where (set -e alone ends the script without a word).
 trap 'echo "rabbitmq4.sh: the command at line $LINENO failed (exit $?)" >&2' ERR
@@ -80,6 +83,7 @@ ssl_options.verify = verify_none
 ssl_options.fail_if_no_peer_cert = false
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $MGMT_PORT
+${WALRELAY_RABBITMQ4_EXTRA_CONF:-}
 CONF
   echo '[rabbitmq_management,rabbitmq_stream,rabbitmq_stream_management].' | as_root tee "$ROOT/etc/rabbitmq/enabled_plugins" >/dev/null
 }

@@ -43,10 +43,11 @@ pub async fn run(n: u64, size: usize, per_entry: usize) -> SubEntryRun {
     let stream = unique("subentry");
     env.stream_creator().create(&stream).await.unwrap();
     let url = AmqpUrl::parse_stream(STREAM_URL).unwrap();
-    let (io, mut buf, tuned) = connect_and_open(&url, "bench", &url.host, url.port)
+    let opened = connect_and_open(&url, "bench", &url.host, url.port)
         .await
         .unwrap();
-    let (mut read, mut write) = tokio::io::split(io);
+    let (mut buf, tuned) = (opened.buf, opened.tuned);
+    let (mut read, mut write) = tokio::io::split(opened.io);
     let mut declare = Vec::new();
     let mut w = Writer::begin(&mut declare, frame::DECLARE_PUBLISHER, 1);
     w.u32(1).u8(0).string(&unique("subentry")).string(&stream);

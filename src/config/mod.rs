@@ -116,6 +116,7 @@ pub struct RawStream {
     pub max_age_secs: Option<u64>,
     pub max_segment_bytes: Option<u64>,
     pub partitions: Option<u32>,
+    pub load_balancer: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -81,6 +81,7 @@ pub(super) fn sink(
             }
             n => n,
         },
+        load_balancer: raw.load_balancer.unwrap_or(false),
     };
     let mut sink = sink_with(
         rabbitmq,

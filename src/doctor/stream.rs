@@ -1,5 +1,6 @@
 //! The stream side of `walrelay doctor` (with `[stream]`): the credentials on the stream
-//! port and the server's version, and each stream the configuration names — present (with
+//! port and the server's version, whether the address the node advertises for its streams
+//! takes connections (or `stream.load_balancer` is on), and each stream the configuration names — present (with
 //! its leader), or missing and created at start (`stream.create`), or missing and an error;
 //! with `stream.partitions`, the super stream and its partition count.
 
@@ -69,6 +70,7 @@ pub async fn check(settings: &Settings, stream: &StreamSettings, out: &mut Vec<F
             url.describe()
         ),
     ));
+    advertised_address(&client, stream, out).await;
     let mut names: Vec<String> = std::iter::once(&settings.sink.exchange)
         .chain(&settings.sink.extra_exchanges)
         .cloned()
@@ -103,6 +105,51 @@ pub async fn check(settings: &Settings, stream: &StreamSettings, out: &mut Vec<F
         }
     }
     let _ = client.close().await;
+}
+
+/// walrelay publishes to a stream's leader at the address the broker advertises for it: the
+/// node the URL reached says which address that is for itself, and it must take a connection
+/// from here — unless `stream.load_balancer` sends every connection through the URL.
+async fn advertised_address(client: &Client, stream: &StreamSettings, out: &mut Vec<Finding>) {
+    let properties = client.connection_properties().await;
+    let host = properties.get("advertised_host");
+    let port = properties
+        .get("advertised_port")
+        .and_then(|p| p.parse::<u16>().ok());
+    let (Some(host), Some(port)) = (host, port) else {
+        return out.push(f(
+            Level::Warn,
+            "the broker does not say which address it advertises for its streams",
+        ));
+    };
+    if stream.load_balancer {
+        return out.push(f(
+            Level::Ok,
+            format!(
+                "stream.load_balancer: publishing connections go through {} (this node advertises {host}:{port})",
+                stream.url.describe()
+            ),
+        ));
+    }
+    let reach = tokio::net::TcpStream::connect((host.as_str(), port));
+    match tokio::time::timeout(std::time::Duration::from_secs(3), reach).await {
+        Ok(Ok(_)) => out.push(f(
+            Level::Ok,
+            format!("the node's advertised address {host}:{port} takes connections"),
+        )),
+        Ok(Err(e)) => out.push(f(
+            Level::Fail,
+            format!(
+                "the node advertises {host}:{port} for its streams, and walrelay publishes to a stream's leader at that address, but it cannot be reached from here ({e}): behind a load balancer or a port mapping set stream.load_balancer = true (or the broker's stream.advertised_host and advertised_port)"
+            ),
+        )),
+        Err(_) => out.push(f(
+            Level::Fail,
+            format!(
+                "the node advertises {host}:{port} for its streams, and walrelay publishes to a stream's leader at that address, but no connection to it in 3 s: behind a load balancer or a port mapping set stream.load_balancer = true (or the broker's stream.advertised_host and advertised_port)"
+            ),
+        )),
+    }
 }
 
 /// The super stream: present with the configured number of partitions, or missing and

@@ -83,6 +83,20 @@ pub enum SinkError {
         size: usize,
         max: usize,
     },
+    /// The address the broker advertises for a stream's leader did not take a connection.
+    #[error(
+        "the leader of stream {stream:?} is at {host}:{port}, the address the broker advertises; \
+         if RabbitMQ is behind a load balancer or a port mapping that address may not be \
+         reachable from here: set stream.load_balancer = true (or the broker's \
+         stream.advertised_host and advertised_port)"
+    )]
+    LeaderUnreachable {
+        stream: String,
+        host: String,
+        port: u16,
+        #[source]
+        source: Box<SinkError>,
+    },
     /// A stream message that no publish frame of this broker can carry: the broker's stream
     /// `frame_max` is below what `max_message_bytes` lets through.
     #[error(

@@ -9,7 +9,13 @@ use super::{NEEDS, failed};
 use crate::sink::{AmqpUrl, SinkError};
 
 /// The environment and a query client, both named `name` in the broker's connection list.
-pub async fn environment(url: &AmqpUrl, name: &str) -> Result<(Environment, Client), SinkError> {
+/// With `load_balancer`, the environment's consumers connect through the URL's address
+/// (the client's load-balancer mode) instead of to the addresses the broker advertises.
+pub async fn environment(
+    url: &AmqpUrl,
+    name: &str,
+    load_balancer: bool,
+) -> Result<(Environment, Client), SinkError> {
     let mut builder = Environment::builder()
         .host(&url.host)
         .port(url.port)
@@ -17,7 +23,8 @@ pub async fn environment(url: &AmqpUrl, name: &str) -> Result<(Environment, Clie
         .password(url.password.expose())
         .virtual_host(&url.vhost)
         .heartbeat(u32::from(url.heartbeat_secs))
-        .client_provided_name(name);
+        .client_provided_name(name)
+        .load_balancer_mode(load_balancer);
     if let Some(tls) = tls(url)? {
         builder = builder.tls(tls);
     }

@@ -39,14 +39,25 @@ impl Tuned {
     }
 }
 
+/// An open connection, before it is split into its reader and writer.
+pub struct Opened {
+    pub io: BoxIo,
+    /// What was read past the handshake (the start of the next frame, if any).
+    pub buf: BytesMut,
+    pub tuned: Tuned,
+    /// The node's own address as it advertises it (`advertised_host`, `advertised_port` in
+    /// its answer to `open`): behind a load balancer, which node this connection reached.
+    pub advertised: Option<(String, u16)>,
+}
+
 /// TCP (TCP_NODELAY), TLS when the URL asks, then the handshake: peer properties, SASL
-/// PLAIN, tune, open the vhost. Returns the stream and what was read past the handshake.
+/// PLAIN, tune, open the vhost.
 pub async fn connect_and_open(
     url: &AmqpUrl,
     name: &str,
     host: &str,
     port: u16,
-) -> Result<(BoxIo, BytesMut, Tuned), SinkError> {
+) -> Result<Opened, SinkError> {
     const WHAT: &str = "connecting to the stream's leader";
     let tcp = TcpStream::connect((host, port))
         .await
@@ -142,11 +153,35 @@ pub async fn connect_and_open(
     w.u32(tuned.frame_max).u32(tuned.heartbeat);
     w.end();
     hs.send(&tune).await?;
-    hs.ask(frame::OPEN, 4, "opening the virtual host", |w| {
-        w.string(&url.vhost);
+    let mut opened = hs
+        .ask(frame::OPEN, 4, "opening the virtual host", |w| {
+            w.string(&url.vhost);
+        })
+        .await?;
+    // Brokers before 3.11 may send no properties: then no advertised address is known.
+    let properties = opened
+        .properties("connection properties")
+        .unwrap_or_default();
+    Ok(Opened {
+        io: hs.io,
+        buf: hs.buf,
+        tuned,
+        advertised: advertised(&properties),
     })
-    .await?;
-    Ok((hs.io, hs.buf, tuned))
+}
+
+/// The `advertised_host` and `advertised_port` of an `open` answer's properties.
+fn advertised(properties: &[(String, String)]) -> Option<(String, u16)> {
+    let get = |key: &str| {
+        properties
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    Some((
+        get("advertised_host")?.to_owned(),
+        get("advertised_port")?.parse().ok()?,
+    ))
 }
 
 /// The connection before it is split: one request at a time, in order.
@@ -216,5 +251,36 @@ impl Handshake {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised;
+
+    #[test]
+    fn the_advertised_address_needs_a_host_and_a_port() {
+        let p = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            advertised(&p(&[
+                ("advertised_port", "5552"),
+                ("advertised_host", "rabbit-1")
+            ])),
+            Some(("rabbit-1".to_owned(), 5552))
+        );
+        assert_eq!(advertised(&p(&[("advertised_host", "rabbit-1")])), None);
+        assert_eq!(
+            advertised(&p(&[
+                ("advertised_host", "rabbit-1"),
+                ("advertised_port", "x")
+            ])),
+            None
+        );
+        assert_eq!(advertised(&[]), None);
     }
 }

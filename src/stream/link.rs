@@ -70,6 +70,8 @@ pub struct StreamLink {
     writing: bool,
     /// Publisher ids in use on this connection (the protocol allows 256).
     declared: u16,
+    /// The node's address as it advertises it: which node this connection reached.
+    advertised: Option<(String, u16)>,
     /// The frame being filled.
     frame: PublishFrame,
     budget: usize,
@@ -97,19 +99,19 @@ impl StreamLink {
         port: u16,
         routes: Routes,
     ) -> Result<StreamLink, SinkError> {
-        let (io, buf, tuned) =
-            tokio::time::timeout(REQUEST_TIMEOUT, connect_and_open(url, name, host, port))
-                .await
-                .map_err(|_| {
-                    failed(
-                        "connecting to the stream's leader",
-                        format!(
-                            "{host}:{port}: no answer in {} s",
-                            REQUEST_TIMEOUT.as_secs()
-                        ),
-                    )
-                })??;
-        let (read, write) = tokio::io::split(io);
+        let opened = tokio::time::timeout(REQUEST_TIMEOUT, connect_and_open(url, name, host, port))
+            .await
+            .map_err(|_| {
+                failed(
+                    "connecting to the stream's leader",
+                    format!(
+                        "{host}:{port}: no answer in {} s",
+                        REQUEST_TIMEOUT.as_secs()
+                    ),
+                )
+            })??;
+        let (tuned, advertised, buf) = (opened.tuned, opened.advertised, opened.buf);
+        let (read, write) = tokio::io::split(opened.io);
         let out: Out = Arc::new(tokio::sync::Mutex::new(write));
         let tags: Tags = Arc::default();
         let awaited: Awaited = Arc::default();
@@ -159,6 +161,7 @@ impl StreamLink {
             closing,
             writing: false,
             declared: 0,
+            advertised,
             frame: PublishFrame::default(),
             budget,
             reader,
@@ -217,6 +220,11 @@ impl StreamLink {
     /// True when the frame being filled has messages.
     pub fn has_pending(&self) -> bool {
         !self.frame.is_empty()
+    }
+
+    /// The node this connection reached, as it advertises itself (`None` when it did not say).
+    pub fn advertised(&self) -> Option<&(String, u16)> {
+        self.advertised.as_ref()
     }
 
     /// The bytes of messages one publish frame of this broker holds (from its `frame_max`).

@@ -42,6 +42,11 @@ pub struct StreamSettings {
     /// partition its key hash picks (the same hash as `{partition}`). The count is checked
     /// against the broker's at start: changing it would move keys between partitions.
     pub partitions: Option<u32>,
+    /// The URL's host is a load balancer or a port mapping in front of the nodes, and the
+    /// addresses the broker advertises for stream leaders may not be reachable from here:
+    /// every publishing connection goes to the URL's address, and the one that lands on the
+    /// stream's leader (the node's advertised host and port in its answer to `open`) is kept.
+    pub load_balancer: bool,
 }
 
 /// What the stream protocol needs on the broker's side, for connection errors: an older

@@ -36,6 +36,11 @@ use super::{StreamSettings, failed};
 use crate::event::{Event, Op};
 use crate::sink::{BrokerState, Signal, SinkError};
 
+/// Connections through a load balancer tried before giving up on reaching a stream's leader
+/// (each lands on a node the balancer picks; with five nodes picked at random, thirty
+/// attempts all miss the leader about once in 800 sessions, and the next session tries again).
+const LOAD_BALANCER_ATTEMPTS: usize = 30;
+
 /// Which producer a message goes to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ProducerKey {
@@ -62,6 +67,8 @@ pub struct StreamPublisher {
     admin: Client,
     /// The URL the links' connections take their credentials and TLS from.
     url: crate::sink::AmqpUrl,
+    /// Publishing connections go through the URL's address (`stream.load_balancer`).
+    load_balancer: bool,
     origin: Option<Origin>,
     producers: Vec<Producer>,
     /// Where each producer is in `producers`.
@@ -111,10 +118,10 @@ impl StreamPublisher {
             ensure_stream(&admin, name, stream).await?;
         }
         let destinations = Destinations::new(&settings.exchange, partitions);
-        Ok(Self::with(admin, stream.url.clone(), destinations))
+        Ok(Self::with(admin, stream, destinations))
     }
 
-    fn with(admin: Client, url: crate::sink::AmqpUrl, destinations: Destinations) -> Self {
+    fn with(admin: Client, stream: &StreamSettings, destinations: Destinations) -> Self {
         let (signals_tx, signals) = mpsc::unbounded_channel();
         let (state, _) = watch::channel(BrokerState {
             open: true,
@@ -122,7 +129,8 @@ impl StreamPublisher {
         });
         StreamPublisher {
             admin,
-            url,
+            url: stream.url.clone(),
+            load_balancer: stream.load_balancer,
             origin: None,
             producers: Vec::new(),
             by_key: HashMap::new(),
@@ -300,12 +308,7 @@ impl StreamPublisher {
     async fn open_producer(&mut self, key: &ProducerKey) -> Result<Producer, SinkError> {
         let leader = self.leader_of(&key.stream).await?;
         if !self.links.contains_key(&leader) {
-            let routes = Routes {
-                signals: self.signals_tx.clone(),
-                state: Arc::clone(&self.state),
-                fan_out: Arc::clone(&self.fan_out),
-            };
-            let link = StreamLink::open(&self.url, "walrelay", &leader.0, leader.1, routes).await?;
+            let link = self.open_link(&key.stream, &leader).await?;
             self.links.insert(leader.clone(), link);
         }
         let name = match &key.sequence {
@@ -333,6 +336,63 @@ impl StreamPublisher {
             stored,
             last_id: 0,
         })
+    }
+
+    /// A publishing connection to `leader`, the node leading `stream`: to the address the
+    /// broker advertises for it, or, behind a load balancer, to the URL's address again and
+    /// again until one lands on the leader (the node says which it is when it opens).
+    async fn open_link(
+        &self,
+        stream: &str,
+        leader: &(String, u16),
+    ) -> Result<StreamLink, SinkError> {
+        let routes = || Routes {
+            signals: self.signals_tx.clone(),
+            state: Arc::clone(&self.state),
+            fan_out: Arc::clone(&self.fan_out),
+        };
+        let (host, port) = (&self.url.host, self.url.port);
+        if !self.load_balancer {
+            return StreamLink::open(&self.url, "walrelay", &leader.0, leader.1, routes())
+                .await
+                .map_err(|e| match leader {
+                    // The address the user gave works for the queries: no hint needed.
+                    (h, p) if h == host && *p == port => e,
+                    (h, p) => SinkError::LeaderUnreachable {
+                        stream: stream.to_owned(),
+                        host: h.clone(),
+                        port: *p,
+                        source: Box::new(e),
+                    },
+                });
+        }
+        let mut reached = Vec::new();
+        for _ in 0..LOAD_BALANCER_ATTEMPTS {
+            let link = StreamLink::open(&self.url, "walrelay", host, port, routes()).await?;
+            match link.advertised() {
+                Some(node) if node == leader => return Ok(link),
+                node => {
+                    let node = node.map_or_else(
+                        || "a node that did not say".to_owned(),
+                        |(h, p)| format!("{h}:{p}"),
+                    );
+                    debug!(stream, reached = %node, leader = %format!("{}:{}", leader.0, leader.1), "the load balancer led to another node; connecting again");
+                    if !reached.contains(&node) {
+                        reached.push(node);
+                    }
+                    link.close().await;
+                }
+            }
+        }
+        Err(failed(
+            "connecting to the stream's leader",
+            format!(
+                "{LOAD_BALANCER_ATTEMPTS} connections through {host}:{port} (stream.load_balancer) reached {} but never the leader of stream {stream:?}, {}:{}",
+                reached.join(", "),
+                leader.0,
+                leader.1
+            ),
+        ))
     }
 
     /// The leader node of `stream`, as the broker advertises it.

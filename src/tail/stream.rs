@@ -88,9 +88,10 @@ pub async fn run(
 ) -> Result<u64, AmqpError> {
     let broker = |e: crate::sink::SinkError| AmqpError::new(e.to_string());
     let name = settings.sink.exchange.as_str();
-    let (env, admin) = crate::stream::connect::environment(&stream.url, "walrelay tail")
-        .await
-        .map_err(broker)?;
+    let (env, admin) =
+        crate::stream::connect::environment(&stream.url, "walrelay tail", stream.load_balancer)
+            .await
+            .map_err(broker)?;
     let members = crate::stream::connect::members(&admin, name, stream.partitions)
         .await
         .map_err(broker)?;
