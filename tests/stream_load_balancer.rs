@@ -25,17 +25,7 @@ const NOWHERE: &str = "walrelay-advertised.invalid";
 /// `scripts/rabbitmq4.sh start` with `extra` appended to the node's configuration (a node
 /// running with other lines is restarted).
 fn rabbitmq4_with(extra: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq4.sh");
-    let out = Command::new(script)
-        .arg("start")
-        .env("WALRELAY_RABBITMQ4_EXTRA_CONF", extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rabbitmq4.sh start: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rabbitmq4_env("start", &[("WALRELAY_RABBITMQ4_EXTRA_CONF", extra)]);
 }
 
 /// Puts the usual configuration back however the test ends.
@@ -95,11 +85,10 @@ async fn an_unreachable_advertised_leader_is_named_and_load_balancer_mode_publis
     relay.terminate(T);
 
     // Through the URL's address.
-    let text = std::fs::read_to_string(cfg).unwrap().replace(
+    s.edit(
         "max_age_secs = 3600\n",
         "max_age_secs = 3600\nload_balancer = true\n",
     );
-    std::fs::write(cfg, text).unwrap();
     let doctor = walrelay(&["doctor"], cfg);
     let report = String::from_utf8_lossy(&doctor.stdout).to_string();
     assert!(

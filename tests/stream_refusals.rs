@@ -22,10 +22,7 @@ async fn a_row_larger_than_the_brokers_frame_stops_walrelay_naming_it() {
     )
     .await;
     let (client, slot, stream, cfg) = (&s.client, &s.slot, &s.stream, &s.cfg);
-    let text = std::fs::read_to_string(cfg)
-        .unwrap()
-        .replace("[rabbitmq]\n", "[rabbitmq]\nmax_message_bytes = 2000000\n");
-    std::fs::write(cfg, text).unwrap();
+    s.edit("[rabbitmq]\n", "[rabbitmq]\nmax_message_bytes = 2000000\n");
     let mut relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     client

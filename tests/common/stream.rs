@@ -46,17 +46,28 @@ impl StreamScene {
 
     /// Points the config at `url` instead of RabbitMQ 4's plain stream port.
     pub fn use_url(&self, url: &str) {
+        self.edit(STREAM_URL, url);
+    }
+
+    /// Replaces `from` (which must be there) by `to` in the config.
+    pub fn edit(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.cfg).unwrap();
-        assert!(text.contains(STREAM_URL));
-        std::fs::write(&self.cfg, text.replace(STREAM_URL, url)).unwrap();
+        assert!(text.contains(from), "{from:?} is not in the config");
+        std::fs::write(&self.cfg, text.replace(from, to)).unwrap();
     }
 }
 
 /// `scripts/rabbitmq4.sh <how>`: restart, crash, pause, resume.
 pub fn rabbitmq4(how: &str) {
+    rabbitmq4_env(how, &[]);
+}
+
+/// [`rabbitmq4`] with environment variables for the script (`WALRELAY_RABBITMQ4_EXTRA_CONF`).
+pub fn rabbitmq4_env(how: &str, env: &[(&str, &str)]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq4.sh");
     let out = std::process::Command::new(script)
         .arg(how)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -166,6 +177,18 @@ pub async fn read_at_least(stream: &str, n: usize) -> Vec<(u64, Message)> {
 
 pub fn body(m: &Message) -> serde_json::Value {
     serde_json::from_slice(m.data().unwrap()).unwrap()
+}
+
+/// The `new.id` of every row change on `stream` once at least `n` are there and two more
+/// seconds have passed (time for a duplicate to arrive, if the broker kept one).
+pub async fn ids_settled(stream: &str, n: usize) -> Vec<i64> {
+    read_at_least(stream, n).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    read_at_least(stream, n)
+        .await
+        .iter()
+        .map(|(_, m)| body(m)["new"]["id"].as_i64().unwrap())
+        .collect()
 }
 
 pub fn app_property(m: &Message, key: &str) -> Option<String> {
