@@ -2,11 +2,11 @@
 //! nothing is created or changed (RabbitMQ exchanges are probed passively). One line per
 //! finding; the exit code is 1 when any finding is a failure.
 //!
-//! - [`postgres`]: logical decoding, privileges, slot and sender headroom, WAL retention limits,
+//! - `postgres`: logical decoding, privileges, slot and sender headroom, WAL retention limits,
 //!   the publication and each table's replica identity.
-//! - [`rabbitmq`]: credentials, exchanges, bindings for every routing key the config can
+//! - `rabbitmq`: credentials, exchanges, bindings for every routing key the config can
 //!   produce, queue durability and type (through the management API).
-//! - [`stream`]: with `[stream]`, the stream port and each stream instead.
+//! - `stream`: with `[stream]`, the stream port and each stream instead.
 
 mod postgres;
 mod rabbitmq;

@@ -100,7 +100,7 @@ fn keys_sql(oids: &[u32]) -> String {
     )
 }
 
-/// Chooses the identity candidates from the index rows of [`keys_sql`] and the table's
+/// Chooses the identity candidates from the index rows of `keys_sql` and the table's
 /// replica identity (`relreplident`). Pure, so the preference order is unit-tested.
 ///
 /// The primary key comes first, except under `REPLICA IDENTITY USING INDEX` when the key is
