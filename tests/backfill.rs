@@ -158,7 +158,7 @@ async fn consume_until(s: &Scene, model: &mut Model, after: u64) {
             model.apply(&m);
         }
     }
-    for m in s.queue().drain(Duration::from_millis(800)).await {
+    for m in s.queue().drain_all(Duration::from_millis(800)).await {
         model.apply(&m);
     }
 }
@@ -342,7 +342,7 @@ async fn composite_and_text_keys_a_where_clause_and_a_table_without_a_key() {
     assert!(!out.status.success(), "a bad --where is refused at once");
     backfill(&s, &["public.pairs", "--where", "b % 2 = 0"]);
     wait_finished(&s).await;
-    let got = s.queue().drain(Duration::from_millis(1500)).await;
+    let got = s.queue().drain_all(Duration::from_millis(1500)).await;
     let reads: Vec<&Value> = got
         .iter()
         .map(|m| &m.body)
@@ -490,7 +490,7 @@ async fn a_cancelled_backfill_stops_and_says_so_and_a_postgres_restart_is_surviv
     assert!(said.starts_with("1 backfill"), "{said}");
     let status = wait_finished(&s).await;
     assert!(status.contains("cancelled"), "{status}");
-    for m in s.queue().drain(Duration::from_millis(1000)).await {
+    for m in s.queue().drain_all(Duration::from_millis(1000)).await {
         model.apply(&m);
     }
     assert_eq!(
@@ -525,7 +525,7 @@ async fn a_partitioned_table_with_odd_names_is_backfilled_under_its_root() {
     let _relay = s.start_streaming().await;
     backfill(&s, &[r#""Odd Schema"."my.events""#]);
     wait_finished(&s).await;
-    let got = s.queue().drain(Duration::from_millis(1500)).await;
+    let got = s.queue().drain_all(Duration::from_millis(1500)).await;
     let reads: Vec<&Received> = got.iter().filter(|m| m.body["op"] == "read").collect();
     assert_eq!(reads.len(), 1000);
     assert!(reads.iter().all(|m| m.body["schema"] == "Odd Schema"

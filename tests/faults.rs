@@ -112,7 +112,7 @@ async fn kill_9_mid_stream_loses_nothing_and_replays_with_identical_ids() {
         (slot_confirmed(client, slot).await >= end).then_some(())
     })
     .await;
-    seen.extend(queue.drain(Duration::from_secs(1)).await);
+    seen.extend(queue.drain_all(Duration::from_secs(1)).await);
 
     // Nothing lost.
     let ids: BTreeSet<i64> = seen
@@ -255,7 +255,7 @@ async fn a_return_among_routed_messages_is_matched_to_its_own_event() {
         (s.confirmed().await >= commit).then_some(())
     })
     .await;
-    let rest = queue.drain(Duration::from_millis(500)).await;
+    let rest = queue.drain_all(Duration::from_millis(500)).await;
     let ids: BTreeSet<String> = got
         .iter()
         .chain(&rest)
