@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use common::scene::Scene;
+use common::scene::{Scene, Setup};
 use common::*;
 use serde_json::Value;
 
@@ -381,6 +381,78 @@ async fn composite_and_text_keys_a_where_clause_and_a_table_without_a_key() {
         got.iter()
             .any(|m| m.routing_key == "_walrelay.control.backfill_finished")
     );
+    s.finish().await;
+}
+
+/// A transaction's commit record can precede the low mark in the WAL while the transaction is
+/// still invisible to a new snapshot: PostgreSQL writes the commit record first and leaves the
+/// running-transactions array later (after a group-commit flush, or here, after a synchronous
+/// standby's answer). The update then streams before the low mark, outside the window, and a
+/// chunk read without waiting for it holds the row's older state: a stale `read`. A synchronous
+/// standby that never answers holds such a transaction for as long as the test wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_committed_before_the_low_mark_but_not_yet_visible_is_waited_for() {
+    let s = Scene::with(
+        ITEMS,
+        &["public.items"],
+        Setup {
+            conf: &[
+                "synchronous_standby_names = 'ghost'",
+                "synchronous_commit = local",
+            ],
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.sql("INSERT INTO items SELECT g, 0, 'seed' FROM generate_series(1, 100) g")
+        .await;
+    let relay = s.start_streaming().await;
+    // Only this transaction waits for the standby that does not exist.
+    let held = connect(&s.url()).await;
+    let update = tokio::spawn(async move {
+        held.batch_execute(
+            "SET synchronous_commit = on; UPDATE items SET v = nextval('ver') WHERE id = 7",
+        )
+        .await
+        .unwrap();
+    });
+    let mut model = Model::default();
+    let published = s.queue().take(1, T).await;
+    assert_eq!(published[0].body["op"], "update", "{:?}", published[0].body);
+    model.apply(&published[0]);
+    let visible = s
+        .client
+        .query_one("SELECT v FROM items WHERE id = 7", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(visible, 0, "the update is published but not yet visible");
+    backfill(&s, &["public.items"]);
+    relay
+        .wait_log("backfill waits for transactions writing public.items", T)
+        .await;
+    // Held: nothing read while the update is invisible.
+    let early = s.queue().drain(Duration::from_secs(2)).await;
+    for m in &early {
+        model.apply(m);
+    }
+    assert!(
+        early.iter().all(|m| m.body["op"] != "read"),
+        "read while a committed write was invisible"
+    );
+    s.client
+        .batch_execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        .await
+        .unwrap();
+    s.sql("SELECT pg_reload_conf()").await;
+    update.await.unwrap();
+    let status = wait_finished(&s).await;
+    assert!(status.contains("finished"), "{status}");
+    s.sql("SELECT 1").await;
+    let after = s.lsn().await;
+    consume_until(&s, &mut model, after).await;
+    assert_eq!(model.reads, 100);
+    assert!(model.rows == table_rows(&s.client).await);
     s.finish().await;
 }
 

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod store;
 pub mod window;
 pub mod worker;
+pub mod writers;
 
 use serde::{Deserialize, Serialize};
 

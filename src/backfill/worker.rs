@@ -1,7 +1,7 @@
 //! The backfill worker: one task per streaming session, on a plain SQL connection. It takes
-//! the oldest active backfill of the slot, and for each chunk writes the low watermark, reads
-//! the chunk in key order, hands it to the replication task, writes the high watermark, waits
-//! until the broker confirmed the high mark's transaction, and only then records progress.
+//! the oldest active backfill of the slot, and for each chunk writes the low watermark, waits
+//! for the table's writers that may be committing (writers.rs), reads the chunk in key order,
+//! hands it to the replication task, writes the high watermark, waits until the broker confirmed the high mark's transaction, and only then records progress.
 //! One chunk is held at a time: memory is bounded by `backfill.chunk_rows`.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::store::{self, Record};
-use super::{BackfillSettings, Chunk, Mark, MarkKind, PREFIX};
+use super::{BackfillSettings, Chunk, Mark, MarkKind, PREFIX, writers};
 use crate::event::TableIdentity;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -195,6 +195,17 @@ impl Worker {
             }
             self.mark(c, record.id, chunk_no, MarkKind::Low, &info)
                 .await?;
+            // A write committed before the low mark may not be visible yet (writers.rs).
+            let cancel = writers::CancelCheck {
+                schema: &schema,
+                slot: &self.slot,
+                backfill: record.id,
+            };
+            let waited = writers::wait_for_writers(c, &record.table, cancel).await?;
+            if let writers::Waited::Cancelled = waited {
+                // The top of the loop settles, marks and records the cancellation.
+                continue;
+            }
             let rows = match &stop_key {
                 None => Vec::new(),
                 Some(stop) => {
