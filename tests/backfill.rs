@@ -389,7 +389,8 @@ async fn composite_and_text_keys_a_where_clause_and_a_table_without_a_key() {
 /// running-transactions array later (after a group-commit flush, or here, after a synchronous
 /// standby's answer). The update then streams before the low mark, outside the window, and a
 /// chunk read without waiting for it holds the row's older state: a stale `read`. A synchronous
-/// standby that never answers holds such a transaction for as long as the test wants.
+/// standby that never answers holds such a transaction for as long as the test wants; a
+/// backfill cancelled while it waits ends at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_committed_before_the_low_mark_but_not_yet_visible_is_waited_for() {
     let s = Scene::with(
@@ -427,10 +428,26 @@ async fn a_write_committed_before_the_low_mark_but_not_yet_visible_is_waited_for
         .unwrap()
         .get::<_, i64>(0);
     assert_eq!(visible, 0, "the update is published but not yet visible");
+    // A backfill cancelled during the wait ends at once, the writer still held.
     backfill(&s, &["public.items"]);
     relay
         .wait_log("backfill waits for transactions writing public.items", T)
         .await;
+    backfill(&s, &["--cancel", "public.items"]);
+    let status = wait_finished(&s).await;
+    assert!(status.contains("cancelled"), "{status}");
+    assert!(!update.is_finished(), "the writer is still held");
+    // Requested again: it waits until the writer's transaction is visible.
+    backfill(&s, &["public.items"]);
+    wait_for("the second wait", T, || async {
+        (relay
+            .log()
+            .matches("backfill waits for transactions writing public.items")
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
     // Held: nothing read while the update is invisible.
     let early = s.queue().drain(Duration::from_secs(2)).await;
     for m in &early {
@@ -453,6 +470,15 @@ async fn a_write_committed_before_the_low_mark_but_not_yet_visible_is_waited_for
     consume_until(&s, &mut model, after).await;
     assert_eq!(model.reads, 100);
     assert!(model.rows == table_rows(&s.client).await);
+    assert_eq!(
+        model.controls,
+        [
+            "backfill_started",
+            "backfill_cancelled",
+            "backfill_started",
+            "backfill_finished"
+        ]
+    );
     s.finish().await;
 }
 
