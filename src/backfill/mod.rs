@@ -2,8 +2,9 @@
 //! by the watermark scheme of Netflix's DBLog (docs/backfill.md).
 //!
 //! For each chunk (keyset order, `chunk_rows` rows), the [`worker`] writes a *low* watermark
-//! into the WAL (`pg_logical_emit_message(true, 'walrelay.backfill', …)`), reads the chunk with
-//! a plain `SELECT`, hands it to the replication task, and writes a *high* watermark. The
+//! into the WAL (`pg_logical_emit_message(true, 'walrelay.backfill', …)`), waits for the
+//! table's writers that may still be committing ([`writers`]), reads the chunk with a plain
+//! `SELECT`, hands it to the replication task, and writes a *high* watermark. The
 //! replication task ([`window`]) records the key of every change of that table it decodes
 //! between the two marks; at the high mark it drops those keys from the chunk (the stream
 //! already carries a newer state) and emits the rest as `read` events at that point of the
@@ -82,6 +83,10 @@ pub enum MarkKind {
     Finished,
     /// The backfill was cancelled (`backfill_cancelled`).
     Cancelled,
+    /// The chunk after the low mark of the same number is not read (a writer of the table
+    /// outlasted the wait after the low mark): the window closes, nothing is published, and
+    /// the chunk starts again with a new low mark.
+    Abandoned,
 }
 
 impl Mark {

@@ -145,6 +145,10 @@ impl Windows {
                 self.open = None;
                 Ok(Step::Finished(mark))
             }
+            MarkKind::Abandoned => {
+                self.open = None;
+                Ok(Step::None)
+            }
             MarkKind::Cancelled => {
                 self.open = None;
                 self.chunks.retain(|(b, _), _| *b != mark.backfill);
@@ -235,6 +239,14 @@ mod tests {
         // Our own high mark without its chunk is a bug, reported.
         assert!(w.mark(mark("s", 2, MarkKind::Low)).is_ok());
         assert!(w.mark(mark("s", 2, MarkKind::High)).is_err());
+        // An abandoned chunk closes its window: nothing is watched, nothing published.
+        assert!(w.mark(mark("s", 3, MarkKind::Low)).is_ok());
+        assert!(w.watching("public", "t"));
+        assert!(matches!(
+            w.mark(mark("s", 3, MarkKind::Abandoned)),
+            Ok(Step::None)
+        ));
+        assert!(!w.watching("public", "t"));
         assert!(matches!(
             w.mark(mark("s", 3, MarkKind::Finished)),
             Ok(Step::Finished(_))

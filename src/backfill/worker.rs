@@ -1,7 +1,9 @@
 //! The backfill worker: one task per streaming session, on a plain SQL connection. It takes
-//! the oldest active backfill of the slot, and for each chunk writes the low watermark, waits
-//! for the table's writers that may be committing (writers.rs), reads the chunk in key order,
-//! hands it to the replication task, writes the high watermark, waits until the broker confirmed the high mark's transaction, and only then records progress.
+//! the oldest active backfill of the slot, and for each chunk waits for the table's writers
+//! that may be committing (writers.rs), writes the low watermark, waits briefly for writers
+//! that began meanwhile, reads the chunk in key order, hands it to the replication task,
+//! writes the high watermark, waits until the broker confirmed the high mark's transaction,
+//! and only then records progress.
 //! One chunk is held at a time: memory is bounded by `backfill.chunk_rows`.
 
 use std::sync::Arc;
@@ -11,7 +13,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::store::{self, Record};
-use super::{BackfillSettings, Chunk, Mark, MarkKind, PREFIX, writers};
+use super::writers::{self, Waited};
+use super::{BackfillSettings, Chunk, Mark, MarkKind, PREFIX};
 use crate::event::TableIdentity;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
@@ -23,6 +26,9 @@ use crate::source::{Connection, SourceError, publication};
 
 /// How often a running backfill logs its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long the worker waits, after a low mark, for the table's writers that began since its
+/// wait before the mark; longer, and the chunk is abandoned and started again.
+const AFTER_LOW_WAIT: Duration = Duration::from_secs(1);
 
 /// Everything the worker needs from its session.
 pub struct Worker {
@@ -193,18 +199,38 @@ impl Worker {
                 info!(backfill = record.id, table = %record.table, rows = info.rows, "backfill cancelled");
                 return Ok(());
             }
-            self.mark(c, record.id, chunk_no, MarkKind::Low, &info)
-                .await?;
-            // A write committed before the low mark may not be visible yet (writers.rs).
+            // A write whose commit record precedes the low mark may not be visible yet
+            // (writers.rs): wait for the table's writers before the mark, with no window open,
+            // then briefly after it for those that began meanwhile.
             let cancel = writers::CancelCheck {
                 schema: &schema,
                 slot: &self.slot,
                 backfill: record.id,
             };
-            let waited = writers::wait_for_writers(c, &record.table, cancel).await?;
-            if let writers::Waited::Cancelled = waited {
+            if let Waited::Cancelled =
+                writers::wait_for_writers(c, &record.table, &cancel, None).await?
+            {
                 // The top of the loop settles, marks and records the cancellation.
                 continue;
+            }
+            self.mark(c, record.id, chunk_no, MarkKind::Low, &info)
+                .await?;
+            match writers::wait_for_writers(c, &record.table, &cancel, Some(AFTER_LOW_WAIT)).await?
+            {
+                Waited::Clear => {}
+                Waited::Cancelled => continue,
+                Waited::TimedOut => {
+                    // Close the window rather than let it gather keys for as long as a
+                    // writer runs; the chunk starts again with a new low mark.
+                    self.mark(c, record.id, chunk_no, MarkKind::Abandoned, &info)
+                        .await?;
+                    tracing::debug!(
+                        backfill = record.id,
+                        chunk = chunk_no,
+                        "a writer outlasted the wait after the low mark: chunk started again"
+                    );
+                    continue;
+                }
             }
             let rows = match &stop_key {
                 None => Vec::new(),

@@ -14,6 +14,8 @@
 //! committed, the worker lists the transactions holding a write lock on the table (or one of
 //! its partitions) and waits until each has ended; the chunk's snapshot, taken afterwards, sees
 //! every write whose commit record precedes the low mark. Writers never wait for walrelay.
+//! The worker waits before the low mark too, with no window open, so the wait after it is short
+//! (bounded: an open window keeps every changed key of the table).
 //! A transaction whose session is idle in its transaction is not committing, so its commit
 //! record (if any) will follow the low mark and the window covers it: it is not waited for.
 
@@ -37,6 +39,8 @@ pub enum Waited {
     Clear,
     /// The backfill was cancelled while writers were still running.
     Cancelled,
+    /// The bound given passed with writers still running.
+    TimedOut,
 }
 
 /// The lock modes of statements that change rows: `INSERT`/`UPDATE`/`DELETE`/`MERGE`
@@ -105,12 +109,15 @@ impl CancelCheck<'_> {
 }
 
 /// Waits until every transaction writing `table` when called (and possibly committing) has
-/// ended. Call it after the low mark has committed and before the chunk's `SELECT`.
-/// A cancellation of the backfill is looked for once a second while the wait lasts.
+/// ended, or `limit` has passed. Needed after the low mark has committed and before the
+/// chunk's `SELECT`; the worker also waits before the low mark, without a limit, so that a long
+/// writer is waited out while no window is open (an open window holds the keys of every
+/// change of the table). A cancellation of the backfill is looked for once a second.
 pub async fn wait_for_writers(
     c: &mut Connection,
     table: &TableName,
-    cancel: CancelCheck<'_>,
+    cancel: &CancelCheck<'_>,
+    limit: Option<Duration>,
 ) -> Result<Waited, SourceError> {
     let listed = writers(c, table).await?;
     if listed.is_empty() {
@@ -129,6 +136,9 @@ pub async fn wait_for_writers(
         vxids = running(c, &vxids).await?;
         if vxids.is_empty() {
             return Ok(Waited::Clear);
+        }
+        if limit.is_some_and(|l| started.elapsed() >= l) {
+            return Ok(Waited::TimedOut);
         }
         let pids = || {
             listed
