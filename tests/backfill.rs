@@ -482,6 +482,91 @@ async fn a_write_committed_before_the_low_mark_but_not_yet_visible_is_waited_for
     s.finish().await;
 }
 
+/// An update of `id` that commits (its record in the WAL, published) but stays invisible until
+/// the synchronous standby answers (`synchronous_standby_names = 'ghost'` never does): the
+/// task that ends with it, and its backend's pid.
+async fn held_update(url: &str, id: i32) -> (tokio::task::JoinHandle<()>, i32) {
+    let held = connect(url).await;
+    let pid: i32 = held
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let task = tokio::spawn(async move {
+        held.batch_execute(&format!(
+            "SET synchronous_commit = on; UPDATE items SET v = nextval('ver') WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+    });
+    (task, pid)
+}
+
+/// A writer that begins while the worker waits before the low mark, and is still committing
+/// after it: the chunk is abandoned after a second (its window closed rather than left open
+/// for as long as the writer runs) and read once the writer's update is visible; the start of
+/// the backfill is announced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_outlasts_the_wait_after_the_low_mark_restarts_the_chunk() {
+    let s = Scene::with(
+        ITEMS,
+        &["public.items"],
+        Setup {
+            conf: &[
+                "synchronous_standby_names = 'ghost'",
+                "synchronous_commit = local",
+            ],
+            ..Setup::default()
+        },
+    )
+    .await;
+    s.sql("INSERT INTO items SELECT g, 0, 'seed' FROM generate_series(1, 100) g")
+        .await;
+    let relay = s.start_streaming().await;
+    let mut model = Model::default();
+    let (first, first_pid) = held_update(&s.url(), 7).await;
+    model.apply(&s.queue().take(1, T).await[0]);
+    backfill(&s, &["public.items"]);
+    relay
+        .wait_log("backfill waits for transactions writing public.items", T)
+        .await;
+    // Begins after the worker listed the writers it waits for before the low mark.
+    let (second, _) = held_update(&s.url(), 8).await;
+    let published = s.queue().take(1, T).await;
+    assert_eq!(published[0].body["key"]["id"], 8);
+    model.apply(&published[0]);
+    // The first writer's wait ends (its transaction is committed and becomes visible).
+    s.sql(&format!("SELECT pg_cancel_backend({first_pid})"))
+        .await;
+    first.await.unwrap();
+    relay
+        .wait_log("a writer outlasted the wait after the low mark", T)
+        .await;
+    let early = s.queue().drain(Duration::from_secs(2)).await;
+    for m in &early {
+        model.apply(m);
+    }
+    assert!(
+        early.iter().all(|m| m.body["op"] != "read"),
+        "read while a committed write was invisible"
+    );
+    s.client
+        .batch_execute("ALTER SYSTEM SET synchronous_standby_names = ''")
+        .await
+        .unwrap();
+    s.sql("SELECT pg_reload_conf()").await;
+    second.await.unwrap();
+    let status = wait_finished(&s).await;
+    assert!(status.contains("finished"), "{status}");
+    s.sql("SELECT 1").await;
+    let after = s.lsn().await;
+    consume_until(&s, &mut model, after).await;
+    assert_eq!(model.reads, 100);
+    assert!(model.rows == table_rows(&s.client).await);
+    assert_eq!(model.controls, ["backfill_started", "backfill_finished"]);
+    s.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_initial_snapshot_of_a_new_slot_delivers_existing_rows_then_every_change() {
     let s = Scene::new(ITEMS, &["public.items"]).await;

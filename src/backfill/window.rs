@@ -44,6 +44,9 @@ pub struct Windows {
     open: Option<Open>,
     /// Chunks the worker handed over, waiting for their high mark.
     chunks: HashMap<(i64, i64), Chunk>,
+    /// The backfill whose start was announced last: the first chunk's low mark comes again
+    /// after an abandoned attempt, and the start is announced once.
+    announced: Option<i64>,
 }
 
 /// A high mark of this session arrived and its chunk was never handed over: the worker
@@ -61,6 +64,7 @@ impl Windows {
             session,
             open: None,
             chunks: HashMap::new(),
+            announced: None,
         }
     }
 
@@ -107,11 +111,14 @@ impl Windows {
                     keys: HashSet::new(),
                     truncated: false,
                 });
-                Ok(if mark.rows == 0 && mark.chunk == 0 {
-                    Step::Started(mark)
-                } else {
-                    Step::None
-                })
+                Ok(
+                    if mark.rows == 0 && mark.chunk == 0 && self.announced != Some(mark.backfill) {
+                        self.announced = Some(mark.backfill);
+                        Step::Started(mark)
+                    } else {
+                        Step::None
+                    },
+                )
             }
             MarkKind::High => {
                 let open = self
@@ -247,6 +254,13 @@ mod tests {
             Ok(Step::None)
         ));
         assert!(!w.watching("public", "t"));
+        // The first chunk's low mark again after an abandoned attempt: announced once.
+        let mut w = Windows::new("s".into());
+        for announce in [true, false] {
+            let step = w.mark(mark("s", 0, MarkKind::Low));
+            assert_eq!(matches!(step, Ok(Step::Started(_))), announce);
+            assert!(w.mark(mark("s", 0, MarkKind::Abandoned)).is_ok());
+        }
         assert!(matches!(
             w.mark(mark("s", 3, MarkKind::Finished)),
             Ok(Step::Finished(_))
