@@ -3,7 +3,6 @@
 //! or a hot standby waiting for the slot) and `/activez` (the active instance only), with a
 //! small JSON body saying why not. Nothing here reads row values or configuration secrets.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -23,19 +22,14 @@ struct State {
     health: Arc<Health>,
 }
 
-/// Binds `addr` (an error names it) and serves until `shutdown` turns true.
+/// Serves on `listener` (bound by `preflight::check` before anything else happens) until
+/// `shutdown` turns true.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} (http.listen): {e}"),
-        )
-    })?;
     info!(listen = %listener.local_addr()?, "serving /metrics, /healthz, /readyz and /activez");
     let app = Router::new()
         .route("/metrics", get(metrics_text))

@@ -18,6 +18,7 @@
 //! - [`error`]: what an error means (reconnect, stand by, stop) and which side it is on.
 //! - [`secret`]: passwords that never print.
 //! - [`config`]: the TOML file and environment overrides, validated into typed values.
+//! - [`preflight`]: what `run` checks on this machine before it creates anything.
 //! - [`service`]: `walrelay run` as a library call (pipeline, HTTP, probe, progress line).
 //! - [`doctor`], [`status`], [`tail`]: the operator commands.
 
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod position_file;
+pub mod preflight;
 pub mod probe;
 pub mod secret;
 pub mod service;

@@ -19,6 +19,9 @@ use crate::pipeline::{self, Observers, RunError};
 pub enum ServiceError {
     #[error("HTTP endpoint failed: {0}")]
     Http(#[source] std::io::Error),
+    /// A local precondition failed before anything was created (`preflight`).
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     #[error(transparent)]
     Run(#[from] RunError),
 }
@@ -26,6 +29,9 @@ pub enum ServiceError {
 /// Runs until `shutdown` becomes true (Ok) or a permanent error.
 pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), ServiceError> {
     info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.source.slot, "walrelay starting");
+    // Everything that depends only on this machine first: a taken port or an unreadable file
+    // must stop walrelay before it creates a slot that would retain WAL with nobody reading.
+    let listener = crate::preflight::check(&settings).await?;
     let metrics = Arc::new(Metrics::for_heartbeats(
         settings.service.heartbeat_interval.is_some(),
     ));
@@ -46,9 +52,9 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         let _ = forward.send(true);
     });
     let (http_err_tx, mut http_err_rx) = tokio::sync::mpsc::channel::<std::io::Error>(1);
-    if let Some(addr) = settings.service.http_listen {
+    if let Some(listener) = listener {
         let listener = crate::http::serve(
-            addr,
+            listener,
             Arc::clone(&metrics),
             Arc::clone(&health),
             stop_rx.clone(),

@@ -139,3 +139,85 @@ async fn an_unbound_routing_key_fails_doctor_and_readyz_names_it() {
     assert_eq!(got[0].body["key"]["id"], 1);
     s.finish().await;
 }
+
+/// Counts the scene's slot and publication in PostgreSQL.
+async fn created(s: &Scene) -> (i64, i64) {
+    let row = s
+        .client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1), \
+                    (SELECT count(*) FROM pg_publication WHERE pubname = $1)",
+            &[&s.slot],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_or_an_unusable_state_file_stops_run_before_it_creates_anything() {
+    let s = Scene::new("CREATE TABLE a (id int PRIMARY KEY);", &["public.a"]).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    s.set("http", "listen", &format!("\"{addr}\""));
+    let (passed, text) = doctor(&s);
+    assert!(!passed, "{text}");
+    assert!(
+        text.contains(&format!(
+            "FAIL walrelay: http.listen {addr} cannot be bound"
+        )) && text.contains("another program holds it"),
+        "{text}"
+    );
+    let started = std::time::Instant::now();
+    let log = run_fails(&s).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        log.contains(&format!("cannot listen on {addr} (http.listen)"))
+            && log.contains("nothing was created"),
+        "{log}"
+    );
+    assert_eq!(
+        created(&s).await,
+        (0, 0),
+        "a slot or publication was created"
+    );
+
+    // The same for a position file whose directory does not exist.
+    drop(taken);
+    let missing = s.dir.path().join("no-such-dir/position");
+    s.set(
+        "service",
+        "state_file",
+        &format!("{:?}", missing.display().to_string()),
+    );
+    let (passed, text) = doctor(&s);
+    assert!(!passed, "{text}");
+    assert!(
+        text.contains(&format!("http.listen {addr} is free"))
+            && text.contains("FAIL walrelay: service.state_file"),
+        "{text}"
+    );
+    let log = run_fails(&s).await;
+    assert!(
+        log.contains("service.state_file") && log.contains("does not take a new file"),
+        "{log}"
+    );
+    assert_eq!(
+        created(&s).await,
+        (0, 0),
+        "a slot or publication was created"
+    );
+
+    // With both fixed, walrelay creates them and streams.
+    std::fs::create_dir(missing.parent().unwrap()).unwrap();
+    let (passed, text) = doctor(&s);
+    assert!(passed, "{text}");
+    let relay = s.start_streaming().await;
+    assert_eq!(created(&s).await, (1, 1));
+    drop(relay);
+    s.finish().await;
+}

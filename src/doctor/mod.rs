@@ -2,12 +2,15 @@
 //! nothing is created or changed (RabbitMQ exchanges are probed passively). One line per
 //! finding; the exit code is 1 when any finding is a failure.
 //!
+//! - `walrelay`: this machine — the HTTP port is free, the position file and the CA bundles
+//!   load (what `run` checks before it creates anything).
 //! - `postgres`: logical decoding, privileges, slot and sender headroom, WAL retention limits,
 //!   the publication and each table's replica identity.
 //! - `rabbitmq`: credentials, exchanges, bindings for every routing key the config can
 //!   produce, queue durability and type (through the management API).
 //! - `stream`: with `[stream]`, the stream port and each stream instead.
 
+mod local;
 mod postgres;
 mod rabbitmq;
 mod stream;
@@ -66,6 +69,7 @@ pub struct Streamed {
 /// Runs every check.
 pub async fn run(settings: &Settings) -> Vec<Finding> {
     let mut findings = Vec::new();
+    local::check(settings, &mut findings).await;
     let tables = postgres::check(settings, &mut findings).await;
     match &settings.sink.stream {
         Some(stream_settings) => stream::check(settings, stream_settings, &mut findings).await,

@@ -11,6 +11,7 @@
 
 pub mod stream;
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -37,18 +38,157 @@ pub struct TailOptions {
     pub idle_timeout: Option<Duration>,
 }
 
+/// Longest wait between two reconnection attempts while the broker is away.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// What survives a reconnection: the counts, and the ids already printed.
+struct Progress {
+    printed: u64,
+    /// When the last message arrived (or tail started): the idle timeout counts from here.
+    last: Instant,
+    /// Message ids printed so far from a named queue. After a reconnection the broker
+    /// redelivers what tail had peeked (or printed but not yet acknowledged); those are not
+    /// printed twice. A temporary queue dies with its connection, so it never redelivers.
+    seen: HashSet<String>,
+}
+
+/// How one connection ended.
+enum Ended {
+    /// The count or the idle timeout was reached.
+    Done,
+    /// The connection failed after it consumed; `subscribed` is false when it failed before.
+    Lost { error: AmqpError, subscribed: bool },
+}
+
 /// Consumes until `count` messages, the idle timeout, or an error. Returns how many it printed.
+///
+/// A broker that restarts, or a connection that breaks, after tail has started consuming does
+/// not end it: tail says so on stderr and connects again (every second at first, then up to
+/// every [`RECONNECT_MAX`]) until the broker is back. Only a failure before the first
+/// subscription (a wrong password, a missing queue) ends it with an error.
 pub async fn run(
     settings: &Settings,
     opts: &TailOptions,
     out: &mut dyn Write,
 ) -> Result<u64, AmqpError> {
-    let (link, _signals) = Link::open(
+    let mut progress = Progress {
+        printed: 0,
+        last: Instant::now(),
+        seen: HashSet::new(),
+    };
+    let mut consumed_once = false;
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let error = match consume(settings, opts, out, &mut progress).await {
+            Ended::Done => return Ok(progress.printed),
+            Ended::Lost { error, subscribed } => {
+                if subscribed {
+                    if opts.queue.is_none() {
+                        eprintln!(
+                            "walrelay tail: connection lost ({error}); reconnecting: events published until then are not shown (the temporary queue went with the connection)"
+                        );
+                    } else {
+                        eprintln!("walrelay tail: connection lost ({error}); reconnecting");
+                    }
+                    consumed_once = true;
+                    delay = Duration::from_secs(1);
+                }
+                error
+            }
+        };
+        if !consumed_once {
+            return Err(error);
+        }
+        if opts
+            .idle_timeout
+            .is_some_and(|t| progress.last.elapsed() > t)
+        {
+            return Err(error);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// One connection: subscribe, then print until done or the connection fails.
+async fn consume(
+    settings: &Settings,
+    opts: &TailOptions,
+    out: &mut dyn Write,
+    progress: &mut Progress,
+) -> Ended {
+    let lost = |error, subscribed| Ended::Lost { error, subscribed };
+    let link = match Link::open(
         &settings.sink.url,
         "walrelay tail",
         settings.sink.confirm_timeout,
     )
-    .await?;
+    .await
+    {
+        Ok((link, _signals)) => link,
+        Err(e) => return lost(e, false),
+    };
+    let (ch, queue, ack) = match setup(&link, settings, opts).await {
+        Ok(v) => v,
+        Err(e) => {
+            link.close().await;
+            return lost(e, false);
+        }
+    };
+    let ended = loop {
+        if opts.count.is_some_and(|c| progress.printed >= c) {
+            break Ended::Done;
+        }
+        if opts
+            .idle_timeout
+            .is_some_and(|t| progress.last.elapsed() > t)
+        {
+            break Ended::Done;
+        }
+        let got = match ch
+            .basic_get(BasicGetArguments::new(&queue).no_ack(false).finish())
+            .await
+        {
+            Ok(got) => got,
+            Err(e) => break lost(link.explain("reading the queue", e), true),
+        };
+        match got {
+            Some((get, props, body)) => {
+                let id = props.message_id().cloned();
+                let repeat = opts.queue.is_some()
+                    && id.as_ref().is_some_and(|id| progress.seen.contains(id));
+                if !repeat {
+                    let body = String::from_utf8_lossy(&body);
+                    let _ = writeln!(out, "{} {}", get.routing_key(), body);
+                    let _ = out.flush();
+                    if let (Some(id), Some(_)) = (id, &opts.queue) {
+                        progress.seen.insert(id);
+                    }
+                    progress.printed += 1;
+                    progress.last = Instant::now();
+                }
+                if ack
+                    && let Err(e) = ch
+                        .basic_ack(BasicAckArguments::new(get.delivery_tag(), false))
+                        .await
+                {
+                    break lost(link.explain("acknowledging", e), true);
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    // Closing returns every unacknowledged (peeked) message to its queue and deletes ours.
+    link.close().await;
+    ended
+}
+
+/// Declares the exchange, then the queue to read, and binds it.
+async fn setup(
+    link: &Link,
+    settings: &Settings,
+    opts: &TailOptions,
+) -> Result<(Channel, String, bool), AmqpError> {
     let exchange = settings.sink.exchange.as_str();
     let ch = link.channel().await?;
     ch.exchange_declare(
@@ -58,39 +198,8 @@ pub async fn run(
     )
     .await
     .map_err(|e| link.explain("declaring the exchange", e))?;
-    let (queue, ack) = subscribe(&link, &ch, exchange, opts).await?;
-    let mut printed = 0;
-    let mut last = Instant::now();
-    loop {
-        if opts.count.is_some_and(|c| printed >= c) {
-            break;
-        }
-        if opts.idle_timeout.is_some_and(|t| last.elapsed() > t) {
-            break;
-        }
-        let got = ch
-            .basic_get(BasicGetArguments::new(&queue).no_ack(false).finish())
-            .await
-            .map_err(|e| link.explain("reading the queue", e))?;
-        match got {
-            Some((get, _props, body)) => {
-                let body = String::from_utf8_lossy(&body);
-                let _ = writeln!(out, "{} {}", get.routing_key(), body);
-                let _ = out.flush();
-                if ack {
-                    ch.basic_ack(BasicAckArguments::new(get.delivery_tag(), false))
-                        .await
-                        .map_err(|e| link.explain("acknowledging", e))?;
-                }
-                printed += 1;
-                last = Instant::now();
-            }
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    // Closing returns every unacknowledged (peeked) message to its queue and deletes ours.
-    link.close().await;
-    Ok(printed)
+    let (queue, ack) = subscribe(link, &ch, exchange, opts).await?;
+    Ok((ch, queue, ack))
 }
 
 /// Declares (or finds) the queue to read and binds it; says on stderr what will be shown.
