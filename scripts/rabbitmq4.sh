@@ -11,10 +11,11 @@
 #   scripts/rabbitmq4.sh resume   SIGCONT the node
 #   scripts/rabbitmq4.sh status   exit 0 when the node answers
 #
-# Ports: AMQP 5673, stream 5553, stream over TLS 5554, management 15673, distribution 25673,
-# its own epmd on 4370 (the system node keeps 5672/5552/15672/25672/4369). Credentials
+# Ports: AMQP 5673, stream 5553, stream over TLS 5554, management 15673 (https: 15674),
+# distribution 25673, its own epmd on 4370 (the system node keeps 5672/5552/15672/25672/4369). Credentials
 # guest/guest (from 127.0.0.1). The TLS listener serves a certificate for localhost signed by
-# a test CA made here once: $ROOT/etc/rabbitmq/tls/ca.pem (tests of stream TLS read it).
+# a test CA made here once: $ROOT/etc/rabbitmq/tls/ca.pem (tests of stream TLS and of the
+# management API over https read it).
 # The root is kept in $WALRELAY_RABBITMQ4_ROOT (default /var/cache/walrelay/rabbitmq4-root);
 # building it takes about a minute and needs Debian's package mirror.
 # WALRELAY_RABBITMQ4_EXTRA_CONF: lines appended to rabbitmq.conf (a test's setting, e.g.
@@ -26,7 +27,7 @@ trap 'echo "rabbitmq4.sh: the command at line $LINENO failed (exit $?)" >&2' ERR
 
 ROOT=${WALRELAY_RABBITMQ4_ROOT:-/var/cache/walrelay/rabbitmq4-root}
 MIRROR=${WALRELAY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-AMQP_PORT=5673 STREAM_PORT=5553 STREAM_TLS_PORT=5554 MGMT_PORT=15673 DIST_PORT=25673 EPMD_PORT=4370
+AMQP_PORT=5673 STREAM_PORT=5553 STREAM_TLS_PORT=5554 MGMT_PORT=15673 MGMT_TLS_PORT=15674 DIST_PORT=25673 EPMD_PORT=4370
 NODE=rabbit4@localhost
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -83,6 +84,11 @@ ssl_options.verify = verify_none
 ssl_options.fail_if_no_peer_cert = false
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $MGMT_PORT
+management.ssl.ip = 127.0.0.1
+management.ssl.port = $MGMT_TLS_PORT
+management.ssl.cacertfile = /etc/rabbitmq/tls/ca.pem
+management.ssl.certfile = /etc/rabbitmq/tls/server.pem
+management.ssl.keyfile = /etc/rabbitmq/tls/server.key
 ${WALRELAY_RABBITMQ4_EXTRA_CONF:-}
 CONF
   echo '[rabbitmq_management,rabbitmq_stream,rabbitmq_stream_management].' | as_root tee "$ROOT/etc/rabbitmq/enabled_plugins" >/dev/null

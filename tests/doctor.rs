@@ -221,3 +221,162 @@ async fn a_taken_port_or_an_unusable_state_file_stops_run_before_it_creates_anyt
     drop(relay);
     s.finish().await;
 }
+
+/// A request to the test broker's management API as guest (an administrator); the status code.
+fn management(method: &str, path: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let port = if amqp_url().contains(":5673/") {
+        15673
+    } else {
+        15672
+    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_rabbitmq_users_permissions_and_the_api_users_tags() {
+    let s = Scene::new("CREATE TABLE a (id int PRIMARY KEY);", &["public.a"]).await;
+    let user = unique("wruser");
+    let mport = if amqp_url().contains(":5673/") {
+        15673
+    } else {
+        15672
+    };
+    assert!(
+        management(
+            "PUT",
+            &format!("/api/users/{user}"),
+            r#"{"password":"pw","tags":""}"#
+        ) < 300
+    );
+    let permit = |configure: &str| {
+        let body = format!(
+            r#"{{"configure":"{configure}","write":"^{}$","read":"^$"}}"#,
+            s.exchange
+        );
+        assert!(management("PUT", &format!("/api/permissions/%2F/{user}"), &body) < 300);
+    };
+    permit("^$");
+    s.set(
+        "rabbitmq",
+        "url",
+        &format!("\"amqp://{user}:pw@{}/%2f\"", amqp_addr()),
+    );
+    s.set(
+        "rabbitmq",
+        "management_url",
+        &format!("\"http://guest:guest@127.0.0.1:{mport}\""),
+    );
+    let (passed, text) = doctor(&s);
+    assert!(!passed, "{text}");
+    assert!(
+        text.contains(&format!(
+            "FAIL rabbitmq: user {user} lacks the configure permission on exchange \"{}\"",
+            s.exchange
+        )) && text.contains("give")
+            && text.contains("the configure permission on it"),
+        "{text}"
+    );
+    permit(&format!("^{}$", s.exchange));
+    let (passed, text) = doctor(&s);
+    assert!(passed, "{text}");
+    assert!(
+        text.contains(&format!(
+            "ok   rabbitmq: user {user} may declare and publish to exchange \"{}\"",
+            s.exchange
+        )) && text.contains("walrelay may declare it (configure permission)"),
+        "{text}"
+    );
+    // The permissions docs/operations.md gives are enough to stream.
+    let relay = s.start_streaming().await;
+    s.sql("INSERT INTO a VALUES (7);").await;
+    let got = s.queue().take_distinct(1, T).await;
+    assert_eq!(got[0].body["key"]["id"], 7);
+    drop(relay);
+    // The API read with walrelay's own user: without a tag it may not use the API at all,
+    // with `management` it may, but the alarm check needs `monitoring`.
+    s.set(
+        "rabbitmq",
+        "management_url",
+        &format!("\"http://{user}:pw@127.0.0.1:{mport}\""),
+    );
+    let (_, text) = doctor(&s);
+    assert!(text.contains("refused /api/whoami"), "{text}");
+    management(
+        "PUT",
+        &format!("/api/users/{user}"),
+        r#"{"password":"pw","tags":"management"}"#,
+    );
+    let (_, text) = doctor(&s);
+    assert!(
+        text.contains(&format!(
+            "WARN rabbitmq: management API user {user} has the tags [management]"
+        )) && text.contains("needs the monitoring tag"),
+        "{text}"
+    );
+    management("DELETE", &format!("/api/users/{user}"), "");
+    s.finish().await;
+}
+
+/// `rabbitmq.management_url` over https: RabbitMQ 4 of `scripts/rabbitmq4.sh` serves its
+/// management API with TLS on 15674 (a certificate for localhost signed by the script's test
+/// CA). doctor reads bindings through it with the certificate checked, and refuses it without
+/// the CA (the certificate is verified, never trusted blindly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reads_the_management_api_over_https() {
+    let root = std::env::var("WALRELAY_RABBITMQ4_ROOT")
+        .unwrap_or_else(|_| "/var/cache/walrelay/rabbitmq4-root".into());
+    let ca = format!("{root}/etc/rabbitmq/tls/ca.pem");
+    assert!(
+        std::path::Path::new(&ca).exists(),
+        "{ca}: the test CA (scripts/rabbitmq4.sh start makes it)"
+    );
+    let rmq4 = "amqp://guest:guest@127.0.0.1:5673/%2f";
+    let s = Scene::with(
+        "CREATE TABLE a (id int PRIMARY KEY);",
+        &["public.a"],
+        common::scene::Setup {
+            consumer: common::scene::Consumer::Absent,
+            amqp_url: rmq4,
+            ..Default::default()
+        },
+    )
+    .await;
+    let queue = TestQueue::on(rmq4, &s.exchange, Some("#"), FieldTable::new()).await;
+    s.set(
+        "rabbitmq",
+        "management_url",
+        &format!("\"https://guest:guest@localhost:15674?cacertfile={ca}\""),
+    );
+    let (passed, text) = doctor(&s);
+    assert!(passed, "{text}");
+    assert!(
+        text.contains("every routing key is bound")
+            && text.contains("management API user guest has the administrator tag"),
+        "{text}"
+    );
+    // Without the CA the system roots do not know the test CA: refused, and said.
+    s.set(
+        "rabbitmq",
+        "management_url",
+        "\"https://guest:guest@localhost:15674\"",
+    );
+    let (_, text) = doctor(&s);
+    assert!(
+        text.contains("management API at https://localhost:15674")
+            && !text.contains("every routing key is bound"),
+        "{text}"
+    );
+    queue.delete().await;
+    s.finish().await;
+}

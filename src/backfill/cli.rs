@@ -1,6 +1,7 @@
 //! `walrelay backfill`: records a request (checked first: the table exists, streams and has a
-//! key), cancels one, or lists them. It talks only to PostgreSQL: whichever instance holds the
-//! slot picks the request up, including a standby after it takes over.
+//! key, and walrelay's role may read it and record progress), cancels one, or lists them. It
+//! talks only to PostgreSQL: whichever instance holds the slot picks the request up, including
+//! a standby after it takes over.
 
 use super::store::{self, Record};
 use crate::config::Settings;
@@ -117,6 +118,17 @@ async fn check(
         return refused(format!(
             "{table} has no primary key or unique NOT NULL index among its published columns: \
              its rows can be neither read in key order nor matched with their changes"
+        ));
+    }
+    let missing =
+        super::privileges::missing(c, &settings.backfill.schema, std::slice::from_ref(table))
+            .await?;
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        return refused(format!(
+            "walrelay's role ({}) cannot backfill {table}: {}. Run the GRANT as the table's owner or a superuser, then ask again (nothing was recorded)",
+            settings.source.conn.user,
+            list.join("; ")
         ));
     }
     if let Some(w) = where_clause {

@@ -17,6 +17,7 @@
 //!   most the chunk in flight, with identical ids.
 
 pub mod cli;
+pub mod privileges;
 pub mod store;
 pub mod window;
 pub mod worker;

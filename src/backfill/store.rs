@@ -48,9 +48,31 @@ fn table_sql(schema: &str) -> String {
 
 /// Creates the schema and table when missing (two instances may race: the loser's error is
 /// a duplicate, and the table exists either way).
+///
+/// Each statement runs only when its object is missing: PostgreSQL checks `CREATE SCHEMA IF NOT
+/// EXISTS` against the database's `CREATE` privilege even when the schema exists, so a role
+/// given a schema of its own (`CREATE SCHEMA walrelay AUTHORIZATION walrelay`) and nothing on
+/// the database was refused with "permission denied for database".
 pub async fn ensure(conn: &mut Connection, schema: &str) -> Result<(), SourceError> {
+    if exists(conn, schema).await? {
+        return Ok(());
+    }
+    let schema_exists = cell(
+        conn.simple_query(&format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {})",
+            quote_literal(schema)
+        ))
+        .await?
+        .first(),
+        0,
+    ) == "t";
+    let create_schema = if schema_exists {
+        String::new()
+    } else {
+        format!("CREATE SCHEMA IF NOT EXISTS {}; ", quote_ident(schema))
+    };
     let sql = format!(
-        "CREATE SCHEMA IF NOT EXISTS {s}; \
+        "{create_schema}\
          CREATE TABLE IF NOT EXISTS {t} ( \
            id bigserial PRIMARY KEY, \
            slot text NOT NULL, \
@@ -69,7 +91,6 @@ pub async fn ensure(conn: &mut Connection, schema: &str) -> Result<(), SourceErr
            started_at timestamptz, \
            updated_at timestamptz NOT NULL DEFAULT now(), \
            finished_at timestamptz)",
-        s = quote_ident(schema),
         t = table_sql(schema)
     );
     match conn.simple_query(&sql).await {

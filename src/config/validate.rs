@@ -246,11 +246,11 @@ pub(super) fn sink_with(
         DEFAULT_CONFIRM_TIMEOUT_MS,
     )?;
     if let Some(m) = &raw.management_url
-        && !m.expose().starts_with("http://")
+        && let Err(why) = crate::sink::management::Api::from_url(m.expose())
     {
         return Err(ConfigError::new(
             "rabbitmq.management_url",
-            "must be an http:// URL of the management API".into(),
+            format!("must be the management API's http:// or https:// URL: {why}"),
         ));
     }
     Ok(SinkSettings {

@@ -1,4 +1,6 @@
-//! The doctor's PostgreSQL checks, over an ordinary connection with the configured URL.
+//! The doctor's PostgreSQL checks, over an ordinary connection with the configured URL: the
+//! server's settings, the role (replication, backfill grants, `pg_read_all_stats`), the slot,
+//! then the publication and its tables (`tables`).
 
 use super::{Finding, Level, Streamed};
 use crate::config::Settings;
@@ -22,12 +24,22 @@ pub async fn check(settings: &Settings, out: &mut Vec<Finding>) -> Vec<Streamed>
     let mut c = match Connection::connect(&settings.source.conn, false).await {
         Ok(c) => c,
         Err(e) => {
+            let conn = &settings.source.conn;
+            let why = crate::error::error_chain(&e);
+            // 42501 at connect: the database's CONNECT privilege (revoked from PUBLIC on
+            // hardened servers), not the password.
+            let hint = if e.sqlstate() == Some("42501") {
+                format!(
+                    "; as the database's owner: GRANT CONNECT ON DATABASE {} TO {};",
+                    crate::source::setup::quote_ident(&conn.dbname),
+                    crate::source::setup::quote_ident(&conn.user)
+                )
+            } else {
+                String::new()
+            };
             out.push(fail(format!(
-                "cannot connect to {}:{} as {}: {}",
-                settings.source.conn.host,
-                settings.source.conn.port,
-                settings.source.conn.user,
-                crate::error::error_chain(&e)
+                "cannot connect to {}:{} as {}: {why}{hint}",
+                conn.host, conn.port, conn.user
             )));
             return Vec::new();
         }
@@ -188,5 +200,68 @@ async fn checks(
         failover_checks(settings, c, out).await?;
     }
 
-    super::tables::check(settings, c, out).await
+    let tables = super::tables::check(settings, c, out).await?;
+    backfill_grants(settings, c, &tables, out).await?;
+    stats_grant(c, &who, out).await?;
+    Ok(tables)
+}
+
+/// What `walrelay backfill` (and `[snapshot]`) needs: SELECT on every streamed table and a
+/// usable progress table. A failure: a backfill is the way back for a consumer that lost its
+/// state, and must not wait for a grant on the day it is needed.
+async fn backfill_grants(
+    settings: &Settings,
+    c: &mut Connection,
+    tables: &[Streamed],
+    out: &mut Vec<Finding>,
+) -> Result<(), SourceError> {
+    let names: Vec<crate::source::setup::TableName> = tables
+        .iter()
+        .map(|t| crate::source::setup::TableName {
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+        })
+        .collect();
+    let schema = &settings.backfill.schema;
+    let missing = crate::backfill::privileges::missing(c, schema, &names).await?;
+    if missing.is_empty() {
+        out.push(ok(format!(
+            "backfill: the role may read {} and record progress in schema {schema}",
+            match names.len() {
+                1 => "the streamed table".to_owned(),
+                n => format!("the {n} streamed tables"),
+            }
+        )));
+    }
+    for m in missing {
+        out.push(fail(format!("backfill: {m}")));
+    }
+    Ok(())
+}
+
+/// `pg_read_all_stats` (or `pg_monitor`): without it the role sees no other role's session
+/// state, so `status` cannot show the walsender and a backfill waits for sessions idle in
+/// their transaction as if they were writing (docs/backfill.md).
+async fn stats_grant(
+    c: &mut Connection,
+    who: &str,
+    out: &mut Vec<Finding>,
+) -> Result<(), SourceError> {
+    let r = one(
+        c,
+        "SELECT r.rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') \
+         FROM pg_roles r WHERE r.rolname = current_user",
+    )
+    .await?;
+    if col(&r, 0) == "t" {
+        out.push(ok(format!(
+            "role {who} may read all sessions' state (pg_read_all_stats)"
+        )));
+    } else {
+        out.push(warn(format!(
+            "role {who} cannot see other roles' sessions: status shows no walsender details and a backfill waits for sessions idle in a transaction; GRANT pg_read_all_stats TO {};",
+            crate::source::setup::quote_ident(who)
+        )));
+    }
+    Ok(())
 }

@@ -1,10 +1,13 @@
 //! A minimal client for RabbitMQ's management HTTP API (`GET` with basic auth, JSON back),
-//! enough for the doctor's binding and queue checks and the publisher's alarm check.
-//! HTTP/1.0 keeps the response unchunked.
+//! enough for the doctor's binding, queue and permission checks and the publisher's alarm
+//! check. HTTP/1.0 keeps the response unchunked. `https://` verifies the server's certificate
+//! (chain and host name) against `?cacertfile=` when given, else webpki's and the system's
+//! roots, as `amqps://` does.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Where the API is and how to authenticate.
@@ -13,36 +16,80 @@ pub struct Api {
     pub port: u16,
     pub user: String,
     pub password: String,
+    /// `Some` for `https://`: the TLS client configuration, built (and its CA file read) once.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Never the password.
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Api({} as {})", self.describe(), self.user)
+    }
 }
 
 impl Api {
-    /// From `http://user:pass@host:port`.
-    pub fn from_url(url: &str) -> Option<Api> {
-        let u = url::Url::parse(url).ok()?;
-        if u.scheme() != "http" {
-            return None;
+    /// From `http://user:pass@host:port` or `https://user:pass@host:port[?cacertfile=/ca.pem]`;
+    /// the error says what is wrong without repeating the URL (it holds a password).
+    pub fn from_url(url: &str) -> Result<Api, String> {
+        let u = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        let https = match u.scheme() {
+            "http" => false,
+            "https" => true,
+            other => return Err(format!("scheme {other:?} is not http or https")),
+        };
+        let mut ca_file = None;
+        for (k, v) in u.query_pairs() {
+            match k.as_ref() {
+                "cacertfile" if https => ca_file = Some(std::path::PathBuf::from(v.as_ref())),
+                "cacertfile" => return Err("cacertfile needs an https:// URL".to_owned()),
+                other => return Err(format!("unknown URL parameter {other:?}")),
+            }
         }
-        Some(Api {
-            host: u.host_str()?.to_owned(),
-            port: u.port().unwrap_or(15672),
+        let tls = if https {
+            let config = crate::source::tls::client_config(
+                crate::source::params::SslMode::VerifyFull,
+                ca_file.as_deref(),
+            )
+            .map_err(|e| e.to_string())?;
+            Some(config)
+        } else {
+            None
+        };
+        Ok(Api {
+            host: u.host_str().ok_or("the URL names no host")?.to_owned(),
+            port: u.port().unwrap_or(if https { 15671 } else { 15672 }),
             user: percent(u.username()),
             password: percent(u.password().unwrap_or("")),
+            tls,
         })
+    }
+
+    /// `http(s)://host:port`, for messages (never the credentials).
+    pub fn describe(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.port)
     }
 
     /// `GET path` → parsed JSON, or why not (status line or I/O error; never the password).
     pub async fn get(&self, path: &str) -> Result<serde_json::Value, String> {
+        let auth = base64(format!("{}:{}", self.user, self.password).as_bytes());
+        let req = format!(
+            "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Basic {auth}\r\nAccept: application/json\r\n\r\n",
+            self.host
+        );
         let io = async {
-            let mut s = TcpStream::connect((self.host.as_str(), self.port)).await?;
-            let auth = base64(format!("{}:{}", self.user, self.password).as_bytes());
-            let req = format!(
-                "GET {path} HTTP/1.0\r\nHost: {}\r\nAuthorization: Basic {auth}\r\nAccept: application/json\r\n\r\n",
-                self.host
-            );
-            s.write_all(req.as_bytes()).await?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await?;
-            Ok::<_, std::io::Error>(buf)
+            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            match &self.tls {
+                None => exchange(tcp, req.as_bytes()).await,
+                Some(config) => {
+                    let name = crate::source::tls::server_name(&self.host)
+                        .map_err(std::io::Error::other)?;
+                    let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                        .connect(name, tcp)
+                        .await?;
+                    exchange(tls, req.as_bytes()).await
+                }
+            }
         };
         let buf = tokio::time::timeout(Duration::from_secs(10), io)
             .await
@@ -58,6 +105,22 @@ impl Api {
             return Err(status);
         }
         serde_json::from_slice(&buf[split + 4..]).map_err(|e| format!("invalid JSON: {e}"))
+    }
+}
+
+/// Writes the request and reads the whole response (HTTP/1.0: the server closes after it).
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    req: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    s.write_all(req).await?;
+    let mut buf = Vec::new();
+    match s.read_to_end(&mut buf).await {
+        Ok(_) => Ok(buf),
+        // Many servers close TLS without a close_notify once the response is sent: what was
+        // read is the whole response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(buf),
+        Err(e) => Err(e),
     }
 }
 
@@ -114,6 +177,17 @@ mod tests {
             (api.user.as_str(), api.password.as_str(), api.port),
             ("us@r", "p:ss", 15673)
         );
-        assert!(Api::from_url("https://h").is_none());
+        let tls = Api::from_url("https://u:p@h").unwrap();
+        assert_eq!(
+            (tls.port, tls.describe().as_str()),
+            (15671, "https://h:15671")
+        );
+        assert!(
+            Api::from_url("ftp://h")
+                .unwrap_err()
+                .contains("not http or https")
+        );
+        assert!(Api::from_url("http://h?cacertfile=/x").is_err());
+        assert!(Api::from_url("https://h?cacertfile=/no/such/file.pem").is_err());
     }
 }

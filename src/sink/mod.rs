@@ -159,7 +159,7 @@ impl SinkSettings {
             },
             |u| u.expose().to_owned(),
         );
-        Api::from_url(&url)
+        Api::from_url(&url).ok()
     }
 }
 
