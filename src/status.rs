@@ -1,5 +1,8 @@
 //! `walrelay status`: the slot's state as PostgreSQL sees it, read over plain SQL so it works
-//! from anywhere, including while walrelay runs on another machine (like `pgqadm status`).
+//! from anywhere, including while walrelay runs on another machine (like `pgqadm status`);
+//! and, when the configured `http.listen` answers from here, what the running walrelay says
+//! of itself (`/readyz`): streaming, or why it holds the stream (an unroutable message, a
+//! nack, a broker or database it cannot reach).
 
 use serde_json::{Value, json};
 
@@ -26,6 +29,66 @@ pub struct Report {
     pub excluded: Vec<String>,
     /// The slot's backfills, newest first (empty before the first request).
     pub backfills: Vec<crate::backfill::store::Record>,
+    /// The running walrelay's own word, from `http.listen` (`None` when the endpoint is off).
+    pub relay: Option<Relay>,
+}
+
+/// What `/readyz` at the configured address answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Relay {
+    pub url: String,
+    pub answer: Answer,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Ready in its role (`active` or `standby`).
+    Ready { role: String },
+    /// Not ready, with `/readyz`'s reasons (why the stream is held).
+    NotReady { reasons: Vec<String> },
+    /// Nothing answered: walrelay is not running on this machine, or listens elsewhere.
+    Unreachable(String),
+}
+
+/// Asks the walrelay at `http.listen` (an unspecified address is asked on loopback).
+async fn ask_relay(settings: &Settings) -> Option<Relay> {
+    let mut addr = settings.service.http_listen?;
+    if addr.port() == 0 {
+        // A port the kernel picks at start cannot be known from the configuration.
+        return None;
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let url = format!("http://{addr}/readyz");
+    let get = url.clone();
+    let answer = match tokio::task::spawn_blocking(move || crate::http::http_get(&get)).await {
+        Ok(Ok((code, body))) => {
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let reasons: Vec<String> = v["reasons"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if code == 200 {
+                Answer::Ready {
+                    role: v["role"].as_str().unwrap_or("active").to_owned(),
+                }
+            } else {
+                Answer::NotReady { reasons }
+            }
+        }
+        Ok(Err(e)) => Answer::Unreachable(e.to_string()),
+        Err(e) => Answer::Unreachable(e.to_string()),
+    };
+    Some(Relay { url, answer })
 }
 
 const FIELDS: [&str; 12] = [
@@ -98,6 +161,7 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
         Vec::new()
     };
     c.close().await;
+    let relay = ask_relay(settings).await;
     let row = rows.into_iter().next();
     Ok(Report {
         slot: settings.source.slot.clone(),
@@ -119,6 +183,7 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
         unmatched,
         excluded,
         backfills,
+        relay,
     })
 }
 
@@ -139,7 +204,17 @@ impl Report {
             };
             slot.insert((*k).into(), value);
         }
+        let relay = self.relay.as_ref().map(|r| match &r.answer {
+            Answer::Ready { role } => {
+                json!({"url": r.url, "reachable": true, "ready": true, "role": role, "reasons": []})
+            }
+            Answer::NotReady { reasons } => {
+                json!({"url": r.url, "reachable": true, "ready": false, "reasons": reasons})
+            }
+            Answer::Unreachable(e) => json!({"url": r.url, "reachable": false, "error": e}),
+        });
         json!({
+            "relay": relay,
             "slot": slot,
             "publication": {
                 "name": self.publication,
@@ -166,6 +241,28 @@ impl Report {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<22}{v}\n"));
+        if let Some(r) = &self.relay {
+            match &r.answer {
+                Answer::Ready { role } if role == "standby" => line(
+                    "walrelay",
+                    &format!("standby: another instance holds the slot ({})", r.url),
+                ),
+                Answer::Ready { .. } => line("walrelay", &format!("streaming ({})", r.url)),
+                Answer::NotReady { reasons } => {
+                    line("walrelay", &format!("HELD: not streaming ({})", r.url));
+                    for why in reasons {
+                        line("  why", why);
+                    }
+                }
+                Answer::Unreachable(e) => line(
+                    "walrelay",
+                    &format!(
+                        "no answer at {} ({e}): not running on this machine, or on another http.listen",
+                        r.url
+                    ),
+                ),
+            }
+        }
         line("slot", &self.slot);
         if !self.exists {
             line(

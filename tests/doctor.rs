@@ -380,3 +380,67 @@ async fn doctor_reads_the_management_api_over_https() {
     queue.delete().await;
     s.finish().await;
 }
+
+/// After an unroutable message the stream resumes as soon as a binding appears, not at the
+/// next doubling retry (the reconnect delay here is 20 s): at once with the management API
+/// telling that the binding appeared, within `UNROUTABLE_WAIT_MAX` (5 s) without it. While
+/// held, `walrelay status` says why, as `/readyz` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_added_after_an_unroutable_message_is_used_within_seconds() {
+    let s = Scene::new("CREATE TABLE a (id int PRIMARY KEY);", &["public.a"]).await;
+    s.queue().unbind("#").await;
+    s.set("service", "reconnect_min_ms", "20000");
+    s.set("service", "reconnect_max_ms", "60000");
+    let port = free_port();
+    s.set("http", "listen", &format!("\"127.0.0.1:{port}\""));
+    for (api, within) in [
+        (true, Duration::from_secs(4)),
+        (false, Duration::from_secs(9)),
+    ] {
+        if !api {
+            // A management API that nobody serves: walrelay cannot see the binding appear.
+            s.set(
+                "rabbitmq",
+                "management_url",
+                &format!("\"http://guest:guest@127.0.0.1:{}\"", free_port()),
+            );
+        }
+        let relay = s.start_streaming().await;
+        let id = if api { 1 } else { 2 };
+        s.sql(&format!("INSERT INTO a VALUES ({id});")).await;
+        wait_for("readyz to name the unroutable message", T, || async {
+            let (code, body) = http_get(port, "/readyz");
+            (code == 503 && body.contains("unroutable")).then_some(())
+        })
+        .await;
+        let out = s.command(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("HELD: not streaming") && text.contains("returned unroutable"),
+            "{text}"
+        );
+        // Well into the 20 s delay, the operator binds a queue.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        s.queue().bind("#").await;
+        let bound = std::time::Instant::now();
+        let got = s.queue().take_distinct(1, T).await;
+        assert_eq!(got[0].body["key"]["id"], id);
+        assert!(
+            bound.elapsed() < within,
+            "api: {api}: the binding was used after {:?}",
+            bound.elapsed()
+        );
+        wait_for("status to say streaming", T, || async {
+            let out = s.command(&["status"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("streaming (http://127.0.0.1:{port}/readyz)"))
+                .then_some(())
+        })
+        .await;
+        // A clean stop confirms the position: the next round sees no replay of this one.
+        let mut relay = relay;
+        assert!(relay.terminate(T).is_some_and(|st| st.success()));
+        s.queue().unbind("#").await;
+    }
+    s.finish().await;
+}

@@ -470,7 +470,8 @@ fn backfill_checks(
         out.push(f(
             Level::Warn,
             format!(
-                "a backfill would hold the stream: no binding matches {} (bind them before `walrelay backfill`)",
+                "a backfill would hold the stream: `walrelay backfill` (a table's existing rows as `read` events, docs/backfill.md) \
+                 publishes on {}, which no binding matches; bind them before you ask for one",
                 unbound_reads.join(", ")
             ),
         ));
@@ -493,8 +494,8 @@ fn backfill_checks(
         out.push(f(
             Level::Warn,
             format!(
-                "control events of a backfill would hold the stream: exchange {exchange:?} has no binding for {} \
-                 (bind {}.# or set control.events = false)",
+                "a backfill would hold the stream: it announces its start and end as control events on {}, which exchange {exchange:?} \
+                 does not route; bind {}.# to the queue that should see them, or set control.events = false if no consumer needs them",
                 backfill.join(", "),
                 b.control_prefix
             ),

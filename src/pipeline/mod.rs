@@ -26,6 +26,7 @@ use crate::error::{Decision, error_chain};
 use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
+use crate::sink::{SinkError, routable};
 use crate::source::SourceError;
 
 /// State kept across sessions.
@@ -157,9 +158,33 @@ pub async fn run(
                 return Err(e);
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => {}
+        match &e {
+            // A binding added by the operator is used at once, not at the next retry.
+            RunError::Sink(SinkError::Unroutable {
+                exchange,
+                routing_key,
+                ..
+            }) => {
+                let api = settings.sink.management_api();
+                let waited = routable::wait(
+                    api.as_ref(),
+                    &settings.sink.url.vhost,
+                    exchange,
+                    routing_key,
+                    wait,
+                    &mut shutdown,
+                )
+                .await;
+                if waited == routable::Waited::Bound {
+                    info!(exchange = %exchange, "a binding for the unroutable message appeared: publishing again");
+                }
+            }
+            _ => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
         }
     }
 }

@@ -16,6 +16,8 @@ pub mod link;
 pub mod management;
 pub mod outlet;
 pub mod publisher;
+pub mod routable;
+pub mod topic;
 pub mod url;
 
 pub use link::{AmqpError, BrokerState, Link, Signal};
