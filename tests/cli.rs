@@ -9,17 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn walrelay(args: &[&str], config: &std::path::Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("DATABASE_URL")
-        .env_remove("AMQP_URL")
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn a_wrong_type_names_the_key_and_line_and_never_the_value() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,7 +31,7 @@ fn a_wrong_type_names_the_key_and_line_and_never_the_value() {
             ),
         )
         .unwrap();
-        let out = walrelay(&["check-config"], &path);
+        let out = walrelay(&path, &["check-config"]);
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.ends_with(expect), "{err:?}");
@@ -91,7 +80,7 @@ async fn a_server_without_tls_under_the_default_sslmode_says_what_to_do() {
             && log.contains("add sslmode=disable to postgres.url"),
         "{log}"
     );
-    let doctor = walrelay(&["doctor"], &cfg);
+    let doctor = walrelay(&cfg, &["doctor"]);
     let text = String::from_utf8_lossy(&doctor.stdout);
     assert!(text.contains("sslmode=disable"), "{text}");
 }

@@ -334,13 +334,7 @@ async fn doctor_checks_the_rabbitmq_users_permissions_and_the_api_users_tags() {
 /// the CA (the certificate is verified, never trusted blindly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_reads_the_management_api_over_https() {
-    let root = std::env::var("WALRELAY_RABBITMQ4_ROOT")
-        .unwrap_or_else(|_| "/var/cache/walrelay/rabbitmq4-root".into());
-    let ca = format!("{root}/etc/rabbitmq/tls/ca.pem");
-    assert!(
-        std::path::Path::new(&ca).exists(),
-        "{ca}: the test CA (scripts/rabbitmq4.sh start makes it)"
-    );
+    let ca = common::stream::rabbitmq4_ca();
     let rmq4 = "amqp://guest:guest@127.0.0.1:5673/%2f";
     let s = Scene::with(
         "CREATE TABLE a (id int PRIMARY KEY);",

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -77,17 +76,6 @@ fn config(pg: &PgCluster, dir: &std::path::Path, slot: &str, exchange: &str) -> 
     );
     config_set(&path, "postgres", "publication", "\"walrelay\"");
     path
-}
-
-fn walrelay(config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("DATABASE_URL")
-        .env_remove("AMQP_URL")
-        .output()
-        .unwrap()
 }
 
 /// What doctor says with `line` left out of the block.

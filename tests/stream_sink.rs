@@ -228,13 +228,7 @@ fn stream_arguments(stream: &str) -> serde_json::Value {
 /// publishing one included, are TLS with the certificate checked, and the changes arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_reach_the_stream_over_tls() {
-    let root = std::env::var("WALRELAY_RABBITMQ4_ROOT")
-        .unwrap_or_else(|_| "/var/cache/walrelay/rabbitmq4-root".into());
-    let ca = format!("{root}/etc/rabbitmq/tls/ca.pem");
-    assert!(
-        std::path::Path::new(&ca).exists(),
-        "{ca}: the test CA (scripts/rabbitmq4.sh start makes it)"
-    );
+    let ca = common::stream::rabbitmq4_ca();
     let s = StreamScene::new("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
     let (client, _slot, stream, cfg) = (&s.client, &s.slot, &s.stream, &s.cfg);
     s.use_url(&format!(

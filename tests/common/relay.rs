@@ -74,6 +74,20 @@ pub fn config_set(path: &Path, section: &str, key: &str, value: &str) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// Runs a walrelay subcommand (`doctor`, `backfill …`, `status`) with `config`, without the
+/// URLs of the environment, to its end.
+pub fn walrelay(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .env_remove("WALRELAY_TEST_AMQP_URL")
+        .output()
+        .unwrap()
+}
+
 impl Relay {
     pub fn start(config: &Path) -> Relay {
         Relay::start_env(config, &[])

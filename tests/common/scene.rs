@@ -189,14 +189,6 @@ impl Scene {
 
     /// Runs a walrelay subcommand (`status`, `doctor`, …) against this scene's config.
     pub fn command(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_walrelay"))
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove("DATABASE_URL")
-            .env_remove("AMQP_URL")
-            .env_remove("WALRELAY_TEST_AMQP_URL")
-            .output()
-            .unwrap()
+        walrelay(&self.config, args)
     }
 }

@@ -58,6 +58,19 @@ impl StreamScene {
 }
 
 /// `scripts/rabbitmq4.sh <how>`: restart, crash, pause, resume.
+/// The test CA of `scripts/rabbitmq4.sh` (its TLS listeners serve certificates for localhost
+/// signed by it): stream TLS on 5554, the management API over https on 15674.
+pub fn rabbitmq4_ca() -> String {
+    let root = std::env::var("WALRELAY_RABBITMQ4_ROOT")
+        .unwrap_or_else(|_| "/var/cache/walrelay/rabbitmq4-root".into());
+    let ca = format!("{root}/etc/rabbitmq/tls/ca.pem");
+    assert!(
+        std::path::Path::new(&ca).exists(),
+        "{ca}: the test CA (scripts/rabbitmq4.sh start makes it)"
+    );
+    ca
+}
+
 pub fn rabbitmq4(how: &str) {
     rabbitmq4_env(how, &[]);
 }
