@@ -30,7 +30,8 @@ fn block() -> Vec<String> {
         .collect()
 }
 
-/// A fresh database `app` (owned by role `app`, one table of 40 rows), hardened, with `lines`
+/// A fresh database `app` (owned by role `app`, one table of 40 rows), hardened (before
+/// PostgreSQL 15 the database's owner does not own `public`: it is given its schema back), with `lines`
 /// applied by the superuser; any earlier `walrelay` role and database are dropped first.
 async fn prepare(pg: &PgCluster, lines: &[String]) {
     let admin = connect(&pg.url("postgres")).await;
@@ -44,12 +45,13 @@ async fn prepare(pg: &PgCluster, lines: &[String]) {
         admin
             .batch_execute(sql)
             .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            .unwrap_or_else(|e| panic!("{sql}: {e}: {:?}", e.as_db_error()));
     }
     let app = connect(&pg.url("app")).await;
     app.batch_execute(
         "REVOKE CONNECT ON DATABASE app FROM PUBLIC;
          REVOKE ALL ON SCHEMA public FROM PUBLIC;
+         GRANT ALL ON SCHEMA public TO app;
          CREATE TABLE public.orders (id int PRIMARY KEY, status text NOT NULL, total numeric(10,2));
          ALTER TABLE public.orders OWNER TO app;
          INSERT INTO public.orders SELECT i, 'new', i * 1.25 FROM generate_series(1, 40) i;",
@@ -59,7 +61,7 @@ async fn prepare(pg: &PgCluster, lines: &[String]) {
     let sql = lines.join("\n");
     app.batch_execute(&sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        .unwrap_or_else(|e| panic!("{sql}: {e}: {:?}", e.as_db_error()));
 }
 
 /// A config for walrelay's role on database `app`.
