@@ -9,11 +9,11 @@
 use crate::checkpoint::TrackerError;
 use crate::filter::RuleError;
 use crate::health;
-use crate::pipeline::transform::TransformError;
 use crate::sink::SinkError;
 use crate::source::SourceError;
 use crate::source::publication::CheckError;
 use crate::source::sqlstate::{self, Meaning};
+use crate::transform::TransformError;
 
 /// Why walrelay stopped (or a session ended).
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +251,15 @@ mod tests {
         }
         .into();
         assert_eq!(over_frame.decision(), Decision::Stop);
+    }
+
+    #[test]
+    fn sides_are_the_metrics_labels() {
+        assert_eq!(
+            Side::ALL.map(Side::label),
+            crate::metrics::ERROR_SIDES,
+            "walrelay_errors_total pre-registers exactly the sides errors report"
+        );
     }
 
     #[test]

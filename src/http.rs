@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
+use crate::shutdown::Shutdown;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::sync::watch;
 use tracing::info;
 
 use crate::health::{Health, now_ms};
@@ -28,7 +28,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> std::io::Result<()> {
     info!(listen = %listener.local_addr()?, "serving /metrics, /healthz, /readyz and /activez");
     let app = Router::new()
@@ -39,7 +39,7 @@ pub async fn serve(
         .with_state(State { metrics, health });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
+            shutdown.wait().await;
         })
         .await
 }

@@ -16,16 +16,20 @@
 //!   publishing ids the broker deduplicates on, super streams).
 //! - [`pipeline`]: wires source and sink into sessions, reconnects, shuts down cleanly.
 //! - [`error`]: what an error means (reconnect, stand by, stop) and which side it is on.
+//! - [`schema`]: the catalog's facts about a relation (names, partition root, key candidates).
+//! - [`tls`]: rustls client configurations for every connection.
 //! - [`secret`]: passwords that never print.
 //! - [`config`]: the TOML file and environment overrides, validated into typed values.
 //! - [`preflight`]: what `run` checks on this machine before it creates anything.
 //! - [`service`]: `walrelay run` as a library call (pipeline, HTTP, probe, progress line).
-//! - [`doctor`], [`status`], [`tail`]: the operator commands.
+//! - [`commands`]: the binary's commands (run, doctor, status, tail, backfill, ready, check-config).
+//! - [`shutdown`]: the one shutdown signal every task listens to.
+//! - [`transform`]: the pure stage from decoded messages to events (filter, flood guard, backfill windows).
 
 pub mod backfill;
 pub mod checkpoint;
+pub mod commands;
 pub mod config;
-pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod failpoint;
@@ -39,11 +43,13 @@ pub mod pipeline;
 pub mod position_file;
 pub mod preflight;
 pub mod probe;
+pub mod schema;
 pub mod secret;
 pub mod service;
+pub mod shutdown;
 pub mod sink;
 pub mod source;
-pub mod status;
 pub mod stream;
-pub mod tail;
+pub mod tls;
+pub mod transform;
 pub mod value;

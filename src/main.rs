@@ -1,12 +1,12 @@
-//! The `walrelay` binary: parses the command line, sets up logging and signals, and calls the
-//! library (`walrelay::service::run` for `run`). Logic lives in the library so tests can drive it.
+//! The `walrelay` binary: parses the command line, loads the configuration, sets up logging and
+//! the runtime, and hands over to the command (`walrelay::commands`). Logic lives in the library
+//! so tests can drive it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
-use tracing::{error, info};
+use walrelay::commands::{self, EXIT_CONFIG};
 
 #[derive(Parser)]
 #[command(
@@ -31,95 +31,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Stream changes until SIGTERM or SIGINT.
-    Run {
-        /// Log format: `text` or `json` (overrides `service.log_format`).
-        #[arg(long, env = "WALRELAY_LOG_FORMAT")]
-        log_format: Option<String>,
-    },
+    Run(commands::run::Args),
     /// Validate the configuration file without connecting anywhere.
-    CheckConfig {
-        /// Print the effective configuration (the file with environment overrides applied,
-        /// secrets redacted).
-        #[arg(long)]
-        show: bool,
-    },
-    /// Show the slot's state, lag and retained WAL (works while walrelay runs elsewhere).
-    Status {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check PostgreSQL and RabbitMQ before the first start; creates nothing.
+    CheckConfig(commands::check_config::Args),
+    /// Show the slot's state, lag and retained WAL (works while walrelay runs elsewhere), and
+    /// whether the walrelay at http.listen streams or why it holds the stream.
+    Status(commands::status::Args),
+    /// Check this machine, PostgreSQL and RabbitMQ before the first start; creates nothing.
     Doctor,
     /// Print the events walrelay publishes: by default through a temporary queue bound to its
     /// exchange, from now on.
-    Tail {
-        /// Read this queue instead (declared durable when missing). It is only peeked at —
-        /// messages go back when tail exits — unless `--ack` is given.
-        #[arg(long)]
-        queue: Option<String>,
-        /// Binding key on the exchange (default `#` for the temporary queue; for `--queue`,
-        /// bound only when given).
-        #[arg(long)]
-        binding: Option<String>,
-        /// With `--queue`: remove the printed messages from the queue.
-        #[arg(long)]
-        ack: bool,
-        /// Exit after this many events.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Exit when no event arrived for this many seconds.
-        #[arg(long)]
-        idle_timeout_secs: Option<u64>,
-        /// With `[stream]`: where to start reading — `first`, `last`, `next` (the default), an
-        /// offset, or an RFC 3339 time (e.g. 2026-12-02T18:00:00Z).
-        #[arg(long)]
-        offset: Option<walrelay::tail::stream::From>,
-    },
+    Tail(commands::tail::Args),
     /// Backfill a table's existing rows beside the stream (as `read` events); the instance that
     /// holds the slot runs it. `--status` lists backfills, `--cancel` stops them.
-    Backfill {
-        /// The table, as schema.table.
-        table: Option<String>,
-        /// Only the rows matching this SQL condition.
-        #[arg(long = "where", value_name = "CONDITION")]
-        where_clause: Option<String>,
-        /// List every backfill of the slot with its progress.
-        #[arg(long)]
-        status: bool,
-        /// Stop the active backfills (of TABLE when given).
-        #[arg(long)]
-        cancel: bool,
-    },
+    Backfill(commands::backfill::Args),
     /// Exit 0 when a walrelay's /readyz says ready (for container HEALTHCHECKs).
-    Ready {
-        /// Defaults to `/readyz` on `http.listen`'s default address.
-        #[arg(long)]
-        url: Option<String>,
-    },
+    Ready(commands::ready::Args),
 }
-
-/// Exit code for a configuration error (distinct from a runtime failure).
-const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Ready { url } = &cli.command {
-        let default = format!("http://{}/readyz", walrelay::config::DEFAULT_HTTP_LISTEN);
-        let url = url.as_deref().unwrap_or(&default);
-        return match walrelay::http::http_get(url) {
-            Ok((200, _)) => ExitCode::SUCCESS,
-            Ok((code, body)) => {
-                eprintln!("walrelay ready: {code} {body}");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("walrelay ready: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Command::Ready(args) = cli.command {
+        return commands::ready::run(args);
     }
-    let path = cli.config.clone();
+    let path = cli.config;
     let settings = match walrelay::config::load(&path) {
         Ok(s) => s,
         Err(e) => {
@@ -128,23 +63,10 @@ fn main() -> ExitCode {
         }
     };
     let log_json = match &cli.command {
-        Command::CheckConfig { show } => {
-            if *show {
-                match walrelay::config::effective(&path) {
-                    Ok(text) => print!("{text}"),
-                    Err(e) => {
-                        eprintln!("walrelay: invalid configuration in {}: {e}", path.display());
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                }
-            } else {
-                println!("{}: configuration is valid", path.display());
-            }
-            return ExitCode::SUCCESS;
-        }
-        Command::Run {
+        Command::CheckConfig(_) => false,
+        Command::Run(commands::run::Args {
             log_format: Some(f),
-        } => match walrelay::config::log_format_is_json(f) {
+        }) => match walrelay::config::log_format_is_json(f) {
             Some(json) => json,
             None => {
                 eprintln!("walrelay: --log-format {f:?} is not \"text\" or \"json\"");
@@ -153,6 +75,9 @@ fn main() -> ExitCode {
         },
         _ => settings.service.log_json,
     };
+    if let Command::CheckConfig(args) = cli.command {
+        return commands::check_config::run(&path, args);
+    }
     init_logging(log_json);
     // Both TLS clients (PostgreSQL, amqps) name aws-lc-rs explicitly; installing it as the
     // process default too keeps any other rustls user on the same provider.
@@ -170,148 +95,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(dispatch(cli.command, settings))
-}
-
-/// Runs a command that needs the configuration and the runtime.
-async fn dispatch(command: Command, settings: walrelay::config::Settings) -> ExitCode {
-    match command {
-        Command::Status { json } => match walrelay::status::collect(&settings).await {
-            Ok(report) => {
-                if json {
-                    println!("{}", report.to_json());
-                } else {
-                    print!("{}", report.to_table());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("walrelay status: {}", walrelay::error::error_chain(&e));
-                ExitCode::FAILURE
-            }
-        },
-        Command::Backfill {
-            table,
-            where_clause,
-            status,
-            cancel,
-        } => {
-            use walrelay::backfill::cli::{Request, run};
-            let request = match (table.as_deref(), status, cancel) {
-                (_, true, _) => Request::Status,
-                (t, _, true) => Request::Cancel { table: t },
-                (Some(t), _, _) => Request::Start {
-                    table: t,
-                    where_clause: where_clause.as_deref(),
-                },
-                (None, _, _) => Request::Status,
-            };
-            match run(&settings, request).await {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("walrelay backfill: {}", walrelay::error::error_chain(&e));
-                    ExitCode::FAILURE
-                }
-            }
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(_) => commands::run::run(settings).await,
+            Command::Status(args) => commands::status::run(&settings, args).await,
+            Command::Doctor => commands::doctor::run(&settings).await,
+            Command::Tail(args) => commands::tail::run(&settings, args).await,
+            Command::Backfill(args) => commands::backfill::run(&settings, args).await,
+            Command::CheckConfig(_) | Command::Ready(_) => unreachable!("handled above"),
         }
-        Command::Doctor => {
-            let findings = walrelay::doctor::run(&settings).await;
-            for f in &findings {
-                println!("{f}");
-            }
-            if walrelay::doctor::passed(&findings) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Command::Tail {
-            queue,
-            binding,
-            ack,
-            count,
-            idle_timeout_secs,
-            offset,
-        } => {
-            let idle_timeout = idle_timeout_secs.map(std::time::Duration::from_secs);
-            if let Some(stream) = &settings.sink.stream {
-                if let Some(flag) = [
-                    ("--queue", queue.is_some()),
-                    ("--binding", binding.is_some()),
-                    ("--ack", ack),
-                ]
-                .into_iter()
-                .find_map(|(flag, set)| set.then_some(flag))
-                {
-                    eprintln!(
-                        "walrelay tail: {flag} applies to an exchange; with [stream], tail reads the stream from --offset"
-                    );
-                    return ExitCode::from(2);
-                }
-                let from = offset.unwrap_or(walrelay::tail::stream::From::Next);
-                let out = &mut std::io::stdout();
-                return match walrelay::tail::stream::run(
-                    &settings,
-                    stream,
-                    &from,
-                    count,
-                    idle_timeout,
-                    out,
-                )
-                .await
-                {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("walrelay tail: {e}");
-                        ExitCode::FAILURE
-                    }
-                };
-            }
-            if offset.is_some() {
-                eprintln!(
-                    "walrelay tail: --offset applies to [stream]; an exchange's queue has no offsets"
-                );
-                return ExitCode::from(2);
-            }
-            let opts = walrelay::tail::TailOptions {
-                queue,
-                binding,
-                ack,
-                count,
-                idle_timeout,
-            };
-            match walrelay::tail::run(&settings, &opts, &mut std::io::stdout()).await {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("walrelay tail: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        _ => serve(settings).await,
-    }
-}
-
-/// `walrelay run`: the service until a signal.
-async fn serve(settings: walrelay::config::Settings) -> ExitCode {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("signal received: stopping (waiting for outstanding confirms)");
-        let _ = stop_tx.send(true);
-    });
-    let code = match walrelay::service::run(settings, stop_rx).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!(error = %walrelay::error::error_chain(&e), "walrelay stopped");
-            ExitCode::FAILURE
-        }
-    };
-    info!("shutdown complete");
-    code
+    })
 }
 
 /// Logs to stderr, filtered by `WALRELAY_LOG` (default `info`). Only walrelay's own events are
@@ -340,23 +133,5 @@ fn init_logging(json: bool) {
             .with_filter(filter)
             .with_filter(own);
         registry.with(layer).init();
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

@@ -80,7 +80,7 @@ pub struct Metrics {
     pub backfill_running: Gauge,
     pub backfill_rows_remaining: Gauge,
     /// The stream sink's own counters (`walrelay_stream_*`).
-    pub stream: crate::stream::metrics::StreamMetrics,
+    pub stream: StreamMetrics,
     /// Events confirmed since start, for the progress log line (not exported: the exported
     /// counters have labels).
     pub progress_events: AtomicU64,
@@ -274,7 +274,7 @@ impl Metrics {
         for side in ["postgres", "rabbitmq"] {
             let _ = m.reconnects.get_or_create(&[("side", side)]);
         }
-        for side in crate::error::Side::ALL.map(crate::error::Side::label) {
+        for side in ERROR_SIDES {
             for kind in ["transient", "permanent"] {
                 let _ = m.errors.get_or_create(&[("side", side), ("kind", kind)]);
             }
@@ -377,6 +377,37 @@ pub fn openmetrics_to_text(om: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The `side` label values of `walrelay_errors_total`: which part failed (`error::Side` maps
+/// onto these; a unit test there keeps both lists equal).
+pub const ERROR_SIDES: [&str; 4] = ["postgres", "rabbitmq", "filter", "walrelay"];
+
+/// The stream sink's metrics (`walrelay_stream_*`). Everything the publish loop measures
+/// (events and bytes published, in flight, confirm latency, the confirmed LSN) is shared with
+/// the AMQP sink and keeps its names; these are what only streams have.
+#[derive(Default, Debug)]
+pub struct StreamMetrics {
+    /// Messages sent again with a publishing id the broker already stored for their producer:
+    /// replays after a restart, which the broker drops (and confirms).
+    pub replays: Counter,
+    /// Deduplicating producers open.
+    pub producers: Gauge,
+}
+
+impl StreamMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "stream_replays",
+            "Messages re-sent with a publishing id the stream already holds (dropped by the broker as duplicates)",
+            self.replays.clone(),
+        );
+        r.register(
+            "stream_producers",
+            "Deduplicating stream producers open",
+            self.producers.clone(),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Settings;
 use crate::position_file::PositionFile;
 use crate::source::params::SslMode;
-use crate::source::tls::{self, TlsError};
+use crate::tls::{self, TlsError, Verify};
 
 /// A local precondition that does not hold; each names the configuration key to change.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ fn state_file(path: &Path) -> Result<(), PreflightError> {
 }
 
 fn ca_file(key: &'static str, path: &Path) -> Result<(), PreflightError> {
-    tls::client_config(SslMode::VerifyFull, Some(path))
+    tls::client_config(Verify::Full, Some(path))
         .map(|_| ())
         .map_err(|source| PreflightError::CaFile { key, source })
 }

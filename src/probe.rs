@@ -3,7 +3,7 @@
 //! - samples the slot's retained WAL (`pg_current_wal_lsn() - restart_lsn`), the figure that
 //!   tells whether the disk is filling up;
 //! - optionally emits a heartbeat, a transactional `pg_logical_emit_message` with the prefix
-//!   [`HEARTBEAT_PREFIX`] and the emit time as content. It writes WAL in walrelay's own
+//!   [`crate::transform::heartbeat::PREFIX`] and the emit time as content. It writes WAL in walrelay's own
 //!   database, so on a database whose published tables are idle (typical on RDS, where other
 //!   databases keep writing) the slot keeps advancing; the replication task recognises it,
 //!   never publishes it, and reports emit-to-decode time as the freshness metric.
@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use crate::shutdown::Shutdown;
 use tracing::{debug, warn};
 
 use crate::config::Settings;
@@ -24,11 +24,8 @@ use crate::metrics::Metrics;
 use crate::source::setup::quote_literal;
 use crate::source::{Connection, SourceError};
 
-/// The prefix of heartbeat messages.
-pub const HEARTBEAT_PREFIX: &str = "walrelay.heartbeat";
-
 /// Runs until shutdown.
-pub async fn run(settings: Settings, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(settings: Settings, metrics: Arc<Metrics>, shutdown: Shutdown) {
     let tick = settings
         .service
         .heartbeat_interval
@@ -42,7 +39,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, mut shutdown: watch:
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = shutdown.wait() => break,
         }
         let due = |last: Option<tokio::time::Instant>, every: Duration| {
             last.is_none_or(|t| t.elapsed() + Duration::from_millis(5) >= every)
@@ -68,7 +65,7 @@ pub async fn run(settings: Settings, metrics: Arc<Metrics>, mut shutdown: watch:
                 last_heartbeat = Some(tokio::time::Instant::now());
                 c.simple_query(&format!(
                     "SELECT pg_logical_emit_message(true, {}, {})",
-                    quote_literal(HEARTBEAT_PREFIX),
+                    quote_literal(crate::transform::heartbeat::PREFIX),
                     quote_literal(&(now_ms() * 1000).to_string())
                 ))
                 .await?;
@@ -109,9 +106,4 @@ async fn sample_slot(c: &mut Connection, slot: &str, metrics: &Metrics) -> Resul
         metrics.slot_retained_wal_bytes.set(v);
     }
     Ok(())
-}
-
-/// The heartbeat's emit time (µs since the Unix epoch) from its content.
-pub fn heartbeat_emitted_us(content: &[u8]) -> Option<i64> {
-    std::str::from_utf8(content).ok()?.parse().ok()
 }

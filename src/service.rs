@@ -1,11 +1,10 @@
 //! `walrelay run` as a library call: the pipeline, the HTTP endpoint, the SQL probe and the
-//! periodic progress line, until `shutdown` turns true or a permanent error. `main.rs` only
-//! parses arguments, sets up logging and signals, and calls [`run`].
+//! periodic progress line, until shutdown or a permanent error. `commands::run` sets up the
+//! signals and calls [`run`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::config::Settings;
@@ -13,6 +12,7 @@ use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Observers, RunError};
+use crate::shutdown::Shutdown;
 
 /// Why the service stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,9 @@ pub enum ServiceError {
     Run(#[from] RunError),
 }
 
-/// Runs until `shutdown` becomes true (Ok) or a permanent error.
-pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<(), ServiceError> {
+/// Runs until `shutdown` is triggered (Ok) or a permanent error. A failed HTTP endpoint
+/// triggers it too: the process stops as a whole.
+pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), ServiceError> {
     info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.source.slot, "walrelay starting");
     // Everything that depends only on this machine first: a taken port or an unreadable file
     // must stop walrelay before it creates a slot that would retain WAL with nobody reading.
@@ -39,45 +40,33 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         settings.source.status_interval,
         settings.sink.confirm_timeout,
     ));
-    // One stop signal for everything: the caller's shutdown, or a failed HTTP endpoint.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let forward = stop_tx.clone();
-    let mut outer = shutdown;
-    tokio::spawn(async move {
-        while !*outer.borrow() {
-            if outer.changed().await.is_err() {
-                return;
-            }
-        }
-        let _ = forward.send(true);
-    });
     let (http_err_tx, mut http_err_rx) = tokio::sync::mpsc::channel::<std::io::Error>(1);
     if let Some(listener) = listener {
         let listener = crate::http::serve(
             listener,
             Arc::clone(&metrics),
             Arc::clone(&health),
-            stop_rx.clone(),
+            shutdown.clone(),
         );
-        let stop_tx = stop_tx.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = listener.await {
                 error!(error = %e, "HTTP endpoint failed; stopping");
                 let _ = http_err_tx.try_send(e);
-                let _ = stop_tx.send(true);
+                stop.trigger();
             }
         });
     }
     tokio::spawn(crate::probe::run(
         settings.clone(),
         Arc::clone(&metrics),
-        stop_rx.clone(),
+        shutdown.clone(),
     ));
     if let Some(every) = settings.service.progress_interval {
-        tokio::spawn(progress(every, Arc::clone(&metrics), stop_rx.clone()));
+        tokio::spawn(progress(every, Arc::clone(&metrics), shutdown.clone()));
     }
     let obs = Observers { metrics, health };
-    let result = pipeline::run(&settings, obs, stop_rx).await;
+    let result = pipeline::run(&settings, obs, shutdown).await;
     if let Ok(e) = http_err_rx.try_recv() {
         return Err(ServiceError::Http(e));
     }
@@ -86,14 +75,14 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
 
 /// Logs one line every `every` while streaming, so an operator reading the log sees walrelay
 /// working: events confirmed and transactions received since the last line, lag, position.
-async fn progress(every: std::time::Duration, m: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+async fn progress(every: std::time::Duration, m: Arc<Metrics>, stop: Shutdown) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     let (mut events, mut txs) = (0u64, 0u64);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.wait() => return,
         }
         let (e, t) = (
             m.progress_events.load(Ordering::Relaxed),

@@ -16,7 +16,6 @@
 //!   recorded only once the high mark's position is broker-confirmed, so a restart redoes at
 //!   most the chunk in flight, with identical ids.
 
-pub mod cli;
 pub mod privileges;
 pub mod store;
 pub mod window;
@@ -108,7 +107,7 @@ pub struct Chunk {
     pub chunk: i64,
     /// The table as pgoutput describes it (published columns, in table order) and its facts.
     pub rel: std::sync::Arc<crate::pgoutput::Relation>,
-    pub facts: Option<crate::source::catalog::RelationFacts>,
+    pub facts: Option<crate::schema::RelationFacts>,
     /// Each row's columns as text (`None`: NULL), in `rel`'s column order.
     pub rows: Vec<Vec<Option<String>>>,
 }

@@ -19,7 +19,7 @@ use crate::event::TableIdentity;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::Relation;
-use crate::source::catalog::RelationFacts;
+use crate::schema::RelationFacts;
 use crate::source::params::ConnParams;
 use crate::source::setup::{TableName, quote_ident, quote_literal};
 use crate::source::{Connection, SourceError, publication};

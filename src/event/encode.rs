@@ -2,7 +2,7 @@
 //! values are already JSON fragments from the `value` module.
 
 use crate::pgoutput::{Datum, Relation, TupleData};
-use crate::source::catalog::QualifiedName;
+use crate::schema::QualifiedName;
 use crate::value::{TypeRegistry, ValueError, write_json_string, write_value};
 
 use super::identity::TableIdentity;

@@ -4,7 +4,7 @@
 //! the pgoutput description and the catalog's facts.
 
 use crate::pgoutput::{Relation, ReplicaIdentity};
-use crate::source::catalog::{KeySource, QualifiedName, RelationFacts};
+use crate::schema::{KeySource, QualifiedName, RelationFacts};
 
 /// The columns that identify a row, by position in the relation pgoutput described.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl TableIdentity {
 mod tests {
     use super::*;
     use crate::pgoutput::Column;
-    use crate::source::catalog::KeyCandidate;
+    use crate::schema::KeyCandidate;
 
     fn rel(identity: ReplicaIdentity, cols: &[(&str, bool)]) -> Relation {
         Relation {

@@ -32,12 +32,12 @@ const TX: TxContext = TxContext {
 
 /// The identity of `rel` when the catalog says its primary key is `pk` (none: no key).
 fn ident(rel: &Relation, pk: &[&str]) -> TableIdentity {
-    let facts = crate::source::catalog::RelationFacts {
+    let facts = crate::schema::RelationFacts {
         keys: if pk.is_empty() {
             Vec::new()
         } else {
-            vec![crate::source::catalog::KeyCandidate {
-                source: crate::source::catalog::KeySource::PrimaryKey,
+            vec![crate::schema::KeyCandidate {
+                source: crate::schema::KeySource::PrimaryKey,
                 columns: pk.iter().map(|c| (*c).to_owned()).collect(),
             }]
         },
@@ -181,8 +181,8 @@ fn full_identity_update_keys_by_the_old_primary_key() {
 #[test]
 fn a_partition_names_its_root_and_itself() {
     let r = rel(ReplicaIdentity::Default, [true, false, false]);
-    let facts = crate::source::catalog::RelationFacts {
-        root: Some(crate::source::catalog::QualifiedName {
+    let facts = crate::schema::RelationFacts {
+        root: Some(crate::schema::QualifiedName {
             schema: "sales".into(),
             name: "people".into(),
         }),

@@ -10,7 +10,6 @@
 //!
 //! Change ids still count every change pgoutput sent, so filtering never changes an id.
 
-pub mod flood;
 pub mod glob;
 pub mod predicate;
 mod view;
@@ -20,7 +19,7 @@ pub use view::{TableView, key_description};
 use crate::event::routing::{KeyRef, RouteVars, RoutingTemplate, key_hash, partition_by_hash};
 use crate::event::{Event, Op, TableIdentity, TxContext};
 use crate::pgoutput::{Datum, Relation, TupleData};
-use crate::source::catalog::RelationFacts;
+use crate::schema::RelationFacts;
 use glob::TablePattern;
 use predicate::{Predicate, RowView};
 
@@ -253,6 +252,4 @@ impl FilterSettings {
 }
 
 #[cfg(test)]
-mod flood_tests;
-#[cfg(test)]
-mod tests;
+pub(crate) mod tests;

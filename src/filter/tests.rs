@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use super::*;
 use crate::pgoutput::{Column, ReplicaIdentity, TupleData};
-use crate::source::catalog::RelationFacts;
+use crate::schema::RelationFacts;
 
-pub(super) fn rel(name: &str, identity: ReplicaIdentity) -> Arc<Relation> {
+pub(crate) fn rel(name: &str, identity: ReplicaIdentity) -> Arc<Relation> {
     let col = |n: &str, key| Column {
         name: n.into(),
         is_key: key || identity == ReplicaIdentity::Full,
@@ -22,7 +22,7 @@ pub(super) fn rel(name: &str, identity: ReplicaIdentity) -> Arc<Relation> {
     })
 }
 
-pub(super) fn settings(toml_rules: &str, flood: &str) -> FilterSettings {
+pub(crate) fn settings(toml_rules: &str, flood: &str) -> FilterSettings {
     let text = format!(
         "[postgres]\nurl = \"postgres://u@h/db\"\n[rabbitmq]\nurl = \"amqp://h\"\n[flood]\n{flood}\n{toml_rules}"
     );
@@ -32,17 +32,17 @@ pub(super) fn settings(toml_rules: &str, flood: &str) -> FilterSettings {
 }
 
 /// The catalog's facts: the primary key is `id`.
-pub(super) fn pk() -> RelationFacts {
+pub(crate) fn pk() -> RelationFacts {
     RelationFacts {
-        keys: vec![crate::source::catalog::KeyCandidate {
-            source: crate::source::catalog::KeySource::PrimaryKey,
+        keys: vec![crate::schema::KeyCandidate {
+            source: crate::schema::KeySource::PrimaryKey,
             columns: vec!["id".into()],
         }],
         ..Default::default()
     }
 }
 
-pub(super) fn routing() -> RoutingTemplate {
+pub(crate) fn routing() -> RoutingTemplate {
     RoutingTemplate::parse("{schema}.{table}.{op}").unwrap()
 }
 
@@ -98,7 +98,7 @@ fn rel_in(schema: &str, name: &str) -> Arc<Relation> {
 #[test]
 fn a_partition_is_filtered_by_its_root_or_its_own_name() {
     let root = |schema: &str, name: &str| RelationFacts {
-        root: Some(crate::source::catalog::QualifiedName {
+        root: Some(crate::schema::QualifiedName {
             schema: schema.into(),
             name: name.into(),
         }),

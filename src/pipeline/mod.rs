@@ -11,12 +11,11 @@ pub mod position;
 pub mod publish;
 pub mod replicate;
 mod session;
-pub mod transform;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::watch;
+use crate::shutdown::Shutdown;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -41,7 +40,7 @@ struct Memory {
     types_reloaded_at: Option<Lsn>,
     /// How far sessions have counted the filter and flood metrics: the next session replays
     /// what was not confirmed, and counts it only once.
-    counted: transform::Counted,
+    counted: crate::transform::Counted,
 }
 
 impl Memory {
@@ -108,20 +107,16 @@ impl Observers {
 }
 
 /// Runs sessions until `shutdown` becomes true (Ok) or a permanent error (Err).
-pub async fn run(
-    settings: &Settings,
-    obs: Observers,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), RunError> {
+pub async fn run(settings: &Settings, obs: Observers, shutdown: Shutdown) -> Result<(), RunError> {
     let mut memory = Memory::default();
     let service = &settings.service;
     let mut delay = service.reconnect_min;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_triggered() {
             return Ok(());
         }
         let started = Instant::now();
-        let result = session::run(settings, &obs, &mut shutdown, &mut memory).await;
+        let result = session::run(settings, &obs, &shutdown, &mut memory).await;
         obs.session_ended();
         let Err(e) = result else {
             return Ok(());
@@ -172,7 +167,7 @@ pub async fn run(
                     exchange,
                     routing_key,
                     wait,
-                    &mut shutdown,
+                    &shutdown,
                 )
                 .await;
                 if waited == routable::Waited::Bound {
@@ -182,7 +177,7 @@ pub async fn run(
             _ => {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
+                    _ = shutdown.wait() => {}
                 }
             }
         }

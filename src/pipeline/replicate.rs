@@ -18,15 +18,16 @@ use tokio::sync::{mpsc, watch};
 use tracing::trace;
 
 use super::position::Reporter;
-use super::transform::Transform;
 use crate::error::RunError;
 use crate::event::Outbound;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::Message;
+use crate::shutdown::Shutdown;
 use crate::source::SourceError;
 use crate::source::catalog::Catalog;
 use crate::source::stream::{ReplMessage, ReplicationStream};
+use crate::transform::Transform;
 
 /// Buffered messages the loop takes in a row before it looks at shutdown, the status timer
 /// and the publisher's end again.
@@ -75,12 +76,12 @@ pub struct Replicator {
 
 impl Replicator {
     /// Runs until shutdown, publisher failure or an error.
-    pub async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Stop, RunError> {
+    pub async fn run(&mut self, shutdown: &Shutdown) -> Result<Stop, RunError> {
         let mut status = tokio::time::interval(self.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buffered_run = 0;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_triggered() {
                 return Ok(Stop::Shutdown);
             }
             if let Some(front) = self.pending.pop_front() {
@@ -112,7 +113,7 @@ impl Replicator {
                 let mut item = Some(front);
                 let next = tokio::select! {
                     biased;
-                    _ = shutdown.changed() => Next::Shutdown,
+                    _ = shutdown.wait() => Next::Shutdown,
                     _ = status.tick() => Next::Status,
                     permit = self.tx.reserve() => match permit {
                         Ok(permit) => {
@@ -151,7 +152,7 @@ impl Replicator {
                 }
                 let next = tokio::select! {
                     biased;
-                    _ = shutdown.changed() => Next::Shutdown,
+                    _ = shutdown.wait() => Next::Shutdown,
                     _ = status.tick() => Next::Status,
                     _ = self.tx.closed() => Next::Gone,
                     msg = self.stream.next() => Next::Message(msg),

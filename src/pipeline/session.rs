@@ -12,17 +12,18 @@ use tracing::{debug, info, warn};
 use super::position::Reporter;
 use super::publish::PublishLoop;
 use super::replicate::{Replicator, Stop};
-use super::transform::{Transform, TransformSettings};
 use super::{Memory, Observers};
 use crate::checkpoint::AckTracker;
 use crate::config::Settings;
 use crate::error::{RunError, error_chain};
 use crate::lsn::Lsn;
 use crate::position_file::PositionFile;
+use crate::shutdown::Shutdown;
 use crate::sink::{Outlet, SinkError};
 use crate::source::catalog::Catalog;
 use crate::source::stream::ReplicationStream;
 use crate::source::{Connection, publication, setup};
+use crate::transform::{Transform, TransformSettings};
 use crate::value::TypeRegistry;
 
 /// The initial snapshot: when the slot does not exist yet, record a backfill of each published
@@ -75,7 +76,7 @@ const FORWARD_CHANNEL_CAPACITY: usize = 1024;
 pub(super) async fn run(
     settings: &Settings,
     obs: &Observers,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
     memory: &mut Memory,
 ) -> Result<(), RunError> {
     let prepared = prepare(settings, obs, memory).await?;

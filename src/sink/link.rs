@@ -217,11 +217,8 @@ impl Link {
 /// The rustls configuration of `amqps`: the certificate is always verified (chain and host
 /// name), against `cacertfile` when given, else webpki's and the system's roots.
 fn tls_adaptor(url: &AmqpUrl) -> Result<TlsAdaptor, AmqpError> {
-    let config = crate::source::tls::client_config(
-        crate::source::params::SslMode::VerifyFull,
-        url.ca_file.as_deref(),
-    )
-    .map_err(|e| AmqpError::new(format!("amqps: {e}")))?;
+    let config = crate::tls::client_config(crate::tls::Verify::Full, url.ca_file.as_deref())
+        .map_err(|e| AmqpError::new(format!("amqps: {e}")))?;
     Ok(TlsAdaptor::new(
         tokio_rustls::TlsConnector::from(config),
         url.host.clone(),

@@ -46,11 +46,8 @@ impl Api {
             }
         }
         let tls = if https {
-            let config = crate::source::tls::client_config(
-                crate::source::params::SslMode::VerifyFull,
-                ca_file.as_deref(),
-            )
-            .map_err(|e| e.to_string())?;
+            let config = crate::tls::client_config(crate::tls::Verify::Full, ca_file.as_deref())
+                .map_err(|e| e.to_string())?;
             Some(config)
         } else {
             None
@@ -82,8 +79,8 @@ impl Api {
             match &self.tls {
                 None => exchange(tcp, req.as_bytes()).await,
                 Some(config) => {
-                    let name = crate::source::tls::server_name(&self.host)
-                        .map_err(std::io::Error::other)?;
+                    let name =
+                        crate::tls::server_name(&self.host).map_err(std::io::Error::other)?;
                     let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
                         .connect(name, tcp)
                         .await?;

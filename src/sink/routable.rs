@@ -12,11 +12,11 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::management::{Api, segment};
 use super::topic;
+use crate::shutdown::Shutdown;
 
 /// The longest wait after an unroutable message when no management API can tell that a
 /// binding appeared: a retry costs one reconnection and the replay of one transaction, so a
@@ -45,7 +45,7 @@ pub async fn wait(
     exchange: &str,
     routing_key: &str,
     delay: Duration,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Waited {
     let Some(api) = api else {
         return sleep(delay.min(UNROUTABLE_WAIT_MAX), shutdown).await;
@@ -85,10 +85,10 @@ pub async fn wait(
     }
 }
 
-async fn sleep(d: Duration, shutdown: &mut watch::Receiver<bool>) -> Waited {
+async fn sleep(d: Duration, shutdown: &Shutdown) -> Waited {
     tokio::select! {
         _ = tokio::time::sleep(d) => Waited::Elapsed,
-        _ = shutdown.changed() => Waited::Shutdown,
+        _ = shutdown.wait() => Waited::Shutdown,
     }
 }
 
@@ -98,40 +98,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn without_an_api_the_wait_is_capped() {
-        let (_tx, mut rx) = watch::channel(false);
+        let rx = Shutdown::new();
         let start = Instant::now();
-        let w = wait(
-            None,
-            "/",
-            "x",
-            "a.b.insert",
-            Duration::from_secs(30),
-            &mut rx,
-        )
-        .await;
+        let w = wait(None, "/", "x", "a.b.insert", Duration::from_secs(30), &rx).await;
         assert_eq!(w, Waited::Elapsed);
         assert_eq!(start.elapsed(), UNROUTABLE_WAIT_MAX);
         let start = Instant::now();
-        wait(
-            None,
-            "/",
-            "x",
-            "a.b.insert",
-            Duration::from_secs(1),
-            &mut rx,
-        )
-        .await;
+        wait(None, "/", "x", "a.b.insert", Duration::from_secs(1), &rx).await;
         assert_eq!(start.elapsed(), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_ends_the_wait() {
-        let (tx, mut rx) = watch::channel(false);
-        let waiter = tokio::spawn(async move {
-            wait(None, "/", "x", "k", Duration::from_secs(30), &mut rx).await
-        });
+        let tx = Shutdown::new();
+        let rx = tx.clone();
+        let waiter =
+            tokio::spawn(
+                async move { wait(None, "/", "x", "k", Duration::from_secs(30), &rx).await },
+            );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        tx.send(true).unwrap();
+        tx.trigger();
         assert_eq!(waiter.await.unwrap(), Waited::Shutdown);
     }
 }

@@ -12,7 +12,6 @@ use tokio_rustls::TlsConnector;
 
 use super::error::{ServerError, SourceError};
 use super::params::{ConnParams, SslMode};
-use super::tls;
 use super::wire::{Frame, Framed, Stream};
 
 /// Session settings the value renderer depends on: with them, a value's text output turns into
@@ -237,8 +236,9 @@ async fn negotiate_tls(mut tcp: TcpStream, params: &ConnParams) -> Result<Stream
         .map_err(SourceError::TlsHandshake)?;
     match answer[0] {
         b'S' => {
-            let config = tls::client_config(params.sslmode, params.sslrootcert.as_deref())?;
-            let name = tls::server_name(&params.host)?;
+            let config =
+                crate::tls::client_config(params.sslmode.verify(), params.sslrootcert.as_deref())?;
+            let name = crate::tls::server_name(&params.host)?;
             let tls = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await

@@ -2,10 +2,10 @@
 //! `crate::error`; this file only says what happened.
 
 use super::sqlstate;
-use super::tls::TlsError;
 use super::wire::WireError;
 use crate::event::EventError;
 use crate::pgoutput::DecodeError;
+use crate::tls::TlsError;
 
 /// An ErrorResponse from the server, with the fields operators need.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

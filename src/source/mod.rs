@@ -20,7 +20,6 @@ pub mod published;
 pub mod setup;
 pub mod sqlstate;
 pub mod stream;
-pub mod tls;
 pub mod wire;
 
 pub use conn::{Connection, SESSION_SETTINGS};

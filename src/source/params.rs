@@ -22,6 +22,15 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// How much of the certificate TLS checks (`disable` never gets this far).
+    pub fn verify(self) -> crate::tls::Verify {
+        match self {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => crate::tls::Verify::None,
+            SslMode::VerifyCa => crate::tls::Verify::Chain,
+            SslMode::VerifyFull => crate::tls::Verify::Full,
+        }
+    }
+
     /// The name as written in a URL.
     pub fn as_str(self) -> &'static str {
         match self {

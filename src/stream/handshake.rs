@@ -70,10 +70,9 @@ pub async fn connect_and_open(
                 "rabbitmq-stream+tls:// needs ?cacertfile=<PEM bundle>",
             ));
         };
-        let config =
-            crate::source::tls::client_config(crate::source::SslMode::VerifyFull, Some(ca))
-                .map_err(|e| failed("TLS", e))?;
-        let server = crate::source::tls::server_name(host).map_err(|e| failed("TLS", e))?;
+        let config = crate::tls::client_config(crate::tls::Verify::Full, Some(ca))
+            .map_err(|e| failed("TLS", e))?;
+        let server = crate::tls::server_name(host).map_err(|e| failed("TLS", e))?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(server, tcp)
             .await

@@ -11,7 +11,6 @@ pub mod destinations;
 pub mod frame;
 pub mod handshake;
 pub mod link;
-pub mod metrics;
 pub mod nodelay;
 pub mod publisher;
 pub mod publishing_id;

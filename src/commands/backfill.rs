@@ -3,7 +3,9 @@
 //! talks only to PostgreSQL: whichever instance holds the slot picks the request up, including
 //! a standby after it takes over.
 
-use super::store::{self, Record};
+use std::process::ExitCode;
+
+use crate::backfill::store::{self, Record};
 use crate::config::Settings;
 use crate::event::TableIdentity;
 use crate::filter::glob::TablePattern;
@@ -30,8 +32,47 @@ pub enum CliError {
     Source(#[from] SourceError),
 }
 
-/// Runs the command; returns what to print.
-pub async fn run(settings: &Settings, request: Request<'_>) -> Result<String, CliError> {
+/// `walrelay backfill`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The table, as schema.table.
+    table: Option<String>,
+    /// Only the rows matching this SQL condition.
+    #[arg(long = "where", value_name = "CONDITION")]
+    where_clause: Option<String>,
+    /// List every backfill of the slot with its progress.
+    #[arg(long)]
+    status: bool,
+    /// Stop the active backfills (of TABLE when given).
+    #[arg(long)]
+    cancel: bool,
+}
+
+/// `walrelay backfill`: prints what was done, or the refusal (exit code 1).
+pub async fn run(settings: &Settings, args: Args) -> ExitCode {
+    let request = match (args.table.as_deref(), args.status, args.cancel) {
+        (_, true, _) => Request::Status,
+        (t, _, true) => Request::Cancel { table: t },
+        (Some(t), _, _) => Request::Start {
+            table: t,
+            where_clause: args.where_clause.as_deref(),
+        },
+        (None, _, _) => Request::Status,
+    };
+    match execute(settings, request).await {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("walrelay backfill: {}", crate::error::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the request; returns what to print.
+pub async fn execute(settings: &Settings, request: Request<'_>) -> Result<String, CliError> {
     let mut c = Connection::connect(&settings.source.conn, false).await?;
     let schema = &settings.backfill.schema;
     let slot = &settings.source.slot;
@@ -120,9 +161,12 @@ async fn check(
              its rows can be neither read in key order nor matched with their changes"
         ));
     }
-    let missing =
-        super::privileges::missing(c, &settings.backfill.schema, std::slice::from_ref(table))
-            .await?;
+    let missing = crate::backfill::privileges::missing(
+        c,
+        &settings.backfill.schema,
+        std::slice::from_ref(table),
+    )
+    .await?;
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
         return refused(format!(

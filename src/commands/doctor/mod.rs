@@ -68,8 +68,21 @@ pub struct Streamed {
     pub key_columns: Vec<String>,
 }
 
+/// `walrelay doctor`: prints one line per finding; exit code 1 when any failed.
+pub async fn run(settings: &Settings) -> std::process::ExitCode {
+    let found = findings(settings).await;
+    for f in &found {
+        println!("{f}");
+    }
+    if passed(&found) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 /// Runs every check.
-pub async fn run(settings: &Settings) -> Vec<Finding> {
+pub async fn findings(settings: &Settings) -> Vec<Finding> {
     let mut findings = Vec::new();
     local::check(settings, &mut findings).await;
     let tables = postgres::check(settings, &mut findings).await;

@@ -78,7 +78,7 @@ impl From {
 }
 
 /// Reads until `count` messages or the idle timeout. Returns how many it printed.
-pub async fn run(
+pub async fn read(
     settings: &Settings,
     stream: &StreamSettings,
     from: &From,

@@ -4,6 +4,8 @@
 //! of itself (`/readyz`): streaming, or why it holds the stream (an unroutable message, a
 //! nack, a broker or database it cannot reach).
 
+use std::process::ExitCode;
+
 use serde_json::{Value, json};
 
 use crate::config::Settings;
@@ -105,6 +107,32 @@ const FIELDS: [&str; 12] = [
     "safe_wal_size",
     "last_reply",
 ];
+
+/// `walrelay status`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `walrelay status`: the report as a table or JSON; exit code 1 when PostgreSQL cannot be read.
+pub async fn run(settings: &Settings, args: Args) -> ExitCode {
+    match collect(settings).await {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("walrelay status: {}", crate::error::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Connects with the configured URL (no replication) and reads the slot and the publication.
 pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
@@ -315,7 +343,7 @@ impl Report {
         }
         if !self.backfills.is_empty() {
             out.push_str("backfills\n");
-            for l in crate::backfill::cli::table(&self.backfills).lines() {
+            for l in super::backfill::table(&self.backfills).lines() {
                 out.push_str(&format!("  {l}\n"));
             }
         }

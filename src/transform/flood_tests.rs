@@ -4,10 +4,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::flood::{Candidate, FloodGuard};
-use super::tests::{pk, rel, routing, settings};
-use super::*;
+use crate::event::Op;
 use crate::event::Outbound;
 use crate::event::{Event, TxContext};
+use crate::filter::tests::{pk, rel, routing, settings};
+use crate::filter::*;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::ReplicaIdentity;

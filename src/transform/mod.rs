@@ -11,13 +11,13 @@ use tracing::{debug, warn};
 
 use crate::event::routing::RoutingTemplate;
 use crate::event::{EventError, Outbound, RowChange, TxContext};
-use crate::filter::flood::FloodGuard;
 use crate::filter::{Admit, FilterSettings, OnUnmatched, RuleError, TableView};
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgoutput::{Message, Relation, RelationCache};
-use crate::source::catalog::RelationFacts;
+use crate::schema::RelationFacts;
 use crate::value::TypeRegistry;
+use flood::FloodGuard;
 
 /// What the transform needs from the configuration.
 #[derive(Clone, Debug)]
@@ -361,5 +361,9 @@ impl Transform {
 
 mod backfill;
 mod changes;
+pub mod flood;
+#[cfg(test)]
+mod flood_tests;
+pub mod heartbeat;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,9 @@
-//! TLS for the PostgreSQL connection with rustls, following libpq's `sslmode` meanings.
+//! TLS client configurations with rustls, for every connection walrelay opens: PostgreSQL
+//! (following libpq's `sslmode` meanings), `amqps`, the stream protocol and the management API.
 //!
-//! `require` and `prefer` encrypt without verifying the certificate (as libpq does without a
-//! root certificate); `verify-ca` checks the chain; `verify-full` checks chain and host name.
+//! [`Verify::None`] encrypts without verifying the certificate (libpq's `require` and `prefer`
+//! without a root certificate); [`Verify::Chain`] checks the chain (`verify-ca`);
+//! [`Verify::Full`] checks chain and host name (`verify-full`, and always for RabbitMQ).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +14,16 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::params::SslMode;
+/// How much of the server's certificate is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verify {
+    /// Encrypted, certificate not checked.
+    None,
+    /// The chain must verify against the roots; the host name is not checked.
+    Chain,
+    /// Chain and host name.
+    Full,
+}
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -31,23 +42,24 @@ pub enum TlsError {
     ServerName(String),
 }
 
-/// Builds the rustls client configuration for `mode` (not called for `disable`).
-pub fn client_config(mode: SslMode, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+/// Builds the rustls client configuration: roots from `ca_file` when given, else webpki's and
+/// the system's.
+pub fn client_config(mode: Verify, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports the default protocol versions");
     let config = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
+        Verify::None => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
             .with_no_client_auth(),
-        SslMode::VerifyCa | SslMode::VerifyFull => {
+        Verify::Chain | Verify::Full => {
             let roots = Arc::new(root_store(ca_file)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
                 .map_err(TlsError::Verifier)?;
-            let verifier: Arc<dyn ServerCertVerifier> = if mode == SslMode::VerifyCa {
+            let verifier: Arc<dyn ServerCertVerifier> = if mode == Verify::Chain {
                 Arc::new(ChainOnly(webpki))
             } else {
                 webpki

@@ -13,6 +13,7 @@ pub mod stream;
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use amqprs::channel::{
@@ -22,6 +23,88 @@ use amqprs::channel::{
 
 use crate::config::Settings;
 use crate::sink::{AmqpError, Link};
+
+/// `walrelay tail`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Read this queue instead (declared durable when missing). It is only peeked at —
+    /// messages go back when tail exits — unless `--ack` is given.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Binding key on the exchange (default `#` for the temporary queue; for `--queue`,
+    /// bound only when given).
+    #[arg(long)]
+    binding: Option<String>,
+    /// With `--queue`: remove the printed messages from the queue.
+    #[arg(long)]
+    ack: bool,
+    /// Exit after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Exit when no event arrived for this many seconds.
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
+    /// With `[stream]`: where to start reading — `first`, `last`, `next` (the default), an
+    /// offset, or an RFC 3339 time (e.g. 2026-12-02T18:00:00Z).
+    #[arg(long)]
+    offset: Option<stream::From>,
+}
+
+/// `walrelay tail`: the stream from `--offset` with `[stream]`, else a queue on the exchange.
+/// Exit code 2 for an option that does not apply to the sink.
+pub async fn run(settings: &Settings, args: Args) -> ExitCode {
+    let idle_timeout = args.idle_timeout_secs.map(Duration::from_secs);
+    let out = &mut std::io::stdout();
+    if let Some(stream_settings) = &settings.sink.stream {
+        let amqp_only = [
+            ("--queue", args.queue.is_some()),
+            ("--binding", args.binding.is_some()),
+            ("--ack", args.ack),
+        ];
+        if let Some((flag, _)) = amqp_only.into_iter().find(|(_, set)| *set) {
+            eprintln!(
+                "walrelay tail: {flag} applies to an exchange; with [stream], tail reads the stream from --offset"
+            );
+            return ExitCode::from(2);
+        }
+        let from = args.offset.unwrap_or(stream::From::Next);
+        let read = stream::read(
+            settings,
+            stream_settings,
+            &from,
+            args.count,
+            idle_timeout,
+            out,
+        );
+        return match read.await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("walrelay tail: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.offset.is_some() {
+        eprintln!(
+            "walrelay tail: --offset applies to [stream]; an exchange's queue has no offsets"
+        );
+        return ExitCode::from(2);
+    }
+    let opts = TailOptions {
+        queue: args.queue,
+        binding: args.binding,
+        ack: args.ack,
+        count: args.count,
+        idle_timeout,
+    };
+    match follow(settings, &opts, out).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walrelay tail: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// What to consume.
 pub struct TailOptions {
@@ -66,7 +149,7 @@ enum Ended {
 /// not end it: tail says so on stderr and connects again (every second at first, then up to
 /// every [`RECONNECT_MAX`]) until the broker is back. Only a failure before the first
 /// subscription (a wrong password, a missing queue) ends it with an error.
-pub async fn run(
+pub async fn follow(
     settings: &Settings,
     opts: &TailOptions,
     out: &mut dyn Write,

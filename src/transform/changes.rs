@@ -5,13 +5,12 @@ use std::collections::VecDeque;
 
 use tracing::warn;
 
+use super::flood::Candidate;
 use super::{Transform, TransformError};
 use crate::event::{self, Event, EventError, Op, Outbound, RowChange, TxContext};
 use crate::filter::TableView;
-use crate::filter::flood::Candidate;
 use crate::filter::predicate::RowView;
 use crate::pgoutput::{LogicalMessage, OldTuple, Truncate};
-use crate::probe;
 use crate::value::{TypeKind, TypeRegistry, ValueError};
 
 impl Transform {
@@ -70,8 +69,8 @@ impl Transform {
             }
             return Ok(());
         }
-        let heartbeat = m.prefix == probe::HEARTBEAT_PREFIX;
-        if heartbeat && let Some(at) = probe::heartbeat_emitted_us(m.content) {
+        let heartbeat = m.prefix == super::heartbeat::PREFIX;
+        if heartbeat && let Some(at) = super::heartbeat::emitted_us(m.content) {
             let now_us = crate::health::now_ms() as i64 * 1000;
             let secs = (now_us - at).max(0) as f64 / 1e6;
             self.metrics.heartbeat_seconds.set(secs);

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{FloodPolicy, FloodSettings, TableView};
 use crate::event::Outbound;
 use crate::event::{self, BulkSummary, Event, Op, TxContext};
+use crate::filter::{FloodPolicy, FloodSettings, TableView};
 use crate::metrics::Metrics;
 
 /// A change that passed the filter, waiting for the flood decision.

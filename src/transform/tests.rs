@@ -6,7 +6,7 @@ use super::*;
 use crate::event::Event;
 use crate::event::routing::RoutingTemplate;
 use crate::pgoutput::{Begin, Column, Commit, Datum, OldTuple, ReplicaIdentity, TupleData};
-use crate::source::catalog::{KeyCandidate, KeySource, QualifiedName};
+use crate::schema::{KeyCandidate, KeySource, QualifiedName};
 use serde_json::{Value, json};
 
 fn transform(filter_toml: &str) -> (Transform, Arc<Metrics>) {
