@@ -12,8 +12,6 @@
 //! - [`checkpoint`]: the ack tracker that decides which LSN may be confirmed to PostgreSQL.
 //! - [`source`]: our replication connection (TLS, auth, framing, slot and publication setup).
 //! - [`sink`]: the RabbitMQ publisher (confirms, `mandatory`, bounded in-flight window).
-//! - [`stream`]: the RabbitMQ Streams sink (its own stream-protocol publishing connection,
-//!   publishing ids the broker deduplicates on, super streams).
 //! - [`pipeline`]: wires source and sink into sessions, reconnects, shuts down cleanly.
 //! - [`error`]: what an error means (reconnect, stand by, stop) and which side it is on.
 //! - [`schema`]: the catalog's facts about a relation (names, partition root, key candidates).
@@ -49,7 +47,6 @@ pub mod service;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
-pub mod stream;
 pub mod tls;
 pub mod transform;
 pub mod value;

@@ -1,6 +1,6 @@
 //! RabbitMQ Streams on RabbitMQ 4 (`scripts/rabbitmq4.sh`, started by the test command): what
 //! the stream sink will rely on, proven against the broker before the sink exists. A named
-//! producer sending walrelay's publishing ids (`walrelay::stream::publishing_id`) has its
+//! producer sending walrelay's publishing ids (`walrelay::sink::stream::publishing_id`) has its
 //! replays dropped by the broker, so a consumer reading from `first` sees every change once,
 //! across a producer restart, an epoch change and a huge transaction's tail.
 
@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use rabbitmq_stream_client::Environment;
 use rabbitmq_stream_client::types::{Message, OffsetSpecification};
 use walrelay::lsn::Lsn;
-use walrelay::stream::publishing_id::{INDEX_BITS, Origin, producer_name, publishing_id};
+use walrelay::sink::stream::publishing_id::{INDEX_BITS, Origin, producer_name, publishing_id};
 
 /// RabbitMQ 4's stream port, as `scripts/rabbitmq4.sh` sets it.
 const STREAM_PORT: u16 = 5553;

@@ -1,7 +1,7 @@
 //! Sub-entry batching measured (`BENCH_ONLY=stream-subentry`): what packing several messages
 //! into one stream entry would save the broker, against one entry per message as walrelay
 //! publishes. A minimal publisher on walrelay's own stream connection code
-//! (`walrelay::stream::handshake`, `frame`, `amqp10`) sends `n` messages of walrelay's shape
+//! (`walrelay::sink::stream::handshake`, `frame`, `amqp10`) sends `n` messages of walrelay's shape
 //! as plain entries or as uncompressed sub-entries of `k` messages (one publishing id per
 //! entry), every entry confirmed; the figures are the rate and the CPU the RabbitMQ 4 node
 //! spent per message. The first messages are then read back over AMQP 0-9-1 (the broker
@@ -17,9 +17,9 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use walrelay::sink::AmqpUrl;
-use walrelay::stream::amqp10::{self, Value};
-use walrelay::stream::frame::{self, Incoming, Writer};
-use walrelay::stream::handshake::connect_and_open;
+use walrelay::sink::stream::amqp10::{self, Value};
+use walrelay::sink::stream::frame::{self, Incoming, Writer};
+use walrelay::sink::stream::handshake::connect_and_open;
 
 use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicQosArguments};
 

@@ -6,7 +6,7 @@ use super::validate::sink_with;
 use super::{ConfigError, DEFAULT_EXCHANGE, RawRabbitmq, RawStream};
 use crate::filter::FilterSettings;
 use crate::sink::SinkSettings;
-use crate::stream::StreamSettings;
+use crate::sink::stream::StreamSettings;
 
 /// Partitions of a super stream at most: each is a stream with its own producer connection.
 const MAX_PARTITIONS: u32 = 256;
@@ -87,7 +87,7 @@ pub(super) fn sink(
         rabbitmq,
         url,
         stream,
-        crate::stream::DEFAULT_MAX_MESSAGE_BYTES,
+        crate::sink::stream::DEFAULT_MAX_MESSAGE_BYTES,
         filter,
     )?;
     sink.declare_exchange = false;

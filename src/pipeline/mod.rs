@@ -9,6 +9,8 @@
 
 pub mod position;
 pub mod publish;
+#[cfg(test)]
+mod publish_tests;
 pub mod replicate;
 mod session;
 
@@ -25,7 +27,8 @@ use crate::error::{Decision, error_chain};
 use crate::health::Health;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::sink::{SinkError, routable};
+use crate::sink::SinkError;
+use crate::sink::amqp::routable;
 use crate::source::SourceError;
 
 /// State kept across sessions.

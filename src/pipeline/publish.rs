@@ -31,7 +31,7 @@ use crate::health::{Health, now_ms};
 use crate::lsn::Lsn;
 use crate::metrics::{Metrics, OpTable};
 use crate::sink::confirms::{ConfirmWindow, Settled};
-use crate::sink::{Answer, BatchLimits, Outlet, Signal, SinkError};
+use crate::sink::{Answer, BatchLimits, Signal, Sink, SinkError};
 
 /// Ready answers and items the loop takes in a row before it looks at its timers again.
 const QUICK_RUN: u32 = 64;
@@ -58,9 +58,10 @@ struct Batch {
     bytes: usize,
 }
 
-/// Settings of the publish loop.
-pub struct PublishLoop {
-    pub publisher: Outlet,
+/// Settings of the publish loop, over any [`Sink`] (the session's [`Outlet`](crate::sink::Outlet),
+/// or a scripted one in the unit tests).
+pub struct PublishLoop<S: Sink> {
+    pub publisher: S,
     pub rx: mpsc::Receiver<Outbound>,
     pub acked: watch::Sender<Lsn>,
     pub tracker: AckTracker,
@@ -78,10 +79,10 @@ pub struct PublishLoop {
     pub refusal: Option<String>,
 }
 
-impl PublishLoop {
+impl<S: Sink> PublishLoop<S> {
     /// Runs until the replication task closes the channel and every message is confirmed, or
     /// until the first failure.
-    pub async fn run(mut self) -> Result<Outlet, RunError> {
+    pub async fn run(mut self) -> Result<S, RunError> {
         let mut window: ConfirmWindow<InFlight> = ConfirmWindow::new(self.max_in_flight);
         let mut input_open = true;
         let mut last_progress = Instant::now();
@@ -359,7 +360,7 @@ impl PublishLoop {
         // waits. Almost always it completes at once, so it is polled once before a timer is
         // armed (a timer per message was a measurable part of the CPU per event).
         {
-            let mut publish = std::pin::pin!(self.publisher.publish_message(&ev, body, count));
+            let mut publish = std::pin::pin!(self.publisher.publish(&ev, body, count));
             let first =
                 std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await;
             match first {

@@ -19,7 +19,7 @@ use crate::error::{RunError, error_chain};
 use crate::lsn::Lsn;
 use crate::position_file::PositionFile;
 use crate::shutdown::Shutdown;
-use crate::sink::{Outlet, SinkError};
+use crate::sink::{Outlet, Sink, SinkError};
 use crate::source::catalog::Catalog;
 use crate::source::stream::ReplicationStream;
 use crate::source::{Connection, publication, setup};
@@ -131,11 +131,11 @@ async fn prepare(
     let system = setup::identify_system(&mut conn).await?;
     let database = system.database.clone();
     publisher.set_origin(
-        crate::stream::publishing_id::Origin {
+        crate::sink::stream::publishing_id::Origin {
             slot: source.slot.clone(),
             system_id: system.system_id,
             timeline: system.timeline,
-            rules: crate::stream::publishing_id::rules_fingerprint(&settings.filter),
+            rules: crate::sink::stream::publishing_id::rules_fingerprint(&settings.filter),
         },
         Arc::clone(&obs.metrics),
     );

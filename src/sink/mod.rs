@@ -1,29 +1,107 @@
 //! The RabbitMQ side: where and how walrelay publishes ([`SinkSettings`]), what can go wrong
-//! ([`SinkError`]), the connection ([`link`]) and the confirm-mode publisher ([`publisher`]).
+//! ([`SinkError`]), and the [`Sink`] trait with the durability contract every destination meets.
 //!
-//! Durability contract (what the ack tracker relies on): a message counts as delivered only
-//! when the broker answers `basic.ack` *without* a preceding `basic.return` for it. A returned
-//! (unroutable) message, a nack, a channel or connection close and a lost socket are failures.
-//! Nothing reconnects by itself: any failure ends the session, and the unconfirmed messages
-//! are replayed from the slot.
+//! - [`amqp`]: an exchange over AMQP 0-9-1 (amqprs): connection, confirm-mode publisher with
+//!   `mandatory`, topic matching, the wait for a binding after an unroutable message.
+//! - [`stream`]: a RabbitMQ stream or super stream over the stream protocol, with publishing
+//!   ids the broker deduplicates on.
+//! - [`outlet`]: the one of them the configuration chose, as one [`Sink`].
+//! - [`confirms`]: the window that settles answers in publish order (shared by both).
+//! - [`url`], [`management`]: the broker's URLs and its management API, shared by both.
 
 use std::time::Duration;
 
 use crate::secret::Secret;
 
+pub mod amqp;
 pub mod confirms;
-pub mod link;
 pub mod management;
 pub mod outlet;
-pub mod publisher;
-pub mod routable;
-pub mod topic;
+pub mod stream;
 pub mod url;
 
-pub use link::{AmqpError, BrokerState, Link, Signal};
+pub use amqp::{AmqpError, Answer, BrokerState, Link, Publisher, Signal};
 pub use outlet::Outlet;
-pub use publisher::{Answer, Publisher};
 pub use url::AmqpUrl;
+
+use std::future::Future;
+
+use crate::event::Event;
+
+/// A destination a session publishes to: an exchange ([`amqp::Publisher`]), a stream
+/// ([`stream::StreamPublisher`]), the one the configuration chose ([`Outlet`]), or the scripted
+/// sink of the publish loop's unit tests.
+///
+/// # The durability contract
+///
+/// Every implementation keeps it; the ack tracker, and so the slot's position in PostgreSQL,
+/// rely on nothing else:
+///
+/// 1. **Numbered in publish order.** Each [`publish`](Sink::publish) hands over one message,
+///    and the answers name it by its delivery tag: 1 for the first message of the sink, then
+///    one more per message, in the order they were handed over.
+/// 2. **A confirm is delivery.** [`Signal::Ack`] for a tag (or for every tag up to it, with
+///    `multiple`) means the broker holds the message as durably as its queue or stream
+///    promises. Nothing else makes a message delivered.
+/// 3. **Everything else is failure.** [`Signal::Nack`] and [`Signal::Refused`] (the broker
+///    refused it), [`Signal::Returned`] (no queue is bound for it: the ack that follows does not
+///    make it delivered), [`Signal::Closed`] and [`Signal::Lost`]. The session ends on the first
+///    of them; a sink never reconnects or re-sends by itself, because the unconfirmed messages
+///    come back from the replication slot.
+/// 4. **No invented answers.** A sink reports only what the broker said, in the order it said
+///    it; [`try_answer`](Sink::try_answer) never waits.
+///
+/// So the slot moves only over the confirmed prefix: the publish loop gives the ack tracker
+/// the delivered messages in publish order, and the tracker confirms a transaction's end
+/// position only once every message up to it is delivered.
+pub trait Sink: Send + 'static {
+    /// What the destination is called in logs: `exchange` or `stream`.
+    fn kind(&self) -> &'static str;
+
+    /// The default exchange or stream.
+    fn destination(&self) -> &str;
+
+    /// Hands one message over (`count` events: more than one in batch mode). Returns once the
+    /// sink took it, not when the broker confirmed it.
+    fn publish(
+        &mut self,
+        event: &Event,
+        body: Vec<u8>,
+        count: usize,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// The broker's next answer, in the order it arrived.
+    fn answer(&mut self) -> impl Future<Output = Signal> + Send;
+
+    /// The next answer if one has arrived already (never waits).
+    fn try_answer(&mut self) -> Option<Signal>;
+
+    /// True when handed-over messages wait in a frame of the sink's own (the stream sink
+    /// frames its publishes; AMQP's client writes each at once).
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    /// Sends the messages waiting in frames: the publish loop calls it when it has nothing
+    /// more to add right now.
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// True when `a` and `b` may share one batch message (the stream sink packs only events
+    /// of one producer).
+    fn same_producer(&self, _a: &Event, _b: &Event) -> bool {
+        true
+    }
+
+    /// The connection's state: open, blocked by a resource alarm.
+    fn state(&self) -> tokio::sync::watch::Receiver<BrokerState>;
+
+    /// Closes politely (best effort, bounded).
+    fn close(self) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized;
+}
 
 /// The next signal if one has arrived already (never waits); a channel whose senders are
 /// gone is a lost connection. Both sinks' `try_answer`.
@@ -143,7 +221,7 @@ pub struct SinkSettings {
     /// RabbitMQ's management API, for `walrelay doctor` (bindings and queue types).
     pub management_url: Option<Secret>,
     /// `[stream]`: publish to RabbitMQ Streams instead (`exchange` is then the stream).
-    pub stream: Option<crate::stream::StreamSettings>,
+    pub stream: Option<crate::sink::stream::StreamSettings>,
 }
 
 impl SinkSettings {

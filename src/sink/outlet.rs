@@ -1,16 +1,17 @@
 //! `Outlet`: the sink a session publishes to — an AMQP exchange ([`Publisher`]) or a RabbitMQ
-//! stream ([`StreamPublisher`]). Both answer with the same [`Signal`]s on delivery tags
-//! numbered from 1, so the publish loop, the confirm window and the LSN contract are one code
-//! path whichever the configuration chose.
+//! stream ([`StreamPublisher`]), as the configuration chose. Each implements [`Sink`] and answers
+//! with the same [`Signal`]s on delivery tags numbered from 1, so the publish loop, the confirm
+//! window and the LSN contract are one code path whichever was chosen.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{BrokerState, Publisher, Signal, SinkError, SinkSettings};
+use super::stream::StreamPublisher;
+use super::stream::publishing_id::Origin;
+use super::{BrokerState, Publisher, Signal, Sink, SinkError, SinkSettings};
 use crate::event::Event;
-use crate::stream::StreamPublisher;
-use crate::stream::publishing_id::Origin;
 
 /// Both variants are boxed: the pair is moved between tasks and is large either way.
 pub enum Outlet {
@@ -29,56 +30,30 @@ impl Outlet {
         }
     }
 
-    /// What the sink is called in logs: `exchange` or `stream`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Outlet::Amqp(_) => "exchange",
-            Outlet::Stream(_) => "stream",
-        }
-    }
-
     /// The server walrelay reads from: the stream sink names its producers after it.
     pub fn set_origin(&mut self, origin: Origin, metrics: Arc<crate::metrics::Metrics>) {
         if let Outlet::Stream(s) = self {
             s.set_origin(origin, metrics);
         }
     }
+}
 
-    /// The default exchange or stream.
-    pub fn destination(&self) -> &str {
+impl Sink for Outlet {
+    fn kind(&self) -> &'static str {
         match self {
-            Outlet::Amqp(p) => p.exchange(),
-            Outlet::Stream(s) => s.stream(),
+            Outlet::Amqp(p) => p.kind(),
+            Outlet::Stream(s) => s.kind(),
         }
     }
 
-    /// True when published messages wait in a frame (the stream sink frames its publishes;
-    /// AMQP's client writes each at once).
-    pub fn has_pending(&self) -> bool {
+    fn destination(&self) -> &str {
         match self {
-            Outlet::Amqp(_) => false,
-            Outlet::Stream(s) => s.has_pending(),
+            Outlet::Amqp(p) => p.destination(),
+            Outlet::Stream(s) => s.destination(),
         }
     }
 
-    /// Sends the messages waiting in frames: the publish loop calls it when it has nothing
-    /// more to add right now.
-    pub async fn flush(&mut self) -> Result<(), SinkError> {
-        match self {
-            Outlet::Amqp(_) => Ok(()),
-            Outlet::Stream(s) => s.flush().await,
-        }
-    }
-
-    /// True when `a` and `b` may share one batch message.
-    pub fn same_producer(&self, a: &Event, b: &Event) -> bool {
-        match self {
-            Outlet::Amqp(_) => true,
-            Outlet::Stream(s) => s.route(a).0 == s.route(b).0,
-        }
-    }
-
-    pub async fn publish_message(
+    async fn publish(
         &mut self,
         event: &Event,
         body: Vec<u8>,
@@ -90,32 +65,134 @@ impl Outlet {
         }
     }
 
-    pub async fn answer(&mut self) -> Signal {
+    async fn answer(&mut self) -> Signal {
         match self {
             Outlet::Amqp(p) => p.answer().await,
             Outlet::Stream(s) => s.answer().await,
         }
     }
 
-    /// The next answer if one has arrived already (never waits).
-    pub fn try_answer(&mut self) -> Option<Signal> {
+    fn try_answer(&mut self) -> Option<Signal> {
         match self {
             Outlet::Amqp(p) => p.try_answer(),
             Outlet::Stream(s) => s.try_answer(),
         }
     }
 
-    pub fn state(&self) -> watch::Receiver<BrokerState> {
+    fn has_pending(&self) -> bool {
         match self {
-            Outlet::Amqp(p) => p.state(),
-            Outlet::Stream(s) => s.state(),
+            Outlet::Amqp(p) => p.has_pending(),
+            Outlet::Stream(s) => s.has_pending(),
         }
     }
 
-    pub async fn close(self) {
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        match self {
+            Outlet::Amqp(_) => Ok(()),
+            Outlet::Stream(s) => s.flush().await,
+        }
+    }
+
+    fn same_producer(&self, a: &Event, b: &Event) -> bool {
+        match self {
+            Outlet::Amqp(p) => p.same_producer(a, b),
+            Outlet::Stream(s) => s.same_producer(a, b),
+        }
+    }
+
+    fn state(&self) -> watch::Receiver<BrokerState> {
+        match self {
+            Outlet::Amqp(p) => Publisher::state(p),
+            Outlet::Stream(s) => StreamPublisher::state(s),
+        }
+    }
+
+    async fn close(self) {
         match self {
             Outlet::Amqp(p) => p.close().await,
             Outlet::Stream(s) => s.close().await,
         }
+    }
+}
+
+impl Sink for Publisher {
+    fn kind(&self) -> &'static str {
+        "exchange"
+    }
+
+    fn destination(&self) -> &str {
+        self.exchange()
+    }
+
+    fn publish(
+        &mut self,
+        event: &Event,
+        body: Vec<u8>,
+        count: usize,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        self.publish_message(event, body, count)
+    }
+
+    fn answer(&mut self) -> impl Future<Output = Signal> + Send {
+        Publisher::answer(self)
+    }
+
+    fn try_answer(&mut self) -> Option<Signal> {
+        Publisher::try_answer(self)
+    }
+
+    fn state(&self) -> watch::Receiver<BrokerState> {
+        Publisher::state(self)
+    }
+
+    async fn close(self) {
+        Publisher::close(self).await
+    }
+}
+
+impl Sink for StreamPublisher {
+    fn kind(&self) -> &'static str {
+        "stream"
+    }
+
+    fn destination(&self) -> &str {
+        self.stream()
+    }
+
+    fn publish(
+        &mut self,
+        event: &Event,
+        body: Vec<u8>,
+        count: usize,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        self.publish_message(event, body, count)
+    }
+
+    fn answer(&mut self) -> impl Future<Output = Signal> + Send {
+        StreamPublisher::answer(self)
+    }
+
+    fn try_answer(&mut self) -> Option<Signal> {
+        StreamPublisher::try_answer(self)
+    }
+
+    fn has_pending(&self) -> bool {
+        StreamPublisher::has_pending(self)
+    }
+
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send {
+        StreamPublisher::flush(self)
+    }
+
+    fn same_producer(&self, a: &Event, b: &Event) -> bool {
+        self.route(a).0 == self.route(b).0
+    }
+
+    fn state(&self) -> watch::Receiver<BrokerState> {
+        StreamPublisher::state(self)
+    }
+
+    async fn close(self) {
+        StreamPublisher::close(self).await
     }
 }

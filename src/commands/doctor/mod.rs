@@ -17,7 +17,7 @@ mod stream;
 mod tables;
 /// Topic matching lives with the sink, which uses it too (a binding that appears ends the
 /// wait after an unroutable message); the doctor matches bindings with it.
-pub use crate::sink::topic;
+pub use crate::sink::amqp::topic;
 
 use crate::config::Settings;
 

@@ -9,7 +9,7 @@ use rabbitmq_stream_client::{Client, ClientOptions};
 
 use super::{Finding, Level};
 use crate::config::Settings;
-use crate::stream::StreamSettings;
+use crate::sink::stream::StreamSettings;
 
 fn f(level: Level, message: impl Into<String>) -> Finding {
     Finding::new(level, "stream", message)
@@ -43,7 +43,7 @@ pub async fn check(settings: &Settings, stream: &StreamSettings, out: &mut Vec<F
                 format!(
                     "cannot connect to {} over the stream protocol: {e} ({})",
                     url.describe(),
-                    crate::stream::NEEDS
+                    crate::sink::stream::NEEDS
                 ),
             ));
         }

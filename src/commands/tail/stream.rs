@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Settings;
 use crate::sink::AmqpError;
-use crate::stream::StreamSettings;
+use crate::sink::stream::StreamSettings;
 
 /// Where reading starts.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,11 +88,14 @@ pub async fn read(
 ) -> Result<u64, AmqpError> {
     let broker = |e: crate::sink::SinkError| AmqpError::new(e.to_string());
     let name = settings.sink.exchange.as_str();
-    let (env, admin) =
-        crate::stream::connect::environment(&stream.url, "walrelay tail", stream.load_balancer)
-            .await
-            .map_err(broker)?;
-    let members = crate::stream::connect::members(&admin, name, stream.partitions)
+    let (env, admin) = crate::sink::stream::connect::environment(
+        &stream.url,
+        "walrelay tail",
+        stream.load_balancer,
+    )
+    .await
+    .map_err(broker)?;
+    let members = crate::sink::stream::connect::members(&admin, name, stream.partitions)
         .await
         .map_err(broker)?;
     let _ = admin.close().await;

@@ -23,7 +23,7 @@ use amqprs::tls::TlsAdaptor;
 use amqprs::{Ack, BasicProperties, Cancel, Close, CloseChannel, Nack, Return};
 use tokio::sync::{mpsc, watch};
 
-use super::url::AmqpUrl;
+use crate::sink::url::AmqpUrl;
 
 /// What the connection is doing now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! `Publisher`: a confirm-mode channel that publishes events persistently with `mandatory`
 //! and hands every broker answer ([`Signal`]) to the publish loop, which settles them in
-//! publish order through a [`ConfirmWindow`](super::confirms::ConfirmWindow).
+//! publish order through a [`ConfirmWindow`](crate::sink::confirms::ConfirmWindow).
 //!
 //! `basic_publish` only queues the frames for amqprs's writer task (on this runtime); the
 //! answers arrive through the channel callback as signals. So publishing never waits for the
@@ -13,8 +13,8 @@ use amqprs::{BasicProperties, FieldTable, FieldValue, LongStr};
 use tokio::sync::{mpsc, watch};
 
 use super::link::{BrokerState, Link, Signal};
-use super::{SinkError, SinkSettings};
 use crate::event::Event;
+use crate::sink::{SinkError, SinkSettings};
 
 /// AMQP short strings (exchange, routing key, message id) hold at most 255 bytes; amqprs
 /// panics on longer ones, so they are checked first.
@@ -153,7 +153,7 @@ impl Publisher {
 
     /// The next answer if one has arrived already.
     pub fn try_answer(&mut self) -> Option<Answer> {
-        super::try_signal(&mut self.signals)
+        crate::sink::try_signal(&mut self.signals)
     }
 
     /// A live view of the connection's state (open, blocked by an alarm).

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::management::{Api, segment};
 use super::topic;
 use crate::shutdown::Shutdown;
+use crate::sink::management::{Api, segment};
 
 /// The longest wait after an unroutable message when no management API can tell that a
 /// binding appeared: a retry costs one reconnection and the replay of one transaction, so a
