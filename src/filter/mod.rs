@@ -1,5 +1,5 @@
 //! The filter stage: decides, per change, whether it is published and how (columns, routing,
-//! exchange), and, per transaction, whether it is a bulk "flood" (see [`flood`]).
+//! exchange), and, per transaction, whether it is a bulk "flood" (the rules here; the guard is `transform::flood`).
 //!
 //! Rules are resolved once per relation, when pgoutput describes it: the table's include /
 //! exclude verdict, its `[[filter.table]]` rule (first match wins), the column mask, the bound

@@ -9,8 +9,6 @@
 
 pub mod position;
 pub mod publish;
-#[cfg(test)]
-mod publish_tests;
 pub mod replicate;
 mod session;
 

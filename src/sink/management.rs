@@ -121,6 +121,25 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Names the resource alarms RabbitMQ's nodes report, if any (a held publisher's likely cause).
+/// Silent when the API is unreachable or reports none: the hold warning stands on its own.
+pub async fn report_alarms(api: std::sync::Arc<Api>) {
+    let Ok(serde_json::Value::Array(nodes)) = api.get("/api/nodes").await else {
+        return;
+    };
+    for n in nodes {
+        let name = n["name"].as_str().unwrap_or("?");
+        for (field, alarm) in [("mem_alarm", "memory"), ("disk_free_alarm", "disk")] {
+            if n[field] == serde_json::Value::Bool(true) {
+                tracing::warn!(
+                    node = name,
+                    "RabbitMQ has a {alarm} alarm in effect: it blocks every publisher until it clears"
+                );
+            }
+        }
+    }
+}
+
 /// Percent-encodes one path segment (vhost `/` becomes `%2F`).
 pub fn segment(s: &str) -> String {
     s.bytes()

@@ -1,7 +1,6 @@
 //! The PostgreSQL side: our own replication client on `postgres-protocol`, tokio and rustls.
 //!
 //! - [`params`]: connection URL → typed parameters (TLS mode, CA file, timeouts).
-//! - [`tls`]: rustls configuration for libpq's sslmode values.
 //! - [`wire`]: cancel-safe framing over TCP/TLS.
 //! - [`conn`]: startup, authentication (trust, cleartext, MD5, SCRAM-SHA-256), simple queries.
 //! - [`publication`]: the publication, created from the filter's tables, and a start-up check

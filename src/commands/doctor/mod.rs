@@ -11,6 +11,7 @@
 //! - `stream`: with `[stream]`, the stream port and each stream instead.
 
 mod local;
+mod permissions;
 mod postgres;
 mod rabbitmq;
 mod stream;

@@ -147,7 +147,7 @@ enum Ended {
 ///
 /// A broker that restarts, or a connection that breaks, after tail has started consuming does
 /// not end it: tail says so on stderr and connects again (every second at first, then up to
-/// every [`RECONNECT_MAX`]) until the broker is back. Only a failure before the first
+/// every `RECONNECT_MAX`, 5 s) until the broker is back. Only a failure before the first
 /// subscription (a wrong password, a missing queue) ends it with an error.
 pub async fn follow(
     settings: &Settings,

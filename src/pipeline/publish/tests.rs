@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::publish::PublishLoop;
+use super::PublishLoop;
 use crate::checkpoint::AckTracker;
 use crate::error::RunError;
 use crate::event::{Event, Op, Outbound};

@@ -16,6 +16,11 @@
 //! directly, but the broker sends it only to clients announcing the capability, and amqprs
 //! does not (docs/architecture.md).
 
+mod batch;
+mod tally;
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +34,12 @@ use crate::event::Outbound;
 use crate::event::{Event, Op};
 use crate::health::{Health, now_ms};
 use crate::lsn::Lsn;
-use crate::metrics::{Metrics, OpTable};
+use crate::metrics::Metrics;
 use crate::sink::confirms::{ConfirmWindow, Settled};
 use crate::sink::{Answer, BatchLimits, Signal, Sink, SinkError};
+
+use batch::Batch;
+use tally::Tally;
 
 /// Ready answers and items the loop takes in a row before it looks at its timers again.
 const QUICK_RUN: u32 = 64;
@@ -49,13 +57,6 @@ struct InFlight {
     commit_time_us: Option<i64>,
     /// Events in the message (more than one in batch mode).
     events: usize,
-}
-
-/// Events of one transaction waiting to be packed into one message (batch mode).
-#[derive(Default)]
-struct Batch {
-    events: Vec<Event>,
-    bytes: usize,
 }
 
 /// Settings of the publish loop, over any [`Sink`] (the session's [`Outlet`](crate::sink::Outlet),
@@ -161,7 +162,7 @@ impl<S: Sink> PublishLoop<S> {
                         "RabbitMQ confirms nothing: publishing is held (blocked by a memory or disk alarm, or the broker is overloaded or unreachable); the session ends after rabbitmq.confirm_timeout_ms"
                     );
                     if let Some(api) = &self.alarms {
-                        tokio::spawn(report_alarms(Arc::clone(api)));
+                        tokio::spawn(crate::sink::management::report_alarms(Arc::clone(api)));
                     }
                 }
                 _ = tokio::time::sleep_until(stall_at), if !window.is_empty() => {
@@ -407,108 +408,9 @@ impl<S: Sink> PublishLoop<S> {
         Ok(())
     }
 
-    /// Sends the pending batch: one event as itself, several as a JSON array in one message
-    /// whose id is `<first id>+<count>`.
-    async fn flush(
-        &mut self,
-        window: &mut ConfirmWindow<InFlight>,
-        batch: &mut Batch,
-        last_progress: &mut Instant,
-    ) -> Result<(), RunError> {
-        let events = std::mem::take(&mut batch.events);
-        batch.bytes = 0;
-        let count = events.len();
-        let mut parts = events.into_iter();
-        let Some(mut first) = parts.next() else {
-            return Ok(());
-        };
-        if count > 1 {
-            let mut body = Vec::with_capacity(batch_body_capacity(&first, parts.as_slice()));
-            body.push(b'[');
-            body.extend_from_slice(&first.body);
-            for e in parts {
-                body.push(b',');
-                body.extend_from_slice(&e.body);
-            }
-            body.push(b']');
-            first.id = format!("{}+{count}", first.id);
-            first.body = body;
-        }
-        self.send(window, first, count, last_progress).await
-    }
-
     fn set_held(&self, held: bool) {
         crate::health::Health::set(&self.health.broker_blocked, held);
         self.metrics.broker_blocked.set(i64::from(held));
-    }
-
-    /// Counts one delivered message into the tally of this answer.
-    fn observe_confirm(&self, tally: &mut Tally, done: &InFlight) {
-        let m = &self.metrics;
-        let (now, now_us) = tally.clock();
-        m.publish_confirm_seconds.observe(
-            now.saturating_duration_since(done.published_at)
-                .as_secs_f64(),
-        );
-        if let Some(t) = done.commit_time_us {
-            let commit_unix_us = crate::event::time::pg_to_unix_us(t);
-            m.commit_confirm_seconds
-                .observe(((now_us - commit_unix_us).max(0)) as f64 / 1e6);
-        }
-        match &mut tally.run {
-            Some((op, table, n))
-                if *op == done.op.as_str() && Arc::ptr_eq(table, &done.metric_table) =>
-            {
-                *n += done.events as u64
-            }
-            run => {
-                if let Some((op, table, n)) = run.take() {
-                    self.count_published(op, table, n);
-                }
-                *run = Some((
-                    done.op.as_str(),
-                    Arc::clone(&done.metric_table),
-                    done.events as u64,
-                ));
-            }
-        }
-        tally.messages += 1;
-        tally.events += done.events as u64;
-        tally.bytes += done.bytes as u64;
-    }
-
-    fn count_published(&self, op: &'static str, table: Arc<str>, n: u64) {
-        self.metrics
-            .events_published
-            .get_or_create(&OpTable { op, table })
-            .inc_by(n);
-    }
-
-    /// Applies a tally: metrics, the oldest unconfirmed message, progress. True when anything
-    /// was delivered.
-    fn finish_tally(
-        &self,
-        tally: Tally,
-        next: Option<&InFlight>,
-        last_progress: &mut Instant,
-    ) -> bool {
-        let Some(now) = tally.now else {
-            return false;
-        };
-        let m = &self.metrics;
-        if let Some((op, table, n)) = tally.run {
-            self.count_published(op, table, n);
-        }
-        m.in_flight.dec_by(tally.messages);
-        m.bytes_published.inc_by(tally.bytes);
-        m.progress_events
-            .fetch_add(tally.events, std::sync::atomic::Ordering::Relaxed);
-        let now_ms = (tally.now_us / 1000) as u64;
-        self.health.set_oldest_unconfirmed(next.map(|n| {
-            now_ms.saturating_sub(now.saturating_duration_since(n.published_at).as_millis() as u64)
-        }));
-        *last_progress = now;
-        true
     }
 
     fn publish_position(&self) {
@@ -528,51 +430,4 @@ impl<S: Sink> PublishLoop<S> {
             }
         });
     }
-}
-
-/// Names the resource alarms RabbitMQ's nodes report, if any (a held publisher's likely cause).
-/// Silent when the API is unreachable or reports none: the hold warning stands on its own.
-async fn report_alarms(api: Arc<crate::sink::management::Api>) {
-    let Ok(serde_json::Value::Array(nodes)) = api.get("/api/nodes").await else {
-        return;
-    };
-    for n in nodes {
-        let name = n["name"].as_str().unwrap_or("?");
-        for (field, alarm) in [("mem_alarm", "memory"), ("disk_free_alarm", "disk")] {
-            if n[field] == serde_json::Value::Bool(true) {
-                warn!(
-                    node = name,
-                    "RabbitMQ has a {alarm} alarm in effect: it blocks every publisher until it clears"
-                );
-            }
-        }
-    }
-}
-
-/// What one broker answer delivered, applied to metrics and health once.
-#[derive(Default)]
-struct Tally {
-    /// The clock, read once per answer (monotonic, and wall time in µs for commit latency).
-    now: Option<Instant>,
-    now_us: i64,
-    /// The current run of messages of one op and table: one metric lookup per run.
-    run: Option<(&'static str, Arc<str>, u64)>,
-    messages: i64,
-    events: u64,
-    bytes: u64,
-}
-
-impl Tally {
-    fn clock(&mut self) -> (Instant, i64) {
-        let now = *self.now.get_or_insert_with(|| {
-            self.now_us = now_ms() as i64 * 1000;
-            Instant::now()
-        });
-        (now, self.now_us)
-    }
-}
-
-/// Bytes of a batch body: the events, a separator each, and the brackets.
-fn batch_body_capacity(first: &Event, rest: &[Event]) -> usize {
-    first.body.len() + rest.iter().map(|e| e.body.len() + 1).sum::<usize>() + 2
 }
