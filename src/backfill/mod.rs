@@ -16,6 +16,7 @@
 //!   recorded only once the high mark's position is broker-confirmed, so a restart redoes at
 //!   most the chunk in flight, with identical ids.
 
+mod chunk;
 pub mod privileges;
 pub mod store;
 pub mod window;

@@ -8,6 +8,7 @@
 
 mod encode;
 pub mod identity;
+mod other;
 pub mod routing;
 pub mod time;
 
@@ -19,6 +20,7 @@ use crate::value::{TypeRegistry, ValueError};
 
 pub use encode::{Body, Columns};
 pub use identity::TableIdentity;
+pub use other::{BulkSummary, bulk_event_body, message_event_body, truncate_event_body};
 
 /// What happened to the row(s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -351,106 +353,6 @@ fn check_width(rel: &Relation, tuple: &TupleData<'_>) -> Result<(), EventError> 
         });
     }
     Ok(())
-}
-
-/// Builds the body of a truncate of one relation.
-pub fn truncate_event_body(
-    tx: &TxContext,
-    index: u64,
-    table: &TableIdentity,
-    cascade: bool,
-    restart_identity: bool,
-) -> (String, Vec<u8>) {
-    let id = event_id(tx.commit_lsn, index);
-    let mut body = Body::start(&id, Op::Truncate, Some(table), tx);
-    for f in ["key", "old", "new"] {
-        body.null_field(f);
-    }
-    body.string_list("unchanged_toast", &[]);
-    body.raw_field(
-        "truncate",
-        &format!("{{\"cascade\":{cascade},\"restart_identity\":{restart_identity}}}"),
-    );
-    (id, body.finish())
-}
-
-/// Builds the body of a logical message (`pg_logical_emit_message`).
-pub fn message_event_body(
-    tx: &TxContext,
-    index: u64,
-    prefix: &str,
-    content: &[u8],
-    transactional: bool,
-) -> (String, Vec<u8>) {
-    let id = event_id(tx.commit_lsn, index);
-    let mut body = Body::start(&id, Op::Message, None, tx);
-    for f in ["key", "old", "new"] {
-        body.null_field(f);
-    }
-    body.string_list("unchanged_toast", &[]);
-    body.string_field("prefix", prefix);
-    match std::str::from_utf8(content) {
-        Ok(text) => body.string_field("content", text),
-        Err(_) => {
-            let mut hex = String::with_capacity(2 + content.len() * 2);
-            hex.push_str("\\x");
-            for b in content {
-                hex.push_str(&format!("{b:02x}"));
-            }
-            body.string_field("content", &hex)
-        }
-    }
-    body.raw_field(
-        "transactional",
-        if transactional { "true" } else { "false" },
-    );
-    (id, body.finish())
-}
-
-/// What a bulk (flood) summary says about one table of one transaction.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BulkSummary {
-    /// Why the transaction is a flood: `max_changes`, `marker` or `origin`.
-    pub reason: &'static str,
-    pub inserts: u64,
-    pub updates: u64,
-    pub deletes: u64,
-    pub truncates: u64,
-    /// The `key` objects (JSON) of the first and last row changed, when the rows have keys.
-    pub first_key: Option<String>,
-    pub last_key: Option<String>,
-}
-
-/// Builds the body of a bulk summary event (op `bulk`). `index` is the position of the
-/// table's first change in the transaction, so the id is stable across replays.
-pub fn bulk_event_body(
-    tx: &TxContext,
-    index: u64,
-    table: &TableIdentity,
-    summary: &BulkSummary,
-) -> (String, Vec<u8>) {
-    let id = event_id(tx.commit_lsn, index);
-    let mut body = Body::start(&id, Op::Bulk, Some(table), tx);
-    for f in ["key", "old", "new"] {
-        body.null_field(f);
-    }
-    body.string_list("unchanged_toast", &[]);
-    let s = summary;
-    body.raw_field(
-        "bulk",
-        &format!(
-            "{{\"reason\":\"{}\",\"counts\":{{\"insert\":{},\"update\":{},\"delete\":{},\"truncate\":{}}},\"total\":{},\"first_key\":{},\"last_key\":{}}}",
-            s.reason,
-            s.inserts,
-            s.updates,
-            s.deletes,
-            s.truncates,
-            s.inserts + s.updates + s.deletes + s.truncates,
-            s.first_key.as_deref().unwrap_or("null"),
-            s.last_key.as_deref().unwrap_or("null"),
-        ),
-    );
-    (id, body.finish())
 }
 
 #[cfg(test)]

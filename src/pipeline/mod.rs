@@ -11,6 +11,7 @@ pub mod position;
 pub mod publish;
 pub mod replicate;
 mod session;
+mod snapshot;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -26,49 +26,6 @@ use crate::source::{Connection, publication, setup};
 use crate::transform::{Transform, TransformSettings};
 use crate::value::TypeRegistry;
 
-/// The initial snapshot: when the slot does not exist yet, record a backfill of each published
-/// table `snapshot.tables` names, before the slot is created (so a crash in between cannot
-/// lose the snapshot; recorded requests are never duplicated while active).
-async fn request_snapshot(conn: &mut Connection, settings: &Settings) -> Result<(), RunError> {
-    let slot = &settings.source.slot;
-    let exists = !conn
-        .simple_query(&format!(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = {}",
-            crate::source::setup::quote_literal(slot)
-        ))
-        .await?
-        .is_empty();
-    if exists {
-        return Ok(());
-    }
-    let mut tables: Vec<crate::source::setup::TableName> = Vec::new();
-    for p in publication::published_relations(conn, &settings.source.publication).await? {
-        let t = crate::event::TableIdentity::resolve(&p.rel, p.facts.as_ref());
-        let name = crate::source::setup::TableName {
-            schema: t.schema,
-            name: t.name,
-        };
-        if settings
-            .backfill
-            .snapshot
-            .iter()
-            .any(|pat| pat.matches(&name.schema, &name.name))
-            && settings.filter.included(&name.schema, &name.name)
-            && !tables.contains(&name)
-        {
-            tables.push(name);
-        }
-    }
-    let schema = &settings.backfill.schema;
-    crate::backfill::store::ensure(conn, schema).await?;
-    crate::backfill::store::request_snapshot(conn, schema, slot, &tables).await?;
-    info!(
-        tables = tables.len(),
-        "initial snapshot requested: the slot is new"
-    );
-    Ok(())
-}
-
 /// Capacity of the forward channel, in events. Small: the in-flight window is the real buffer.
 const FORWARD_CHANNEL_CAPACITY: usize = 1024;
 
@@ -161,7 +118,7 @@ async fn prepare(
         known = known.max(stored);
     }
     if !settings.backfill.snapshot.is_empty() {
-        request_snapshot(&mut conn, settings).await?;
+        super::snapshot::request(&mut conn, settings).await?;
     }
     let slot = setup::ensure_slot(
         &mut conn,
