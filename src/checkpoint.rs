@@ -26,7 +26,7 @@ struct Unit {
 
 /// Tracks published-but-unconfirmed messages grouped by transaction, in publish order.
 #[derive(Debug)]
-pub struct AckTracker {
+pub(crate) struct AckTracker {
     /// Units in publish order; the front is the oldest.
     units: VecDeque<Unit>,
     /// The highest position every message before which is confirmed. Never decreases.
@@ -45,7 +45,7 @@ pub enum TrackerError {
 
 impl AckTracker {
     /// A tracker whose position starts at `start` (the slot's confirmed position).
-    pub fn new(start: Lsn) -> Self {
+    pub(crate) fn new(start: Lsn) -> Self {
         AckTracker {
             units: VecDeque::new(),
             confirmed: start,
@@ -54,22 +54,24 @@ impl AckTracker {
     }
 
     /// The position that may be reported to PostgreSQL as flushed.
-    pub fn confirmed(&self) -> Lsn {
+    pub(crate) fn confirmed(&self) -> Lsn {
         self.confirmed
     }
 
     /// Messages published and not confirmed yet.
-    pub fn in_flight(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight
     }
 
     /// True when nothing is waiting for the broker.
-    pub fn is_idle(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
         self.units.is_empty()
     }
 
     /// A message was published; it belongs to the currently open unit (opened if needed).
-    pub fn published(&mut self) {
+    pub(crate) fn published(&mut self) {
         match self.units.back_mut() {
             Some(unit) if unit.end.is_none() => unit.unconfirmed += 1,
             _ => self.units.push_back(Unit {
@@ -82,7 +84,7 @@ impl AckTracker {
 
     /// The open unit (if any) ends at `end`: a transaction's commit `end_lsn`, or an idle
     /// keepalive position. A unit with no messages is created when none is open.
-    pub fn close_unit(&mut self, end: Lsn) {
+    pub(crate) fn close_unit(&mut self, end: Lsn) {
         match self.units.back_mut() {
             Some(unit) if unit.end.is_none() => unit.end = Some(end),
             _ => self.units.push_back(Unit {
@@ -94,7 +96,7 @@ impl AckTracker {
     }
 
     /// The broker positively confirmed the oldest unconfirmed message.
-    pub fn confirmed_one(&mut self) -> Result<(), TrackerError> {
+    pub(crate) fn confirmed_one(&mut self) -> Result<(), TrackerError> {
         let front = self
             .units
             .iter_mut()

@@ -34,7 +34,7 @@ fn armed() -> Option<&'static Armed> {
 }
 
 /// Aborts the process if `name` is the armed point and this is the armed hit.
-pub fn hit(name: &str) {
+pub(crate) fn hit(name: &str) {
     if let Some(a) = armed()
         && a.name == name
         && a.hits.fetch_add(1, Ordering::Relaxed) + 1 == a.at

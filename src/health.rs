@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -18,7 +18,7 @@ pub fn now_ms() -> u64 {
 
 /// The pipeline's live state, as far as health is concerned.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     pub streaming: AtomicBool,
     pub broker_connected: AtomicBool,
     pub broker_blocked: AtomicBool,
@@ -40,13 +40,13 @@ pub struct Health {
 
 /// Which part an instance plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Active,
     Standby,
 }
 
 impl Role {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::Active => "active",
             Role::Standby => "standby",
@@ -55,11 +55,11 @@ impl Role {
 }
 
 /// Why walrelay is between sessions, for [`Health::retrying`].
-pub const RETRY_NONE: u8 = 0;
-pub const RETRY_UNROUTABLE: u8 = 1;
-pub const RETRY_NACKED: u8 = 2;
-pub const RETRY_BROKER: u8 = 3;
-pub const RETRY_POSTGRES: u8 = 4;
+pub(crate) const RETRY_NONE: u8 = 0;
+pub(crate) const RETRY_UNROUTABLE: u8 = 1;
+pub(crate) const RETRY_NACKED: u8 = 2;
+pub(crate) const RETRY_BROKER: u8 = 3;
+pub(crate) const RETRY_POSTGRES: u8 = 4;
 
 fn retry_reason(code: u8) -> Option<&'static str> {
     match code {
@@ -76,7 +76,7 @@ fn retry_reason(code: u8) -> Option<&'static str> {
 }
 
 impl Health {
-    pub fn new(status_interval: Duration, confirm_timeout: Duration) -> Health {
+    pub(crate) fn new(status_interval: Duration, confirm_timeout: Duration) -> Health {
         let h = Health::default();
         // Three missed intervals, and never less than 5 s, so a busy second is not an outage.
         let stale = (status_interval.as_millis() as u64 * 3).max(5_000);
@@ -86,16 +86,16 @@ impl Health {
         h
     }
 
-    pub fn set(flag: &AtomicBool, v: bool) {
+    pub(crate) fn set(flag: &AtomicBool, v: bool) {
         flag.store(v, Ordering::Relaxed);
     }
 
-    pub fn status_sent(&self) {
+    pub(crate) fn status_sent(&self) {
         self.last_status_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// `None` when nothing is in flight.
-    pub fn set_oldest_unconfirmed(&self, published_ms: Option<u64>) {
+    pub(crate) fn set_oldest_unconfirmed(&self, published_ms: Option<u64>) {
         self.oldest_unconfirmed_ms
             .store(published_ms.unwrap_or(0), Ordering::Relaxed);
     }
@@ -104,7 +104,7 @@ impl Health {
     /// or a hot standby waiting for the slot. A standby counts as ready so that a rolling
     /// update or a disruption budget never waits forever on a pod that is standing by by
     /// design; [`Health::activity`] (`/activez`) tells the roles apart.
-    pub fn readiness(&self, now_ms: u64) -> Result<Role, Vec<&'static str>> {
+    pub(crate) fn readiness(&self, now_ms: u64) -> Result<Role, Vec<&'static str>> {
         if self.standby.load(Ordering::Relaxed) {
             return Ok(Role::Standby);
         }
@@ -113,7 +113,7 @@ impl Health {
 
     /// Active (`/activez`): this instance holds the slot, streams and confirms; or the reasons
     /// why not (short, fixed phrases: no values, no secrets).
-    pub fn activity(&self, now_ms: u64) -> Result<(), Vec<&'static str>> {
+    pub(crate) fn activity(&self, now_ms: u64) -> Result<(), Vec<&'static str>> {
         let mut why = Vec::new();
         let get = |a: &AtomicBool| a.load(Ordering::Relaxed);
         let retrying = retry_reason(self.retrying.load(Ordering::Relaxed));

@@ -24,7 +24,7 @@ struct State {
 
 /// Serves on `listener` (bound by `preflight::check` before anything else happens) until
 /// `shutdown` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -120,7 +120,7 @@ async fn activez(axum::extract::State(s): axum::extract::State<State>) -> impl I
 
 /// A blocking `GET` of an `http://host:port/path` URL: (status code, body). Used by
 /// `walrelay ready` (the container HEALTHCHECK), which must not need curl in the image.
-pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+pub(crate) fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let bad = || {
         std::io::Error::new(

@@ -1,52 +1,49 @@
 //! walrelay: streams committed PostgreSQL changes to RabbitMQ through logical decoding, at least once.
 //!
-//! Layout (one module per domain concept; see `docs/architecture.md` for the data flow):
-//! - [`lsn`]: WAL positions.
-//! - [`pgoutput`]: pure decoder of the pgoutput protocol, with the relation cache.
-//! - [`value`]: renders column values exactly as PostgreSQL's `to_jsonb()` does.
-//! - [`event`]: the change event envelope consumers receive, and its JSON encoding.
-//! - [`filter`]: which changes are published (tables, ops, columns, row predicates, no-op
-//!   updates) and the flood guard for bulk transactions.
-//! - [`metrics`]: Prometheus metrics; [`health`]: liveness and readiness; [`http`]: serves both.
-//! - [`backfill`]: existing rows published beside the stream (watermarks, chunks, progress).
-//! - [`checkpoint`]: the ack tracker that decides which LSN may be confirmed to PostgreSQL.
-//! - [`source`]: our replication connection (TLS, auth, framing, slot and publication setup).
-//! - [`sink`]: the RabbitMQ publisher (confirms, `mandatory`, bounded in-flight window).
-//! - [`pipeline`]: wires source and sink into sessions, reconnects, shuts down cleanly.
-//! - [`error`]: what an error means (reconnect, stand by, stop) and which side it is on.
-//! - [`schema`]: the catalog's facts about a relation (names, partition root, key candidates).
-//! - [`tls`]: rustls client configurations for every connection.
-//! - [`secret`]: passwords that never print.
-//! - [`config`]: the TOML file and environment overrides, validated into typed values.
-//! - [`preflight`]: what `run` checks on this machine before it creates anything.
-//! - [`service`]: `walrelay run` as a library call (pipeline, HTTP, probe, progress line).
-//! - [`commands`]: the binary's commands (run, doctor, status, tail, backfill, ready, check-config).
-//! - [`shutdown`]: the one shutdown signal every task listens to.
-//! - [`transform`]: the pure stage from decoded messages to events (filter, flood guard, backfill windows).
+//! The layout, by layer: each module imports only from its own layer or below, and
+//! `tests/architecture.rs` checks it (docs/architecture.md walks one row change through them).
+//! Modules the binary, the tests and the benches do not name are private.
+//!
+//! - L5 faces: [`commands`] (run, check-config, doctor, status, tail, backfill, ready).
+//! - L4 running: `service` (`walrelay run` as a call), `pipeline` (sessions: the replication
+//!   and publisher tasks, reconnects, clean shutdown), `http` (`/metrics`, `/healthz`,
+//!   `/readyz`, `/activez`), `probe` (retained WAL, heartbeats), `preflight` (what `run`
+//!   checks on this machine before it creates anything).
+//! - L3 policy: [`error`] (what an error means: reconnect, stand by, stop), [`config`] (the
+//!   TOML file and environment overrides, validated into typed values).
+//! - L2 stages and clients: `transform` (pure: decoded messages to events, with the filter's
+//!   verdicts, the flood guard and backfill windows), [`source`] (our replication client),
+//!   [`sink`] (the `Sink` trait and its contract; exchanges over AMQP, streams), `backfill`
+//!   (existing rows beside the stream).
+//! - L1 domain: [`event`] (the envelope consumers receive), `filter` (which changes are
+//!   published, and how), `checkpoint` (the ack tracker), `position_file`.
+//! - L0 words: [`lsn`], [`value`] (`to_jsonb()` rendering), [`pgoutput`] (the decoder),
+//!   `schema` (a relation's catalog facts), `tls`, [`metrics`], `health`, `secret`,
+//!   `failpoint`, `shutdown`.
 
-pub mod backfill;
-pub mod checkpoint;
+mod backfill;
+mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod event;
-pub mod failpoint;
-pub mod filter;
-pub mod health;
-pub mod http;
+mod failpoint;
+mod filter;
+mod health;
+mod http;
 pub mod lsn;
 pub mod metrics;
 pub mod pgoutput;
-pub mod pipeline;
-pub mod position_file;
-pub mod preflight;
-pub mod probe;
-pub mod schema;
-pub mod secret;
-pub mod service;
-pub mod shutdown;
+mod pipeline;
+mod position_file;
+mod preflight;
+mod probe;
+mod schema;
+mod secret;
+mod service;
+mod shutdown;
 pub mod sink;
 pub mod source;
-pub mod tls;
-pub mod transform;
+mod tls;
+mod transform;
 pub mod value;

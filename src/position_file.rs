@@ -14,13 +14,13 @@ use crate::lsn::Lsn;
 
 /// The file and the last position written to it.
 #[derive(Debug)]
-pub struct PositionFile {
+pub(crate) struct PositionFile {
     path: PathBuf,
     written: Option<Lsn>,
 }
 
 impl PositionFile {
-    pub fn new(path: &Path) -> PositionFile {
+    pub(crate) fn new(path: &Path) -> PositionFile {
         PositionFile {
             path: path.to_owned(),
             written: None,
@@ -28,7 +28,7 @@ impl PositionFile {
     }
 
     /// The stored position; `None` when the file does not exist yet.
-    pub fn load(&mut self) -> std::io::Result<Option<Lsn>> {
+    pub(crate) fn load(&mut self) -> std::io::Result<Option<Lsn>> {
         match std::fs::read_to_string(&self.path) {
             Ok(text) => {
                 let lsn = text.trim().parse::<Lsn>().map_err(|e| {
@@ -46,7 +46,7 @@ impl PositionFile {
     }
 
     /// Durably records `lsn` if it is beyond what the file holds.
-    pub fn store(&mut self, lsn: Lsn) -> std::io::Result<()> {
+    pub(crate) fn store(&mut self, lsn: Lsn) -> std::io::Result<()> {
         if self.written.is_some_and(|w| w >= lsn) {
             return Ok(());
         }

@@ -18,7 +18,7 @@ use crate::tls::{self, TlsError, Verify};
 
 /// A local precondition that does not hold; each names the configuration key to change.
 #[derive(Debug, thiserror::Error)]
-pub enum PreflightError {
+pub(crate) enum PreflightError {
     #[error(
         "cannot listen on {addr} (http.listen): {source}; choose another address with http.listen or WALRELAY_HTTP_LISTEN (nothing was created in PostgreSQL or RabbitMQ)"
     )]
@@ -39,7 +39,9 @@ pub enum PreflightError {
 
 /// Binds `http.listen` (when set) and checks the files: the listener to serve on, or the first
 /// precondition that fails.
-pub async fn check(settings: &Settings) -> Result<Option<tokio::net::TcpListener>, PreflightError> {
+pub(crate) async fn check(
+    settings: &Settings,
+) -> Result<Option<tokio::net::TcpListener>, PreflightError> {
     let listener = match settings.service.http_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -53,7 +55,7 @@ pub async fn check(settings: &Settings) -> Result<Option<tokio::net::TcpListener
 }
 
 /// The position file and the CA bundles, without binding anything.
-pub fn check_files(settings: &Settings) -> Result<(), PreflightError> {
+pub(crate) fn check_files(settings: &Settings) -> Result<(), PreflightError> {
     if let Some(path) = &settings.service.state_file {
         state_file(path)?;
     }
@@ -78,7 +80,7 @@ pub fn check_files(settings: &Settings) -> Result<(), PreflightError> {
 }
 
 /// True when something already listens on `addr`: binding it fails with "address in use".
-pub async fn port_taken(addr: SocketAddr) -> Option<std::io::Error> {
+pub(crate) async fn port_taken(addr: SocketAddr) -> Option<std::io::Error> {
     tokio::net::TcpListener::bind(addr).await.err()
 }
 

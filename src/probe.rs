@@ -25,7 +25,7 @@ use crate::source::setup::quote_literal;
 use crate::source::{Connection, SourceError};
 
 /// Runs until shutdown.
-pub async fn run(settings: Settings, metrics: Arc<Metrics>, shutdown: Shutdown) {
+pub(crate) async fn run(settings: Settings, metrics: Arc<Metrics>, shutdown: Shutdown) {
     let tick = settings
         .service
         .heartbeat_interval

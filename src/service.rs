@@ -16,7 +16,7 @@ use crate::shutdown::Shutdown;
 
 /// Why the service stopped with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
+pub(crate) enum ServiceError {
     #[error("HTTP endpoint failed: {0}")]
     Http(#[source] std::io::Error),
     /// A local precondition failed before anything was created (`preflight`).
@@ -28,7 +28,7 @@ pub enum ServiceError {
 
 /// Runs until `shutdown` is triggered (Ok) or a permanent error. A failed HTTP endpoint
 /// triggers it too: the process stops as a whole.
-pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), ServiceError> {
+pub(crate) async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), ServiceError> {
     info!(version = env!("CARGO_PKG_VERSION"), slot = %settings.source.slot, "walrelay starting");
     // Everything that depends only on this machine first: a taken port or an unreadable file
     // must stop walrelay before it creates a slot that would retain WAL with nobody reading.

@@ -44,7 +44,10 @@ pub enum TlsError {
 
 /// Builds the rustls client configuration: roots from `ca_file` when given, else webpki's and
 /// the system's.
-pub fn client_config(mode: Verify, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(
+    mode: Verify,
+    ca_file: Option<&Path>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -74,7 +77,7 @@ pub fn client_config(mode: Verify, ca_file: Option<&Path>) -> Result<Arc<ClientC
 }
 
 /// The server name to verify: the host from the URL.
-pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(host.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))
 }
 

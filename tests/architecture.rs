@@ -208,3 +208,36 @@ fn the_reader_finds_imports_and_skips_comments() {
     let got: Vec<String> = imports(text).into_iter().collect();
     assert_eq!(got, ["event", "lsn"]);
 }
+
+/// Split by concept before a file grows past this (style.md: small files; issue 29).
+const MAX_LINES: usize = 450;
+
+#[test]
+fn no_source_file_over_450_lines() {
+    // Every file, unit tests included.
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(Path::new("src"), &mut all);
+    let mut long: Vec<String> = all
+        .iter()
+        .filter_map(|path| {
+            let n = std::fs::read_to_string(path).unwrap().lines().count();
+            (n > MAX_LINES).then(|| format!("{}: {n} lines", path.display()))
+        })
+        .collect();
+    long.sort();
+    assert!(
+        long.is_empty(),
+        "over {MAX_LINES} lines:\n{}",
+        long.join("\n")
+    );
+}

@@ -12,7 +12,7 @@ use super::common::*;
 use super::e2e_parts::{Env, RelayRun, cpu_secs_of, proc_status_of};
 
 /// Copies `rows` rows of `orders` into a table of its own (same columns and key).
-pub async fn prepare(c: &tokio_postgres::Client, rows: i64) -> &'static str {
+pub(crate) async fn prepare(c: &tokio_postgres::Client, rows: i64) -> &'static str {
     c.batch_execute(&format!(
         "DROP TABLE IF EXISTS bf_orders;
          CREATE TABLE bf_orders (LIKE orders INCLUDING ALL);
@@ -27,7 +27,7 @@ pub async fn prepare(c: &tokio_postgres::Client, rows: i64) -> &'static str {
 }
 
 /// Backfills `table` through a fresh slot and publication; `batch` events per message.
-pub async fn walrelay_backfill(
+pub(crate) async fn walrelay_backfill(
     env: &Env,
     c: &tokio_postgres::Client,
     table: &str,
@@ -179,7 +179,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Both runs and the broker limit, as a Markdown table.
-pub async fn report(env: &Env, c: &tokio_postgres::Client, rows: i64) {
+pub(crate) async fn report(env: &Env, c: &tokio_postgres::Client, rows: i64) {
     let table = prepare(c, rows).await;
     eprintln!("== backfill: {rows} rows");
     let (one, one_live) = walrelay_backfill(env, c, table, 1).await;

@@ -12,21 +12,21 @@ use walrelay::sink::confirms::ConfirmWindow;
 use super::common::*;
 use super::{TIMEOUT, timed};
 
-pub const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE orders (id bigserial PRIMARY KEY, customer int, status text, total numeric(10,2),
   note text, created_at timestamptz, paid boolean, score float8, tags text[], ref uuid, payload jsonb);
 CREATE TABLE accounts (id bigserial PRIMARY KEY, owner text, balance numeric(12,2), note text);
 ALTER TABLE accounts REPLICA IDENTITY FULL;
 INSERT INTO accounts (owner, balance, note) SELECT 'o' || g, 100, 'seed' FROM generate_series(1, 20000) g;";
 
-pub struct Env {
+pub(crate) struct Env {
     pub url: String,
     pub port: u16,
     pub python: Option<String>,
 }
 
 /// A backlog of changes waiting in slot `main_<i>` (and copies of it).
-pub struct Backlog {
+pub(crate) struct Backlog {
     pub i: usize,
     pub table: String,
     pub events: u64,
@@ -57,7 +57,7 @@ fn pgbench(env: &Env, args: &[&str]) {
 }
 
 impl Backlog {
-    pub async fn build(
+    pub(crate) async fn build(
         env: &Env,
         c: &tokio_postgres::Client,
         i: usize,
@@ -118,7 +118,7 @@ impl Backlog {
 }
 
 /// `pg_recvlogical` reading the backlog from a copy of the slot into /dev/null.
-pub async fn decode_limit(env: &Env, _c: &tokio_postgres::Client, b: &Backlog) -> f64 {
+pub(crate) async fn decode_limit(env: &Env, _c: &tokio_postgres::Client, b: &Backlog) -> f64 {
     let end = format!("{:X}/{:X}", b.end >> 32, b.end & 0xFFFF_FFFF);
     let (out, secs) = timed(async {
         Command::new(pg_bin("pg_recvlogical"))
@@ -162,7 +162,7 @@ pub async fn decode_limit(env: &Env, _c: &tokio_postgres::Client, b: &Backlog) -
 
 /// One walrelay catch-up run.
 #[derive(Debug, Default, Clone)]
-pub struct RelayRun {
+pub(crate) struct RelayRun {
     pub secs: f64,
     pub events: u64,
     pub messages: u64,
@@ -177,7 +177,7 @@ pub struct RelayRun {
 }
 
 /// A `/proc/<pid>/status` field in KiB.
-pub fn proc_status_of(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_status_of(pid: u32, field: &str) -> u64 {
     proc_status(pid, field)
 }
 
@@ -191,7 +191,7 @@ fn proc_status(pid: u32, field: &str) -> u64 {
 }
 
 /// CPU seconds (user + system) of a process so far.
-pub fn cpu_secs_of(pid: u32) -> f64 {
+pub(crate) fn cpu_secs_of(pid: u32) -> f64 {
     cpu_secs(pid)
 }
 
@@ -205,7 +205,7 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// walrelay from start until the slot is confirmed past the backlog's end.
-pub async fn walrelay_catchup(
+pub(crate) async fn walrelay_catchup(
     env: &Env,
     c: &tokio_postgres::Client,
     b: &Backlog,
@@ -283,13 +283,13 @@ pub async fn walrelay_catchup(
 /// window of 2,000 (walrelay's default), to a durable classic queue. The properties matter:
 /// RabbitMQ accepts bare messages ~25% faster, which is not a rate any relay sending
 /// walrelay's messages could reach.
-pub async fn broker_limit(n: u64, size: usize) -> f64 {
+pub(crate) async fn broker_limit(n: u64, size: usize) -> f64 {
     broker_limit_on(n, size, false, true).await
 }
 
 /// The broker limit on a durable classic queue, or on a quorum queue, with walrelay's
 /// properties (`shaped`) or only `delivery_mode`.
-pub async fn broker_limit_on(n: u64, size: usize, quorum: bool, shaped: bool) -> f64 {
+pub(crate) async fn broker_limit_on(n: u64, size: usize, quorum: bool, shaped: bool) -> f64 {
     let exchange = unique("limit");
     let args = if quorum {
         queue_args(&[("x-queue-type", text("quorum"))])
@@ -341,7 +341,7 @@ pub async fn broker_limit_on(n: u64, size: usize, quorum: bool, shaped: bool) ->
 }
 
 /// The Python peer on a copy of the slot, for at most 30 s: (events, seconds).
-pub async fn python_peer(
+pub(crate) async fn python_peer(
     env: &Env,
     _c: &tokio_postgres::Client,
     b: &Backlog,
@@ -380,7 +380,7 @@ pub async fn python_peer(
 }
 
 /// `2026-11-22T03:35:50.822039+00:00` → µs since the Unix epoch.
-pub fn parse_commit_time(s: &str) -> Option<i64> {
+pub(crate) fn parse_commit_time(s: &str) -> Option<i64> {
     let (date, rest) = s.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, dd) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
@@ -401,7 +401,7 @@ pub fn parse_commit_time(s: &str) -> Option<i64> {
 
 /// Commit-to-consumer latency percentiles (ms) under `pgbench -R rate` for 20 s.
 #[derive(Debug, Default, Clone)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub rate: u32,
     pub achieved_tps: f64,
     pub p50_ms: f64,
@@ -417,7 +417,7 @@ pub struct Latency {
     pub relay_confirm_p50_p99_ms: Option<(f64, f64)>,
 }
 
-pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency> {
+pub(crate) async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency> {
     c.batch_execute("CREATE PUBLICATION pub_live FOR TABLE orders")
         .await
         .unwrap();
@@ -482,7 +482,7 @@ pub async fn live_latency(env: &Env, c: &tokio_postgres::Client) -> Vec<Latency>
 /// One pgbench run of single-row transactions at `rate` tx/s for 20 s, with a consumer
 /// pushing commit→consume latencies (µs) into `samples`; waits until `slot` is confirmed past
 /// the run. `idle_rss_kib` is left 0 for the caller.
-pub async fn latency_at(
+pub(crate) async fn latency_at(
     env: &Env,
     c: &tokio_postgres::Client,
     slot: &str,
@@ -535,7 +535,7 @@ pub async fn latency_at(
     }
 }
 
-pub struct Row {
+pub(crate) struct Row {
     pub name: String,
     pub events: u64,
     pub decode: f64,
@@ -544,7 +544,7 @@ pub struct Row {
     pub peer: Option<(u64, f64)>,
 }
 
-pub fn print_report(rows: &[Row], batched: &RelayRun, batch_decode: f64, lat: &[Latency]) {
+pub(crate) fn print_report(rows: &[Row], batched: &RelayRun, batch_decode: f64, lat: &[Latency]) {
     println!("\n## Catch-up throughput (events/s)\n");
     println!(
         "| backlog | events | decode limit | broker limit | walrelay | walrelay / min(limits) | Python peer | walrelay CPU µs/event | peak RSS MiB |"

@@ -48,7 +48,7 @@ fn config(
 }
 
 /// walrelay with the stream sink from start until the slot is confirmed past the backlog.
-pub async fn stream_catchup(
+pub(crate) async fn stream_catchup(
     env_: &Env,
     c: &tokio_postgres::Client,
     b: &Backlog,
@@ -117,12 +117,12 @@ pub async fn stream_catchup(
 /// The stream limit: one named producer sending `n` messages of `size` bytes shaped like
 /// walrelay's (message id, content type, creation time, five application properties), each
 /// with a publishing id, every one confirmed. Seconds until the last confirm.
-pub async fn stream_limit(n: u64, size: usize) -> f64 {
+pub(crate) async fn stream_limit(n: u64, size: usize) -> f64 {
     stream_limit_with(n, size, 256).await
 }
 
 /// [`stream_limit`] with the client packing at most `batch` messages into one frame.
-pub async fn stream_limit_with(n: u64, size: usize, batch: usize) -> f64 {
+pub(crate) async fn stream_limit_with(n: u64, size: usize, batch: usize) -> f64 {
     let env = env().await;
     let stream = unique("limit");
     env.stream_creator().create(&stream).await.unwrap();
@@ -181,7 +181,7 @@ pub async fn stream_limit_with(n: u64, size: usize, batch: usize) -> f64 {
 
 /// Live commit→consumer latency with the stream sink at `rates` transactions per second
 /// (pgbench, 20 s each), the consumer reading the stream from `next`.
-pub async fn stream_live_latency(
+pub(crate) async fn stream_live_latency(
     env_: &Env,
     c: &tokio_postgres::Client,
     rates: &[u32],
@@ -257,7 +257,11 @@ fn startup(relay: &RelayRun) -> String {
 
 /// Backlogs (a)–(c) with the stream sink, batch mode on (a)'s shape, live latency: the
 /// report of `BENCH_ONLY=stream`.
-pub async fn report(env_: &Env, client: &tokio_postgres::Client, backlogs: &[(&str, &str, i64)]) {
+pub(crate) async fn report(
+    env_: &Env,
+    client: &tokio_postgres::Client,
+    backlogs: &[(&str, &str, i64)],
+) {
     println!(
         "| backlog (stream sink, RabbitMQ 4) | events | decode limit /s | stream limit /s | walrelay /s | × decode | CPU µs/event | peak RSS MiB | messages | startup |"
     );
@@ -327,7 +331,7 @@ pub async fn report(env_: &Env, client: &tokio_postgres::Client, backlogs: &[(&s
 
 /// walrelay's own commit → confirm share of a live run, as the bounds of the histogram
 /// buckets holding its median and 99th percentile.
-pub fn confirm_bounds(l: &Latency) -> String {
+pub(crate) fn confirm_bounds(l: &Latency) -> String {
     match l.relay_confirm_p50_p99_ms {
         Some((p50, p99)) => format!("{p50:.0} / {p99:.0}"),
         None => "?".to_owned(),

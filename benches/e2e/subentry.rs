@@ -30,7 +30,7 @@ use super::common::{connect_amqp, queue_args, text, unique};
 const WINDOW: u64 = 2000;
 
 /// One run: the rate and the broker's CPU per message.
-pub struct SubEntryRun {
+pub(crate) struct SubEntryRun {
     pub per_entry: usize,
     pub messages_per_sec: f64,
     pub broker_cpu_us_per_message: f64,
@@ -38,7 +38,7 @@ pub struct SubEntryRun {
 
 /// Sends `n` messages with a body of `size` bytes, `per_entry` to an entry (1: plain
 /// entries), at most 256 entries or 1 MiB to a frame.
-pub async fn run(n: u64, size: usize, per_entry: usize) -> SubEntryRun {
+pub(crate) async fn run(n: u64, size: usize, per_entry: usize) -> SubEntryRun {
     let env = env().await;
     let stream = unique("subentry");
     env.stream_creator().create(&stream).await.unwrap();

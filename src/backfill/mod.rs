@@ -17,20 +17,20 @@
 //!   most the chunk in flight, with identical ids.
 
 mod chunk;
-pub mod privileges;
-pub mod store;
-pub mod window;
-pub mod worker;
-pub mod writers;
+pub(crate) mod privileges;
+pub(crate) mod store;
+pub(crate) mod window;
+pub(crate) mod worker;
+pub(crate) mod writers;
 
 use serde::{Deserialize, Serialize};
 
 /// The logical message prefix of watermarks: reserved, never published.
-pub const PREFIX: &str = "walrelay.backfill";
+pub(crate) const PREFIX: &str = "walrelay.backfill";
 
 /// The logical message prefix of walrelay's announcements (`slot_created`): reserved,
 /// published only as control events.
-pub const CONTROL_PREFIX: &str = "walrelay.control";
+pub(crate) const CONTROL_PREFIX: &str = "walrelay.control";
 
 /// How backfills run (`[backfill]`).
 #[derive(Clone, Debug)]
@@ -58,7 +58,7 @@ pub struct BackfillSettings {
 /// session (replayed from the slot after a restart) have no chunk and are skipped — that
 /// session's unconfirmed chunks are read again by the next one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mark {
+pub(crate) struct Mark {
     pub session: String,
     pub backfill: i64,
     pub chunk: i64,
@@ -75,7 +75,7 @@ pub struct Mark {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MarkKind {
+pub(crate) enum MarkKind {
     /// Before the chunk's `SELECT`: changes of the table from here on supersede its rows.
     Low,
     /// After it: the chunk, minus superseded rows, is published here.
@@ -91,19 +91,19 @@ pub enum MarkKind {
 }
 
 impl Mark {
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
 
     /// Parses a watermark's content; `None` for anything else under the prefix.
-    pub fn parse(content: &[u8]) -> Option<Mark> {
+    pub(crate) fn parse(content: &[u8]) -> Option<Mark> {
         serde_json::from_slice(content).ok()
     }
 }
 
 /// A chunk read by the worker, handed to the replication task before its high mark is written.
 #[derive(Debug)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     pub backfill: i64,
     pub chunk: i64,
     /// The table as pgoutput describes it (published columns, in table order) and its facts.
@@ -115,7 +115,7 @@ pub struct Chunk {
 
 /// The id of a `read` event: the backfill and a 128-bit digest of the row's rendered key, so a
 /// chunk published again after a crash carries the same ids.
-pub fn read_id(backfill: i64, key_json: &str) -> String {
+pub(crate) fn read_id(backfill: i64, key_json: &str) -> String {
     format!("read:{backfill}:{:032x}", fnv1a_128(key_json.as_bytes()))
 }
 

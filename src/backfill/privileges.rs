@@ -13,7 +13,7 @@ use crate::source::{Connection, SourceError};
 
 /// One privilege the role lacks.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Missing {
+pub(crate) struct Missing {
     /// What cannot be done without it, e.g. `read public.orders`.
     pub need: String,
     /// The statement that grants it.
@@ -27,7 +27,7 @@ impl std::fmt::Display for Missing {
 }
 
 /// The privileges the current role lacks to backfill `tables` with its progress in `schema`.
-pub async fn missing(
+pub(crate) async fn missing(
     c: &mut Connection,
     schema: &str,
     tables: &[TableName],

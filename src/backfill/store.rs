@@ -53,7 +53,7 @@ fn table_sql(schema: &str) -> String {
 /// EXISTS` against the database's `CREATE` privilege even when the schema exists, so a role
 /// given a schema of its own (`CREATE SCHEMA walrelay AUTHORIZATION walrelay`) and nothing on
 /// the database was refused with "permission denied for database".
-pub async fn ensure(conn: &mut Connection, schema: &str) -> Result<(), SourceError> {
+pub(crate) async fn ensure(conn: &mut Connection, schema: &str) -> Result<(), SourceError> {
     if exists(conn, schema).await? {
         return Ok(());
     }
@@ -100,7 +100,7 @@ pub async fn ensure(conn: &mut Connection, schema: &str) -> Result<(), SourceErr
 }
 
 /// True when the progress table exists (status and `--status` read nothing otherwise).
-pub async fn exists(conn: &mut Connection, schema: &str) -> Result<bool, SourceError> {
+pub(crate) async fn exists(conn: &mut Connection, schema: &str) -> Result<bool, SourceError> {
     let rows = conn
         .simple_query(&format!(
             "SELECT to_regclass({}) IS NOT NULL",
@@ -111,7 +111,7 @@ pub async fn exists(conn: &mut Connection, schema: &str) -> Result<bool, SourceE
 }
 
 /// Records a request; returns its id.
-pub async fn request(
+pub(crate) async fn request(
     conn: &mut Connection,
     schema: &str,
     slot: &str,
@@ -135,7 +135,7 @@ pub async fn request(
 }
 
 /// Records the initial snapshot's requests, unless one for the same table is still active.
-pub async fn request_snapshot(
+pub(crate) async fn request_snapshot(
     conn: &mut Connection,
     schema: &str,
     slot: &str,
@@ -159,7 +159,7 @@ pub async fn request_snapshot(
 
 /// Asks for the active backfills of `table` (all active ones when `None`) to be cancelled;
 /// returns how many.
-pub async fn cancel(
+pub(crate) async fn cancel(
     conn: &mut Connection,
     schema: &str,
     slot: &str,
@@ -188,7 +188,7 @@ const COLUMNS: &str = "id, schema_name, table_name, where_clause, kind, state, l
      rows_done / greatest(extract(epoch FROM coalesce(finished_at, now()) - started_at), 0.001), error";
 
 /// Every backfill of this slot, newest first.
-pub async fn list(
+pub(crate) async fn list(
     conn: &mut Connection,
     schema: &str,
     slot: &str,
@@ -204,7 +204,7 @@ pub async fn list(
 }
 
 /// The oldest active backfill of this slot: backfills run one at a time, in request order.
-pub async fn next(
+pub(crate) async fn next(
     conn: &mut Connection,
     schema: &str,
     slot: &str,
@@ -221,7 +221,7 @@ pub async fn next(
 }
 
 /// Marks a backfill running, with its stop key and row estimate (kept if already set).
-pub async fn start(
+pub(crate) async fn start(
     conn: &mut Connection,
     schema: &str,
     id: i64,
@@ -240,7 +240,7 @@ pub async fn start(
 }
 
 /// Records a broker-confirmed chunk.
-pub async fn progress(
+pub(crate) async fn progress(
     conn: &mut Connection,
     schema: &str,
     id: i64,
@@ -258,7 +258,7 @@ pub async fn progress(
 }
 
 /// Ends a backfill: `finished`, `cancelled` or `failed` (with the reason).
-pub async fn finish(
+pub(crate) async fn finish(
     conn: &mut Connection,
     schema: &str,
     id: i64,

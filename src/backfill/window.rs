@@ -22,7 +22,7 @@ struct Open {
 
 /// What a watermark asks of the transform.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// Nothing to publish (a low mark, or a mark of another session).
     None,
     /// A low mark opening the first chunk: announce the backfill.
@@ -39,7 +39,7 @@ pub enum Step {
 
 /// The backfill state of one replication session.
 #[derive(Debug)]
-pub struct Windows {
+pub(crate) struct Windows {
     session: String,
     open: Option<Open>,
     /// Chunks the worker handed over, waiting for their high mark.
@@ -53,13 +53,13 @@ pub struct Windows {
 /// always sends the chunk before it writes the high mark, so this is a bug, not a race.
 #[derive(Debug, thiserror::Error)]
 #[error("backfill {backfill}: the high watermark of chunk {chunk} arrived without its rows")]
-pub struct MissingChunk {
+pub(crate) struct MissingChunk {
     pub backfill: i64,
     pub chunk: i64,
 }
 
 impl Windows {
-    pub fn new(session: String) -> Windows {
+    pub(crate) fn new(session: String) -> Windows {
         Windows {
             session,
             open: None,
@@ -69,33 +69,33 @@ impl Windows {
     }
 
     /// A chunk from the worker (before its high mark is written).
-    pub fn offer(&mut self, chunk: Chunk) {
+    pub(crate) fn offer(&mut self, chunk: Chunk) {
         self.chunks.insert((chunk.backfill, chunk.chunk), chunk);
     }
 
     /// True when changes of `schema.table` must be recorded now.
-    pub fn watching(&self, schema: &str, table: &str) -> bool {
+    pub(crate) fn watching(&self, schema: &str, table: &str) -> bool {
         self.open
             .as_ref()
             .is_some_and(|o| o.schema == schema && o.table == table)
     }
 
     /// A change of the watched table touched the row with this rendered key.
-    pub fn changed(&mut self, key: String) {
+    pub(crate) fn changed(&mut self, key: String) {
         if let Some(o) = self.open.as_mut() {
             o.keys.insert(key);
         }
     }
 
     /// The watched table was truncated.
-    pub fn truncated(&mut self) {
+    pub(crate) fn truncated(&mut self) {
         if let Some(o) = self.open.as_mut() {
             o.truncated = true;
         }
     }
 
     /// Applies a watermark decoded from the stream.
-    pub fn mark(&mut self, mark: Mark) -> Result<Step, MissingChunk> {
+    pub(crate) fn mark(&mut self, mark: Mark) -> Result<Step, MissingChunk> {
         if mark.session != self.session {
             // An earlier session's mark, replayed from the slot: its chunk died with that
             // session and is read again (progress was never recorded for it).

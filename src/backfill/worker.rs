@@ -32,7 +32,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const AFTER_LOW_WAIT: Duration = Duration::from_secs(1);
 
 /// Everything the worker needs from its session.
-pub struct Worker {
+pub(crate) struct Worker {
     pub conn: ConnParams,
     pub slot: String,
     pub publication: String,
@@ -78,7 +78,7 @@ impl From<SourceError> for Failure {
 
 impl Worker {
     /// Runs until the session ends (it is aborted with it).
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut conn: Option<Connection> = None;
         loop {
             let result = async {

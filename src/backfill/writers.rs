@@ -34,7 +34,7 @@ const SAY_AFTER: Duration = Duration::from_secs(1);
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// How a wait ended.
-pub enum Waited {
+pub(crate) enum Waited {
     /// Every listed writer has ended: the chunk may be read.
     Clear,
     /// The backfill was cancelled while writers were still running.
@@ -94,7 +94,7 @@ async fn running(c: &mut Connection, vxids: &[String]) -> Result<Vec<String>, So
 }
 
 /// Where to look for a cancellation of the backfill while the wait lasts.
-pub struct CancelCheck<'a> {
+pub(crate) struct CancelCheck<'a> {
     pub schema: &'a str,
     pub slot: &'a str,
     pub backfill: i64,
@@ -113,7 +113,7 @@ impl CancelCheck<'_> {
 /// chunk's `SELECT`; the worker also waits before the low mark, without a limit, so that a long
 /// writer is waited out while no window is open (an open window holds the keys of every
 /// change of the table). A cancellation of the backfill is looked for once a second.
-pub async fn wait_for_writers(
+pub(crate) async fn wait_for_writers(
     c: &mut Connection,
     table: &TableName,
     cancel: &CancelCheck<'_>,

@@ -9,10 +9,10 @@ use crate::filter::glob::TablePattern;
 
 /// Rows per chunk: large enough that the two watermarks and the confirm wait are a small
 /// share of a chunk's time, small enough that a chunk is a few MiB in memory.
-pub const DEFAULT_CHUNK_ROWS: usize = 5_000;
-pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
-pub const DEFAULT_SCHEMA: &str = "walrelay";
-pub const DEFAULT_CONTROL_PREFIX: &str = "_walrelay.control";
+pub(super) const DEFAULT_CHUNK_ROWS: usize = 5_000;
+pub(super) const DEFAULT_POLL_INTERVAL_MS: u64 = 1_000;
+pub(super) const DEFAULT_SCHEMA: &str = "walrelay";
+pub(super) const DEFAULT_CONTROL_PREFIX: &str = "_walrelay.control";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

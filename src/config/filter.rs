@@ -57,7 +57,7 @@ pub struct RawFlood {
 }
 
 /// Partitions are numbered 0..N-1 in routing keys; more than this is a typo, not a design.
-pub const MAX_PARTITIONS: u32 = 1024;
+pub(super) const MAX_PARTITIONS: u32 = 1024;
 
 fn patterns(key: &str, list: &[String]) -> Result<Vec<TablePattern>, ConfigError> {
     list.iter()

@@ -8,7 +8,7 @@
 
 /// One `key = …` of the file: its full path (`filter.table[0].where`) and line (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
+pub(super) struct Located {
     pub path: String,
     pub line: usize,
 }
@@ -49,7 +49,7 @@ fn key_of(line: &str) -> Option<String> {
 }
 
 /// Every key of `text`, in order, with its full path and line.
-pub fn keys(text: &str) -> Vec<Located> {
+pub(super) fn keys(text: &str) -> Vec<Located> {
     let mut out = Vec::new();
     let mut prefix = String::new();
     let mut arrays: std::collections::HashMap<String, usize> = Default::default();
@@ -95,7 +95,7 @@ pub fn keys(text: &str) -> Vec<Located> {
 }
 
 /// The line of `path` in `text`, when the file sets it.
-pub fn line_of(text: &str, path: &str) -> Option<usize> {
+pub(super) fn line_of(text: &str, path: &str) -> Option<usize> {
     keys(text)
         .into_iter()
         .find(|k| k.path == path)
@@ -104,7 +104,7 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
 
 /// The key whose value (or name) covers byte `offset` of `text`: the last key that starts at or
 /// before it.
-pub fn key_at(text: &str, offset: usize) -> Option<Located> {
+pub(super) fn key_at(text: &str, offset: usize) -> Option<Located> {
     let line = text[..offset.min(text.len())].matches('\n').count() + 1;
     keys(text).into_iter().take_while(|k| k.line <= line).last()
 }
@@ -154,7 +154,7 @@ fn found(unexpected: &str) -> &'static str {
 }
 
 /// Rewrites a deserializer's message for `key` so it explains and never quotes a value.
-pub fn explain(message: &str, key: &str) -> String {
+pub(super) fn explain(message: &str, key: &str) -> String {
     let m = message.trim();
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = m.strip_prefix(prefix)

@@ -20,7 +20,7 @@ pub enum Columns<'a> {
 }
 
 /// The key columns of `tuple` as a JSON object, exactly as [`Body::row`] writes a `key`.
-pub fn key_object(
+pub(super) fn key_object(
     rel: &Relation,
     tuple: &TupleData<'_>,
     key: &[usize],

@@ -116,7 +116,7 @@ impl TablePattern {
 
 /// Glob match over characters with `*` and `?`, by backtracking on the last `*` (linear in
 /// practice, never exponential).
-pub fn glob(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);

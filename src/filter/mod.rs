@@ -10,11 +10,11 @@
 //!
 //! Change ids still count every change pgoutput sent, so filtering never changes an id.
 
-pub mod glob;
-pub mod predicate;
+pub(crate) mod glob;
+pub(crate) mod predicate;
 mod view;
 
-pub use view::{TableView, key_description};
+pub(crate) use view::{TableView, key_description};
 
 use crate::event::routing::{KeyRef, RouteVars, RoutingTemplate, key_hash, partition_by_hash};
 use crate::event::{Event, Op, TableIdentity, TxContext};

@@ -138,7 +138,7 @@ fn routing_by_key(
 }
 
 /// "the primary key (id)", "no key", for messages.
-pub fn key_description(table: &TableIdentity, rel: &Relation) -> String {
+pub(crate) fn key_description(table: &TableIdentity, rel: &Relation) -> String {
     let Some(k) = &table.key else {
         return "the table has no key".to_owned();
     };

@@ -7,9 +7,9 @@
 //! confirming ends the session: while the broker is down walrelay holds no walsender, so a
 //! Postgres shutdown or failover never waits for us.
 
-pub mod position;
-pub mod publish;
-pub mod replicate;
+pub(crate) mod position;
+pub(crate) mod publish;
+pub(crate) mod replicate;
 mod session;
 mod snapshot;
 
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-pub use crate::error::RunError;
+pub(crate) use crate::error::RunError;
 use crate::error::{Decision, error_chain};
 use crate::health::Health;
 use crate::lsn::Lsn;
@@ -53,7 +53,7 @@ impl Memory {
 
 /// What a session reports to: metrics and health, always updated together.
 #[derive(Clone)]
-pub struct Observers {
+pub(crate) struct Observers {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
 }
@@ -109,7 +109,11 @@ impl Observers {
 }
 
 /// Runs sessions until `shutdown` becomes true (Ok) or a permanent error (Err).
-pub async fn run(settings: &Settings, obs: Observers, shutdown: Shutdown) -> Result<(), RunError> {
+pub(crate) async fn run(
+    settings: &Settings,
+    obs: Observers,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
     let mut memory = Memory::default();
     let service = &settings.service;
     let mut delay = service.reconnect_min;

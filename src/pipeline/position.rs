@@ -8,24 +8,24 @@ use crate::position_file::PositionFile;
 use crate::source::stream::ReplicationStream;
 
 /// Owns the position file and the last position reported to the server.
-pub struct Reporter {
+pub(crate) struct Reporter {
     file: Option<PositionFile>,
     reported: Lsn,
 }
 
 impl Reporter {
     /// `reported` is where the slot stands when the session starts.
-    pub fn new(file: Option<PositionFile>, reported: Lsn) -> Reporter {
+    pub(crate) fn new(file: Option<PositionFile>, reported: Lsn) -> Reporter {
         Reporter { file, reported }
     }
 
     /// The last flush position the server was told.
-    pub fn reported(&self) -> Lsn {
+    pub(crate) fn reported(&self) -> Lsn {
         self.reported
     }
 
     /// Records `flush`, then sends a standby status update (`received` as the write position).
-    pub async fn report(
+    pub(crate) async fn report(
         &mut self,
         stream: &mut ReplicationStream,
         received: Lsn,

@@ -35,14 +35,14 @@ const BUFFERED_RUN: u32 = 64;
 
 /// How the replication loop ended without error.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     Shutdown,
     /// The publisher dropped its end of the channel (it failed; its error says why).
     PublisherGone,
 }
 
 /// The state of one replication session.
-pub struct Replicator {
+pub(crate) struct Replicator {
     pub stream: ReplicationStream,
     /// The pure stage: decoded messages in, outbound items out.
     pub transform: Transform,
@@ -76,7 +76,7 @@ pub struct Replicator {
 
 impl Replicator {
     /// Runs until shutdown, publisher failure or an error.
-    pub async fn run(&mut self, shutdown: &Shutdown) -> Result<Stop, RunError> {
+    pub(crate) async fn run(&mut self, shutdown: &Shutdown) -> Result<Stop, RunError> {
         let mut status = tokio::time::interval(self.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buffered_run = 0;
@@ -181,7 +181,7 @@ impl Replicator {
     }
 
     /// Sends a status update reporting the broker-confirmed position as flushed.
-    pub async fn send_status(&mut self, reply_requested: bool) -> Result<(), RunError> {
+    pub(crate) async fn send_status(&mut self, reply_requested: bool) -> Result<(), RunError> {
         let flush = *self.acked.borrow();
         trace!(flush = %flush, write = %self.received, "standby status update");
         self.reporter

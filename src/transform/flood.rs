@@ -21,7 +21,7 @@ use crate::filter::{FloodPolicy, FloodSettings, TableView};
 use crate::metrics::Metrics;
 
 /// A change that passed the filter, waiting for the flood decision.
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub event: Event,
     /// The table's rules; `None` for a logical message, which is held in order with the
     /// changes but never counted, summarized or rerouted.
@@ -59,7 +59,7 @@ struct Tally {
 }
 
 /// The flood guard's state for the open transaction.
-pub struct FloodGuard {
+pub(crate) struct FloodGuard {
     settings: FloodSettings,
     /// True when some count limit exists, so transactions start undecided.
     counting: bool,
@@ -77,7 +77,11 @@ pub struct FloodGuard {
 
 impl FloodGuard {
     /// `counting`: whether any count limit is configured (globally or on a table rule).
-    pub fn new(settings: FloodSettings, counting: bool, metrics: Arc<Metrics>) -> FloodGuard {
+    pub(crate) fn new(
+        settings: FloodSettings,
+        counting: bool,
+        metrics: Arc<Metrics>,
+    ) -> FloodGuard {
         FloodGuard {
             settings,
             counting,
@@ -93,13 +97,14 @@ impl FloodGuard {
     }
 
     /// Changes held while undecided (never more than the count limit, plus one).
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
         self.held.len()
     }
 
     /// A transaction begins; `count`: whether its floods go into the metrics (false for a
     /// transaction an earlier session already counted).
-    pub fn begin(&mut self, count: bool) {
+    pub(crate) fn begin(&mut self, count: bool) {
         self.count = count;
         self.mode = if self.counting {
             Mode::Undecided
@@ -114,7 +119,7 @@ impl FloodGuard {
     }
 
     /// pgoutput's Origin message: the transaction is replayed from a replication origin.
-    pub fn origin(&mut self, name: &str, out: &mut VecDeque<Outbound>) {
+    pub(crate) fn origin(&mut self, name: &str, out: &mut VecDeque<Outbound>) {
         if self.settings.origins.iter().any(|o| o == name) {
             self.declare(FloodReason::Origin, out);
         }
@@ -122,7 +127,7 @@ impl FloodGuard {
 
     /// A transactional logical message. Returns true when it is the flood marker (which is
     /// consumed, never published).
-    pub fn marker(&mut self, prefix: &str, out: &mut VecDeque<Outbound>) -> bool {
+    pub(crate) fn marker(&mut self, prefix: &str, out: &mut VecDeque<Outbound>) -> bool {
         if self.settings.marker_prefix.as_deref() != Some(prefix) {
             return false;
         }
@@ -137,7 +142,7 @@ impl FloodGuard {
     }
 
     /// Offers a change that passed the filter.
-    pub fn offer(&mut self, c: Candidate, out: &mut VecDeque<Outbound>) {
+    pub(crate) fn offer(&mut self, c: Candidate, out: &mut VecDeque<Outbound>) {
         let Some(view) = &c.view else {
             match self.mode {
                 Mode::Undecided => self.held.push(c),
@@ -167,7 +172,7 @@ impl FloodGuard {
     }
 
     /// The transaction commits: held changes are released, summaries are emitted.
-    pub fn commit(&mut self, tx: &TxContext, out: &mut VecDeque<Outbound>) {
+    pub(crate) fn commit(&mut self, tx: &TxContext, out: &mut VecDeque<Outbound>) {
         match self.mode {
             Mode::Undecided | Mode::Normal => {
                 out.extend(self.held.drain(..).map(|c| Outbound::Event(c.event)));

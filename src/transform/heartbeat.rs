@@ -3,10 +3,10 @@
 //! epoch as decimal text), and the transform recognises to measure the round trip.
 
 /// The prefix of heartbeat messages.
-pub const PREFIX: &str = "walrelay.heartbeat";
+pub(crate) const PREFIX: &str = "walrelay.heartbeat";
 
 /// The heartbeat's emit time (µs since the Unix epoch) from its content.
-pub fn emitted_us(content: &[u8]) -> Option<i64> {
+pub(crate) fn emitted_us(content: &[u8]) -> Option<i64> {
     std::str::from_utf8(content).ok()?.parse().ok()
 }
 

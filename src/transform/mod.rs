@@ -21,7 +21,7 @@ use flood::FloodGuard;
 
 /// What the transform needs from the configuration.
 #[derive(Clone, Debug)]
-pub struct TransformSettings {
+pub(crate) struct TransformSettings {
     /// The default routing key template (tables may override it).
     pub routing: RoutingTemplate,
     /// Publish `pg_logical_emit_message` messages (op `message`).
@@ -60,7 +60,7 @@ pub enum TransformError {
 }
 
 /// The transform's state for one replication session.
-pub struct Transform {
+pub(crate) struct Transform {
     settings: TransformSettings,
     relations: RelationCache,
     types: TypeRegistry,
@@ -93,7 +93,7 @@ pub struct Transform {
 
 /// How far the metrics have counted, in stream order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counted {
+pub(crate) struct Counted {
     /// The last change counted: its transaction's commit LSN and its index.
     pub change: Option<(Lsn, u64)>,
     /// The last transaction whose commit was seen (its flood counted).
@@ -102,7 +102,7 @@ pub struct Counted {
 
 impl Counted {
     /// The later of two, field by field.
-    pub fn max(self, other: Counted) -> Counted {
+    pub(crate) fn max(self, other: Counted) -> Counted {
         Counted {
             change: self.change.max(other.change),
             commit: self.commit.max(other.commit),
@@ -111,7 +111,7 @@ impl Counted {
 }
 
 impl Transform {
-    pub fn new(
+    pub(crate) fn new(
         settings: TransformSettings,
         types: TypeRegistry,
         types_reloaded_at: Option<Lsn>,
@@ -143,13 +143,13 @@ impl Transform {
     }
 
     /// What earlier sessions already counted.
-    pub fn counted(mut self, counted: Counted) -> Transform {
+    pub(crate) fn counted(mut self, counted: Counted) -> Transform {
         self.counted = counted;
         self
     }
 
     /// What this session counted (for the next session's [`Transform::counted`]).
-    pub fn seen(&self) -> Counted {
+    pub(crate) fn seen(&self) -> Counted {
         self.seen
     }
 
@@ -161,22 +161,22 @@ impl Transform {
     }
 
     /// Records what the catalog says about relation `oid`, for its next Relation message.
-    pub fn learn(&mut self, oid: u32, facts: Option<RelationFacts>) {
+    pub(crate) fn learn(&mut self, oid: u32, facts: Option<RelationFacts>) {
         self.facts.insert(oid, facts);
     }
 
     /// A backfill chunk, handed over before its high watermark is written.
-    pub fn offer_chunk(&mut self, chunk: crate::backfill::Chunk) {
+    pub(crate) fn offer_chunk(&mut self, chunk: crate::backfill::Chunk) {
         self.windows.offer(chunk);
     }
 
     /// The chunks published since the last call, with their transaction's end position.
-    pub fn take_chunk_ends(&mut self) -> Vec<(i64, i64, Lsn)> {
+    pub(crate) fn take_chunk_ends(&mut self) -> Vec<(i64, i64, Lsn)> {
         std::mem::take(&mut self.chunk_ends)
     }
 
     /// True between a transaction's Begin and its Commit.
-    pub fn in_transaction(&self) -> bool {
+    pub(crate) fn in_transaction(&self) -> bool {
         self.open.is_some()
     }
 
@@ -187,7 +187,7 @@ impl Transform {
 
     /// Transforms one message, appending what it yields to `out` in WAL order. `received` is
     /// the highest WAL position received (the position of messages outside a transaction).
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         msg: Message<'_>,
         received: Lsn,
@@ -361,9 +361,9 @@ impl Transform {
 
 mod backfill;
 mod changes;
-pub mod flood;
+pub(crate) mod flood;
 #[cfg(test)]
 mod flood_tests;
-pub mod heartbeat;
+pub(crate) mod heartbeat;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@
 use super::{TypeKind, ValueError, write_text_value};
 
 /// Appends the JSON array for `text`, the output of an array whose elements are `elem`.
-pub fn write_array(
+pub(super) fn write_array(
     out: &mut String,
     text: &str,
     elem: &TypeKind,

@@ -6,12 +6,12 @@
 use super::json_string::write_json_string;
 
 /// `timestamp`: `2024-01-02 03:04:05.5` → `"2024-01-02T03:04:05.5"` (a trailing ` BC` stays).
-pub fn write_timestamp(out: &mut String, text: &str) {
+pub(super) fn write_timestamp(out: &mut String, text: &str) {
     write_json_string(out, &xsd(text, false));
 }
 
 /// `timestamptz`: `2024-01-02 03:04:05+00` → `"2024-01-02T03:04:05+00:00"`.
-pub fn write_timestamptz(out: &mut String, text: &str) {
+pub(super) fn write_timestamptz(out: &mut String, text: &str) {
     write_json_string(out, &xsd(text, true));
 }
 

@@ -6,7 +6,7 @@
 use super::{ValueError, write_json_string};
 
 /// Appends the JSON object for `text`, an hstore's text output.
-pub fn write_hstore(out: &mut String, text: &str) -> Result<(), ValueError> {
+pub(super) fn write_hstore(out: &mut String, text: &str) -> Result<(), ValueError> {
     let mut p = Parser { text, i: 0 };
     out.push('{');
     p.skip_space();

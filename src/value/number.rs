@@ -6,7 +6,7 @@
 use super::json_string::write_json_string;
 
 /// Appends the JSON for a number type's text output.
-pub fn write_number(out: &mut String, text: &str) {
+pub(super) fn write_number(out: &mut String, text: &str) {
     match normalize(text) {
         Some(Normalized::Unchanged) => out.push_str(text),
         Some(Normalized::Rewritten(s)) => out.push_str(&s),

@@ -6,7 +6,11 @@
 use super::{Field, ValueError, write_json_string, write_text_value};
 
 /// Appends the JSON object for `text`, the output of a composite with `fields`.
-pub fn write_record(out: &mut String, text: &str, fields: &[Field]) -> Result<(), ValueError> {
+pub(super) fn write_record(
+    out: &mut String,
+    text: &str,
+    fields: &[Field],
+) -> Result<(), ValueError> {
     let bad = |at: usize| ValueError::BadRecord { at };
     let s = text.as_bytes();
     if s.first() != Some(&b'(') {

@@ -1,7 +1,7 @@
 //! Test harness: a private PostgreSQL cluster per test (initdb into a temp dir, logical
 //! replication on, a free port), the local RabbitMQ, and walrelay run as a child process so a
 //! test can `kill -9` it. Waits are conditions with timeouts, never fixed sleeps.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code, unused_imports, unreachable_pub)]
 
 //!
 //! By concern: [`cluster`] (PostgreSQL), [`queue`] (a consumer on RabbitMQ), [`relay`] (the

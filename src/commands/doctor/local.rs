@@ -7,7 +7,7 @@ use crate::config::Settings;
 const SIDE: &str = "walrelay";
 
 /// Runs the local checks.
-pub async fn check(settings: &Settings, out: &mut Vec<Finding>) {
+pub(super) async fn check(settings: &Settings, out: &mut Vec<Finding>) {
     if let Some(addr) = settings.service.http_listen {
         match crate::preflight::port_taken(addr).await {
             None => out.push(Finding::new(

@@ -20,7 +20,7 @@ pub(super) fn fail(m: impl Into<String>) -> Finding {
 }
 
 /// Runs the checks; returns the tables that will be streamed (for the RabbitMQ checks).
-pub async fn check(settings: &Settings, out: &mut Vec<Finding>) -> Vec<Streamed> {
+pub(super) async fn check(settings: &Settings, out: &mut Vec<Finding>) -> Vec<Streamed> {
     let mut c = match Connection::connect(&settings.source.conn, false).await {
         Ok(c) => c,
         Err(e) => {

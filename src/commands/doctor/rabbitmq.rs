@@ -76,7 +76,7 @@ fn produced(settings: &Settings, t: &Streamed) -> (String, Vec<String>) {
 }
 
 /// Credentials and exchanges over AMQP, then bindings and queues over the management API.
-pub async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Finding>) {
+pub(super) async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Finding>) {
     let uri = &settings.sink.url;
     let mut exchanges: Vec<String> = vec![settings.sink.exchange.clone()];
     exchanges.extend(settings.sink.extra_exchanges.iter().cloned());

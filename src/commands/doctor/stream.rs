@@ -15,7 +15,7 @@ fn f(level: Level, message: impl Into<String>) -> Finding {
     Finding::new(level, "stream", message)
 }
 
-pub async fn check(settings: &Settings, stream: &StreamSettings, out: &mut Vec<Finding>) {
+pub(super) async fn check(settings: &Settings, stream: &StreamSettings, out: &mut Vec<Finding>) {
     let url = &stream.url;
     if url.tls {
         return out.push(f(

@@ -61,7 +61,7 @@ struct InFlight {
 
 /// Settings of the publish loop, over any [`Sink`] (the session's [`Outlet`](crate::sink::Outlet),
 /// or a scripted one in the unit tests).
-pub struct PublishLoop<S: Sink> {
+pub(crate) struct PublishLoop<S: Sink> {
     pub publisher: S,
     pub rx: mpsc::Receiver<Outbound>,
     pub acked: watch::Sender<Lsn>,
@@ -83,7 +83,7 @@ pub struct PublishLoop<S: Sink> {
 impl<S: Sink> PublishLoop<S> {
     /// Runs until the replication task closes the channel and every message is confirmed, or
     /// until the first failure.
-    pub async fn run(mut self) -> Result<S, RunError> {
+    pub(crate) async fn run(mut self) -> Result<S, RunError> {
         let mut window: ConfirmWindow<InFlight> = ConfirmWindow::new(self.max_in_flight);
         let mut input_open = true;
         let mut last_progress = Instant::now();

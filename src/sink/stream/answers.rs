@@ -35,7 +35,7 @@ pub(super) struct Outstanding {
 }
 
 impl Outstanding {
-    pub fn insert(&mut self, publisher: u8, id: u64, tag: u64) {
+    pub(super) fn insert(&mut self, publisher: u8, id: u64, tag: u64) {
         let p = usize::from(publisher);
         if self.by_publisher.len() <= p {
             self.by_publisher.resize_with(p + 1, VecDeque::new);
@@ -45,7 +45,7 @@ impl Outstanding {
 
     /// The delivery tag of `publisher`'s message `id`, which is answered now; `None` for a
     /// message this link did not send (or already answered).
-    pub fn remove(&mut self, publisher: u8, id: u64) -> Option<u64> {
+    pub(super) fn remove(&mut self, publisher: u8, id: u64) -> Option<u64> {
         let sent = self.by_publisher.get_mut(usize::from(publisher))?;
         if sent.front().is_some_and(|&(i, _)| i == id) {
             return sent.pop_front().map(|(_, tag)| tag);

@@ -15,7 +15,7 @@ use crate::sink::SinkError;
 
 /// Creates `name` when missing (and `create` is on); an existing stream keeps its own
 /// retention, which `walrelay doctor` reports.
-pub async fn ensure_stream(
+pub(super) async fn ensure_stream(
     admin: &Client,
     name: &str,
     s: &StreamSettings,
@@ -48,7 +48,7 @@ pub async fn ensure_stream(
 /// The partition streams of super stream `name`, creating it with `n` partitions when it is
 /// missing and `create` is on. An existing super stream must have exactly `n` partitions:
 /// another count would send keys to other partitions than before.
-pub async fn super_stream(
+pub(super) async fn super_stream(
     admin: &Client,
     name: &str,
     n: u32,
