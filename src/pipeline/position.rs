@@ -5,7 +5,7 @@
 use crate::error::RunError;
 use crate::lsn::Lsn;
 use crate::position_file::PositionFile;
-use crate::source::stream::ReplicationStream;
+use crate::source::replication::ReplicationStream;
 
 /// Owns the position file and the last position reported to the server.
 pub(crate) struct Reporter {

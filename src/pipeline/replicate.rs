@@ -26,7 +26,7 @@ use crate::pgoutput::Message;
 use crate::shutdown::Shutdown;
 use crate::source::SourceError;
 use crate::source::catalog::Catalog;
-use crate::source::stream::{ReplMessage, ReplicationStream};
+use crate::source::replication::{ReplMessage, ReplicationStream};
 use crate::transform::Transform;
 
 /// Buffered messages the loop takes in a row before it looks at shutdown, the status timer

@@ -21,7 +21,7 @@ use crate::position_file::PositionFile;
 use crate::shutdown::Shutdown;
 use crate::sink::{Outlet, Sink, SinkError};
 use crate::source::catalog::Catalog;
-use crate::source::stream::ReplicationStream;
+use crate::source::replication::ReplicationStream;
 use crate::source::{Connection, publication, setup};
 use crate::transform::{Transform, TransformSettings};
 use crate::value::TypeRegistry;

@@ -7,7 +7,7 @@
 //!   of the filter rules against the published tables.
 //! - [`setup`]: slot, type catalog, server timeouts.
 //! - [`catalog`]: a relation's partition root and row key, read when pgoutput describes it.
-//! - [`stream`]: `START_REPLICATION`, XLogData/keepalive in, status updates out.
+//! - [`replication`]: `START_REPLICATION`, XLogData/keepalive in, status updates out.
 //! - [`sqlstate`]: the server's error codes walrelay acts on, in one table.
 
 pub mod catalog;
@@ -18,7 +18,7 @@ pub mod publication;
 pub mod published;
 pub mod setup;
 pub mod sqlstate;
-pub mod stream;
+pub mod replication;
 pub mod wire;
 
 pub use conn::{Connection, SESSION_SETTINGS};
