@@ -10,6 +10,8 @@
 pub(crate) mod position;
 pub(crate) mod publish;
 pub(crate) mod replicate;
+#[cfg(test)]
+mod replicate_tests;
 mod session;
 mod snapshot;
 

@@ -288,7 +288,8 @@ async fn finish(
                 publisher_task,
                 &acked,
                 received,
-                settings,
+                settings.service.shutdown_timeout,
+                settings.source.status_interval,
             )
             .await;
             let flush = *acked.borrow();
@@ -385,20 +386,22 @@ async fn watch_broker(mut state: watch::Receiver<crate::sink::BrokerState>, obs:
     }
 }
 
-/// Waits (bounded) for the publisher to confirm what is in flight, answering the server meanwhile.
-async fn drain(
+/// Waits (bounded by `timeout`) for the publisher to confirm what is in flight, reporting the
+/// confirmed position to the server meanwhile (at least every second), so it never takes the
+/// quiet for a dead client. `None` when the time ran out (what is unconfirmed comes back from
+/// the slot on the next start) or the publisher failed.
+pub(super) async fn drain<S: Sink>(
     stream: &mut ReplicationStream,
     reporter: &mut Reporter,
-    mut publisher_task: tokio::task::JoinHandle<Result<Outlet, RunError>>,
+    mut publisher_task: tokio::task::JoinHandle<Result<S, RunError>>,
     acked: &watch::Receiver<Lsn>,
     received: Lsn,
-    settings: &Settings,
-) -> Result<Option<Outlet>, RunError> {
-    let timeout = settings.service.shutdown_timeout;
+    timeout: Duration,
+    status_interval: Duration,
+) -> Result<Option<S>, RunError> {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    let mut tick =
-        tokio::time::interval(settings.source.status_interval.min(Duration::from_secs(1)));
+    let mut tick = tokio::time::interval(status_interval.min(Duration::from_secs(1)));
     loop {
         tokio::select! {
             res = &mut publisher_task => return match res {

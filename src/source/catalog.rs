@@ -191,6 +191,19 @@ impl Catalog {
         })
     }
 
+    /// A catalog that connects at its first lookup (the loop tests never describe a relation).
+    #[cfg(test)]
+    pub(crate) fn unconnected(
+        params: &super::params::ConnParams,
+        limit: std::time::Duration,
+    ) -> Catalog {
+        Catalog {
+            conn: None,
+            params: params.clone(),
+            limit,
+        }
+    }
+
     pub async fn facts(&mut self, oid: u32) -> Result<Option<RelationFacts>, SourceError> {
         let limit = self.limit;
         tokio::time::timeout(limit, self.lookup(oid))

@@ -16,9 +16,11 @@ pub mod error;
 pub mod params;
 pub mod publication;
 pub mod published;
+pub mod replication;
+#[cfg(test)]
+pub(crate) mod scripted;
 pub mod setup;
 pub mod sqlstate;
-pub mod replication;
 pub mod wire;
 
 pub use conn::{Connection, SESSION_SETTINGS};

@@ -19,7 +19,7 @@
 mod batch;
 mod tally;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

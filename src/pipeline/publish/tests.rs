@@ -21,7 +21,7 @@ const START: Lsn = Lsn(0x10);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A sink whose answers the test sends, and which records what was handed over.
-struct Scripted {
+pub(crate) struct Scripted {
     answers: mpsc::UnboundedReceiver<Signal>,
     published: Arc<Mutex<Vec<String>>>,
     state: watch::Receiver<BrokerState>,
@@ -62,17 +62,17 @@ impl Sink for Scripted {
 }
 
 /// The test's side of a running loop.
-struct Rig {
-    items: mpsc::Sender<Outbound>,
-    answers: mpsc::UnboundedSender<Signal>,
+pub(crate) struct Rig {
+    pub(crate) items: mpsc::Sender<Outbound>,
+    pub(crate) answers: mpsc::UnboundedSender<Signal>,
     published: Arc<Mutex<Vec<String>>>,
-    acked: watch::Receiver<Lsn>,
+    pub(crate) acked: watch::Receiver<Lsn>,
     /// Every value the confirmed position took, in order.
     seen: Arc<Mutex<Vec<Lsn>>>,
-    task: tokio::task::JoinHandle<Result<Scripted, RunError>>,
+    pub(crate) task: tokio::task::JoinHandle<Result<Scripted, RunError>>,
 }
 
-fn rig(max_in_flight: usize) -> Rig {
+pub(crate) fn rig(max_in_flight: usize) -> Rig {
     let (items, rx) = mpsc::channel(64);
     let (answers, answers_rx) = mpsc::unbounded_channel();
     let published = Arc::new(Mutex::new(Vec::new()));
@@ -134,7 +134,7 @@ async fn ended(
         .unwrap()
 }
 
-fn event(id: &str, commit: u64) -> Outbound {
+pub(crate) fn event(id: &str, commit: u64) -> Outbound {
     Outbound::Event(Event {
         id: id.to_owned(),
         op: Op::Insert,
