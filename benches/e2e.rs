@@ -7,7 +7,9 @@
 //! `BENCH_SCALE` (default 1.0) scales every backlog; `BENCH_PYTHON` is the interpreter with
 //! psycopg2 and pika (the peer is skipped without it).
 
+// The test harness, of which this bench uses a part.
 #[path = "../tests/common/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod common;
 #[path = "e2e/backfill.rs"]
 mod e2e_backfill;

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
 export WALRELAY_CHAOS_LONG=1
-cargo test --locked --no-fail-fast --test chaos --test broker_faults --test network -- --include-ignored --nocapture 2>&1 \
+cargo test --locked --no-fail-fast --test main -- chaos:: broker_faults:: network:: --include-ignored --nocapture 2>&1 \
   | grep --line-buffered -E '^(chaos:|test |test result)|panicked'
 # The framing and decoder properties, with many more cases than the default suite.
 PROPTEST_CASES="${PROPTEST_CASES:-5000}" cargo test --locked --lib -- source:: pgoutput:: 2>&1 | tail -3

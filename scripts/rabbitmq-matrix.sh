@@ -18,9 +18,10 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 bash scripts/rabbitmq4.sh start
 
-TESTS=(pipeline faults refusals filters network log_privacy backfill identity publications operate)
-args=()
-for t in "${TESTS[@]}"; do args+=(--test "$t"); done
+# Suites of the one test binary (tests/main.rs), by module path; a filter matches anywhere in
+# a test's name, so the suites it would take by accident are skipped.
+args=(pipeline:: faults:: refusals:: filters:: network:: log_privacy:: backfill:: identity:: publications:: operate::
+  --skip broker_faults:: --skip stream_refusals:: --skip stream_filters::)
 
 versions=("${@:-3.10 4.0}")
 status=0
@@ -33,7 +34,7 @@ for v in ${versions[*]}; do
   for q in ${QUEUE_TYPES:-classic quorum}; do
     echo "== RabbitMQ $v ($url), $q queues"
     if WALRELAY_TEST_AMQP_URL=$url TEST_QUEUE_TYPE=$q \
-      cargo test --locked --no-fail-fast "${args[@]}"; then
+      cargo test --locked --no-fail-fast --test main -- "${args[@]}"; then
       echo "== RabbitMQ $v, $q queues: passed"
     else
       echo "== RabbitMQ $v, $q queues: FAILED"

@@ -4,7 +4,7 @@
 //! exec-form entrypoint, readiness HEALTHCHECK), and the Grafana dashboard only queries metrics
 //! walrelay really exports. Plus the no-Docker demo, run in its `--check` mode.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Authentication against a real server: SCRAM-SHA-256, MD5 and cleartext passwords work over
 //! a replication connection; a wrong password is a permanent error that never shows the password.
 
-mod common;
+use crate::common;
 
 use common::*;
 use walrelay::source::{ConnParams, Connection};

@@ -3,7 +3,7 @@
 //! published before it; a `kill -9` mid-backfill resumes with identical ids; composite and
 //! text keys, `--where`, a table without a key refused; the initial snapshot of a new slot.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! node takes 5–20 s to boot and recover, so two variants are `#[ignore]`d in the default suite
 //! and run by the long command (`-- --include-ignored`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
-    let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 1);
+    let run = Run::start(&bed.url, &bed.other_url, bed.queue(), 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = std::time::Instant::now();
     fault().await;

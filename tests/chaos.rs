@@ -4,7 +4,7 @@
 //! `WALRELAY_CHAOS_LONG=1` lengthens every run (more kills, bigger transactions).
 //! Each test prints one `chaos:` line with its figures (collected in docs/reliability.md).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ async fn steady_state_is_exactly_once_in_commit_order() {
     let relay = Relay::start(&bed.config(amqp_url()));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
-    let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 4);
+    let run = Run::start(&bed.url, &bed.other_url, bed.queue(), 4);
     tokio::time::sleep(Duration::from_secs(if long() { 60 } else { 4 })).await;
     let v = verdict(&bed, run, monitor).await;
     report("steady", &v, 0);
@@ -27,7 +27,7 @@ async fn steady_state_is_exactly_once_in_commit_order() {
     assert_eq!(v.duplicated, 0, "no faults, no duplicates");
     assert!(v.committed > 100, "{v:?}");
     assert!(bed.slot_lsn().await >= current_lsn(&bed.client).await - 1024 * 1024);
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -37,7 +37,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
     let mut relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
-    let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 4);
+    let run = Run::start(&bed.url, &bed.other_url, bed.queue(), 4);
     let kills = if long() { 20 } else { 5 };
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     for _ in 0..kills {
@@ -53,7 +53,7 @@ async fn kill_9_at_random_moments_loses_nothing() {
     let v = verdict(&bed, run, monitor).await;
     report("kill -9", &v, kills);
     v.assert_safe();
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -65,7 +65,7 @@ async fn crashes_at_the_seams_lose_nothing() {
     first.wait_log("streaming", T).await;
     first.kill9();
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
-    let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 3);
+    let run = Run::start(&bed.url, &bed.other_url, bed.queue(), 3);
     let mut crashes = 0;
     for seam in [
         "publish.before_confirm",
@@ -84,7 +84,7 @@ async fn crashes_at_the_seams_lose_nothing() {
     let v = verdict(&bed, run, monitor).await;
     report("seams", &v, crashes);
     v.assert_safe();
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +104,7 @@ async fn a_long_transaction_that_commits_while_walrelay_is_down_is_delivered() {
         .batch_execute("INSERT INTO t1 VALUES (1, 0, 'short')")
         .await
         .unwrap();
-    let short = bed.queue.take(1, T).await;
+    let short = bed.queue().take(1, T).await;
     assert_eq!(short[0].body["table"], "t1");
     let after_short = current_lsn(&bed.client).await;
     wait_for("slot past the short transaction", T, || async {
@@ -119,7 +119,7 @@ async fn a_long_transaction_that_commits_while_walrelay_is_down_is_delivered() {
     long_tx.commit().await.unwrap();
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
-    let got = bed.queue.take(200, T).await;
+    let got = bed.queue().take(200, T).await;
     let mut ids: Vec<i64> = got
         .iter()
         .map(|m| m.body["key"]["id"].as_i64().unwrap())
@@ -128,11 +128,14 @@ async fn a_long_transaction_that_commits_while_walrelay_is_down_is_delivered() {
     ids.dedup();
     assert_eq!(ids.len(), 200);
     assert!(
-        bed.queue.drain(Duration::from_millis(500)).await.is_empty(),
+        bed.queue()
+            .drain(Duration::from_millis(500))
+            .await
+            .is_empty(),
         "the short one is not replayed"
     );
     eprintln!("chaos: interleaved long/short across a restart: 200 + 1 delivered, 0 lost");
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,8 +154,8 @@ async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
     let deliveries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let consumer = tokio::spawn(checker::consume(
-        bed.queue.url.clone(),
-        bed.queue.queue.clone(),
+        bed.queue().url.clone(),
+        bed.queue().queue.clone(),
         std::sync::Arc::clone(&deliveries),
         std::sync::Arc::clone(&stop),
     ));
@@ -192,7 +195,7 @@ async fn a_big_transaction_killed_midway_is_replayed_whole_with_the_same_ids() {
     );
     assert_eq!(by_change.len() as i64, rows);
     assert!(rss_second < 96 * 1024, "peak RSS {rss_second} KiB");
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -203,7 +206,7 @@ async fn broker_unavailable_for_three_sender_timeouts_holds_the_slot_then_delive
     let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
-    let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 3);
+    let run = Run::start(&bed.url, &bed.other_url, bed.queue(), 3);
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.set_down(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -224,7 +227,7 @@ async fn broker_unavailable_for_three_sender_timeouts_holds_the_slot_then_delive
             .log()
             .contains("terminating walsender process due to replication timeout")
     );
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -235,7 +238,7 @@ async fn held_confirms_under_a_2s_sender_timeout_cause_no_walsender_timeout() {
     let relay = Relay::start(&bed.config(&amqp));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
-    let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 3);
+    let run = Run::start(&bed.url, &bed.other_url, bed.queue(), 3);
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.hold_replies();
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -249,7 +252,7 @@ async fn held_confirms_under_a_2s_sender_timeout_cause_no_walsender_timeout() {
         !log.contains("terminating walsender process due to replication timeout"),
         "walsender timed out: keepalives were not answered under back-pressure"
     );
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -272,7 +275,7 @@ async fn a_blackholed_postgres_link_is_noticed_and_recovered() {
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
-    let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 2);
+    let run = Run::start(&bed.url, &bed.other_url, bed.queue(), 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Server → walrelay goes silent, no RST: only walrelay's own timeout can notice.
     proxy.hold_replies();
@@ -295,7 +298,7 @@ async fn a_blackholed_postgres_link_is_noticed_and_recovered() {
         1,
     );
     v.assert_safe();
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -306,7 +309,7 @@ async fn postgres_crash_and_restart_mid_stream_loses_nothing() {
     let relay = Relay::start(&bed.config(amqp_url()));
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
-    let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 3);
+    let run = Run::start(&bed.url, &bed.other_url, bed.queue(), 3);
     tokio::time::sleep(Duration::from_secs(1)).await;
     bed.pg.pg_ctl_stop("immediate");
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -318,7 +321,7 @@ async fn postgres_crash_and_restart_mid_stream_loses_nothing() {
     // The slot may step back: PostgreSQL persists its position at checkpoints only.
     v.assert_safe_allowing_backwards();
     assert!(relay.log().contains("session ended; retrying"));
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +343,7 @@ async fn postgres_fast_shutdown_is_not_held_up_while_the_broker_is_down() {
     eprintln!("chaos: pg_ctl stop -m fast with the broker down took {took:?}");
     assert!(took < Duration::from_secs(15), "{took:?}");
     drop(relay);
-    bed.queue.delete().await;
+    bed.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,7 +394,7 @@ async fn idle_published_tables_advance_the_slot_but_never_past_a_held_change() {
     );
     assert!(during <= before_held + 64 * 1024);
     proxy.release();
-    let got = bed.queue.take(1, T).await;
+    let got = bed.queue().take(1, T).await;
     assert_eq!(got[0].body["key"]["id"], 42);
     let end = current_lsn(&bed.client).await;
     wait_for("slot past everything once released", T, || async {
@@ -402,5 +405,5 @@ async fn idle_published_tables_advance_the_slot_but_never_past_a_held_change() {
         "chaos: idle published tables: slot followed {} KiB of unpublished WAL; held change blocked it",
         (written - start) / 1024
     );
-    bed.queue.delete().await;
+    bed.finish().await;
 }

@@ -2,7 +2,7 @@
 //! full path and line without echoing the value, exits 2 and ends its line; a server without
 //! TLS under the default sslmode says what to do.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

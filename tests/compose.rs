@@ -3,7 +3,7 @@
 //! walrelay service runs with its environment and mounted config, the consumer service runs its
 //! command and prints the events, and Prometheus' scrape config passes `promtool check config`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

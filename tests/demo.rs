@@ -3,7 +3,7 @@
 //! 9187 taken (postgres_exporter's default) it picks another port and says which; Ctrl-C
 //! removes everything it made, the exchange on the shared broker included.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

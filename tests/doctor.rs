@@ -3,7 +3,7 @@
 //! does not hold, and a routing key nothing is bound to (where `run` would hold the stream,
 //! and `/readyz` says why).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -334,6 +334,7 @@ async fn doctor_checks_the_rabbitmq_users_permissions_and_the_api_users_tags() {
 /// the CA (the certificate is verified, never trusted blindly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_reads_the_management_api_over_https() {
+    let _rabbitmq4 = common::rabbitmq4::shared().await;
     let ca = common::stream::rabbitmq4_ca();
     let rmq4 = "amqp://guest:guest@127.0.0.1:5673/%2f";
     let s = Scene::with(

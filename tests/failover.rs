@@ -4,7 +4,7 @@
 //! the standby is promoted, the address walrelay uses moves to it, and the checker must find
 //! lost = 0. Replays are expected (the synchronized copy may lag the primary's slot).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -113,7 +113,8 @@ async fn a_standby_promotion_with_a_failover_slot_loses_nothing() {
 
     // Everything (walrelay, the workload, the monitor) reaches the primary by one address.
     let addr = Proxy::start(&format!("127.0.0.1:{}", bed.pg.port)).await;
-    let via = |url: &str| url.replace(&format!(":{}/", bed.pg.port), &format!(":{}/", addr.port));
+    let pg_port = bed.pg.port;
+    let via = |url: &str| url.replace(&format!(":{pg_port}/"), &format!(":{}/", addr.port));
     bed.url = via(&bed.url);
     bed.other_url = via(&bed.other_url);
     let cfg = bed.config(amqp_url());
@@ -131,7 +132,7 @@ async fn a_standby_promotion_with_a_failover_slot_loses_nothing() {
     let relay = Relay::start(&cfg);
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), bed.slot.clone());
-    let run = Run::start(&bed.url, &bed.other_url, &bed.queue, 2);
+    let run = Run::start(&bed.url, &bed.other_url, bed.queue(), 2);
     let slot = bed.slot.clone();
     wait_for("the slot synchronized to the standby", T, || async {
         let r = standby_client
@@ -165,5 +166,5 @@ async fn a_standby_promotion_with_a_failover_slot_loses_nothing() {
     report("primary crash, standby promoted, failover slot", &v, 1);
     v.assert_safe_allowing_backwards();
     assert!(!relay.log().contains("by someone else"), "{}", relay.log());
-    bed.queue.delete().await;
+    bed.finish().await;
 }

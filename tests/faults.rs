@@ -1,7 +1,7 @@
 //! Failure tests: the slot never passes an unconfirmed message, `kill -9` loses nothing and
 //! replays with identical ids, an unroutable message holds the position until a binding exists.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Value fidelity: every built-in type, with edge values, compared with what PostgreSQL's own
 //! `to_jsonb()` gives for the same row in a session with walrelay's settings.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! kind, every flood policy and trigger, bounded memory during a flood, and rules that cannot
 //! apply stopping the start.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

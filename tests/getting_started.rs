@@ -6,7 +6,7 @@
 //! `sudo` that runs its command as is (the suite already runs as the cluster's owner), and the
 //! blocks the doc marks `<!-- test: skip … -->` (the server restart, `cargo install`).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -146,6 +146,7 @@ fn stop(relay: Option<std::process::Child>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_own_database_path_works_as_written() {
+    let _rabbitmq4 = common::rabbitmq4::shared().await;
     let doc = std::fs::read_to_string("docs/getting-started.md").unwrap();
     assert!(
         blocks(&doc, "## 3. Your own database").len() >= 7

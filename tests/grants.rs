@@ -4,7 +4,7 @@
 //! grants; with any one line left out, doctor names that line, and `walrelay backfill` refuses
 //! in the foreground naming the grant it lacks, recording nothing.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! size, and holds the slot; with the limit raised (and a broker whose `max_message_size`
 //! allows it) the row is delivered whole. Peak memory is reported for docs/reliability.md.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

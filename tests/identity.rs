@@ -4,7 +4,7 @@
 //! changes the key is keyed and routed by the old key, and a Jepsen-style run on a FULL table
 //! with one consumer per partition finds each row's changes in commit order in one partition.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //! recompiles only walrelay. Absolute paths the stage writes must live under `/out`, which maps
 //! into the scratch directory; any other absolute path fails the test, by design.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! config, the container port is the one walrelay listens on, the probe and scrape paths are
 //! served, the grace period outlasts the shutdown timeout, the user is the image's.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! cut, each with the most verbose logging walrelay allows; the whole log is searched for the
 //! canary as text and as the byte list a dependency would print.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

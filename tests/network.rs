@@ -3,7 +3,7 @@
 //! blackholed broker link. Each fault must be noticed within a bound, never panic, and lose
 //! nothing (the checker's verdict).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -68,12 +68,12 @@ async fn finish(name: &str, l: Links, run: Run, monitor: Monitor) {
     report(name, &v, 2);
     v.assert_safe();
     assert!(!l.relay.log().contains("panicked"), "{}", l.relay.log());
-    l.bed.queue.delete().await;
+    l.bed.finish().await;
 }
 
 fn start_load(l: &Links) -> (Run, Monitor) {
     let monitor = Monitor::start(l.bed.url.clone(), l.bed.slot.clone());
-    let run = Run::start(&l.bed.url, &l.bed.other_url, &l.bed.queue, 3);
+    let run = Run::start(&l.bed.url, &l.bed.other_url, l.bed.queue(), 3);
     (run, monitor)
 }
 

@@ -2,7 +2,7 @@
 //! traffic, passes `promtool check metrics`; the alert rules shipped in `deploy/prometheus/`
 //! pass `promtool check rules` and query only metrics walrelay exports.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::Write;

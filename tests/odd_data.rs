@@ -3,7 +3,7 @@
 //! exactly as `to_jsonb()`; invalid UTF-8 from a `SQL_ASCII` database stops walrelay
 //! with a clear error instead of publishing garbage or skipping the row.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! hot standby taking over after `kill -9` with nothing lost. A canary password must never
 //! appear in metrics, health output or logs.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! End-to-end tests against a real PostgreSQL (a private cluster per test) and the local
 //! RabbitMQ: content, routing keys, order, ids, and the slot position.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

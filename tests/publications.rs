@@ -5,7 +5,7 @@
 //! identities, renames, drops and multi-table truncates, odd identifiers, and changes of
 //! tables the configuration does not mention (warned and counted, or stopped on).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! silently: it holds its position with a clear error, and recovers once the cause is fixed,
 //! or stops with a message naming the problem when continuing would hide a gap.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,10 +4,10 @@
 //! the checker then reads the stream from offset `first`: nothing lost, no duplicate (the
 //! deduplication state survives the restart with the stream), commit order per table.
 //!
-//! A binary of its own: the restart cuts every connection to the node, which the other
+//! RabbitMQ 4 alone (`Scene::stream_alone`, `Bed::stream(true)`): the restart cuts every connection to the node, which the other
 //! stream tests would take for failures of their own.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,16 +27,15 @@ fn bounce_broker(how: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_restarts_mid_stream_lose_nothing_and_duplicate_nothing() {
-    let bed = common::bed::Bed::new(&[]).await;
-    let (client, slot, stream) = (&bed.client, bed.slot.clone(), unique("st"));
-    let cfg = stream_config(
-        bed.dir.path(),
-        &bed.url,
-        &slot,
-        &stream,
-        &["public.t0", "public.t1", "public.t2"],
+    // RabbitMQ 4 alone: the restarts would cut every other test's connections to it.
+    let bed = common::bed::Bed::stream(true).await;
+    let (client, slot, stream, cfg) = (
+        &bed.client,
+        bed.slot.clone(),
+        bed.stream_name().to_owned(),
+        &bed.config,
     );
-    let relay = Relay::start(&cfg);
+    let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), slot.clone());
     let (stop, history) = (

@@ -4,13 +4,14 @@
 //! `?heartbeat=2`, walrelay's publishing connection ends after two silent heartbeats plus
 //! 5 s, and once the node goes on, the change committed meanwhile arrives exactly once.
 //!
-//! A binary of its own: the pause stops every connection to the node, which the other stream
+//! RabbitMQ 4 alone (`Scene::stream_alone`, `Bed::stream(true)`): the pause stops every connection to the node, which the other stream
 //! tests would take for failures of their own.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use common::scene::Scene;
 use common::stream::*;
 use common::*;
 
@@ -27,9 +28,9 @@ impl Drop for Resume {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_broker_ends_the_connection_and_nothing_is_lost_or_repeated() {
-    let s = StreamScene::new("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
-    let (client, stream, cfg) = (&s.client, &s.stream, &s.cfg);
-    s.use_url(&format!("{STREAM_URL}?heartbeat=2"));
+    let s = Scene::stream_alone("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
+    let (client, stream, cfg) = (&s.client, s.stream_name(), &s.config);
+    s.use_stream_url(&format!("{STREAM_URL}?heartbeat=2"));
     let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     client

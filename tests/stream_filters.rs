@@ -3,10 +3,11 @@
 //! of its own with the routing prefix, another table's flood becomes one `bulk` summary, and
 //! the main stream keeps commit order.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use common::scene::Scene;
 use common::stream::*;
 use common::*;
 
@@ -23,33 +24,21 @@ async fn read(stream: &str, n: usize) -> Vec<(String, serde_json::Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rules_drop_and_floods_go_to_their_own_stream() {
-    let (pg, db) = (PgCluster::start(), unique("app"));
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute(
-            "CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id int PRIMARY KEY, v int);
-             CREATE TABLE c (id int PRIMARY KEY);",
-        )
-        .await
-        .unwrap();
-    let (slot, stream) = (unique("slot"), unique("st"));
-    let bulk = format!("{stream}_bulk");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stream_config(
-        dir.path(),
-        &pg.url(&db),
-        &slot,
-        &stream,
+    let s = Scene::stream(
+        "CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id int PRIMARY KEY, v int);
+         CREATE TABLE c (id int PRIMARY KEY);",
         &["public.a", "public.b", "public.c"],
-    );
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
+        "",
+    )
+    .await;
+    let (client, stream, cfg) = (&s.client, s.stream_name().to_owned(), &s.config);
+    let bulk = format!("{stream}_bulk");
+    s.append(&format!(
         "[[filter.table]]\nname = \"public.b\"\nops = [\"insert\"]\n\
          [[filter.table]]\nname = \"public.c\"\nflood_policy = \"summarize\"\n\
          [flood]\nmax_changes = 10\npolicy = \"reroute\"\nreroute_exchange = {bulk:?}\nreroute_routing_prefix = \"bulk.\"\n"
     ));
-    std::fs::write(&cfg, text).unwrap();
-    let relay = Relay::start(&cfg);
+    let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     // One transaction each (a multi-statement batch would be one transaction).
     for sql in [
@@ -90,9 +79,9 @@ async fn rules_drop_and_floods_go_to_their_own_stream() {
         .map(|(_, b)| b["key"]["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, (100..120).collect::<Vec<_>>());
-    let end = current_lsn(&client).await;
+    let end = current_lsn(client).await;
     wait_for("the slot past the changes", T, || async {
-        (slot_confirmed(&client, &slot).await >= end).then_some(())
+        (slot_confirmed(client, &s.slot).await >= end).then_some(())
     })
     .await;
     drop(relay);
@@ -105,27 +94,17 @@ async fn rules_drop_and_floods_go_to_their_own_stream() {
 /// root), an identifier that needs quoting, an empty transaction, and DDL while streaming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_and_oddly_named_tables_reach_the_stream() {
-    let (pg, db) = (PgCluster::start(), unique("app"));
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute(
-            "CREATE TABLE m (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
-             CREATE TABLE m_low PARTITION OF m FOR VALUES FROM (0) TO (100);
-             CREATE TABLE m_high PARTITION OF m FOR VALUES FROM (100) TO (200);
-             CREATE TABLE \"Odd Name\" (\"Key\" int PRIMARY KEY, v text);",
-        )
-        .await
-        .unwrap();
-    let (slot, stream) = (unique("slot"), unique("st"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stream_config(
-        dir.path(),
-        &pg.url(&db),
-        &slot,
-        &stream,
+    let s = Scene::stream(
+        "CREATE TABLE m (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
+         CREATE TABLE m_low PARTITION OF m FOR VALUES FROM (0) TO (100);
+         CREATE TABLE m_high PARTITION OF m FOR VALUES FROM (100) TO (200);
+         CREATE TABLE \"Odd Name\" (\"Key\" int PRIMARY KEY, v text);",
         &["public.m", "public.Odd Name"],
-    );
-    let relay = Relay::start(&cfg);
+        "",
+    )
+    .await;
+    let (client, stream, cfg) = (&s.client, s.stream_name().to_owned(), &s.config);
+    let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     for sql in [
         "INSERT INTO m VALUES (1, 1), (150, 2)",

@@ -8,14 +8,15 @@
 //! - with `stream.load_balancer = true`, the change is published through the URL's address
 //!   and `walrelay tail` (the client's load-balancer mode) reads it.
 //!
-//! A binary of its own: the restarts end every connection to the node, which the other
+//! RabbitMQ 4 alone (`Scene::stream_alone`, `Bed::stream(true)`): the restarts end every connection to the node, which the other
 //! stream tests would take for failures of their own.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
 
+use common::scene::Scene;
 use common::stream::*;
 use common::*;
 
@@ -50,10 +51,12 @@ fn walrelay(args: &[&str], cfg: &std::path::Path) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unreachable_advertised_leader_is_named_and_load_balancer_mode_publishes() {
+    // The scene holds RabbitMQ 4 alone first; the usual configuration comes back before it
+    // lets go (dropped in reverse order).
+    let s = Scene::stream_alone("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
     let _restore = Restore;
     rabbitmq4_with(&format!("stream.advertised_host = {NOWHERE}"));
-    let s = StreamScene::new("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
-    let (client, slot, cfg) = (&s.client, &s.slot, &s.cfg);
+    let (client, slot, cfg) = (&s.client, &s.slot, &s.config);
 
     let doctor = walrelay(&["doctor"], cfg);
     let report = String::from_utf8_lossy(&doctor.stdout).to_string();

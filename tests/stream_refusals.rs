@@ -2,10 +2,11 @@
 //! cannot fit in a publish frame of the broker stops walrelay naming the event, its table and
 //! both sizes, with the slot held before it, instead of reconnecting forever.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use common::scene::Scene;
 use common::stream::*;
 use common::*;
 
@@ -15,13 +16,13 @@ const T: Duration = Duration::from_secs(120);
 /// (1 MiB) holds: a 1.5 MB row passes walrelay's own limit but no frame can carry it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_row_larger_than_the_brokers_frame_stops_walrelay_naming_it() {
-    let s = StreamScene::new(
+    let s = Scene::stream(
         "CREATE TABLE big (id int PRIMARY KEY, v text)",
         &["public.big"],
         "",
     )
     .await;
-    let (client, slot, stream, cfg) = (&s.client, &s.slot, &s.stream, &s.cfg);
+    let (client, slot, stream, cfg) = (&s.client, &s.slot, s.stream_name(), &s.config);
     s.edit("[rabbitmq]\n", "[rabbitmq]\nmax_message_bytes = 2000000\n");
     let mut relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;

@@ -3,13 +3,14 @@
 //! `first`. Content and properties, and the Jepsen-style checker under `kill -9`: nothing
 //! lost, and no duplicates at all, because the broker drops the replays (publishing ids).
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::checker::{self, History, Monitor};
+use common::scene::Scene;
 use common::stream::*;
 use common::*;
 
@@ -17,22 +18,14 @@ const T: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_reach_the_stream_in_order_with_their_properties() {
-    let (pg, db) = (PgCluster::start(), unique("app"));
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);")
-        .await
-        .unwrap();
-    let (slot, stream) = (unique("slot"), unique("st"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stream_config(
-        dir.path(),
-        &pg.url(&db),
-        &slot,
-        &stream,
+    let s = Scene::stream(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);",
         &["public.a", "public.b"],
-    );
-    let relay = Relay::start(&cfg);
+        "",
+    )
+    .await;
+    let (client, slot, stream, cfg) = (&s.client, &s.slot, s.stream_name(), &s.config);
+    let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     client
         .batch_execute(
@@ -41,8 +34,8 @@ async fn changes_reach_the_stream_in_order_with_their_properties() {
         )
         .await
         .unwrap();
-    let end = current_lsn(&client).await;
-    let got = read_at_least(&stream, 5).await;
+    let end = current_lsn(client).await;
+    let got = read_at_least(stream, 5).await;
     let env = env().await;
     let seen: Vec<(String, String)> = got
         .iter()
@@ -95,7 +88,7 @@ async fn changes_reach_the_stream_in_order_with_their_properties() {
     }
     // The slot moves past what the stream confirmed.
     wait_for("the slot past the last change", T, || async {
-        (slot_confirmed(&client, &slot).await >= end).then_some(())
+        (slot_confirmed(client, slot).await >= end).then_some(())
     })
     .await;
     // The doctor checks the stream side instead of exchanges; `tail` says it cannot read it.
@@ -103,7 +96,7 @@ async fn changes_reach_the_stream_in_order_with_their_properties() {
         std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
             .args(args)
             .arg("--config")
-            .arg(&cfg)
+            .arg(cfg)
             .env_remove("AMQP_URL")
             .env_remove("WALRELAY_TEST_AMQP_URL")
             .output()
@@ -170,7 +163,7 @@ async fn changes_reach_the_stream_in_order_with_their_properties() {
         assert!(!out.status.success(), "{bad:?} accepted");
         assert!(!out.stderr.is_empty());
     }
-    let _ = env.delete_stream(&stream).await;
+    let _ = env.delete_stream(stream).await;
     drop(relay);
 }
 
@@ -229,9 +222,9 @@ fn stream_arguments(stream: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_reach_the_stream_over_tls() {
     let ca = common::stream::rabbitmq4_ca();
-    let s = StreamScene::new("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
-    let (client, _slot, stream, cfg) = (&s.client, &s.slot, &s.stream, &s.cfg);
-    s.use_url(&format!(
+    let s = Scene::stream("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
+    let (client, _slot, stream, cfg) = (&s.client, &s.slot, s.stream_name(), &s.config);
+    s.use_stream_url(&format!(
         "rabbitmq-stream+tls://guest:guest@localhost:5554/%2f?cacertfile={ca}"
     ));
     let relay = Relay::start(cfg);
@@ -287,13 +280,13 @@ async fn changes_reach_the_stream_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_walrelay_creates_has_the_configured_retention() {
-    let s = StreamScene::new(
+    let s = Scene::stream(
         "CREATE TABLE a (id int PRIMARY KEY)",
         &["public.a"],
         "max_length_bytes = 50000000\nmax_segment_bytes = 10000000",
     )
     .await;
-    let (stream, cfg) = (&s.stream, &s.cfg);
+    let (stream, cfg) = (s.stream_name(), &s.config);
     let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     let args = stream_arguments(stream);
@@ -311,17 +304,15 @@ async fn a_stream_walrelay_creates_has_the_configured_retention() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
-    // The chaos bed's cluster, schema and second database (its AMQP queue goes unused).
-    let bed = common::bed::Bed::new(&[]).await;
-    let (client, slot, stream) = (&bed.client, bed.slot.clone(), unique("st"));
-    let cfg = stream_config(
-        bed.dir.path(),
-        &bed.url,
-        &slot,
-        &stream,
-        &["public.t0", "public.t1", "public.t2"],
+    // The chaos bed's cluster, schema and second database.
+    let bed = common::bed::Bed::stream(false).await;
+    let (client, slot, stream, cfg) = (
+        &bed.client,
+        bed.slot.clone(),
+        bed.stream_name().to_owned(),
+        &bed.config,
     );
-    let mut relay = Relay::start(&cfg);
+    let mut relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
     let monitor = Monitor::start(bed.url.clone(), slot.clone());
     let (stop, history) = (
@@ -356,7 +347,7 @@ async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
         tokio::time::sleep(Duration::from_millis(200 + seed % 800)).await;
         replays += replays_of(&relay).await;
         relay.kill9();
-        relay = Relay::start(&cfg);
+        relay = Relay::start(cfg);
         relay.wait_log("streaming", T).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -397,13 +388,13 @@ async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
 /// size check).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_large_rows_respects_the_frame_limit() {
-    let s = StreamScene::new(
+    let s = Scene::stream(
         "CREATE TABLE big (id int PRIMARY KEY, v text)",
         &["public.big"],
         "",
     )
     .await;
-    let (client, slot, stream, cfg) = (&s.client, &s.slot, &s.stream, &s.cfg);
+    let (client, slot, stream, cfg) = (&s.client, &s.slot, s.stream_name(), &s.config);
     // A backlog (walrelay stopped while it is written), so the publishes queue up.
     let mut relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
@@ -444,13 +435,13 @@ async fn a_burst_of_large_rows_respects_the_frame_limit() {
 /// `batch_max_events`, each message saying how many events it holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batch_mode_sends_arrays_to_the_stream() {
-    let s = StreamScene::new(
+    let s = Scene::stream(
         "CREATE TABLE a (id int PRIMARY KEY, v text)",
         &["public.a"],
         "",
     )
     .await;
-    let (client, _slot, stream, cfg) = (&s.client, &s.slot, &s.stream, &s.cfg);
+    let (client, _slot, stream, cfg) = (&s.client, &s.slot, s.stream_name(), &s.config);
     config_set(cfg, "rabbitmq", "batch_max_events", "10");
     let relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;

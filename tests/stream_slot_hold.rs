@@ -3,13 +3,14 @@
 //! walrelay keeps sending status updates, and the slot stays before that change; once the
 //! broker goes on, the slot moves past it and the stream holds each change once.
 //!
-//! A binary of its own: the pause stops every connection to the node, which the other stream
+//! RabbitMQ 4 alone (`Scene::stream_alone`, `Bed::stream(true)`): the pause stops every connection to the node, which the other stream
 //! tests would take for failures of their own.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
+use common::scene::Scene;
 use common::stream::*;
 use common::*;
 
@@ -41,12 +42,12 @@ async fn last_reply_us(client: &tokio_postgres::Client, slot: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_slot_holds_before_an_unconfirmed_change_while_status_updates_go_on() {
-    let s = StreamScene::new("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
-    let (client, stream, slot) = (&s.client, &s.stream, &s.slot);
+    let s = Scene::stream_alone("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
+    let (client, stream, slot) = (&s.client, s.stream_name(), &s.slot);
     // Long enough that neither the confirm timeout nor the heartbeats end the session while
     // the broker is stopped: the slot is watched with walrelay connected.
     s.edit("confirm_timeout_ms = 5000", "confirm_timeout_ms = 60000");
-    let relay = Relay::start(&s.cfg);
+    let relay = Relay::start(&s.config);
     relay.wait_log("streaming", T).await;
     client
         .execute("INSERT INTO a VALUES (1)", &[])

@@ -85,6 +85,7 @@ async fn read_all(env: &Environment, stream: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_drops_replays_of_walrelay_publishing_ids() {
+    let _rabbitmq4 = crate::common::rabbitmq4::shared().await;
     let env = Environment::builder()
         .host("127.0.0.1")
         .port(STREAM_PORT)

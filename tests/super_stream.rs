@@ -4,13 +4,14 @@
 //! commit order — through `kill -9`s, because each partition's broker drops the replays.
 //! A super stream whose partition count differs from the config stops walrelay by name.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::scene::Scene;
 use common::stream::*;
 use common::*;
 
@@ -31,26 +32,17 @@ fn partition_of_int_key(id: i64, n: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keys_keep_their_partition_and_their_order_through_kill_9() {
-    let (pg, db) = (PgCluster::start(), unique("app"));
-    let client = pg.create_db(&db).await;
-    client
-        .batch_execute(&format!(
+    let s = Scene::stream(
+        &format!(
             "CREATE TABLE acct (id int PRIMARY KEY, v int NOT NULL);
              INSERT INTO acct SELECT g, 0 FROM generate_series(1, {KEYS}) g;"
-        ))
-        .await
-        .unwrap();
-    let (slot, stream) = (unique("slot"), unique("sst"));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = stream_config_with(
-        dir.path(),
-        &pg.url(&db),
-        &slot,
-        &stream,
+        ),
         &["public.acct"],
         &format!("partitions = {PARTITIONS}"),
-    );
-    let mut relay = Relay::start(&cfg);
+    )
+    .await;
+    let (client, slot, stream, cfg) = (&s.client, &s.slot, s.stream_name().to_owned(), &s.config);
+    let mut relay = Relay::start(cfg);
     relay.wait_log("streaming", T).await;
 
     // Writers: each transaction adds 1 to one to three keys, so a key's values are 1, 2, 3…
@@ -59,7 +51,7 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
         Arc::new(AtomicI64::new(0)),
     );
     let writer = {
-        let (url, stop, commits) = (pg.url(&db), Arc::clone(&stop), Arc::clone(&commits));
+        let (url, stop, commits) = (s.url(), Arc::clone(&stop), Arc::clone(&commits));
         tokio::spawn(async move {
             let c = connect(&url).await;
             let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -85,7 +77,7 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         replays += replays_of(&relay).await;
         relay.kill9();
-        relay = Relay::start(&cfg);
+        relay = Relay::start(cfg);
         relay.wait_log("streaming", T).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -101,9 +93,9 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
         .map(|r| (i64::from(r.get::<_, i32>(0)), i64::from(r.get::<_, i32>(1))))
         .collect();
     client.batch_execute("TRUNCATE acct").await.unwrap();
-    let end = current_lsn(&client).await;
+    let end = current_lsn(client).await;
     wait_for("the slot past the workload", T, || async {
-        (slot_confirmed(&client, &slot).await >= end).then_some(())
+        (slot_confirmed(client, slot).await >= end).then_some(())
     })
     .await;
 
@@ -194,7 +186,7 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
     // The doctor reports the super stream; a different partition count stops walrelay.
     let doctor = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args(["doctor", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .env_remove("AMQP_URL")
         .env_remove("WALRELAY_TEST_AMQP_URL")
         .output()
@@ -213,7 +205,7 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
     // `tail` reads every partition.
     let tail = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args(["tail", "--offset", "first", "--count", "60", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .env_remove("AMQP_URL")
         .env_remove("WALRELAY_TEST_AMQP_URL")
         .output()
@@ -231,8 +223,8 @@ async fn keys_keep_their_partition_and_their_order_through_kill_9() {
         String::from_utf8_lossy(&tail.stderr)
     );
     drop(relay);
-    config_set(&cfg, "stream", "partitions", "2");
-    let mut wrong = Relay::start(&cfg);
+    config_set(cfg, "stream", "partitions", "2");
+    let mut wrong = Relay::start(cfg);
     let status = wrong.wait_exit(T).await;
     assert!(!status.success());
     let log = wrong.log();

@@ -3,7 +3,7 @@
 //! queue (the events from its new subscription on). The broker is a private node the test
 //! restarts with `kill -9`, so the shared broker other tests use is left alone.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,7 @@
 //! right CA, `require` encrypts without checking (libpq's meaning); and an AMQPS server with an
 //! untrusted certificate is refused by the publisher.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

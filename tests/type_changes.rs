@@ -2,7 +2,7 @@
 //! read, an attribute added while streaming, and a backlog of values older than the catalog a
 //! new process reads. None of them may stop walrelay for good or lose a change.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

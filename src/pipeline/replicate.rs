@@ -43,38 +43,88 @@ pub(crate) enum Stop {
 
 /// The state of one replication session.
 pub(crate) struct Replicator {
-    pub stream: ReplicationStream,
+    pub(super) stream: ReplicationStream,
     /// The pure stage: decoded messages in, outbound items out.
-    pub transform: Transform,
+    pub(super) transform: Transform,
     /// A plain SQL connection for what pgoutput does not say about a relation (its partition
     /// root, its key), read each time pgoutput describes one. Relation messages are rare (once
     /// per relation per session, and after DDL), so the lookup's round trips cost nothing.
-    pub catalog: Catalog,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<crate::health::Health>,
-    pub tx: mpsc::Sender<Outbound>,
+    pub(super) catalog: Catalog,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) health: Arc<crate::health::Health>,
+    pub(super) tx: mpsc::Sender<Outbound>,
     /// Latest broker-confirmed position, written by the publisher (a back edge that never blocks).
-    pub acked: watch::Receiver<Lsn>,
-    pub status_interval: Duration,
+    pub(super) acked: watch::Receiver<Lsn>,
+    pub(super) status_interval: Duration,
     /// Highest WAL position received, reported as the `write` position.
-    pub received: Lsn,
+    pub(super) received: Lsn,
     /// Last idle position forwarded, so repeated keepalives do not flood the channel.
-    pub last_idle: Lsn,
+    pub(super) last_idle: Lsn,
     /// Items decoded but not yet accepted by the channel.
-    pub pending: VecDeque<Outbound>,
+    pub(super) pending: VecDeque<Outbound>,
     /// When the server was last heard from while we were reading (reset while we are not
     /// reading, during back-pressure, so a full channel is never mistaken for a dead link).
-    pub last_heard: tokio::time::Instant,
-    pub receive_timeout: Duration,
+    pub(super) last_heard: tokio::time::Instant,
+    pub(super) receive_timeout: Duration,
     /// Records each position before reporting it (`service.state_file`).
-    pub reporter: Reporter,
+    pub(super) reporter: Reporter,
     /// Backfill chunks from the worker, handed to the transform before their high mark.
-    pub chunks: mpsc::Receiver<crate::backfill::Chunk>,
+    pub(super) chunks: mpsc::Receiver<crate::backfill::Chunk>,
     /// Where published chunks' end positions go back to the worker.
+    pub(super) chunk_ends: mpsc::UnboundedSender<(i64, i64, Lsn)>,
+}
+
+/// The channels a replicator works with.
+pub(crate) struct Links {
+    /// Decoded items to the publisher.
+    pub tx: mpsc::Sender<Outbound>,
+    /// The publisher's confirmed position.
+    pub acked: watch::Receiver<Lsn>,
+    /// Backfill chunks from the worker.
+    pub chunks: mpsc::Receiver<crate::backfill::Chunk>,
+    /// Published chunks' end positions, back to the worker.
     pub chunk_ends: mpsc::UnboundedSender<(i64, i64, Lsn)>,
 }
 
+/// How often the replicator reports, and how long a quiet server may stay quiet.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timing {
+    pub status_interval: Duration,
+    pub receive_timeout: Duration,
+}
+
 impl Replicator {
+    /// A replicator reading `stream`, which starts where `reporter` last reported.
+    pub(crate) fn new(
+        stream: ReplicationStream,
+        catalog: Catalog,
+        transform: Transform,
+        reporter: Reporter,
+        links: Links,
+        obs: &super::Observers,
+        timing: Timing,
+    ) -> Replicator {
+        let start = reporter.reported();
+        Replicator {
+            stream,
+            transform,
+            catalog,
+            metrics: Arc::clone(&obs.metrics),
+            health: Arc::clone(&obs.health),
+            tx: links.tx,
+            acked: links.acked,
+            status_interval: timing.status_interval,
+            received: start,
+            last_idle: start,
+            pending: VecDeque::new(),
+            last_heard: tokio::time::Instant::now(),
+            receive_timeout: timing.receive_timeout,
+            reporter,
+            chunks: links.chunks,
+            chunk_ends: links.chunk_ends,
+        }
+    }
+
     /// Runs until shutdown, publisher failure or an error.
     pub(crate) async fn run(&mut self, shutdown: &Shutdown) -> Result<Stop, RunError> {
         let mut status = tokio::time::interval(self.status_interval);

@@ -4,14 +4,13 @@
 //! gets one at once; a server silent for `receive_timeout` ends the session, but a full channel
 //! never reads as silence; shutdown ends the loop.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
 use super::position::Reporter;
-use super::replicate::{Replicator, Stop};
+use super::replicate::{Links, Replicator, Stop, Timing};
 use crate::error::RunError;
 use crate::event::Outbound;
 use crate::lsn::Lsn;
@@ -66,24 +65,29 @@ async fn rig(capacity: usize) -> Rig {
     let (acked, acked_rx) = watch::channel(START);
     let (chunks_tx, chunks) = mpsc::channel(1);
     let (chunk_ends, _) = mpsc::unbounded_channel();
-    let replicator = Replicator {
-        stream,
-        transform,
-        catalog: Catalog::unconnected(&server.params, RECEIVE_TIMEOUT),
-        metrics,
-        health: Arc::new(crate::health::Health::new(STATUS_INTERVAL, RECEIVE_TIMEOUT)),
+    let links = Links {
         tx,
         acked: acked_rx,
-        status_interval: STATUS_INTERVAL,
-        received: START,
-        last_idle: START,
-        pending: VecDeque::new(),
-        last_heard: tokio::time::Instant::now(),
-        receive_timeout: RECEIVE_TIMEOUT,
-        reporter: Reporter::new(None, START),
         chunks,
         chunk_ends,
     };
+    let obs = super::Observers {
+        metrics,
+        health: Arc::new(crate::health::Health::new(STATUS_INTERVAL, RECEIVE_TIMEOUT)),
+    };
+    let timing = Timing {
+        status_interval: STATUS_INTERVAL,
+        receive_timeout: RECEIVE_TIMEOUT,
+    };
+    let replicator = Replicator::new(
+        stream,
+        Catalog::unconnected(&server.params, RECEIVE_TIMEOUT),
+        transform,
+        Reporter::new(None, START),
+        links,
+        &obs,
+        timing,
+    );
     Rig {
         replicator,
         server,

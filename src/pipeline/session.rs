@@ -11,9 +11,8 @@ use tracing::{debug, info, warn};
 
 use super::position::Reporter;
 use super::publish::PublishLoop;
-use super::replicate::{Replicator, Stop};
+use super::replicate::{Links, Replicator, Stop, Timing};
 use super::{Memory, Observers};
-use crate::checkpoint::AckTracker;
 use crate::config::Settings;
 use crate::error::{RunError, error_chain};
 use crate::lsn::Lsn;
@@ -197,25 +196,8 @@ async fn launch(
         }
         .run(),
     ));
-    let publisher_task = tokio::spawn(
-        PublishLoop {
-            publisher: p.publisher,
-            rx,
-            acked: acked_tx,
-            tracker: AckTracker::new(p.start),
-            max_in_flight: sink.max_in_flight,
-            max_message_bytes: sink.max_message_bytes,
-            confirm_timeout: sink.confirm_timeout,
-            metrics: Arc::clone(&obs.metrics),
-            health: Arc::clone(&obs.health),
-            batch: sink.batch,
-            hold_warning: (sink.confirm_timeout / 10)
-                .clamp(Duration::from_secs(1), Duration::from_secs(5)),
-            alarms: sink.management_api().map(Arc::new),
-            refusal: None,
-        }
-        .run(),
-    );
+    let publisher_task =
+        tokio::spawn(PublishLoop::new(p.publisher, rx, acked_tx, p.start, sink, obs).run());
     let transform = Transform::new(
         TransformSettings {
             routing: sink.routing_key.clone(),
@@ -232,24 +214,17 @@ async fn launch(
         Arc::clone(&obs.metrics),
     )
     .counted(memory.counted);
-    let replicator = Replicator {
-        stream,
-        transform,
-        catalog,
-        metrics: Arc::clone(&obs.metrics),
-        health: Arc::clone(&obs.health),
+    let links = Links {
         tx,
         acked: acked.clone(),
-        status_interval: p.status_interval,
-        received: p.start,
-        last_idle: p.start,
-        last_heard: tokio::time::Instant::now(),
-        receive_timeout: source.receive_timeout,
-        reporter: p.reporter,
-        pending: Default::default(),
         chunks,
         chunk_ends,
     };
+    let timing = Timing {
+        status_interval: p.status_interval,
+        receive_timeout: source.receive_timeout,
+    };
+    let replicator = Replicator::new(stream, catalog, transform, p.reporter, links, obs, timing);
     Ok(Running {
         replicator,
         publisher_task,

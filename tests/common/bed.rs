@@ -1,10 +1,11 @@
-//! The chaos test bed: a private PostgreSQL with the checker's schema and a second database,
-//! a queue on a broker (the shared one, or a private node), and the verdict helpers that every
-//! fault scenario ends with.
+//! The chaos test bed: a [`Scene`] with the checker's schema (tables t0–t2) and a second,
+//! unpublished database, a queue on a broker (the shared one, or a private node) or a stream on
+//! RabbitMQ 4, and the verdict helpers that every fault scenario ends with.
 
 use std::time::Duration;
 
 use super::checker::{self, Monitor, Run, SCHEMA};
+use super::scene::{Scene, Setup, Sink};
 use super::*;
 
 pub const T: Duration = Duration::from_secs(120);
@@ -14,17 +15,23 @@ pub fn long() -> bool {
     std::env::var("WALRELAY_CHAOS_LONG").is_ok_and(|v| v == "1")
 }
 
-/// A cluster with the workload's schema and a second, unpublished database.
+/// A scene with the workload's schema and a second, unpublished database (its writes are
+/// the noise the slot must skip).
 pub struct Bed {
-    pub pg: PgCluster,
+    pub scene: Scene,
+    /// The published database's URL.
     pub url: String,
     pub other_url: String,
-    pub client: tokio_postgres::Client,
-    pub exchange: String,
-    pub queue: TestQueue,
-    pub slot: String,
-    pub dir: tempfile::TempDir,
 }
+
+impl std::ops::Deref for Bed {
+    type Target = Scene;
+    fn deref(&self) -> &Scene {
+        &self.scene
+    }
+}
+
+const TABLES: [&str; 3] = ["public.t0", "public.t1", "public.t2"];
 
 impl Bed {
     /// A bed whose queue lives on the shared broker.
@@ -34,27 +41,45 @@ impl Bed {
 
     /// A bed whose queue (declared with `queue_args`) lives on the broker at `amqp`.
     pub async fn on(conf: &[&str], amqp: &str, queue_args: FieldTable) -> Bed {
-        let pg = PgCluster::start_with(conf);
-        let db = unique("app");
-        let client = pg.create_db(&db).await;
-        client.batch_execute(SCHEMA).await.unwrap();
+        let setup = Setup {
+            conf,
+            amqp_url: amqp,
+            queue_on: amqp,
+            queue_args,
+            ..Setup::default()
+        };
+        Bed::with(setup).await
+    }
+
+    /// A bed publishing to a stream on RabbitMQ 4 (its scene's config); `alone` for a test
+    /// that stops or restarts the node.
+    pub async fn stream(alone: bool) -> Bed {
+        let sink = if alone {
+            Sink::StreamAlone("")
+        } else {
+            Sink::Stream("")
+        };
+        Bed::with(Setup {
+            sink,
+            ..Setup::default()
+        })
+        .await
+    }
+
+    async fn with(setup: Setup<'_>) -> Bed {
+        let scene = Scene::with(SCHEMA, &TABLES, setup).await;
         let other = unique("other");
-        pg.create_db(&other)
+        scene
+            .pg
+            .create_db(&other)
             .await
             .batch_execute("CREATE TABLE noise ()")
             .await
             .unwrap();
-        let exchange = unique("ex");
-        let queue = TestQueue::on(amqp, &exchange, Some("#"), queue_args).await;
         Bed {
-            url: pg.url(&db),
-            other_url: pg.url(&other),
-            pg,
-            client,
-            exchange,
-            queue,
-            slot: unique("slot"),
-            dir: tempfile::tempdir().unwrap(),
+            url: scene.url(),
+            other_url: scene.pg.url(&other),
+            scene,
         }
     }
 
@@ -66,9 +91,14 @@ impl Bed {
             amqp,
             &self.slot,
             &self.exchange,
-            &["public.t0", "public.t1", "public.t2"],
+            &TABLES,
             "",
         )
+    }
+
+    /// Deletes the bed's queue and exchange from its broker.
+    pub async fn finish(self) {
+        self.scene.finish().await;
     }
 
     pub async fn slot_lsn(&self) -> u64 {

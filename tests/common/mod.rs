@@ -1,13 +1,14 @@
 //! Test harness: a private PostgreSQL cluster per test (initdb into a temp dir, logical
 //! replication on, a free port), the local RabbitMQ, and walrelay run as a child process so a
 //! test can `kill -9` it. Waits are conditions with timeouts, never fixed sleeps.
-#![allow(dead_code, unused_imports, unreachable_pub)]
-
 //!
 //! By concern: [`cluster`] (PostgreSQL), [`queue`] (a consumer on RabbitMQ), [`relay`] (the
 //! walrelay process and its config), [`observe`] (HTTP, metrics, memory), [`scene`] (all of
-//! them set up for one test), [`broker`] (a private RabbitMQ node), [`proxy`] (a
-//! fault-injecting TCP proxy), [`checker`] (the at-least-once checker of the chaos suite).
+//! them set up for one test, with an exchange or a stream), [`bed`] (the chaos suites' scene),
+//! [`broker`] (a private RabbitMQ node), [`rabbitmq4`] (the shared RabbitMQ 4 node, taken
+//! shared or alone), [`stream`] (stream consumers), [`proxy`] (a fault-injecting TCP proxy),
+//! [`checker`] (the at-least-once checker of the chaos suite).
+#![allow(unreachable_pub)]
 
 pub mod bed;
 pub mod broker;
@@ -16,12 +17,12 @@ pub mod cluster;
 pub mod observe;
 pub mod proxy;
 pub mod queue;
+pub mod rabbitmq4;
 pub mod relay;
 pub mod scene;
 pub mod stream;
 
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub use cluster::*;

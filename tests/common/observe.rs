@@ -24,8 +24,9 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A histogram's cumulative buckets in an exposition: `(upper bound, observations at or
+/// A histogram's cumulative buckets in an exposition (the benches read confirm latencies): `(upper bound, observations at or
 /// below it)` in the exposition's order (ascending, `+Inf` last).
+#[allow(dead_code)]
 pub fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{le=\"");
     text.lines()
@@ -44,6 +45,7 @@ pub fn histogram(text: &str, name: &str) -> Vec<(f64, f64)> {
 
 /// The upper bound of the bucket holding quantile `q` of the observations made between two
 /// readings of a histogram (`before`, `after`: [`histogram`]); `None` when none were made.
+#[allow(dead_code)]
 pub fn histogram_quantile_bound(
     before: &[(f64, f64)],
     after: &[(f64, f64)],

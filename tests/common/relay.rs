@@ -9,7 +9,8 @@ use super::wait_for;
 /// A running walrelay process with its own config file; killed on drop.
 pub struct Relay {
     pub child: Child,
-    pub dir: tempfile::TempDir,
+    /// Holds the log file's directory for as long as the process runs.
+    _dir: tempfile::TempDir,
     pub log_path: PathBuf,
 }
 
@@ -112,7 +113,7 @@ impl Relay {
             .unwrap();
         Relay {
             child,
-            dir,
+            _dir: dir,
             log_path,
         }
     }

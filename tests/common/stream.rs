@@ -10,87 +10,15 @@ use rabbitmq_stream_client::Environment;
 use rabbitmq_stream_client::types::{Message, OffsetSpecification, SimpleValue};
 
 use super::checker::{self, Delivery};
+pub use super::rabbitmq4::{rabbitmq4, rabbitmq4_ca, rabbitmq4_env};
 use super::{Relay, http_get, metric};
 
 pub const STREAM_URL: &str = "rabbitmq-stream://guest:guest@127.0.0.1:5553/%2f";
 
-/// A stream test's scene: a private cluster with a fresh database where `ddl` ran, a unique
-/// slot and stream name, and a config publishing `tables` to the stream (with `extra`
-/// `[stream]` keys, one per line).
-pub struct StreamScene {
-    pub pg: super::PgCluster,
-    pub client: tokio_postgres::Client,
-    pub slot: String,
-    pub stream: String,
-    pub dir: tempfile::TempDir,
-    pub cfg: std::path::PathBuf,
-}
-
-impl StreamScene {
-    pub async fn new(ddl: &str, tables: &[&str], extra: &str) -> StreamScene {
-        let (pg, db) = (super::PgCluster::start(), super::unique("app"));
-        let client = pg.create_db(&db).await;
-        client.batch_execute(ddl).await.unwrap();
-        let (slot, stream) = (super::unique("slot"), super::unique("st"));
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = stream_config_with(dir.path(), &pg.url(&db), &slot, &stream, tables, extra);
-        StreamScene {
-            pg,
-            client,
-            slot,
-            stream,
-            dir,
-            cfg,
-        }
-    }
-
-    /// Points the config at `url` instead of RabbitMQ 4's plain stream port.
-    pub fn use_url(&self, url: &str) {
-        self.edit(STREAM_URL, url);
-    }
-
-    /// Replaces `from` (which must be there) by `to` in the config.
-    pub fn edit(&self, from: &str, to: &str) {
-        let text = std::fs::read_to_string(&self.cfg).unwrap();
-        assert!(text.contains(from), "{from:?} is not in the config");
-        std::fs::write(&self.cfg, text.replace(from, to)).unwrap();
-    }
-}
-
-/// `scripts/rabbitmq4.sh <how>`: restart, crash, pause, resume.
-/// The test CA of `scripts/rabbitmq4.sh` (its TLS listeners serve certificates for localhost
-/// signed by it): stream TLS on 5554, the management API over https on 15674.
-pub fn rabbitmq4_ca() -> String {
-    let root = std::env::var("WALRELAY_RABBITMQ4_ROOT")
-        .unwrap_or_else(|_| "/var/cache/walrelay/rabbitmq4-root".into());
-    let ca = format!("{root}/etc/rabbitmq/tls/ca.pem");
-    assert!(
-        std::path::Path::new(&ca).exists(),
-        "{ca}: the test CA (scripts/rabbitmq4.sh start makes it)"
-    );
-    ca
-}
-
-pub fn rabbitmq4(how: &str) {
-    rabbitmq4_env(how, &[]);
-}
-
-/// [`rabbitmq4`] with environment variables for the script (`WALRELAY_RABBITMQ4_EXTRA_CONF`).
-pub fn rabbitmq4_env(how: &str, env: &[(&str, &str)]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq4.sh");
-    let out = std::process::Command::new(script)
-        .arg(how)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{how} of RabbitMQ 4: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 const T: Duration = Duration::from_secs(120);
 
+/// A client of RabbitMQ 4's stream port (the test holds [`super::rabbitmq4::shared`] or a
+/// stream scene).
 pub async fn env() -> Environment {
     Environment::builder()
         .host("127.0.0.1")

@@ -62,25 +62,55 @@ struct InFlight {
 /// Settings of the publish loop, over any [`Sink`] (the session's [`Outlet`](crate::sink::Outlet),
 /// or a scripted one in the unit tests).
 pub(crate) struct PublishLoop<S: Sink> {
-    pub publisher: S,
-    pub rx: mpsc::Receiver<Outbound>,
-    pub acked: watch::Sender<Lsn>,
-    pub tracker: AckTracker,
-    pub max_in_flight: usize,
-    pub max_message_bytes: usize,
-    pub confirm_timeout: Duration,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
-    pub batch: BatchLimits,
+    publisher: S,
+    rx: mpsc::Receiver<Outbound>,
+    acked: watch::Sender<Lsn>,
+    tracker: AckTracker,
+    max_in_flight: usize,
+    max_message_bytes: usize,
+    confirm_timeout: Duration,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    batch: BatchLimits,
     /// No confirm for this long with messages in flight: publishing is held (said once).
-    pub hold_warning: Duration,
+    hold_warning: Duration,
     /// The management API, to name the alarm that holds publishing (best effort).
-    pub alarms: Option<Arc<crate::sink::management::Api>>,
+    alarms: Option<Arc<crate::sink::management::Api>>,
     /// Why the broker refused the last refused message (the stream sink's status code).
-    pub refusal: Option<String>,
+    refusal: Option<String>,
 }
 
 impl<S: Sink> PublishLoop<S> {
+    /// A loop publishing what `rx` brings through `publisher`, as `sink` configures it, and
+    /// telling `acked` the confirmed position (from `start`, where the slot stands).
+    pub(crate) fn new(
+        publisher: S,
+        rx: mpsc::Receiver<Outbound>,
+        acked: watch::Sender<Lsn>,
+        start: Lsn,
+        sink: &crate::sink::SinkSettings,
+        obs: &super::Observers,
+    ) -> PublishLoop<S> {
+        PublishLoop {
+            publisher,
+            rx,
+            acked,
+            tracker: AckTracker::new(start),
+            max_in_flight: sink.max_in_flight,
+            max_message_bytes: sink.max_message_bytes,
+            confirm_timeout: sink.confirm_timeout,
+            metrics: Arc::clone(&obs.metrics),
+            health: Arc::clone(&obs.health),
+            batch: sink.batch,
+            // Long enough to not warn about a slow confirm, short enough to say it before
+            // the stall ends the session.
+            hold_warning: (sink.confirm_timeout / 10)
+                .clamp(Duration::from_secs(1), Duration::from_secs(5)),
+            alarms: sink.management_api().map(Arc::new),
+            refusal: None,
+        }
+    }
+
     /// Runs until the replication task closes the channel and every message is confirmed, or
     /// until the first failure.
     pub(crate) async fn run(mut self) -> Result<S, RunError> {
