@@ -12,7 +12,7 @@ use crate::health;
 use crate::sink::SinkError;
 use crate::source::SourceError;
 use crate::source::publication::CheckError;
-use crate::source::sqlstate::{self, Meaning};
+use crate::source::sqlstate::{self, Access, Meaning};
 use crate::transform::TransformError;
 
 /// Why walrelay stopped (or a session ended).
@@ -69,6 +69,10 @@ pub enum Decision {
     Reconnect,
     /// Another instance streams from the slot: wait as a standby and try again.
     StandBy,
+    /// PostgreSQL refused the role (a privilege, the password, `pg_hba.conf`): an operator
+    /// must act, and walrelay tries again every `reconnect_max_ms` so that it resumes as soon
+    /// as they have, without a restart. Not ready meanwhile, with the cause in `/readyz`.
+    Blocked,
     /// An operator must act: stop with the error.
     Stop,
 }
@@ -103,6 +107,7 @@ impl RunError {
         match self {
             RunError::Source(e) => match e.sqlstate().map(sqlstate::meaning) {
                 Some(Meaning::SlotBusy) => Decision::StandBy,
+                Some(Meaning::Access) => Decision::Blocked,
                 _ if e.connection_failed() => Decision::Reconnect,
                 // The catalog changed under the session: a new one reads it again.
                 _ if matches!(e, SourceError::TypesChanged { .. }) => Decision::Reconnect,
@@ -143,6 +148,17 @@ impl RunError {
             RunError::Sink(SinkError::Unroutable { .. }) => health::RETRY_UNROUTABLE,
             RunError::Sink(SinkError::Nacked { .. }) => health::RETRY_NACKED,
             RunError::Sink(_) => health::RETRY_BROKER,
+            RunError::Source(SourceError::Server(e))
+                if sqlstate::meaning(&e.code) == Meaning::Access =>
+            {
+                match Access::of(&e.code, &e.message) {
+                    Access::Replication => health::RETRY_REPLICATION_ROLE,
+                    Access::Privilege => health::RETRY_PRIVILEGE,
+                    Access::Password => health::RETRY_PASSWORD,
+                    Access::Hba => health::RETRY_HBA,
+                    Access::Login => health::RETRY_LOGIN,
+                }
+            }
             _ => health::RETRY_POSTGRES,
         }
     }
@@ -161,6 +177,11 @@ impl RunError {
                 "PostgreSQL stopped answering: check the server and the network path to it"
             }
             RunError::Source(SourceError::TypesChanged { .. }) => "",
+            RunError::Source(SourceError::Server(e))
+                if sqlstate::meaning(&e.code) == Meaning::Access =>
+            {
+                Access::of(&e.code, &e.message).remedy()
+            }
             RunError::Source(e) => match e.sqlstate().map(sqlstate::hint) {
                 Some(h) if !h.is_empty() => h,
                 _ => "check the PostgreSQL server's log",
@@ -217,8 +238,10 @@ mod tests {
         assert_eq!(server("55006").decision(), Decision::StandBy);
         assert_eq!(server("57P01").decision(), Decision::Reconnect);
         assert_eq!(server("08006").decision(), Decision::Reconnect);
-        assert_eq!(server("28P01").decision(), Decision::Stop);
-        assert_eq!(server("42501").decision(), Decision::Stop);
+        assert_eq!(server("28P01").decision(), Decision::Blocked);
+        assert_eq!(server("42501").decision(), Decision::Blocked);
+        assert_eq!(server("40P01").decision(), Decision::Reconnect);
+        assert_eq!(server("XX000").decision(), Decision::Stop);
         let silent: RunError = SourceError::Silent(std::time::Duration::from_secs(1)).into();
         assert_eq!(silent.decision(), Decision::Reconnect);
         let ended: RunError = SourceError::StreamEnded("CopyDone").into();

@@ -60,6 +60,12 @@ pub(crate) const RETRY_UNROUTABLE: u8 = 1;
 pub(crate) const RETRY_NACKED: u8 = 2;
 pub(crate) const RETRY_BROKER: u8 = 3;
 pub(crate) const RETRY_POSTGRES: u8 = 4;
+/// PostgreSQL refused the role (`source::sqlstate::Access`): the cause, not "unavailable".
+pub(crate) const RETRY_REPLICATION_ROLE: u8 = 5;
+pub(crate) const RETRY_PRIVILEGE: u8 = 6;
+pub(crate) const RETRY_PASSWORD: u8 = 7;
+pub(crate) const RETRY_HBA: u8 = 8;
+pub(crate) const RETRY_LOGIN: u8 = 9;
 
 fn retry_reason(code: u8) -> Option<&'static str> {
     match code {
@@ -71,6 +77,17 @@ fn retry_reason(code: u8) -> Option<&'static str> {
         }
         RETRY_BROKER => Some("RabbitMQ is unavailable or not confirming: reconnecting"),
         RETRY_POSTGRES => Some("PostgreSQL is unavailable: reconnecting"),
+        RETRY_REPLICATION_ROLE => Some(
+            "PostgreSQL refused the role: it lacks the REPLICATION attribute (retrying until it has it)",
+        ),
+        RETRY_PRIVILEGE => Some(
+            "PostgreSQL refused the role a privilege walrelay needs (the log names it; retrying until it has it)",
+        ),
+        RETRY_PASSWORD => Some("PostgreSQL rejected the password (retrying)"),
+        RETRY_HBA => {
+            Some("PostgreSQL's pg_hba.conf admits no such connection (retrying until it does)")
+        }
+        RETRY_LOGIN => Some("PostgreSQL refused the role's login (retrying)"),
         _ => None,
     }
 }

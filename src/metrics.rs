@@ -19,6 +19,8 @@ use prometheus_client::registry::Registry;
 /// A label set of static keys and values.
 pub type Labels1 = [(&'static str, &'static str); 1];
 pub type Labels2 = [(&'static str, &'static str); 2];
+/// The slot's name: a series that is absent until it is known.
+pub type SlotLabel = [(&'static str, String); 1];
 /// `op` and `table` (the table name is shared: it comes from the configuration).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct OpTable {
@@ -58,6 +60,10 @@ pub struct Metrics {
     pub lag_bytes: Gauge<u64, AtomicU64>,
     /// WAL the slot retains (`pg_current_wal_lsn() - restart_lsn`), sampled over SQL.
     pub slot_retained_wal_bytes: Gauge<i64, AtomicI64>,
+    /// The WAL budget: how much more WAL may be written before the slot is invalidated
+    /// (`safe_wal_size`), and the limit (`max_slot_wal_keep_size`); absent when unlimited.
+    pub slot_safe_wal_bytes: Family<SlotLabel, Gauge<i64, AtomicI64>>,
+    pub slot_wal_keep_size_bytes: Family<SlotLabel, Gauge<i64, AtomicI64>>,
     /// 1 while a transaction is being received.
     pub transactions_in_progress: Gauge,
     /// Sessions restarted after a transient error, by side (postgres, rabbitmq).
@@ -113,6 +119,8 @@ impl Metrics {
             server_wal_end: Gauge::default(),
             lag_bytes: Gauge::default(),
             slot_retained_wal_bytes: Gauge::default(),
+            slot_safe_wal_bytes: Family::default(),
+            slot_wal_keep_size_bytes: Family::default(),
             transactions_in_progress: Gauge::default(),
             reconnects: Family::default(),
             errors: Family::default(),
@@ -208,6 +216,16 @@ impl Metrics {
             "slot_retained_wal_bytes",
             "WAL retained by the slot (current WAL LSN minus restart_lsn)",
             m.slot_retained_wal_bytes.clone(),
+        );
+        r.register(
+            "slot_safe_wal_bytes",
+            "WAL that may still be written before the slot is invalidated (safe_wal_size)",
+            m.slot_safe_wal_bytes.clone(),
+        );
+        r.register(
+            "slot_wal_keep_size_bytes",
+            "The server's max_slot_wal_keep_size (absent when unlimited)",
+            m.slot_wal_keep_size_bytes.clone(),
         );
         r.register(
             "transactions_in_progress",

@@ -1,5 +1,6 @@
 //! Authentication against a real server: SCRAM-SHA-256, MD5 and cleartext passwords work over
-//! a replication connection; a wrong password is a permanent error that never shows the password.
+//! a replication connection; a wrong password is a refusal (retried slowly until someone fixes it) that never shows
+//! the password.
 
 use crate::common;
 
@@ -63,7 +64,7 @@ async fn scram_md5_and_cleartext_authenticate_and_wrong_passwords_fail_cleanly()
     );
     assert_eq!(
         walrelay::error::RunError::from(err).decision(),
-        walrelay::error::Decision::Stop,
-        "a wrong password is permanent"
+        walrelay::error::Decision::Blocked,
+        "a wrong password is refused: retried every reconnect_max_ms until it is fixed"
     );
 }

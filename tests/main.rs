@@ -25,6 +25,7 @@ mod fidelity;
 mod filters;
 mod getting_started;
 mod grants;
+mod heal;
 mod huge_row;
 mod identity;
 mod image;

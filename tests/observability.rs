@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::scene::Scene;
+use common::scene::{Scene, Setup};
 use common::*;
 
 fn promtool() -> PathBuf {
@@ -52,8 +52,18 @@ fn check_metrics(text: &str) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_metrics_pass_promtool_and_the_rules_query_only_exported_metrics() {
-    let s = Scene::new("CREATE TABLE t (id int PRIMARY KEY);", &["public.t"]).await;
+    // A WAL limit, so the slot's WAL budget is exported (absent without one).
+    let s = Scene::with(
+        "CREATE TABLE t (id int PRIMARY KEY);",
+        &["public.t"],
+        Setup {
+            conf: &["max_slot_wal_keep_size = 64MB"],
+            ..Setup::default()
+        },
+    )
+    .await;
     s.set("service", "heartbeat_interval_ms", "500");
+    s.set("service", "probe_interval_ms", "500");
     let relay = s.start_streaming().await;
     s.sql("INSERT INTO t SELECT generate_series(1, 50); DELETE FROM t WHERE id <= 10;")
         .await;
@@ -67,10 +77,20 @@ async fn live_metrics_pass_promtool_and_the_rules_query_only_exported_metrics() 
         Duration::from_secs(30),
         || async {
             let (_, text) = http_get(port, "/metrics");
-            (metric(&text, inserts) >= 50.0).then_some(text)
+            (metric(&text, inserts) >= 50.0 && text.contains("walrelay_slot_safe_wal_bytes{"))
+                .then_some(text)
         },
     )
     .await;
+    // A slot that keeps up has about the whole budget (safe_wal_size counts from the current
+    // WAL segment, so it may pass the limit by a segment).
+    let slot = format!("{{slot=\"{}\"}}", s.slot);
+    let (safe, keep) = (
+        metric(&text, &format!("walrelay_slot_safe_wal_bytes{slot}")),
+        metric(&text, &format!("walrelay_slot_wal_keep_size_bytes{slot}")),
+    );
+    assert_eq!(keep, 64.0 * 1024.0 * 1024.0, "{text}");
+    assert!(safe > keep / 2.0, "{safe} of {keep}");
     let (ok, out) = check_metrics(&text);
     assert!(ok, "promtool check metrics:\n{out}");
     // promtool can fail: a counter without the _total suffix is a lint error.

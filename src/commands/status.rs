@@ -33,6 +33,9 @@ pub struct Report {
     pub backfills: Vec<crate::backfill::store::Record>,
     /// The running walrelay's own word, from `http.listen` (`None` when the endpoint is off).
     pub relay: Option<Relay>,
+    /// The slot's WAL budget: `(safe_wal_size, max_slot_wal_keep_size, WAL bytes per second)`
+    /// (`None` without a slot or a limit).
+    pub budget: Option<(i64, i64, Option<f64>)>,
 }
 
 /// What `/readyz` at the configured address answered.
@@ -188,6 +191,11 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
     } else {
         Vec::new()
     };
+    let budget = if rows.is_empty() {
+        None
+    } else {
+        crate::probe::budget(&mut c, &settings.source.slot).await?
+    };
     c.close().await;
     let relay = ask_relay(settings).await;
     let row = rows.into_iter().next();
@@ -212,6 +220,7 @@ pub async fn collect(settings: &Settings) -> Result<Report, SourceError> {
         excluded,
         backfills,
         relay,
+        budget,
     })
 }
 
@@ -231,6 +240,14 @@ impl Report {
                 (_, Some(s)) => json!(s),
             };
             slot.insert((*k).into(), value);
+        }
+        if let Some((safe, _, rate)) = self.budget {
+            let outage = rate.and_then(|r| crate::probe::outage(safe, r));
+            slot.insert("wal_rate_bytes_per_second".into(), json!(rate));
+            slot.insert(
+                "outage_survived_seconds".into(),
+                json!(outage.map(|d| d.as_secs())),
+            );
         }
         let relay = self.relay.as_ref().map(|r| match &r.answer {
             Answer::Ready { role } => {
@@ -313,6 +330,14 @@ impl Report {
                     &format!("- (GRANT pg_read_all_stats TO {} to see it)", self.role),
                 ),
                 _ => line(&format!("  {k}"), v.as_deref().unwrap_or("-")),
+            }
+        }
+        if let Some((safe, keep, rate)) = self.budget {
+            let words = crate::probe::survives(safe, rate);
+            if safe < keep / 5 {
+                line("  WAL budget", &format!("LOW: {words}"));
+            } else {
+                line("  WAL budget", &words);
             }
         }
         line("publication", &self.publication);

@@ -87,13 +87,13 @@ impl Observers {
         self.metrics.broker_blocked.set(i64::from(blocked));
     }
 
-    /// A session ended on `e`, which walrelay retries.
-    fn retrying(&self, e: &RunError) {
+    /// A session ended on `e`, which walrelay retries; `kind` labels the error metric.
+    fn retrying(&self, e: &RunError, kind: &'static str) {
         self.health
             .retrying
             .store(e.retrying_code(), Ordering::Relaxed);
         let side = e.side().label();
-        self.metrics.error(side, "transient");
+        self.metrics.error(side, kind);
         self.metrics
             .reconnects
             .get_or_create(&[("side", side)])
@@ -141,7 +141,7 @@ pub(crate) async fn run(
                 service.standby_retry
             }
             Decision::Reconnect => {
-                obs.retrying(&e);
+                obs.retrying(&e, "transient");
                 if let RunError::Source(SourceError::TypesChanged { at, .. }) = &e {
                     // Never backwards: a later session must not forget an older reload.
                     memory.types_reloaded_at = memory.types_reloaded_at.max(Some(*at));
@@ -154,6 +154,17 @@ pub(crate) async fn run(
                 let wait = delay;
                 delay = (delay * 2).min(service.reconnect_max);
                 wait
+            }
+            Decision::Blocked => {
+                // Refused, not broken: said at error level every time, since nothing moves
+                // until an operator acts; tried again at the longest backoff, so the stream
+                // resumes on its own once they have.
+                obs.retrying(&e, "refused");
+                error!(error = %error_chain(&e), side = e.side().label(),
+                       retry_in_ms = service.reconnect_max.as_millis() as u64,
+                       fix = e.hint(), "PostgreSQL refused walrelay's role: retrying until an operator fixes it");
+                delay = service.reconnect_min;
+                service.reconnect_max
             }
             Decision::Stop => {
                 obs.metrics.error(e.side().label(), "permanent");

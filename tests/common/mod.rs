@@ -6,7 +6,8 @@
 //! walrelay process and its config), [`observe`] (HTTP, metrics, memory), [`scene`] (all of
 //! them set up for one test, with an exchange or a stream), [`bed`] (the chaos suites' scene),
 //! [`broker`] (a private RabbitMQ node), [`rabbitmq4`] (the shared RabbitMQ 4 node, taken
-//! shared or alone), [`stream`] (stream consumers), [`proxy`] (a fault-injecting TCP proxy),
+//! shared or alone), [`stream`] (stream consumers), [`proxy`] (a fault-injecting TCP proxy), [`replica`] (the convergence oracle: a consumer's
+//! copy built from the events, compared with the tables),
 //! [`checker`] (the at-least-once checker of the chaos suite).
 #![allow(unreachable_pub)]
 
@@ -19,6 +20,7 @@ pub mod proxy;
 pub mod queue;
 pub mod rabbitmq4;
 pub mod relay;
+pub mod replica;
 pub mod scene;
 pub mod stream;
 

@@ -186,9 +186,12 @@ async fn checks(
         "-1" => out.push(warn(
             "max_slot_wal_keep_size = -1: while walrelay is stopped the slot retains WAL until the disk is full; set a limit and alert on walrelay_slot_retained_wal_bytes",
         )),
-        v => out.push(ok(format!(
-            "max_slot_wal_keep_size = {v}: a slot further behind is invalidated and walrelay stops with \"slot lost\""
-        ))),
+        v => {
+            out.push(ok(format!(
+                "max_slot_wal_keep_size = {v}: a slot further behind is invalidated and walrelay stops with \"slot lost\""
+            )));
+            wal_budget(settings, c, out).await?;
+        }
     }
     match parse_pg_duration(&col(&r, 6)) {
         None => out.push(warn(
@@ -204,6 +207,27 @@ async fn checks(
     backfill_grants(settings, c, &tables, out).await?;
     stats_grant(c, &who, out).await?;
     Ok(tables)
+}
+
+/// How long an outage the existing slot survives before `max_slot_wal_keep_size`
+/// invalidates it; a warning under a fifth of the limit, as the running service warns.
+async fn wal_budget(
+    settings: &Settings,
+    c: &mut Connection,
+    out: &mut Vec<Finding>,
+) -> Result<(), SourceError> {
+    let slot = &settings.source.slot;
+    if let Some((safe, keep, rate)) = crate::probe::budget(c, slot).await? {
+        let words = crate::probe::survives(safe, rate);
+        if safe < keep / 5 {
+            out.push(warn(format!(
+                "slot {slot}: its WAL budget is low ({words}); past it the slot is invalidated and changes are lost"
+            )));
+        } else {
+            out.push(ok(format!("slot {slot}: WAL budget: {words}")));
+        }
+    }
+    Ok(())
 }
 
 /// What `walrelay backfill` (and `[snapshot]`) needs: SELECT on every streamed table and a
