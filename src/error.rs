@@ -182,6 +182,12 @@ impl RunError {
             {
                 Access::of(&e.code, &e.message).remedy()
             }
+            RunError::Source(SourceError::Server(e))
+                if sqlstate::meaning(&e.code) == Meaning::SlotLost
+                    && e.message.contains("publication") =>
+            {
+                "the publication was dropped (and perhaps created again) while the slot still had changes to send: PostgreSQL reads a publication as it was when each change was written, so this slot cannot get past that point; docs/troubleshooting.md (publication … does not exist) has the way back"
+            }
             RunError::Source(e) => match e.sqlstate().map(sqlstate::hint) {
                 Some(h) if !h.is_empty() => h,
                 _ => "check the PostgreSQL server's log",

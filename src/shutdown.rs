@@ -47,6 +47,38 @@ impl Shutdown {
         let mut rx = self.rx.clone();
         let _ = rx.wait_for(|stop| *stop).await;
     }
+
+    /// A waiter of its own, for a loop that selects on shutdown once per item: its
+    /// [`Waiter::wait`] neither clones nor locks (what [`Shutdown::wait`] does on every call
+    /// cost the replication loop a measurable share of its CPU per event in a catch-up).
+    pub fn waiter(&self) -> Waiter {
+        Waiter {
+            rx: self.rx.clone(),
+            _tx: Arc::clone(&self.tx),
+            seen: false,
+        }
+    }
+}
+
+/// See [`Shutdown::waiter`].
+#[derive(Debug)]
+pub struct Waiter {
+    rx: watch::Receiver<bool>,
+    /// Keeps the channel open (a closed one would resolve `changed` at once).
+    _tx: Arc<watch::Sender<bool>>,
+    /// The trigger was seen: resolve at once from now on.
+    seen: bool,
+}
+
+impl Waiter {
+    /// Resolves once shutdown is triggered (at once if it already was). Cancel-safe. The
+    /// channel carries one change only, `false` to `true`, so any change is the trigger.
+    pub async fn wait(&mut self) {
+        if !self.seen {
+            let _ = self.rx.changed().await;
+            self.seen = true;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +99,21 @@ mod tests {
         // Already triggered: resolves at once, as many times as asked.
         a.wait().await;
         a.clone().wait().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_sees_the_trigger_made_before_or_after_it_and_keeps_it() {
+        let s = Shutdown::new();
+        let mut early = s.waiter();
+        tokio::select! {
+            _ = early.wait() => panic!("not triggered yet"),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+        }
+        s.trigger();
+        early.wait().await;
+        early.wait().await;
+        // Made after the trigger: resolves at once too.
+        s.waiter().wait().await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -182,11 +182,7 @@ async fn a_role_that_loses_replication_is_named_and_streams_again_once_granted()
 /// stream, as PostgreSQL's own regression workload (REINDEX of catalogs) met it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_walsender_chosen_as_deadlock_victim_ends_a_session_not_walrelay() {
-    let s = Scene::new(
-        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE elsewhere (id int PRIMARY KEY);",
-        &["public.t"],
-    )
-    .await;
+    let s = Scene::new("CREATE TABLE t (id int PRIMARY KEY);", &["public.t"]).await;
     let mut relay = s.start_streaming().await;
     s.sql("INSERT INTO t VALUES (1)").await;
     assert_eq!(ids(&s.queue().take(1, T).await), BTreeSet::from([1]));
@@ -298,16 +294,65 @@ async fn a_low_wal_budget_is_warned_and_said_by_status_and_doctor() {
     proxy.release();
     receive(&s, 2..=2, 1..=2).await;
     relay.wait_log("the slot's WAL budget recovered", T).await;
-    let wal_status: String = s
-        .client
-        .query_one(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
-            &[&s.slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_ne!(wal_status, "lost");
+    assert_ne!(slot_wal_status(&s.client, &s.slot).await, "lost");
+    drop(relay);
+    s.finish().await;
+}
+
+/// A publication dropped and created again while walrelay streams: PostgreSQL cannot decode
+/// the changes written while it did not exist, so walrelay stops there, naming the cause and
+/// the way back; the way back docs/troubleshooting.md gives (move the slot past the gap, start
+/// again, backfill) brings a consumer's copy back to the table's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_gap_stops_with_the_way_back_and_the_way_back_converges() {
+    let s = Scene::new(
+        "CREATE TABLE orders (id int PRIMARY KEY, status text);",
+        &["public.orders"],
+    )
+    .await;
+    let mut copy = Replica::new(&s.client, &["public.orders"]).await;
+    let mut relay = s.start_streaming().await;
+    s.sql("INSERT INTO orders VALUES (1, 'new')").await;
+    copy.follow(&s.client, s.queue(), "public.orders", T).await;
+
+    s.sql(&format!(
+        "DROP PUBLICATION {p};
+         INSERT INTO orders VALUES (2, 'in the gap');
+         UPDATE orders SET status = 'paid' WHERE id = 1;
+         CREATE PUBLICATION {p} FOR TABLE orders WITH (publish_via_partition_root = true);
+         INSERT INTO orders VALUES (3, 'after');",
+        p = s.slot
+    ))
+    .await;
+    assert!(!relay.wait_exit(T).await.success());
+    let log = relay.log();
+    assert!(
+        log.contains("42704") && log.contains("cannot get past that point"),
+        "{log}"
+    );
+    let (missing, _) = copy.diff(&s.client, "public.orders").await;
+    assert!(
+        !missing.is_empty(),
+        "the copy is stale: nothing after the gap was published"
+    );
+
+    // The way back, as written in docs/troubleshooting.md.
+    s.sql(&format!(
+        "SELECT pg_replication_slot_advance('{}', pg_current_wal_lsn())",
+        s.slot
+    ))
+    .await;
+    let relay = s.start_streaming().await;
+    let out = s.command(&["backfill", "public.orders"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.sql("INSERT INTO orders VALUES (4, 'later'); DELETE FROM orders WHERE id = 3;")
+        .await;
+    let applied = copy.follow(&s.client, s.queue(), "public.orders", T).await;
+    eprintln!("heal: publication gap: way back converged after {applied} events");
     drop(relay);
     s.finish().await;
 }

@@ -190,16 +190,7 @@ async fn an_invalidated_slot_stops_walrelay_with_a_specific_message() {
             .await
             .unwrap();
     }
-    let status: String = s
-        .client
-        .query_one(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
-            &[&s.slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "lost");
+    assert_eq!(slot_wal_status(&s.client, &s.slot).await, "lost");
     let mut relay = Relay::start(&cfg);
     let exit = relay.wait_exit(T).await;
     assert!(!exit.success());

@@ -168,7 +168,8 @@ pub(crate) async fn run(
             }
             Decision::Stop => {
                 obs.metrics.error(e.side().label(), "permanent");
-                error!(error = %error_chain(&e), side = e.side().label(), "stopping: this needs an operator");
+                error!(error = %error_chain(&e), side = e.side().label(), hint = e.hint(),
+                       "stopping: this needs an operator");
                 return Err(e);
             }
         };

@@ -127,6 +127,7 @@ impl Replicator {
 
     /// Runs until shutdown, publisher failure or an error.
     pub(crate) async fn run(&mut self, shutdown: &Shutdown) -> Result<Stop, RunError> {
+        let mut stop = shutdown.waiter();
         let mut status = tokio::time::interval(self.status_interval);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buffered_run = 0;
@@ -163,7 +164,7 @@ impl Replicator {
                 let mut item = Some(front);
                 let next = tokio::select! {
                     biased;
-                    _ = shutdown.wait() => Next::Shutdown,
+                    _ = stop.wait() => Next::Shutdown,
                     _ = status.tick() => Next::Status,
                     permit = self.tx.reserve() => match permit {
                         Ok(permit) => {
@@ -202,7 +203,7 @@ impl Replicator {
                 }
                 let next = tokio::select! {
                     biased;
-                    _ = shutdown.wait() => Next::Shutdown,
+                    _ = stop.wait() => Next::Shutdown,
                     _ = status.tick() => Next::Status,
                     _ = self.tx.closed() => Next::Gone,
                     msg = self.stream.next() => Next::Message(msg),

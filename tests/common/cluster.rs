@@ -211,6 +211,19 @@ pub async fn slot_confirmed(client: &tokio_postgres::Client, slot: &str) -> u64 
     row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(0) as u64
 }
 
+/// The slot's `wal_status` (`reserved`, `extended`, `unreserved`, `lost`); panics without the
+/// slot.
+pub async fn slot_wal_status(client: &tokio_postgres::Client, slot: &str) -> String {
+    client
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("slot {slot}: {e}"))
+        .get(0)
+}
+
 pub async fn current_lsn(client: &tokio_postgres::Client) -> u64 {
     let row = client
         .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[])
