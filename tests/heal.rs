@@ -182,7 +182,12 @@ async fn a_role_that_loses_replication_is_named_and_streams_again_once_granted()
 /// stream, as PostgreSQL's own regression workload (REINDEX of catalogs) met it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_walsender_chosen_as_deadlock_victim_ends_a_session_not_walrelay() {
-    let s = Scene::new("CREATE TABLE t (id int PRIMARY KEY);", &["public.t"]).await;
+    // `elsewhere` is not streamed: a publication of it changes pg_publication_rel.
+    let s = Scene::new(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE elsewhere (id int PRIMARY KEY);",
+        &["public.t"],
+    )
+    .await;
     let mut relay = s.start_streaming().await;
     s.sql("INSERT INTO t VALUES (1)").await;
     assert_eq!(ids(&s.queue().take(1, T).await), BTreeSet::from([1]));
