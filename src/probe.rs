@@ -166,7 +166,7 @@ async fn sample_slot(
         return Ok(());
     };
     metrics.slot_safe_wal_bytes.get_or_create(&label).set(safe);
-    if safe < keep / 5 && !budget.low {
+    if low(safe, keep) && !budget.low {
         budget.low = true;
         warn!(
             slot,
@@ -221,6 +221,11 @@ pub(crate) async fn budget(
         (a, b) => a.or(b),
     };
     Ok(Some((safe as i64, keep as i64, rate)))
+}
+
+/// Under a fifth of the limit left: the log, `status` and `doctor` say the budget is low.
+pub(crate) fn low(safe: i64, keep: i64) -> bool {
+    safe < keep / 5
 }
 
 /// How long an outage a slot with `safe` bytes of WAL budget survives at `rate` bytes of WAL

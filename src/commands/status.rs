@@ -334,7 +334,7 @@ impl Report {
         }
         if let Some((safe, keep, rate)) = self.budget {
             let words = crate::probe::survives(safe, rate);
-            if safe < keep / 5 {
+            if crate::probe::low(safe, keep) {
                 line("  WAL budget", &format!("LOW: {words}"));
             } else {
                 line("  WAL budget", &words);

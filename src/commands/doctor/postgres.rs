@@ -219,7 +219,7 @@ async fn wal_budget(
     let slot = &settings.source.slot;
     if let Some((safe, keep, rate)) = crate::probe::budget(c, slot).await? {
         let words = crate::probe::survives(safe, rate);
-        if safe < keep / 5 {
+        if crate::probe::low(safe, keep) {
             out.push(warn(format!(
                 "slot {slot}: its WAL budget is low ({words}); past it the slot is invalidated and changes are lost"
             )));
