@@ -182,11 +182,15 @@ impl RunError {
             {
                 Access::of(&e.code, &e.message).remedy()
             }
-            RunError::Source(SourceError::Server(e))
-                if sqlstate::meaning(&e.code) == Meaning::SlotLost
-                    && e.message.contains("publication") =>
-            {
-                "the publication was dropped (and perhaps created again) while the slot still had changes to send: PostgreSQL reads a publication as it was when each change was written, so this slot cannot get past that point; docs/troubleshooting.md (publication … does not exist) has the way back"
+            RunError::Source(SourceError::PublicationGap { .. }) => {
+                "the publication was dropped (and perhaps created again) while the slot still had changes to send: PostgreSQL reads a publication as it was when each change was written, so this slot cannot stream that stretch. `walrelay resync` advances the slot past it, announces stream_gap and backfills the tables (or set postgres.on_slot_lost = \"resync\"); docs/operations.md, When a slot is lost"
+            }
+            RunError::Source(SourceError::SlotLost {
+                broken: crate::source::error::Broken::Foreign,
+                ..
+            }) => "choose another postgres.slot: this one is not walrelay's",
+            RunError::Source(SourceError::SlotLost { .. }) => {
+                "`walrelay resync` records the gap, repairs the slot, announces stream_gap and backfills the tables (or set postgres.on_slot_lost = \"resync\"); docs/operations.md, When a slot is lost"
             }
             RunError::Source(e) => match e.sqlstate().map(sqlstate::hint) {
                 Some(h) if !h.is_empty() => h,

@@ -4,7 +4,9 @@
 //!
 //! Points: `publish.before_confirm` (a message was published, its confirm not yet seen),
 //! `confirm.before_status` (a transaction became broker-confirmed, Postgres not yet told),
-//! `status.after_send` (a new confirmed position was just reported to Postgres).
+//! `status.after_send` (a new confirmed position was just reported to Postgres),
+//! `resync.after_record` (a gap recorded, the slot not yet repaired), `resync.after_repair`
+//! (the slot repaired, the gap not yet announced).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,11 +4,12 @@
 //! `tests/architecture.rs` checks it (docs/architecture.md walks one row change through them).
 //! Modules the binary, the tests and the benches do not name are private.
 //!
-//! - L5 faces: [`commands`] (run, check-config, doctor, status, tail, backfill, ready).
+//! - L5 faces: [`commands`] (run, check-config, doctor, status, tail, backfill, resync, ready).
 //! - L4 running: `service` (`walrelay run` as a call), `pipeline` (sessions: the replication
 //!   and publisher tasks, reconnects, clean shutdown), `http` (`/metrics`, `/healthz`,
 //!   `/readyz`, `/activez`), `probe` (retained WAL, heartbeats), `preflight` (what `run`
-//!   checks on this machine before it creates anything).
+//!   checks on this machine before it creates anything), `resync` (the way back from a broken
+//!   slot or a publication gap).
 //! - L3 policy: [`error`] (what an error means: reconnect, stand by, stop), [`config`] (the
 //!   TOML file and environment overrides, validated into typed values).
 //! - L2 stages and clients: `transform` (pure: decoded messages to events, with the filter's
@@ -38,6 +39,7 @@ mod pipeline;
 mod position_file;
 mod preflight;
 mod probe;
+mod resync;
 mod schema;
 mod secret;
 mod service;

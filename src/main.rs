@@ -45,6 +45,9 @@ enum Command {
     /// Backfill a table's existing rows beside the stream (as `read` events); the instance that
     /// holds the slot runs it. `--status` lists backfills, `--cancel` stops them.
     Backfill(commands::backfill::Args),
+    /// The way back from a lost, dropped or moved slot or a publication gap: record the gap,
+    /// repair the slot, announce `stream_gap`, backfill the tables. `--dry-run` prints the plan.
+    Resync(commands::resync::Args),
     /// Exit 0 when a walrelay's /readyz says ready (for container HEALTHCHECKs).
     Ready(commands::ready::Args),
 }
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             Command::Doctor => commands::doctor::run(&settings).await,
             Command::Tail(args) => commands::tail::run(&settings, args).await,
             Command::Backfill(args) => commands::backfill::run(&settings, args).await,
+            Command::Resync(args) => commands::resync::run(&settings, args).await,
             Command::CheckConfig(_) | Command::Ready(_) => unreachable!("handled above"),
         }
     })

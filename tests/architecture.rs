@@ -42,6 +42,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("http", 4),
     ("probe", 4),
     ("preflight", 4),
+    ("resync", 4),
     // L5 faces: the binary and its commands.
     ("commands", 5),
     ("main", 5),

@@ -38,6 +38,7 @@ mod operate;
 mod pipeline;
 mod publications;
 mod refusals;
+mod resync;
 mod stream_broker_restart;
 mod stream_broker_silence;
 mod stream_filters;

@@ -4,12 +4,14 @@
 //! - [`run`]: stream until a signal; [`check_config`]: validate the file.
 //! - [`doctor`]: a preflight of this machine and both sides; [`status`]: the slot and what a
 //!   running walrelay says; [`ready`]: `/readyz` for container health checks.
-//! - [`tail`]: print what walrelay publishes; [`backfill`]: request, cancel or list backfills.
+//! - [`tail`]: print what walrelay publishes; [`backfill`]: request, cancel or list backfills;
+//!   [`resync`]: the way back from a broken slot or a publication gap.
 
 pub mod backfill;
 pub mod check_config;
 pub mod doctor;
 pub mod ready;
+pub mod resync;
 pub mod run;
 pub mod status;
 pub mod tail;

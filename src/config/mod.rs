@@ -88,6 +88,7 @@ pub struct RawPostgres {
     pub status_interval_ms: Option<u64>,
     pub receive_timeout_ms: Option<u64>,
     pub failover_slot: Option<bool>,
+    pub on_slot_lost: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,8 +7,8 @@ use super::*;
 use crate::event::routing::RoutingTemplate;
 use crate::filter::FilterSettings;
 use crate::sink::{BatchLimits, SinkSettings};
-use crate::source::SourceSettings;
 use crate::source::params::ConnParams;
+use crate::source::{OnSlotLost, SourceSettings};
 
 /// A configuration problem, naming the key (its full path) and, when the file sets it, its line.
 #[derive(Debug, PartialEq, Eq)]
@@ -155,6 +155,16 @@ fn source(raw: RawPostgres) -> Result<SourceSettings, ConfigError> {
             "must be at least twice postgres.status_interval_ms".into(),
         ));
     }
+    let on_slot_lost = match raw.on_slot_lost.as_deref() {
+        None | Some("stop") => OnSlotLost::Stop,
+        Some("resync") => OnSlotLost::Resync,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "postgres.on_slot_lost",
+                "must be \"stop\" or \"resync\"".into(),
+            ));
+        }
+    };
     Ok(SourceSettings {
         conn,
         slot,
@@ -162,6 +172,7 @@ fn source(raw: RawPostgres) -> Result<SourceSettings, ConfigError> {
         status_interval,
         receive_timeout,
         failover_slot: raw.failover_slot.unwrap_or(false),
+        on_slot_lost,
     })
 }
 

@@ -30,7 +30,7 @@ use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::sink::SinkError;
 use crate::sink::amqp::routable;
-use crate::source::SourceError;
+use crate::source::{OnSlotLost, SourceError};
 
 /// State kept across sessions.
 #[derive(Debug, Default)]
@@ -110,6 +110,54 @@ impl Observers {
     }
 }
 
+/// `postgres.on_slot_lost = "resync"`: the stream broke on `e`; record the gap, repair the
+/// slot, announce it and backfill, then go on. Said at error level: changes were lost from
+/// the stream and consumers are being brought back by backfill.
+async fn resync(
+    settings: &Settings,
+    obs: &Observers,
+    memory: &mut Memory,
+    e: &RunError,
+) -> Result<(), RunError> {
+    error!(error = %error_chain(e), policy = "resync",
+           "the stream broke: recording the gap, repairing the slot and backfilling the tables");
+    let ask = crate::resync::Ask {
+        known: memory.known,
+        gap_seen: matches!(e, RunError::Source(SourceError::PublicationGap { .. })),
+        ..Default::default()
+    };
+    match crate::resync::resync(settings, &ask).await? {
+        crate::resync::Outcome::Done { gap, .. } => {
+            obs.metrics.heal.resynced(gap.cause.label());
+            if let Some(to) = gap.to {
+                memory.confirmed(to);
+            }
+            error!(resync = gap.id, cause = gap.cause.label(), from = ?gap.from, to = ?gap.to,
+                   tables = gap.tables.len(),
+                   "resynced: stream_gap announced, the tables are backfilled beside the stream");
+            Ok(())
+        }
+        // The catalog shows nothing to repair: the error stands.
+        _ => Err(match e {
+            RunError::Source(SourceError::SlotLost {
+                slot,
+                problem,
+                broken,
+            }) => SourceError::SlotLost {
+                slot: slot.clone(),
+                problem: problem.clone(),
+                broken: *broken,
+            }
+            .into(),
+            other => SourceError::Setup(format!(
+                "resync found nothing to repair after: {}",
+                error_chain(other)
+            ))
+            .into(),
+        }),
+    }
+}
+
 /// Runs sessions until `shutdown` becomes true (Ok) or a permanent error (Err).
 pub(crate) async fn run(
     settings: &Settings,
@@ -129,6 +177,33 @@ pub(crate) async fn run(
         let Err(e) = result else {
             return Ok(());
         };
+        if settings.source.on_slot_lost == OnSlotLost::Resync && crate::resync::repairs(&e) {
+            match resync(settings, &obs, &mut memory, &e).await {
+                Ok(()) => {
+                    delay = service.reconnect_min;
+                    continue;
+                }
+                // Could not finish now (PostgreSQL went away): the record is resumed by the
+                // next session, which the normal retry starts.
+                Err(re) if re.decision() == Decision::Reconnect => {
+                    obs.retrying(&re, "transient");
+                    warn!(error = %error_chain(&re), retry_in_ms = delay.as_millis() as u64,
+                          "resync interrupted; the next session finishes it");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait() => {}
+                    }
+                    delay = (delay * 2).min(service.reconnect_max);
+                    continue;
+                }
+                Err(re) => {
+                    obs.metrics.error(re.side().label(), "permanent");
+                    error!(error = %error_chain(&re), cause = %error_chain(&e),
+                           "stopping: the stream broke and the resync could not repair it");
+                    return Err(re);
+                }
+            }
+        }
         let wait = match e.decision() {
             Decision::StandBy => {
                 // Hot standby: another instance streams from the slot. Its progress is not

@@ -119,6 +119,12 @@ async fn prepare(
     if !settings.backfill.snapshot.is_empty() {
         super::snapshot::request(&mut conn, settings).await?;
     }
+    if source.on_slot_lost == crate::source::OnSlotLost::Resync {
+        crate::resync::check_policy(&mut conn, settings).await?;
+    }
+    // A resync a crash interrupted is finished first; the position the last one accepted is
+    // walrelay's own (the state file may be older, e.g. on another machine than the command).
+    known = known.max(crate::resync::resume(&mut conn, settings).await?);
     let slot = setup::ensure_slot(
         &mut conn,
         &source.slot,

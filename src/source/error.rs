@@ -54,6 +54,33 @@ impl ServerError {
     }
 }
 
+/// How a replication slot broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// It does not exist (any more).
+    Dropped,
+    /// It exists but cannot give changes: `wal_status = lost` (its WAL was removed), or
+    /// invalidated by a recovery conflict.
+    Invalidated,
+    /// Someone else advanced it past the position walrelay last confirmed.
+    Moved,
+    /// It belongs to another plugin or database: a different slot under this name, which no
+    /// resync may drop.
+    Foreign,
+}
+
+impl Broken {
+    /// The `cause` walrelay records and reports (metrics, the `stream_gap` event).
+    pub fn label(self) -> &'static str {
+        match self {
+            Broken::Dropped => "slot_dropped",
+            Broken::Invalidated => "slot_invalidated",
+            Broken::Moved => "slot_moved",
+            Broken::Foreign => "slot_foreign",
+        }
+    }
+}
+
 /// Everything that can go wrong on the PostgreSQL side.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -94,7 +121,26 @@ pub enum SourceError {
     #[error("the catalog changed while streaming ({detail}) at {at}; reading the types again")]
     TypesChanged { at: crate::lsn::Lsn, detail: String },
     #[error("replication slot {slot:?} {problem}")]
-    SlotLost { slot: String, problem: String },
+    SlotLost {
+        slot: String,
+        problem: String,
+        /// How it broke: what `walrelay resync` (or `postgres.on_slot_lost = "resync"`) does
+        /// about it, if anything.
+        broken: Broken,
+    },
+    /// PostgreSQL cannot decode changes with the publication as it was when they were written:
+    /// it was dropped (and perhaps created again) while the slot still had changes to send.
+    /// Up to PostgreSQL 17 the walsender fails on every start at the same point; PostgreSQL 18
+    /// skips the changes with a WARNING (`skipped: true`), which walrelay treats as the same
+    /// gap rather than let changes go by unpublished.
+    #[error(
+        "publication {publication:?} is missing at a point of the WAL the slot must still decode ({message}): the changes written while it was missing cannot be streamed"
+    )]
+    PublicationGap {
+        publication: String,
+        message: String,
+        skipped: bool,
+    },
     #[error("setup: {0}")]
     Setup(String),
     #[error(

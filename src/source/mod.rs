@@ -39,4 +39,18 @@ pub struct SourceSettings {
     /// Create the slot with `FAILOVER` (PostgreSQL 17+), so standbys with
     /// `sync_replication_slots` keep a copy that survives a promotion.
     pub failover_slot: bool,
+    /// What a broken slot or a publication gap does (`postgres.on_slot_lost`).
+    pub on_slot_lost: OnSlotLost,
+}
+
+/// `postgres.on_slot_lost`: stop for an operator (who runs `walrelay resync`), or resync at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnSlotLost {
+    /// Stop with the cause and the way back (the default: a resync re-reads whole tables, a
+    /// cost an operator may want to choose).
+    #[default]
+    Stop,
+    /// Record the gap, repair the slot, announce `stream_gap` and backfill the affected
+    /// tables, then go on streaming.
+    Resync,
 }

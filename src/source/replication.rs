@@ -12,7 +12,7 @@ use bytes::{Buf, BufMut, Bytes};
 use postgres_protocol::message::frontend;
 
 use super::conn::Connection;
-use super::error::{ServerError, SourceError};
+use super::error::{Broken, ServerError, SourceError};
 use super::setup::{quote_ident, quote_literal};
 use super::wire::Frame;
 use crate::lsn::Lsn;
@@ -71,9 +71,16 @@ impl ReplicationStream {
                     // On START_REPLICATION: the slot can no longer give changes (invalidated,
                     // dropped, its state gone).
                     if super::sqlstate::meaning(&e.code) == super::sqlstate::Meaning::SlotLost {
+                        // 42704: it does not exist; 55000 / 58P01: it cannot give changes.
+                        let broken = if e.code == "42704" {
+                            Broken::Dropped
+                        } else {
+                            Broken::Invalidated
+                        };
                         return Err(SourceError::SlotLost {
                             slot: slot.to_owned(),
                             problem: e.to_string(),
+                            broken,
                         });
                     }
                     return Err(SourceError::Server(e));
@@ -146,8 +153,20 @@ impl ReplicationStream {
 fn classify(f: Frame) -> Option<Result<ReplMessage, SourceError>> {
     Some(match f.tag {
         b'd' => parse_copy_data(f.body),
-        b'N' => return None,
-        b'E' => Err(SourceError::Server(ServerError::parse(&f.body))),
+        b'N' => {
+            // PostgreSQL 18's pgoutput skips the changes it cannot match with a missing
+            // publication and says so only in this WARNING: a gap, never a notice to ignore.
+            let n = ServerError::parse(&f.body);
+            return is_publication_missing(&n).then(|| Err(publication_gap(n, true)));
+        }
+        b'E' => {
+            let e = ServerError::parse(&f.body);
+            if is_publication_missing(&e) {
+                Err(publication_gap(e, false))
+            } else {
+                Err(SourceError::Server(e))
+            }
+        }
         // A walsender ends COPY mode on a clean server shutdown (`pg_ctl stop -m fast`, a
         // failover's demotion): CopyDone, then CommandComplete and ReadyForQuery. The server
         // is going away, not refusing us: reconnect.
@@ -159,6 +178,21 @@ fn classify(f: Frame) -> Option<Result<ReplMessage, SourceError>> {
             t as char
         ))),
     })
+}
+
+/// `publication "…" does not exist` (up to 17, an error) or `skipped loading publication "…"`
+/// (18, a warning): SQLSTATE 42704 about a publication, met while decoding.
+fn is_publication_missing(e: &ServerError) -> bool {
+    e.code == "42704" && e.message.contains("publication")
+}
+
+fn publication_gap(e: ServerError, skipped: bool) -> SourceError {
+    let publication = e.message.split('"').nth(1).unwrap_or_default().to_owned();
+    SourceError::PublicationGap {
+        publication,
+        message: e.to_string(),
+        skipped,
+    }
 }
 
 fn parse_copy_data(mut body: Bytes) -> Result<ReplMessage, SourceError> {
@@ -231,6 +265,54 @@ mod tests {
         assert!(parse_copy_data(Bytes::from_static(b"k\0\0")).is_err());
         assert!(parse_copy_data(Bytes::from_static(b"")).is_err());
         assert!(parse_copy_data(Bytes::from_static(b"x")).is_err());
+    }
+
+    fn frame(tag: u8, fields: &[(u8, &str)]) -> Frame {
+        let mut body = Vec::new();
+        for (code, value) in fields {
+            body.push(*code);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        Frame {
+            tag,
+            body: Bytes::from(body),
+        }
+    }
+
+    /// A missing publication is a gap whether PostgreSQL fails on it (up to 17) or skips the
+    /// changes with a warning (18); other notices are ignored, other errors stay errors.
+    #[test]
+    fn a_missing_publication_is_a_gap_as_error_and_as_warning() {
+        let error = frame(
+            b'E',
+            &[
+                (b'V', "ERROR"),
+                (b'C', "42704"),
+                (b'M', "publication \"p\" does not exist"),
+            ],
+        );
+        assert!(matches!(
+            classify(error),
+            Some(Err(SourceError::PublicationGap { ref publication, skipped: false, .. })) if publication == "p"
+        ));
+        let warning = frame(
+            b'N',
+            &[
+                (b'V', "WARNING"),
+                (b'C', "42704"),
+                (b'M', "skipped loading publication \"p\""),
+            ],
+        );
+        assert!(matches!(
+            classify(warning),
+            Some(Err(SourceError::PublicationGap { skipped: true, .. }))
+        ));
+        let notice = frame(b'N', &[(b'V', "NOTICE"), (b'C', "00000"), (b'M', "hello")]);
+        assert!(classify(notice).is_none());
+        let other = frame(b'E', &[(b'V', "ERROR"), (b'C', "XX000"), (b'M', "boom")]);
+        assert!(matches!(classify(other), Some(Err(SourceError::Server(_)))));
     }
 
     proptest::proptest! {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::info;
 
 use super::conn::Connection;
-use super::error::SourceError;
+use super::error::{Broken, SourceError};
 use crate::lsn::Lsn;
 use crate::value::{PgAttrRow, PgTypeRow, TypeRegistry};
 
@@ -100,16 +100,20 @@ pub async fn ensure_slot(
             quote_literal(slot)
         ))
         .await?;
-    let lost = |problem: String| SourceError::SlotLost {
+    let lost = |broken: Broken, problem: String| SourceError::SlotLost {
         slot: slot.to_owned(),
         problem,
+        broken,
     };
     let Some(row) = rows.first() else {
         if let Some(lsn) = known {
-            return Err(lost(format!(
-                "disappeared while walrelay was streaming from it (last confirmed {lsn}); \
-                 changes after that point may be gone. Recreate it deliberately and re-sync consumers"
-            )));
+            return Err(lost(
+                Broken::Dropped,
+                format!(
+                    "disappeared while walrelay was streaming from it (last confirmed {lsn}); \
+                 changes after that point may be gone. `walrelay resync` recreates it and backfills the tables (docs/operations.md, When a slot is lost)"
+                ),
+            ));
         }
         // The option list syntax exists since PostgreSQL 15; the legacy keyword keeps 14 working.
         let options = if failover {
@@ -135,21 +139,28 @@ pub async fn ensure_slot(
     };
     let get = |i: usize| row.get(i).cloned().flatten();
     if get(0).as_deref() != Some("pgoutput") {
-        return Err(lost(format!(
-            "uses plugin {:?}, walrelay needs pgoutput",
-            get(0).unwrap_or_default()
-        )));
+        return Err(lost(
+            Broken::Foreign,
+            format!(
+                "uses plugin {:?}, walrelay needs pgoutput",
+                get(0).unwrap_or_default()
+            ),
+        ));
     }
     if get(1).as_deref() != Some(database) {
-        return Err(lost(format!(
-            "belongs to database {:?}, not {database:?}",
-            get(1).unwrap_or_default()
-        )));
+        return Err(lost(
+            Broken::Foreign,
+            format!(
+                "belongs to database {:?}, not {database:?}",
+                get(1).unwrap_or_default()
+            ),
+        ));
     }
     if get(3).as_deref() == Some("lost") {
         return Err(lost(
+            Broken::Invalidated,
             "is invalidated (wal_status = lost): the WAL it needed was removed, so changes were lost. \
-             Recreate the slot and re-sync consumers"
+             `walrelay resync` recreates the slot and backfills the tables (docs/operations.md, When a slot is lost)"
                 .into(),
         ));
     }
@@ -164,10 +175,13 @@ pub async fn ensure_slot(
     if let Some(known) = known
         && confirmed > known
     {
-        return Err(lost(format!(
-            "was advanced to {confirmed} by someone else while walrelay had confirmed only {known}; \
-             the changes in between were never published"
-        )));
+        return Err(lost(
+            Broken::Moved,
+            format!(
+                "was advanced to {confirmed} by someone else while walrelay had confirmed only {known}; \
+             the changes in between were never published. `walrelay resync` accepts the new position and backfills the tables"
+            ),
+        ));
     }
     Ok(SlotState {
         confirmed_flush: confirmed,

@@ -180,13 +180,20 @@ impl Transform {
     }
 
     /// A message under the control prefix (`slot_created`, written when walrelay created its
-    /// slot): a control event where it streams.
+    /// slot; `stream_gap`, written by a resync): a control event where it streams.
     pub(super) fn announced(&mut self, m: &LogicalMessage<'_>, out: &mut VecDeque<Outbound>) {
         let Ok(detail) = serde_json::from_slice::<serde_json::Value>(m.content) else {
             return;
         };
         let kind = detail["kind"].as_str().unwrap_or("").to_owned();
-        if kind != "slot_created" || !self.settings.schema_events {
+        // `stream_gap` (a resync) goes wherever control events go: a consumer must learn that
+        // its copy may be stale. `slot_created` only with the schema events.
+        let wanted = match kind.as_str() {
+            "stream_gap" => true,
+            "slot_created" => self.settings.schema_events,
+            _ => false,
+        };
+        if !wanted {
             return;
         }
         let ctx = self.open.map_or(
@@ -197,7 +204,15 @@ impl Transform {
             },
             |(ctx, _)| ctx,
         );
-        let id = format!("{}:slot_created", ctx.commit_lsn);
+        let id = format!("{}:{kind}", ctx.commit_lsn);
+        if kind == "stream_gap" {
+            let mut gap = detail;
+            if let Some(o) = gap.as_object_mut() {
+                o.remove("kind");
+            }
+            self.publish_control(&ctx, id, &kind, None, ("gap", gap), out);
+            return;
+        }
         let slot = detail["slot"].clone();
         self.publish_control(&ctx, id, &kind, None, ("slot", slot), out);
     }

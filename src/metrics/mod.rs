@@ -16,6 +16,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod heal;
+mod stream;
+mod text;
+
+pub use heal::{HealMetrics, RESYNC_CAUSES};
+pub use stream::StreamMetrics;
+pub use text::openmetrics_to_text;
+
 /// A label set of static keys and values.
 pub type Labels1 = [(&'static str, &'static str); 1];
 pub type Labels2 = [(&'static str, &'static str); 2];
@@ -87,6 +95,8 @@ pub struct Metrics {
     pub backfill_rows_remaining: Gauge,
     /// The stream sink's own counters (`walrelay_stream_*`).
     pub stream: StreamMetrics,
+    /// Resyncs and dead letters (`walrelay_resyncs_total`, `_events_dead_lettered_total`).
+    pub heal: HealMetrics,
     /// Events confirmed since start, for the progress log line (not exported: the exported
     /// counters have labels).
     pub progress_events: AtomicU64,
@@ -134,6 +144,7 @@ impl Metrics {
             backfill_running: Gauge::default(),
             backfill_rows_remaining: Gauge::default(),
             stream: Default::default(),
+            heal: Default::default(),
             progress_events: AtomicU64::new(0),
             progress_transactions: AtomicU64::new(0),
             registry: Registry::default(),
@@ -298,6 +309,7 @@ impl Metrics {
             }
         }
         m.stream.register(&mut registry);
+        m.heal.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -357,94 +369,6 @@ impl Metrics {
     }
 }
 
-/// Rewrites an OpenMetrics exposition as Prometheus text: counters' metadata names the `_total`
-/// sample, `# EOF` and `# UNIT` lines go. Pure, so it is unit-tested.
-pub fn openmetrics_to_text(om: &str) -> String {
-    let mut counters: Vec<&str> = Vec::new();
-    for l in om.lines() {
-        if let Some(rest) = l.strip_prefix("# TYPE ") {
-            let mut it = rest.split_whitespace();
-            if let (Some(name), Some("counter")) = (it.next(), it.next()) {
-                counters.push(name);
-            }
-        }
-    }
-    let mut out = String::with_capacity(om.len());
-    for l in om.lines() {
-        if l == "# EOF" || l.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .iter()
-            .find_map(|p| l.strip_prefix(p).map(|rest| (*p, rest)));
-        match meta {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let name = if counters.contains(&name) {
-                    format!("{name}_total")
-                } else {
-                    name.to_owned()
-                };
-                out.push_str(prefix);
-                out.push_str(&name);
-                out.push(' ');
-                out.push_str(tail);
-            }
-            None => out.push_str(l),
-        }
-        out.push('\n');
-    }
-    out
-}
-
 /// The `side` label values of `walrelay_errors_total`: which part failed (`error::Side` maps
 /// onto these; a unit test there keeps both lists equal).
 pub const ERROR_SIDES: [&str; 4] = ["postgres", "rabbitmq", "filter", "walrelay"];
-
-/// The stream sink's metrics (`walrelay_stream_*`). Everything the publish loop measures
-/// (events and bytes published, in flight, confirm latency, the confirmed LSN) is shared with
-/// the AMQP sink and keeps its names; these are what only streams have.
-#[derive(Default, Debug)]
-pub struct StreamMetrics {
-    /// Messages sent again with a publishing id the broker already stored for their producer:
-    /// replays after a restart, which the broker drops (and confirms).
-    pub replays: Counter,
-    /// Deduplicating producers open.
-    pub producers: Gauge,
-}
-
-impl StreamMetrics {
-    pub fn register(&self, r: &mut Registry) {
-        r.register(
-            "stream_replays",
-            "Messages re-sent with a publishing id the stream already holds (dropped by the broker as duplicates)",
-            self.replays.clone(),
-        );
-        r.register(
-            "stream_producers",
-            "Deduplicating stream producers open",
-            self.producers.clone(),
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_text_format_names_counter_samples_and_has_no_eof() {
-        let m = Metrics::new();
-        m.filtered("op");
-        let text = m.render_text();
-        assert!(
-            text.contains("# TYPE walrelay_events_filtered_total counter"),
-            "{text}"
-        );
-        assert!(text.contains("# HELP walrelay_events_filtered_total "));
-        assert!(text.contains("walrelay_events_filtered_total{reason=\"op\"} 1"));
-        assert!(text.contains("# TYPE walrelay_streaming gauge"));
-        assert!(!text.contains("# EOF"));
-        assert!(m.render().ends_with("# EOF\n"));
-    }
-}
