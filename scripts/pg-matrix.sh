@@ -29,6 +29,9 @@ TESTS+=(stream_sink:: super_stream:: stream_filters:: stream_slot_hold::)
 # What the role needs differs by version (the public schema's rights changed in 15): the
 # documented grants block and doctor's checks of it.
 TESTS+=(grants:: doctor::)
+# Every stop has a way back: refusals that heal, the WAL budget, resyncs (a publication gap
+# is an error up to 17 and a WARNING on 18: both must be caught).
+TESTS+=(heal:: resync::)
 SKIP=(--skip broker_faults:: --skip stream_refusals::)
 # Column lists, row filters and FOR TABLES IN SCHEMA exist since 15.
 TESTS_15=(publications::)
@@ -62,6 +65,10 @@ for major in "${versions[@]}"; do
   extra=()
   # Failover slots exist since 17; the scenario is #[ignore]d in the default (15) suite.
   [ "$major" -ge 17 ] && extra=(failover:: --include-ignored)
+  # The forced deadlock needs the walsender to wait on pg_publication_rel's index while a
+  # REINDEX holds it; on 18 it never waits there (why is not known yet), so the recipe cannot
+  # force 40P01 (the retry rule itself is the same on every version: src/source/sqlstate.rs).
+  [ "$major" -ge 18 ] && extra+=(--skip heal::a_walsender_chosen_as_deadlock_victim)
   if WALRELAY_PG_BIN="$bin" cargo test --locked --test main -- "${tests[@]}" "${SKIP[@]}" "${extra[@]}"; then
     summary+=("PostgreSQL $major: pass")
   else

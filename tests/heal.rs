@@ -274,6 +274,24 @@ async fn a_low_wal_budget_is_warned_and_said_by_status_and_doctor() {
     s.sql("INSERT INTO t VALUES (2)").await;
     s.sql("INSERT INTO junk SELECT repeat('x', 2000) FROM generate_series(1, 30000)")
         .await;
+    // The same rows make a little less WAL on some versions (14): write on in small steps
+    // until the budget is under a fifth, well before it runs out.
+    for _ in 0..8 {
+        let safe: i64 = s
+            .client
+            .query_one(
+                "SELECT safe_wal_size FROM pg_replication_slots WHERE slot_name = $1",
+                &[&s.slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if safe < 64 * 1024 * 1024 / 5 {
+            break;
+        }
+        s.sql("INSERT INTO junk SELECT repeat('x', 2000) FROM generate_series(1, 1000)")
+            .await;
+    }
     relay.wait_log("the slot's WAL budget is low", T).await;
     let log = relay.log();
     assert!(
@@ -333,7 +351,8 @@ async fn a_publication_gap_stops_with_the_way_back_and_the_way_back_converges() 
     assert!(!relay.wait_exit(T).await.success());
     let log = relay.log();
     assert!(
-        log.contains("42704") && log.contains("`walrelay resync` advances the slot past it"),
+        log.contains("is missing at a point of the WAL")
+            && log.contains("`walrelay resync` advances the slot past it"),
         "{log}"
     );
     let (missing, _) = copy.diff(&s.client, "public.orders").await;

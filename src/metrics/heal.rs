@@ -1,13 +1,12 @@
 //! What walrelay did to get past a stop by a rule an operator chose: resyncs after a broken
-//! slot or a publication gap (`walrelay_resyncs_total{cause}`), and events set aside to a
-//! dead letter (`walrelay_events_dead_lettered_total{reason,table}`). Nothing is ever passed
-//! over without a rule and one of these counts.
+//! slot or a publication gap (`walrelay_resyncs_total{cause}`). Nothing is ever passed over
+//! without a rule and a count.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use super::{Labels1, Labels2};
+use super::Labels1;
 
 /// The causes a resync records (`source::error::Broken` and the publication gap).
 pub const RESYNC_CAUSES: [&str; 4] = [
@@ -21,9 +20,6 @@ pub const RESYNC_CAUSES: [&str; 4] = [
 pub struct HealMetrics {
     /// Resyncs this process completed, by cause.
     pub resyncs: Family<Labels1, Counter>,
-    /// Events published to the dead letter instead of their destination, by reason
-    /// (`oversized`, `unroutable`) and table (`other` for tables not named in the config).
-    pub dead_lettered: Family<Labels2, Counter>,
 }
 
 impl HealMetrics {
@@ -35,11 +31,6 @@ impl HealMetrics {
             "resyncs",
             "Resyncs after a broken slot or a publication gap: gap recorded, slot repaired, stream_gap announced, tables backfilled",
             self.resyncs.clone(),
-        );
-        r.register(
-            "events_dead_lettered",
-            "Events set aside to the dead letter (postgres.on_oversized / on_unroutable = dead_letter), by reason and table",
-            self.dead_lettered.clone(),
         );
     }
 

@@ -157,7 +157,11 @@ fn classify(f: Frame) -> Option<Result<ReplMessage, SourceError>> {
             // PostgreSQL 18's pgoutput skips the changes it cannot match with a missing
             // publication and says so only in this WARNING: a gap, never a notice to ignore.
             let n = ServerError::parse(&f.body);
-            return is_publication_missing(&n).then(|| Err(publication_gap(n, true)));
+            if is_publication_missing(&n) {
+                return Some(Err(publication_gap(n, true)));
+            }
+            tracing::debug!(notice = %n, "server notice on the replication stream");
+            return None;
         }
         b'E' => {
             let e = ServerError::parse(&f.body);
@@ -180,10 +184,12 @@ fn classify(f: Frame) -> Option<Result<ReplMessage, SourceError>> {
     })
 }
 
-/// `publication "…" does not exist` (up to 17, an error) or `skipped loading publication "…"`
-/// (18, a warning): SQLSTATE 42704 about a publication, met while decoding.
+/// `publication "…" does not exist` (up to 17, an error with SQLSTATE 42704) or
+/// `skipped loading publication "…"` (18, a warning; a walsender sends it with SQLSTATE 55000,
+/// the SQL functions with 42704), met while decoding.
 fn is_publication_missing(e: &ServerError) -> bool {
-    e.code == "42704" && e.message.contains("publication")
+    (e.code == "42704" && e.message.contains("publication"))
+        || e.message.starts_with("skipped loading publication")
 }
 
 fn publication_gap(e: ServerError, skipped: bool) -> SourceError {
@@ -301,7 +307,7 @@ mod tests {
             b'N',
             &[
                 (b'V', "WARNING"),
-                (b'C', "42704"),
+                (b'C', "55000"),
                 (b'M', "skipped loading publication \"p\""),
             ],
         );

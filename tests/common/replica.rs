@@ -6,8 +6,13 @@
 //! value), `delete` removes it, `truncate` empties the copy. Replays are harmless (each event
 //! sets a row to a state). Then [`Replica::diff`] compares the copy with the table, row for row.
 //!
-//! `bulk` (a flood summary) and control events change nothing here: after a summarized flood
-//! the copy is stale until a backfill follows, which is what the oracle is there to show.
+//! `bulk` (a flood summary) changes nothing here: after a summarized flood the copy is stale
+//! until a backfill follows, which is what the oracle is there to show.
+//!
+//! A `stream_gap` control event (a resync: changes were lost from the stream) starts a sweep
+//! of its tables, as docs/events.md tells consumers: every key an event sets from then on is
+//! kept, and at the table's next `backfill_finished` the copy's rows no event set since the
+//! gap are deleted (rows deleted inside the gap, which no event will ever name).
 
 use serde_json::Value;
 use tokio_postgres::Client;
@@ -15,6 +20,8 @@ use tokio_postgres::Client;
 /// The consumer's copy; see the module's documentation.
 pub struct Replica {
     applied: usize,
+    /// Tables under a sweep (`schema.table`), with the keys events set since their gap.
+    sweeps: std::collections::HashMap<String, Vec<serde_json::Map<String, Value>>>,
 }
 
 /// `"name"`, quoted for SQL.
@@ -41,14 +48,37 @@ impl Replica {
                 .await
                 .unwrap_or_else(|e| panic!("replica of {t}: {e}"));
         }
-        Replica { applied: 0 }
+        Replica {
+            applied: 0,
+            sweeps: Default::default(),
+        }
     }
 
     /// Applies one event body.
     pub async fn apply(&mut self, client: &Client, event: &Value) {
         let op = event["op"].as_str().expect("an op");
+        if op == "control" {
+            return self.control(client, event).await;
+        }
         if !matches!(op, "insert" | "read" | "update" | "delete" | "truncate") {
             return;
+        }
+        let table = format!(
+            "{}.{}",
+            event["schema"].as_str().unwrap_or_default(),
+            event["table"].as_str().unwrap_or_default()
+        );
+        if let (Some(seen), Value::Object(key), Some(new)) = (
+            self.sweeps.get_mut(&table),
+            &event["key"],
+            event["new"].as_object(),
+        ) {
+            // The key the row has after the event (an update may change it).
+            seen.push(
+                key.keys()
+                    .map(|c| (c.clone(), new.get(c).cloned().unwrap_or(Value::Null)))
+                    .collect(),
+            );
         }
         let copy = copy_of(
             event["schema"].as_str().expect("a schema"),
@@ -120,6 +150,55 @@ impl Replica {
                 row.to_string(),
             )
             .await;
+        }
+        self.applied += 1;
+    }
+
+    /// `stream_gap` starts a sweep of its tables; a sweeping table's `backfill_finished` ends
+    /// it, deleting the copy's rows that no event set since the gap.
+    async fn control(&mut self, client: &Client, event: &Value) {
+        match event["kind"].as_str() {
+            Some("stream_gap") => {
+                for t in event["gap"]["tables"].as_array().expect("the gap's tables") {
+                    let t = t.as_str().expect("schema.table").to_owned();
+                    self.sweeps.insert(t, Vec::new());
+                }
+            }
+            Some("backfill_finished") => {
+                let table = format!(
+                    "{}.{}",
+                    event["schema"].as_str().unwrap_or_default(),
+                    event["table"].as_str().unwrap_or_default()
+                );
+                let Some(seen) = self.sweeps.remove(&table) else {
+                    return;
+                };
+                let (schema, name) = table.split_once('.').expect("schema.table");
+                let copy = copy_of(schema, name);
+                let rows = client
+                    .query(&format!("SELECT to_jsonb(r)::text FROM {copy} r"), &[])
+                    .await
+                    .unwrap();
+                for row in rows {
+                    let text: &str = row.get(0);
+                    let value: Value = serde_json::from_str(text).unwrap();
+                    let kept = seen
+                        .iter()
+                        .any(|k| k.iter().all(|(c, v)| value.get(c) == Some(v)));
+                    if !kept {
+                        client
+                            .execute(
+                                &format!(
+                                    "DELETE FROM {copy} r WHERE to_jsonb(r) = $1::text::jsonb"
+                                ),
+                                &[&text],
+                            )
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+            _ => {}
         }
         self.applied += 1;
     }

@@ -336,12 +336,13 @@ fn backfill_checks(
         "backfill_started",
         "backfill_finished",
         "backfill_cancelled",
+        "stream_gap",
     ]);
     if b.control_events && !backfill.is_empty() {
         out.push(f(
             Level::Warn,
             format!(
-                "a backfill would hold the stream: it announces its start and end as control events on {}, which exchange {exchange:?} \
+                "a backfill or a resync would hold the stream: they announce themselves as control events on {}, which exchange {exchange:?} \
                  does not route; bind {}.# to the queue that should see them, or set control.events = false if no consumer needs them",
                 backfill.join(", "),
                 b.control_prefix
