@@ -16,6 +16,7 @@ mod broker_faults;
 mod chaos;
 mod cli;
 mod compose;
+mod dead_letters;
 mod demo;
 mod docs;
 mod doctor;

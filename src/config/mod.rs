@@ -8,6 +8,7 @@
 //! `control` sections.
 
 mod backfill;
+mod dead_letter;
 mod filter;
 mod location;
 mod stream;
@@ -105,6 +106,9 @@ pub struct RawRabbitmq {
     pub management_url: Option<crate::secret::Secret>,
     pub batch_max_events: Option<usize>,
     pub batch_max_bytes: Option<usize>,
+    pub on_oversized: Option<String>,
+    pub on_unroutable: Option<String>,
+    pub dead_letter_exchange: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -89,6 +89,7 @@ pub(super) fn sink(
         stream,
         crate::sink::stream::DEFAULT_MAX_MESSAGE_BYTES,
         filter,
+        true,
     )?;
     sink.declare_exchange = false;
     sink.stream = Some(settings);

@@ -200,7 +200,7 @@ fn sink(raw: RawRabbitmq, filter: &FilterSettings) -> Result<SinkSettings, Confi
             "longer than 255 bytes".into(),
         ));
     }
-    sink_with(raw, url, exchange, DEFAULT_MAX_MESSAGE_BYTES, filter)
+    sink_with(raw, url, exchange, DEFAULT_MAX_MESSAGE_BYTES, filter, false)
 }
 
 /// The settings both sinks share, once the destination is known.
@@ -210,7 +210,14 @@ pub(super) fn sink_with(
     exchange: String,
     default_max_message_bytes: usize,
     filter: &FilterSettings,
+    stream: bool,
 ) -> Result<SinkSettings, ConfigError> {
+    let dead_letters = super::dead_letter::validate(
+        raw.on_oversized.as_deref(),
+        raw.on_unroutable.as_deref(),
+        raw.dead_letter_exchange.clone(),
+        stream,
+    )?;
     let template = raw
         .routing_key
         .unwrap_or_else(|| DEFAULT_ROUTING_KEY.to_owned());
@@ -235,6 +242,8 @@ pub(super) fn sink_with(
                 .and_then(|r| r.exchange.clone()),
         )
         .collect();
+    // The dead-letter exchange is declared (and checked by doctor) like the others.
+    extra_exchanges.extend(dead_letters.unroutable_to.clone());
     extra_exchanges.sort();
     extra_exchanges.dedup();
     let max_in_flight = raw.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
@@ -277,6 +286,7 @@ pub(super) fn sink_with(
         batch: batch_limits(raw.batch_max_events, raw.batch_max_bytes, max_message_bytes)?,
         management_url: raw.management_url,
         stream: None,
+        dead_letters,
     })
 }
 

@@ -20,6 +20,8 @@ pub enum Settled<T> {
     Returned(T, String),
     /// Nacked: the broker refused it.
     Nacked(T),
+    /// Returned unroutable, and its copy to the dead-letter exchange was delivered.
+    DeadLettered(T),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,6 +35,17 @@ struct Slot<T> {
     item: T,
     state: State,
     returned: Option<String>,
+    /// A returned message whose copy goes to the dead-letter exchange: it settles with that
+    /// copy, not with its own ack.
+    diverted: Option<Diversion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Diversion {
+    /// The copy is not published yet.
+    Waiting,
+    /// The copy's delivery tag.
+    To(u64),
 }
 
 /// An answer that does not fit what was published.
@@ -82,6 +95,7 @@ impl<T> ConfirmWindow<T> {
             item,
             state: State::Pending,
             returned: None,
+            diverted: None,
         });
     }
 
@@ -128,8 +142,58 @@ impl<T> ConfirmWindow<T> {
         }
     }
 
+    /// Like [`returned`](Self::returned), for a message whose copy will go to the dead-letter
+    /// exchange: it stays unsettled until [`diverted_to`](Self::diverted_to) names the copy's
+    /// tag and the copy settles.
+    pub fn returned_for_dead_letter(&mut self, is_it: impl Fn(&T) -> bool, reply: String) -> bool {
+        match self
+            .slots
+            .iter_mut()
+            .find(|s| s.state == State::Pending && s.returned.is_none() && is_it(&s.item))
+        {
+            Some(slot) => {
+                slot.returned = Some(reply);
+                slot.diverted = Some(Diversion::Waiting);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The copy of the oldest message waiting for one that `is_it` picks was published with
+    /// delivery `tag` (pushed as an item of its own: callers tell copies from originals).
+    pub fn diverted_to(&mut self, is_it: impl Fn(&T) -> bool, tag: u64) {
+        if let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.diverted == Some(Diversion::Waiting) && is_it(&s.item))
+        {
+            slot.diverted = Some(Diversion::To(tag));
+        }
+    }
+
     /// The oldest message, once it is settled.
     pub fn pop_settled(&mut self) -> Option<Settled<T>> {
+        match self.slots.front()?.diverted {
+            Some(Diversion::Waiting) => return None,
+            Some(Diversion::To(tag)) => {
+                let copy = self.slots.get(tag.checked_sub(self.first_tag)? as usize)?;
+                let outcome = match (copy.state, &copy.returned) {
+                    (State::Pending, _) => return None,
+                    (State::Nacked, _) => Err(None),
+                    (_, Some(reply)) => Err(Some(reply.clone())),
+                    (State::Acked, None) => Ok(()),
+                };
+                let slot = self.slots.pop_front()?;
+                self.first_tag += 1;
+                return Some(match outcome {
+                    Ok(()) => Settled::DeadLettered(slot.item),
+                    Err(None) => Settled::Nacked(slot.item),
+                    Err(Some(reply)) => Settled::Returned(slot.item, reply),
+                });
+            }
+            None => {}
+        }
         if self.slots.front()?.state == State::Pending {
             return None;
         }
@@ -190,6 +254,47 @@ mod tests {
         w.ack(2, true).unwrap();
         w.ack(3, false).unwrap();
         assert_eq!(w.len(), 2);
+    }
+
+    /// A returned message with a dead-letter copy settles with the copy, in its own place:
+    /// what follows it waits, and the copy's own answer decides (delivered, refused, returned).
+    #[test]
+    fn a_dead_lettered_message_settles_with_its_copy_in_its_place() {
+        let mut w = window(3);
+        assert!(w.returned_for_dead_letter(|&i| i == 2, "312 NO_ROUTE".into()));
+        w.ack(3, true).unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![Settled::Delivered(1)],
+            "2 waits for its copy"
+        );
+        assert_eq!(w.next_tag(), 4);
+        w.push(20);
+        w.diverted_to(|&i| i == 2, 4);
+        assert!(drain(&mut w).is_empty(), "the copy is unanswered");
+        w.ack(4, false).unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![
+                Settled::DeadLettered(2),
+                Settled::Delivered(3),
+                Settled::Delivered(20)
+            ]
+        );
+        let mut w = window(1);
+        assert!(w.returned_for_dead_letter(|&i| i == 1, "312 NO_ROUTE".into()));
+        w.push(10);
+        w.diverted_to(|&i| i == 1, 2);
+        assert!(w.returned(|&i| i == 10, "312 NO_ROUTE".into()));
+        w.ack(2, true).unwrap();
+        assert_eq!(
+            drain(&mut w),
+            vec![
+                Settled::Returned(1, "312 NO_ROUTE".into()),
+                Settled::Returned(10, "312 NO_ROUTE".into())
+            ],
+            "a dead-letter exchange that routes nothing returns the message"
+        );
     }
 
     #[test]

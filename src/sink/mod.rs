@@ -20,6 +20,7 @@ pub mod outlet;
 pub mod stream;
 pub mod url;
 
+pub use amqp::link::ReturnedMessage;
 pub use amqp::{AmqpError, Answer, BrokerState, Link, Publisher, Signal};
 pub use outlet::Outlet;
 pub use url::AmqpUrl;
@@ -92,6 +93,26 @@ pub trait Sink: Send + 'static {
     /// of one producer).
     fn same_producer(&self, _a: &Event, _b: &Event) -> bool {
         true
+    }
+
+    /// Publishes a message the broker returned again, to the dead-letter exchange `to`, with
+    /// the exchange and routing key it was meant for (`rabbitmq.on_unroutable =
+    /// "dead_letter"`). Numbered like any publish (rule 1), and delivered only when confirmed
+    /// and not returned again. Only exchanges return messages: the default refuses.
+    fn dead_letter(
+        &mut self,
+        message: ReturnedMessage,
+        to: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        let _ = (message, to, exchange, routing_key);
+        async {
+            Err(SinkError::Amqp {
+                context: "publishing a dead letter",
+                source: AmqpError::new("this destination never returns messages"),
+            })
+        }
     }
 
     /// The connection's state: open, blocked by a resource alarm.
@@ -222,6 +243,8 @@ pub struct SinkSettings {
     pub management_url: Option<Secret>,
     /// `[stream]`: publish to RabbitMQ Streams instead (`exchange` is then the stream).
     pub stream: Option<crate::sink::stream::StreamSettings>,
+    /// What an oversized or unroutable event does instead of holding the stream.
+    pub dead_letters: DeadLetters,
 }
 
 impl SinkSettings {
@@ -241,6 +264,18 @@ impl SinkSettings {
         );
         Api::from_url(&url).ok()
     }
+}
+
+/// The opt-in ways past a poison row (`rabbitmq.on_oversized`, `on_unroutable`); by default
+/// both hold the stream until an operator acts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadLetters {
+    /// An event over `max_message_bytes` is replaced, in its place, by a claim check (its
+    /// id, table, op, key and size), so consumers learn of the change and can read the row.
+    pub oversized: bool,
+    /// An event no queue is bound for is published again to this exchange, with its
+    /// routing key, and with the exchange it was meant for in a header.
+    pub unroutable_to: Option<String>,
 }
 
 /// Batch mode limits; `max_events <= 1` turns it off.

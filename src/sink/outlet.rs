@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::stream::StreamPublisher;
 use super::stream::publishing_id::Origin;
-use super::{BrokerState, Publisher, Signal, Sink, SinkError, SinkSettings};
+use super::{BrokerState, Publisher, ReturnedMessage, Signal, Sink, SinkError, SinkSettings};
 use crate::event::Event;
 
 /// Both variants are boxed: the pair is moved between tasks and is large either way.
@@ -62,6 +62,21 @@ impl Sink for Outlet {
         match self {
             Outlet::Amqp(p) => p.publish_message(event, body, count).await,
             Outlet::Stream(s) => s.publish_message(event, body, count).await,
+        }
+    }
+
+    async fn dead_letter(
+        &mut self,
+        message: ReturnedMessage,
+        to: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), SinkError> {
+        match self {
+            Outlet::Amqp(p) => p.dead_letter(message, to, exchange, routing_key).await,
+            Outlet::Stream(s) => {
+                Sink::dead_letter(&mut **s, message, to, exchange, routing_key).await
+            }
         }
     }
 
@@ -131,6 +146,16 @@ impl Sink for Publisher {
         count: usize,
     ) -> impl Future<Output = Result<(), SinkError>> + Send {
         self.publish_message(event, body, count)
+    }
+
+    fn dead_letter(
+        &mut self,
+        message: ReturnedMessage,
+        to: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send {
+        Publisher::dead_letter(self, message, to, exchange, routing_key)
     }
 
     fn answer(&mut self) -> impl Future<Output = Signal> + Send {

@@ -17,6 +17,9 @@
 //! does not (docs/architecture.md).
 
 mod batch;
+mod dead_letter;
+#[cfg(test)]
+mod dead_letter_tests;
 mod settle;
 mod tally;
 #[cfg(test)]
@@ -57,6 +60,11 @@ struct InFlight {
     commit_time_us: Option<i64>,
     /// Events in the message (more than one in batch mode).
     events: usize,
+    /// A claim check standing in for an oversized event (counted as set aside when confirmed).
+    claim_check: bool,
+    /// A copy to the dead-letter exchange: it settles its original, and is not a message of
+    /// the stream itself (the ack tracker never counts it).
+    shadow: bool,
 }
 
 /// Settings of the publish loop, over any [`Sink`] (the session's [`Outlet`](crate::sink::Outlet),
@@ -78,6 +86,14 @@ pub(crate) struct PublishLoop<S: Sink> {
     alarms: Option<Arc<crate::sink::management::Api>>,
     /// Why the broker refused the last refused message (the stream sink's status code).
     refusal: Option<String>,
+    /// What an oversized or unroutable event does instead of holding the stream.
+    dead_letters: crate::sink::DeadLetters,
+    /// Returned messages whose copies to the dead-letter exchange are still to be published.
+    due: Vec<dead_letter::Due>,
+    /// The next message sent is a claim check (read and cleared by `send`).
+    claim_next: bool,
+    /// (reason, table) pairs already logged: a poison row is said once per table.
+    told: std::collections::HashSet<(&'static str, Arc<str>)>,
 }
 
 impl<S: Sink> PublishLoop<S> {
@@ -108,6 +124,10 @@ impl<S: Sink> PublishLoop<S> {
                 .clamp(Duration::from_secs(1), Duration::from_secs(5)),
             alarms: sink.management_api().map(Arc::new),
             refusal: None,
+            dead_letters: sink.dead_letters.clone(),
+            due: Vec::new(),
+            claim_next: false,
+            told: Default::default(),
         }
     }
 
@@ -141,6 +161,7 @@ impl<S: Sink> PublishLoop<S> {
                     &mut held,
                     &mut moved,
                 )?;
+                self.send_dead_letters(&mut window).await?;
                 continue;
             }
             if std::mem::take(&mut moved) {
@@ -178,6 +199,7 @@ impl<S: Sink> PublishLoop<S> {
                 biased;
                 answer = self.publisher.answer() => {
                     self.answered(answer, &mut window, &mut last_progress, &mut held, &mut moved)?;
+                    self.send_dead_letters(&mut window).await?;
                 }
                 item = self.rx.recv(), if input_open && window.len() < self.max_in_flight => {
                     self.take(item, &mut window, &mut batch, &mut last_progress, &mut input_open)
@@ -214,12 +236,19 @@ impl<S: Sink> PublishLoop<S> {
         match item {
             Some(Outbound::Event(ev)) => {
                 if ev.body.len() > self.max_message_bytes {
-                    return Err(RunError::Sink(SinkError::Oversized {
-                        id: ev.id,
-                        table: format!("{}.{}", ev.schema, ev.table),
-                        size: ev.body.len(),
-                        max: self.max_message_bytes,
-                    }));
+                    if !self.dead_letters.oversized {
+                        return Err(RunError::Sink(SinkError::Oversized {
+                            id: ev.id,
+                            table: format!("{}.{}", ev.schema, ev.table),
+                            size: ev.body.len(),
+                            max: self.max_message_bytes,
+                        }));
+                    }
+                    // In its own place and alone: a claim check is never batched.
+                    self.flush(window, batch, last_progress).await?;
+                    let claim = dead_letter::claim_check(ev, self.max_message_bytes);
+                    self.claim_next = true;
+                    return self.send(window, claim, 1, last_progress).await;
                 }
                 if self.batch.max_events <= 1 {
                     self.send(window, ev, 1, last_progress).await?;
@@ -306,6 +335,8 @@ impl<S: Sink> PublishLoop<S> {
             published_at,
             commit_time_us: ev.commit_time_us,
             events: count,
+            claim_check: std::mem::take(&mut self.claim_next),
+            shadow: false,
         });
         Ok(())
     }

@@ -74,9 +74,23 @@ impl<S: Sink> PublishLoop<S> {
                 exchange,
                 routing_key,
                 reply,
+                message,
             } => {
-                // Its ack follows: the message is settled (as returned) when that arrives.
+                // Its ack follows: the message is settled (as returned) when that arrives; or,
+                // with a dead-letter exchange, when its copy there is confirmed.
                 let id = message_id.unwrap_or_default();
+                if self.dead_letters.unroutable_to.is_some()
+                    && let Some(message) = message
+                    && window.returned_for_dead_letter(|m| m.id == id && !m.shadow, reply.clone())
+                {
+                    self.due.push(super::dead_letter::Due {
+                        id,
+                        message: *message,
+                        exchange,
+                        routing_key,
+                    });
+                    return Ok(false);
+                }
                 if window.returned(|m| m.id == id, reply) {
                     return Ok(false);
                 }
@@ -93,18 +107,33 @@ impl<S: Sink> PublishLoop<S> {
         let mut tally = Tally::default();
         while let Some(done) = window.pop_settled() {
             match done {
+                // A dead letter's copy: its original settled (or failed) with it.
+                Settled::Delivered(done) | Settled::Returned(done, _) | Settled::Nacked(done)
+                    if done.shadow => {}
                 Settled::Delivered(done) => {
                     self.tracker.confirmed_one()?;
                     self.observe_confirm(&mut tally, &done);
+                    if done.claim_check {
+                        self.set_aside("oversized", &done);
+                    }
+                }
+                Settled::DeadLettered(done) => {
+                    self.tracker.confirmed_one()?;
+                    self.observe_confirm(&mut tally, &done);
+                    self.set_aside("unroutable", &done);
                 }
                 Settled::Returned(done, _) => {
                     self.finish_tally(tally, window.front(), last_progress);
                     self.publish_position();
+                    // With a dead-letter exchange, it is the copy that came back: that
+                    // exchange routes nothing.
                     return Err(SinkError::Unroutable {
                         id: done.id,
-                        exchange: done
-                            .exchange
+                        exchange: self
+                            .dead_letters
+                            .unroutable_to
                             .as_deref()
+                            .or(done.exchange.as_deref())
                             .unwrap_or(self.publisher.destination())
                             .to_owned(),
                         routing_key: done.routing_key,

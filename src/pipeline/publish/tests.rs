@@ -46,6 +46,18 @@ impl Sink for Scripted {
         Ok(())
     }
 
+    async fn dead_letter(
+        &mut self,
+        message: crate::sink::ReturnedMessage,
+        to: &str,
+        _exchange: &str,
+        _routing_key: &str,
+    ) -> Result<(), SinkError> {
+        let id = message.properties.message_id().cloned().unwrap_or_default();
+        self.published.lock().unwrap().push(format!("{to}:{id}"));
+        Ok(())
+    }
+
     async fn answer(&mut self) -> Signal {
         self.answers.recv().await.unwrap_or(Signal::Lost)
     }
@@ -73,6 +85,12 @@ pub(crate) struct Rig {
 }
 
 pub(crate) fn rig(max_in_flight: usize) -> Rig {
+    rig_with(max_in_flight, crate::sink::DeadLetters::default())
+}
+
+/// A rig whose loop sets poison rows aside as `dead_letters` says (messages over 1 KiB are
+/// oversized).
+pub(crate) fn rig_with(max_in_flight: usize, dead_letters: crate::sink::DeadLetters) -> Rig {
     let (items, rx) = mpsc::channel(64);
     let (answers, answers_rx) = mpsc::unbounded_channel();
     let published = Arc::new(Mutex::new(Vec::new()));
@@ -92,7 +110,7 @@ pub(crate) fn rig(max_in_flight: usize) -> Rig {
         acked: acked_tx,
         tracker: AckTracker::new(START),
         max_in_flight,
-        max_message_bytes: 1 << 20,
+        max_message_bytes: 1024,
         confirm_timeout: CONFIRM_TIMEOUT,
         metrics: Arc::new(Metrics::new()),
         health: Arc::new(Health::new(Duration::from_secs(1), CONFIRM_TIMEOUT)),
@@ -103,6 +121,10 @@ pub(crate) fn rig(max_in_flight: usize) -> Rig {
         hold_warning: Duration::from_secs(3),
         alarms: None,
         refusal: None,
+        dead_letters,
+        due: Vec::new(),
+        claim_next: false,
+        told: Default::default(),
     };
     let seen = Arc::new(Mutex::new(vec![START]));
     let mut watch_seen = acked.clone();
@@ -125,7 +147,7 @@ pub(crate) fn rig(max_in_flight: usize) -> Rig {
 
 /// How the loop ended, within 10 minutes of (paused) time: a loop that never ends fails the
 /// test instead of hanging it.
-async fn ended(
+pub(crate) async fn ended(
     task: tokio::task::JoinHandle<Result<Scripted, RunError>>,
 ) -> Result<Scripted, RunError> {
     tokio::time::timeout(Duration::from_secs(600), task)
@@ -151,26 +173,26 @@ pub(crate) fn event(id: &str, commit: u64) -> Outbound {
 }
 
 impl Rig {
-    async fn send(&self, item: Outbound) {
+    pub(crate) async fn send(&self, item: Outbound) {
         self.items.send(item).await.unwrap();
     }
 
-    fn ack(&self, tag: u64, multiple: bool) {
+    pub(crate) fn ack(&self, tag: u64, multiple: bool) {
         self.answers.send(Signal::Ack { tag, multiple }).unwrap();
     }
 
     /// Lets the loop run until it is idle (paused time: nothing else moves the clock).
-    async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
     }
 
-    fn position(&self) -> Lsn {
+    pub(crate) fn position(&self) -> Lsn {
         *self.acked.borrow()
     }
 
-    fn published(&self) -> Vec<String> {
+    pub(crate) fn published(&self) -> Vec<String> {
         self.published.lock().unwrap().clone()
     }
 
@@ -259,6 +281,7 @@ async fn a_returned_message_ends_the_loop_although_its_ack_follows() {
             exchange: "x".into(),
             routing_key: "public.t.insert".into(),
             reply: "312 NO_ROUTE".into(),
+            message: None,
         })
         .unwrap();
     r.ack(1, false);

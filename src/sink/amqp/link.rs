@@ -33,6 +33,14 @@ pub struct BrokerState {
     pub blocked: bool,
 }
 
+/// A returned message as the broker gave it back: published again, with a header more, to
+/// the dead-letter exchange (`rabbitmq.on_unroutable = "dead_letter"`).
+#[derive(Debug)]
+pub struct ReturnedMessage {
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
 /// What the broker said, as it arrived (publisher confirms, returns, closes, failures).
 #[derive(Debug)]
 pub enum Signal {
@@ -55,6 +63,9 @@ pub enum Signal {
         exchange: String,
         routing_key: String,
         reply: String,
+        /// The message as it came back, for a dead letter (`None` from scripted sinks
+        /// that do not keep it).
+        message: Option<Box<ReturnedMessage>>,
     },
     /// The server closed a channel or the connection; `reply` is its code and text.
     Closed {
@@ -355,13 +366,17 @@ impl ChannelCallback for OnChannel {
         _: &Channel,
         ret: Return,
         properties: BasicProperties,
-        _content: Vec<u8>,
+        content: Vec<u8>,
     ) {
         self.confirm(Signal::Returned {
             message_id: properties.message_id().cloned(),
             exchange: ret.exchange().clone(),
             routing_key: ret.routing_key().clone(),
             reply: reply(ret.reply_code(), ret.reply_text()),
+            message: Some(Box::new(ReturnedMessage {
+                properties,
+                body: content,
+            })),
         });
     }
 }

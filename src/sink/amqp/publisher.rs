@@ -145,6 +145,39 @@ impl Publisher {
             })
     }
 
+    /// Publishes a returned message again to the dead-letter exchange `to`, with its routing
+    /// key, its properties (message id, headers) and three headers more: the reason and the
+    /// exchange and routing key it was meant for. `mandatory`, so a dead-letter exchange that
+    /// routes nothing is returned too, never lost.
+    pub async fn dead_letter(
+        &self,
+        message: crate::sink::amqp::link::ReturnedMessage,
+        to: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), SinkError> {
+        let long = |v: &str| FieldValue::S(LongStr::try_from(v).unwrap_or_default());
+        let mut props = message.properties;
+        let mut headers = props.headers().cloned().unwrap_or_default();
+        headers.insert(name("x-walrelay-dead-letter"), long("unroutable"));
+        headers.insert(name("x-walrelay-original-exchange"), long(exchange));
+        headers.insert(name("x-walrelay-original-routing-key"), long(routing_key));
+        props.with_headers(headers);
+        let args = BasicPublishArguments {
+            exchange: to.to_owned(),
+            routing_key: routing_key.to_owned(),
+            mandatory: true,
+            immediate: false,
+        };
+        self.channel
+            .basic_publish(props, message.body, args)
+            .await
+            .map_err(|e| SinkError::Amqp {
+                context: "publishing a dead letter",
+                source: self.link.explain("publishing a dead letter", e),
+            })
+    }
+
     /// The next answer of the broker (confirms, returns, closes, a lost connection).
     pub async fn answer(&mut self) -> Answer {
         // The link holds a sender itself, so the channel never ends while we hold the link.
