@@ -24,6 +24,7 @@ mod failover;
 mod faults;
 mod fidelity;
 mod filters;
+mod flood_then;
 mod getting_started;
 mod grants;
 mod heal;

@@ -157,6 +157,33 @@ pub(crate) async fn request_snapshot(
     Ok(())
 }
 
+/// Records a backfill unless an identical one (same table, condition and kind) is still
+/// active: a flood replayed after a restart asks again, and is not done twice.
+pub(crate) async fn request_once(
+    conn: &mut Connection,
+    schema: &str,
+    slot: &str,
+    table: &TableName,
+    where_clause: Option<&str>,
+    kind: &str,
+) -> Result<(), SourceError> {
+    let w = where_clause.map_or("NULL".to_owned(), quote_literal);
+    conn.simple_query(&format!(
+        "INSERT INTO {tab} (slot, schema_name, table_name, where_clause, kind) \
+         SELECT {slot}, {s}, {n}, {w}, {k} WHERE NOT EXISTS ( \
+           SELECT 1 FROM {tab} WHERE slot = {slot} AND schema_name = {s} AND table_name = {n} \
+           AND where_clause IS NOT DISTINCT FROM {w} AND kind = {k} \
+           AND state IN ('pending', 'running', 'cancelling'))",
+        tab = table_sql(schema),
+        slot = quote_literal(slot),
+        s = quote_literal(&table.schema),
+        n = quote_literal(&table.name),
+        k = quote_literal(kind),
+    ))
+    .await?;
+    Ok(())
+}
+
 /// Asks for the active backfills of `table` (all active ones when `None`) to be cancelled;
 /// returns how many.
 pub(crate) async fn cancel(

@@ -40,6 +40,7 @@ pub struct RawTableRule {
     pub routing_key: Option<String>,
     pub partitions: Option<u32>,
     pub flood_policy: Option<String>,
+    pub flood_then: Option<String>,
     pub max_changes: Option<u64>,
 }
 
@@ -54,6 +55,7 @@ pub struct RawFlood {
     pub policy: Option<String>,
     pub reroute_exchange: Option<String>,
     pub reroute_routing_prefix: Option<String>,
+    pub then: Option<String>,
 }
 
 /// Partitions are numbered 0..N-1 in routing keys; more than this is a typo, not a design.
@@ -207,8 +209,25 @@ fn table_rule(i: usize, t: RawTableRule) -> Result<TableRule, ConfigError> {
             .as_deref()
             .map(|p| policy(&at("flood_policy"), p))
             .transpose()?,
+        flood_then: t
+            .flood_then
+            .as_deref()
+            .map(|v| then(&at("flood_then"), v))
+            .transpose()?,
         max_changes: limit(&at("max_changes"), t.max_changes)?,
     })
+}
+
+/// `flood.then` / a rule's `flood_then`: true for "backfill".
+fn then(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v {
+        "nothing" => Ok(false),
+        "backfill" => Ok(true),
+        _ => Err(ConfigError::new(
+            key,
+            "must be \"nothing\" or \"backfill\"".into(),
+        )),
+    }
 }
 
 /// The `[flood]` section; the reroute policy (default or a table's) needs a destination.
@@ -248,5 +267,11 @@ fn flood_settings(flood: RawFlood, rules: &[TableRule]) -> Result<FloodSettings,
         origins: flood.origins,
         policy: default_policy,
         reroute,
+        then_backfill: flood
+            .then
+            .as_deref()
+            .map(|v| then("flood.then", v))
+            .transpose()?
+            .unwrap_or(false),
     })
 }

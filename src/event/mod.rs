@@ -20,7 +20,9 @@ use crate::value::{TypeRegistry, ValueError};
 
 pub use encode::{Body, Columns};
 pub use identity::TableIdentity;
-pub use other::{BulkSummary, bulk_event_body, message_event_body, truncate_event_body};
+pub use other::{
+    BulkBackfill, BulkSummary, bulk_event_body, message_event_body, truncate_event_body,
+};
 
 /// What happened to the row(s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -70,6 +70,17 @@ pub struct BulkSummary {
     /// The `key` objects (JSON) of the first and last row changed, when the rows have keys.
     pub first_key: Option<String>,
     pub last_key: Option<String>,
+    /// `flood.then = "backfill"`: the backfill that follows.
+    pub backfill: Option<BulkBackfill>,
+}
+
+/// The backfill a flood's bulk event announces: its condition (`None`: the whole table) and,
+/// for a single integer key, the range it reads, for consumers that sweep their copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BulkBackfill {
+    pub where_clause: Option<String>,
+    /// Key column, smallest and largest key.
+    pub range: Option<(String, i64, i64)>,
 }
 
 /// Builds the body of a bulk summary event (op `bulk`). `index` is the position of the
@@ -90,7 +101,7 @@ pub fn bulk_event_body(
     body.raw_field(
         "bulk",
         &format!(
-            "{{\"reason\":\"{}\",\"counts\":{{\"insert\":{},\"update\":{},\"delete\":{},\"truncate\":{}}},\"total\":{},\"first_key\":{},\"last_key\":{}}}",
+            "{{\"reason\":\"{}\",\"counts\":{{\"insert\":{},\"update\":{},\"delete\":{},\"truncate\":{}}},\"total\":{},\"first_key\":{},\"last_key\":{},\"backfill\":{}}}",
             s.reason,
             s.inserts,
             s.updates,
@@ -99,6 +110,16 @@ pub fn bulk_event_body(
             s.inserts + s.updates + s.deletes + s.truncates,
             s.first_key.as_deref().unwrap_or("null"),
             s.last_key.as_deref().unwrap_or("null"),
+            match &s.backfill {
+                None => "null".to_owned(),
+                Some(b) => match &b.range {
+                    Some((key, from, to)) => serde_json::json!({
+                        "where": b.where_clause, "key": key, "from": from, "to": to
+                    }),
+                    None => serde_json::json!({ "where": b.where_clause }),
+                }
+                .to_string(),
+            },
         ),
     );
     (id, body.finish())

@@ -119,6 +119,9 @@ pub struct FloodSettings {
     /// The policy of tables whose rule does not set `flood_policy`.
     pub policy: FloodPolicy,
     pub reroute: Option<Reroute>,
+    /// `flood.then = "backfill"`: after a skipped or summarized flood commits, the rows it
+    /// touched are backfilled (tables whose rule does not set `flood_then`).
+    pub then_backfill: bool,
 }
 
 /// One `[[filter.table]]` rule, validated.
@@ -136,6 +139,8 @@ pub struct TableRule {
     pub routing_key: Option<RoutingTemplate>,
     pub partitions: Option<u32>,
     pub flood_policy: Option<FloodPolicy>,
+    /// The table's `flood_then` (`Some(true)`: "backfill").
+    pub flood_then: Option<bool>,
     pub max_changes: Option<u64>,
 }
 

@@ -70,6 +70,9 @@ impl FilterSettings {
             flood_policy: rule
                 .and_then(|r| r.flood_policy)
                 .unwrap_or(self.flood.policy),
+            flood_backfill: rule
+                .and_then(|r| r.flood_then)
+                .unwrap_or(self.flood.then_backfill),
             max_changes: rule
                 .and_then(|r| r.max_changes)
                 .or(self.flood.max_changes_per_table),
@@ -173,6 +176,8 @@ pub struct TableView {
     pub routing: RoutingTemplate,
     pub partitions: Option<u32>,
     pub flood_policy: FloodPolicy,
+    /// Backfill the rows a skipped or summarized flood touched, once it commits.
+    pub flood_backfill: bool,
     /// Per-table flood threshold.
     pub max_changes: Option<u64>,
     /// The `table` label for metrics: `schema.table` when the config names the table exactly

@@ -72,6 +72,9 @@ pub(crate) struct Replicator {
     pub(super) chunks: mpsc::Receiver<crate::backfill::Chunk>,
     /// Where published chunks' end positions go back to the worker.
     pub(super) chunk_ends: mpsc::UnboundedSender<(i64, i64, Lsn)>,
+    /// The backfill progress table's schema and the slot, where the backfills that floods ask
+    /// for are recorded (`flood.then = "backfill"`); `None` when no table asks.
+    pub(super) flood_store: Option<(String, String)>,
 }
 
 /// The channels a replicator works with.
@@ -122,6 +125,7 @@ impl Replicator {
             reporter,
             chunks: links.chunks,
             chunk_ends: links.chunk_ends,
+            flood_store: None,
         }
     }
 
@@ -231,6 +235,43 @@ impl Replicator {
         }
     }
 
+    /// Records the backfills a committed flood asks for, before its end position leaves this
+    /// task (it is still in `pending`): the slot can never pass the flood while its backfill
+    /// is not recorded, and a replay of the flood asks again (recorded once while active).
+    async fn record_flood_backfills(
+        &mut self,
+        floods: Vec<crate::transform::FloodBackfill>,
+    ) -> Result<(), RunError> {
+        let Some((schema, slot)) = self.flood_store.clone() else {
+            return Ok(());
+        };
+        // The writes hold this task: report the position first.
+        self.send_status(false).await?;
+        let limit = self.catalog.limit();
+        let record = async {
+            let conn = self.catalog.connection().await?;
+            crate::backfill::store::ensure(conn, &schema).await?;
+            for f in &floods {
+                crate::backfill::store::request_once(
+                    conn,
+                    &schema,
+                    &slot,
+                    &f.table,
+                    f.where_clause.as_deref(),
+                    "flood",
+                )
+                .await?;
+                tracing::info!(table = %f.table, condition = f.where_clause.as_deref().unwrap_or("the whole table"),
+                    "flood committed: backfilling the rows it touched (flood.then = \"backfill\")");
+            }
+            Ok::<(), SourceError>(())
+        };
+        tokio::time::timeout(limit, record)
+            .await
+            .map_err(|_| SourceError::CatalogTimeout(limit))??;
+        Ok(())
+    }
+
     /// Sends a status update reporting the broker-confirmed position as flushed.
     pub(crate) async fn send_status(&mut self, reply_requested: bool) -> Result<(), RunError> {
         let flush = *self.acked.borrow();
@@ -299,6 +340,10 @@ impl Replicator {
                 for end in self.transform.take_chunk_ends() {
                     // The worker may be gone (the session is ending): nothing to tell then.
                     let _ = self.chunk_ends.send(end);
+                }
+                let floods = self.transform.take_flood_backfills();
+                if !floods.is_empty() {
+                    self.record_flood_backfills(floods).await?;
                 }
             }
         }

@@ -230,7 +230,12 @@ async fn launch(
         status_interval: p.status_interval,
         receive_timeout: source.receive_timeout,
     };
-    let replicator = Replicator::new(stream, catalog, transform, p.reporter, links, obs, timing);
+    let mut replicator =
+        Replicator::new(stream, catalog, transform, p.reporter, links, obs, timing);
+    let f = &settings.filter;
+    if f.flood.then_backfill || f.rules.iter().any(|r| r.flood_then == Some(true)) {
+        replicator.flood_store = Some((settings.backfill.schema.clone(), source.slot.clone()));
+    }
     Ok(Running {
         replicator,
         publisher_task,

@@ -227,6 +227,26 @@ impl Catalog {
         relation_facts(conn, oid).await
     }
 
+    /// The connection, connected again when it was lost: for the replication task's rare
+    /// writes (a flood's backfill request), which the caller bounds like a lookup.
+    pub async fn connection(&mut self) -> Result<&mut Connection, SourceError> {
+        let alive = match self.conn.as_mut() {
+            Some(c) => c.simple_query("SELECT 1").await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            self.conn = Some(Connection::connect(&self.params, false).await?);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| SourceError::Protocol("no catalog connection".into()))
+    }
+
+    /// The most one lookup may take.
+    pub fn limit(&self) -> std::time::Duration {
+        self.limit
+    }
+
     pub async fn close(self) {
         if let Some(conn) = self.conn {
             conn.close().await;

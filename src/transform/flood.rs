@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use super::flood_backfill::{FloodBackfill, Touched};
 use crate::event::Outbound;
 use crate::event::{self, BulkSummary, Event, Op, TxContext};
 use crate::filter::{FloodPolicy, FloodSettings, TableView};
@@ -68,6 +69,10 @@ pub(crate) struct FloodGuard {
     per_table: HashMap<u32, u64>,
     held: Vec<Candidate>,
     summaries: Vec<Summary>,
+    /// Tables of this flood whose touched rows are backfilled after it (`flood.then`), by oid.
+    touched: Vec<(u32, Touched)>,
+    /// Backfills floods asked for, until the replication task records them.
+    backfills: Vec<FloodBackfill>,
     tally: Tally,
     metrics: Arc<Metrics>,
     /// False while replaying a transaction an earlier session already counted (a retry after
@@ -90,6 +95,8 @@ impl FloodGuard {
             per_table: HashMap::new(),
             held: Vec::new(),
             summaries: Vec::new(),
+            touched: Vec::new(),
+            backfills: Vec::new(),
             tally: Tally::default(),
             metrics,
             count: true,
@@ -115,7 +122,13 @@ impl FloodGuard {
         self.per_table.clear();
         self.held.clear();
         self.summaries.clear();
+        self.touched.clear();
         self.tally = Tally::default();
+    }
+
+    /// The backfills committed floods asked for since the last call.
+    pub(crate) fn take_backfills(&mut self) -> Vec<FloodBackfill> {
+        std::mem::take(&mut self.backfills)
     }
 
     /// pgoutput's Origin message: the transaction is replayed from a replication origin.
@@ -178,6 +191,19 @@ impl FloodGuard {
                 out.extend(self.held.drain(..).map(|c| Outbound::Event(c.event)));
             }
             Mode::Flood(reason) => {
+                for (_, t) in self.touched.drain(..) {
+                    let where_clause = t.where_clause();
+                    if let Some(s) = self.summaries.iter_mut().find(|s| {
+                        (s.view.table.schema.as_str(), s.view.table.name.as_str())
+                            == (t.table.schema.as_str(), t.table.name.as_str())
+                    }) {
+                        s.bulk.backfill = Some(t.note());
+                    }
+                    self.backfills.push(FloodBackfill {
+                        table: t.table,
+                        where_clause,
+                    });
+                }
                 for s in self.summaries.drain(..) {
                     let (id, body) =
                         event::bulk_event_body(tx, s.first_index, &s.view.table, &s.bulk);
@@ -234,7 +260,10 @@ impl FloodGuard {
                 self.tally.published += 1;
                 out.push_back(Outbound::Event(c.event));
             }
-            FloodPolicy::Skip => self.tally.skipped += 1,
+            FloodPolicy::Skip => {
+                self.tally.skipped += 1;
+                self.touch(&view, &c);
+            }
             FloodPolicy::Reroute => {
                 self.tally.rerouted += 1;
                 if let Some(r) = &self.settings.reroute {
@@ -247,6 +276,7 @@ impl FloodGuard {
             }
             FloodPolicy::Summarize => {
                 self.tally.summarized += 1;
+                self.touch(&view, &c);
                 let Mode::Flood(reason) = self.mode else {
                     return;
                 };
@@ -283,6 +313,34 @@ impl FloodGuard {
                 b.last_key = key;
             }
         }
+    }
+}
+
+impl FloodGuard {
+    /// Notes a skipped or summarized row's key for the backfill after the flood, when the
+    /// table asks for one.
+    fn touch(&mut self, view: &Arc<TableView>, c: &Candidate) {
+        if !view.flood_backfill {
+            return;
+        }
+        let key = c
+            .key
+            .as_ref()
+            .and_then(|r| c.event.body.get(r.clone()))
+            .and_then(|b| std::str::from_utf8(b).ok());
+        let oid = view.rel.oid;
+        let pos = match self.touched.iter().position(|(o, _)| *o == oid) {
+            Some(p) => p,
+            None => {
+                let table = crate::source::setup::TableName {
+                    schema: view.table.schema.clone(),
+                    name: view.table.name.clone(),
+                };
+                self.touched.push((oid, Touched::new(table)));
+                self.touched.len() - 1
+            }
+        };
+        self.touched[pos].1.saw(key);
     }
 }
 

@@ -164,3 +164,57 @@ fn markers_and_origins_decide_before_any_change() {
     g.commit(&TX, &mut out);
     assert_eq!(out.len(), 1);
 }
+
+/// `flood.then = "backfill"`: a summarized flood's bulk event announces the backfill and the
+/// key range, and the guard hands the request over once (none without `then`, none for a
+/// transaction that was not a flood).
+#[test]
+fn a_flood_then_backfill_asks_for_the_range_it_touched() {
+    let m = Arc::new(Metrics::new());
+    for (then, policy) in [
+        ("backfill", "summarize"),
+        ("backfill", "skip"),
+        ("nothing", "summarize"),
+    ] {
+        let s = settings(
+            "",
+            &format!("max_changes = 10\npolicy = \"{policy}\"\nthen = \"{then}\""),
+        );
+        let view = Arc::new(
+            s.view(
+                &rel("orders", ReplicaIdentity::Default),
+                Some(&pk()),
+                &routing(),
+            )
+            .unwrap(),
+        );
+        let mut g = FloodGuard::new(s.flood.clone(), s.counts_changes(), Arc::clone(&m));
+        let mut peak = 0;
+        run_tx(&mut g, &view, 5, &mut peak);
+        assert!(g.take_backfills().is_empty(), "not a flood: no backfill");
+        let big = run_tx(&mut g, &view, 50, &mut peak);
+        let asked = g.take_backfills();
+        if then == "nothing" {
+            assert!(asked.is_empty());
+            let v: serde_json::Value = serde_json::from_slice(&big[0].body).unwrap();
+            assert!(v["bulk"]["backfill"].is_null(), "{v}");
+            continue;
+        }
+        assert_eq!(asked.len(), 1, "{policy}");
+        assert_eq!(asked[0].table.name, "orders");
+        assert_eq!(
+            asked[0].where_clause.as_deref(),
+            Some("\"id\" BETWEEN 0 AND 49")
+        );
+        assert!(g.take_backfills().is_empty(), "handed over once");
+        if policy == "summarize" {
+            let v: serde_json::Value = serde_json::from_slice(&big[0].body).unwrap();
+            let b = &v["bulk"]["backfill"];
+            assert_eq!(b["where"], "\"id\" BETWEEN 0 AND 49", "{v}");
+            assert_eq!(
+                (b["key"].as_str(), b["from"].as_i64(), b["to"].as_i64()),
+                (Some("id"), Some(0), Some(49))
+            );
+        }
+    }
+}

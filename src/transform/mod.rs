@@ -175,6 +175,12 @@ impl Transform {
         std::mem::take(&mut self.chunk_ends)
     }
 
+    /// The backfills committed floods asked for (`flood.then = "backfill"`): the replication
+    /// task records them before the flood's end position leaves it.
+    pub(crate) fn take_flood_backfills(&mut self) -> Vec<flood_backfill::FloodBackfill> {
+        self.flood.take_backfills()
+    }
+
     /// True between a transaction's Begin and its Commit.
     pub(crate) fn in_transaction(&self) -> bool {
         self.open.is_some()
@@ -362,6 +368,8 @@ impl Transform {
 mod backfill;
 mod changes;
 pub(crate) mod flood;
+mod flood_backfill;
+pub(crate) use flood_backfill::FloodBackfill;
 #[cfg(test)]
 mod flood_tests;
 pub(crate) mod heartbeat;
