@@ -88,10 +88,15 @@ async fn until_gap(s: &Scene, copy: &mut Replica) -> serde_json::Value {
     }
 }
 
-/// The table's rows before the test, as `read` events.
-fn backfill(s: &Scene) {
+/// Starts walrelay, backfills the table's rows that exist already, and builds a consumer's
+/// copy from the events until it equals the table: the state before each break.
+async fn streaming_copy(s: &Scene) -> (Relay, Replica) {
+    let mut copy = Replica::new(&s.client, &["public.orders"]).await;
+    let relay = s.start_streaming().await;
     let out = s.command(&["backfill", "public.orders"]);
     assert!(out.status.success(), "{}", stdout(&out));
+    copy.follow(&s.client, s.queue(), "public.orders", T).await;
+    (relay, copy)
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -135,10 +140,7 @@ async fn an_invalidated_slot_is_resynced_by_the_command_and_the_copy_converges()
         },
     )
     .await;
-    let mut copy = Replica::new(&s.client, &["public.orders"]).await;
-    let mut relay = s.start_streaming().await;
-    backfill(&s);
-    copy.follow(&s.client, s.queue(), "public.orders", T).await;
+    let (mut relay, mut copy) = streaming_copy(&s).await;
     relay.kill9();
 
     let writers = Writers::start(&s.url(), 1000).await;
@@ -192,10 +194,7 @@ async fn an_invalidated_slot_is_resynced_by_the_policy() {
     )
     .await;
     s.set("postgres", "on_slot_lost", "\"resync\"");
-    let mut copy = Replica::new(&s.client, &["public.orders"]).await;
-    let mut relay = s.start_streaming().await;
-    backfill(&s);
-    copy.follow(&s.client, s.queue(), "public.orders", T).await;
+    let (mut relay, mut copy) = streaming_copy(&s).await;
     relay.kill9();
     let writers = Writers::start(&s.url(), 1000).await;
     invalidate(&s).await;
@@ -231,10 +230,7 @@ async fn a_slot_dropped_while_streaming_is_recreated_by_the_policy() {
     let s = Scene::new(SCHEMA, &["public.orders"]).await;
     s.set("postgres", "on_slot_lost", "\"resync\"");
     s.set("service", "reconnect_min_ms", "1000");
-    let mut copy = Replica::new(&s.client, &["public.orders"]).await;
-    let relay = s.start_streaming().await;
-    backfill(&s);
-    copy.follow(&s.client, s.queue(), "public.orders", T).await;
+    let (relay, mut copy) = streaming_copy(&s).await;
     let writers = Writers::start(&s.url(), 1000).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -278,10 +274,7 @@ async fn a_slot_moved_while_walrelay_was_down_is_resynced_with_the_state_file() 
         "state_file",
         &format!("{:?}", state.display().to_string()),
     );
-    let mut copy = Replica::new(&s.client, &["public.orders"]).await;
-    let mut relay = s.start_streaming().await;
-    backfill(&s);
-    copy.follow(&s.client, s.queue(), "public.orders", T).await;
+    let (mut relay, mut copy) = streaming_copy(&s).await;
     relay.terminate(T).expect("walrelay stops on SIGTERM");
     s.sql("INSERT INTO orders VALUES (900, 'while down'); UPDATE orders SET status = 'moved' WHERE id < 10;")
         .await;
@@ -313,10 +306,7 @@ async fn a_slot_moved_while_walrelay_was_down_is_resynced_with_the_state_file() 
 async fn a_publication_gap_is_resynced_by_the_policy() {
     let s = Scene::new(SCHEMA, &["public.orders"]).await;
     s.set("postgres", "on_slot_lost", "\"resync\"");
-    let mut copy = Replica::new(&s.client, &["public.orders"]).await;
-    let relay = s.start_streaming().await;
-    backfill(&s);
-    copy.follow(&s.client, s.queue(), "public.orders", T).await;
+    let (relay, mut copy) = streaming_copy(&s).await;
     let writers = Writers::start(&s.url(), 1000).await;
     s.sql(&format!(
         "DROP PUBLICATION {p};
@@ -342,10 +332,7 @@ async fn a_publication_gap_is_resynced_by_the_policy() {
 async fn a_resync_killed_midway_is_finished_by_the_next_start() {
     for point in ["resync.after_record", "resync.after_repair"] {
         let s = Scene::new(SCHEMA, &["public.orders"]).await;
-        let mut copy = Replica::new(&s.client, &["public.orders"]).await;
-        let mut relay = s.start_streaming().await;
-        backfill(&s);
-        copy.follow(&s.client, s.queue(), "public.orders", T).await;
+        let (mut relay, mut copy) = streaming_copy(&s).await;
         relay.terminate(T).expect("walrelay stops on SIGTERM");
         s.sql(&format!(
             "SELECT pg_drop_replication_slot('{}'); INSERT INTO orders VALUES (900, 'lost');",

@@ -38,6 +38,14 @@ impl HealMetrics {
         for cause in RESYNC_CAUSES {
             let _ = self.resyncs.get_or_create(&[("cause", cause)]);
         }
+        // Present (at 0) before the first event is set aside, so alert rules and dashboards
+        // find the series; `other` is the label of every table the configuration does not name.
+        for reason in ["oversized", "unroutable"] {
+            let _ = self.dead_lettered.get_or_create(&ReasonTable {
+                reason,
+                table: std::sync::Arc::from("other"),
+            });
+        }
         r.register(
             "resyncs",
             "Resyncs after a broken slot or a publication gap: gap recorded, slot repaired, stream_gap announced, tables backfilled",

@@ -129,23 +129,22 @@ impl<T> ConfirmWindow<T> {
     /// Marks the oldest unanswered, not yet returned message that `is_it` picks as returned;
     /// false when none matches (the caller reports the return as it is).
     pub fn returned(&mut self, is_it: impl Fn(&T) -> bool, reply: String) -> bool {
-        match self
-            .slots
-            .iter_mut()
-            .find(|s| s.state == State::Pending && s.returned.is_none() && is_it(&s.item))
-        {
-            Some(slot) => {
-                slot.returned = Some(reply);
-                true
-            }
-            None => false,
-        }
+        self.mark_returned(is_it, reply, None)
     }
 
     /// Like [`returned`](Self::returned), for a message whose copy will go to the dead-letter
     /// exchange: it stays unsettled until [`diverted_to`](Self::diverted_to) names the copy's
     /// tag and the copy settles.
     pub fn returned_for_dead_letter(&mut self, is_it: impl Fn(&T) -> bool, reply: String) -> bool {
+        self.mark_returned(is_it, reply, Some(Diversion::Waiting))
+    }
+
+    fn mark_returned(
+        &mut self,
+        is_it: impl Fn(&T) -> bool,
+        reply: String,
+        diverted: Option<Diversion>,
+    ) -> bool {
         match self
             .slots
             .iter_mut()
@@ -153,7 +152,7 @@ impl<T> ConfirmWindow<T> {
         {
             Some(slot) => {
                 slot.returned = Some(reply);
-                slot.diverted = Some(Diversion::Waiting);
+                slot.diverted = diverted;
                 true
             }
             None => false,
