@@ -13,6 +13,7 @@ mod artifacts;
 mod auth;
 mod backfill;
 mod broker_faults;
+mod broker_nodes;
 mod chaos;
 mod cli;
 mod compose;

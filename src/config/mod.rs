@@ -11,6 +11,7 @@ mod backfill;
 mod dead_letter;
 mod filter;
 mod location;
+mod nodes;
 mod stream;
 mod validate;
 
@@ -95,7 +96,8 @@ pub struct RawPostgres {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRabbitmq {
-    pub url: Option<crate::secret::Secret>,
+    /// One URL, or the nodes of a cluster (an array; in `AMQP_URL`, comma-separated).
+    pub url: Option<nodes::UrlList>,
     pub exchange: Option<String>,
     pub declare_exchange: Option<bool>,
     pub routing_key: Option<String>,

@@ -184,12 +184,8 @@ fn sink(raw: RawRabbitmq, filter: &FilterSettings) -> Result<SinkSettings, Confi
                 .into(),
         )
     })?;
-    let url = crate::sink::AmqpUrl::parse(url.expose()).map_err(|e| {
-        ConfigError::new(
-            "rabbitmq.url",
-            format!("{e} (expected amqp://user:password@host:5672/vhost or amqps://…)"),
-        )
-    })?;
+    let nodes = super::nodes::parse(&url)?;
+    let url = nodes[0].clone();
     let exchange = raw
         .exchange
         .clone()
@@ -200,7 +196,9 @@ fn sink(raw: RawRabbitmq, filter: &FilterSettings) -> Result<SinkSettings, Confi
             "longer than 255 bytes".into(),
         ));
     }
-    sink_with(raw, url, exchange, DEFAULT_MAX_MESSAGE_BYTES, filter, false)
+    let mut sink = sink_with(raw, url, exchange, DEFAULT_MAX_MESSAGE_BYTES, filter, false)?;
+    sink.nodes = nodes;
+    Ok(sink)
 }
 
 /// The settings both sinks share, once the destination is known.
@@ -274,7 +272,6 @@ pub(super) fn sink_with(
         ));
     }
     Ok(SinkSettings {
-        url,
         exchange,
         extra_exchanges,
         declare_exchange: raw.declare_exchange.unwrap_or(true),
@@ -285,8 +282,11 @@ pub(super) fn sink_with(
         publish_messages: raw.publish_messages.unwrap_or(false),
         batch: batch_limits(raw.batch_max_events, raw.batch_max_bytes, max_message_bytes)?,
         management_url: raw.management_url,
+        nodes: vec![url.clone()],
+        url,
         stream: None,
         dead_letters,
+        node_in_use: Default::default(),
     })
 }
 

@@ -29,6 +29,8 @@ pub type Labels1 = [(&'static str, &'static str); 1];
 pub type Labels2 = [(&'static str, &'static str); 2];
 /// The slot's name: a series that is absent until it is known.
 pub type SlotLabel = [(&'static str, String); 1];
+/// A broker node, `host:port` from the configuration.
+pub type NodeLabel = [(&'static str, String); 1];
 /// `op` and `table` (the table name is shared: it comes from the configuration).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct OpTable {
@@ -72,6 +74,9 @@ pub struct Metrics {
     /// (`safe_wal_size`), and the limit (`max_slot_wal_keep_size`); absent when unlimited.
     pub slot_safe_wal_bytes: Family<SlotLabel, Gauge<i64, AtomicI64>>,
     pub slot_wal_keep_size_bytes: Family<SlotLabel, Gauge<i64, AtomicI64>>,
+    /// 1 for the RabbitMQ node walrelay publishes through (`host:port`), 0 for the other
+    /// nodes of `rabbitmq.url`, all 0 between sessions.
+    pub broker_connected: Family<NodeLabel, Gauge>,
     /// 1 while a transaction is being received.
     pub transactions_in_progress: Gauge,
     /// Sessions restarted after a transient error, by side (postgres, rabbitmq).
@@ -111,6 +116,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Which of `nodes` is in use (`None`: none, between sessions).
+    pub fn broker_node(&self, nodes: &[String], in_use: Option<usize>) {
+        for (i, n) in nodes.iter().enumerate() {
+            self.broker_connected
+                .get_or_create(&[("node", n.clone())])
+                .set(i64::from(Some(i) == in_use));
+        }
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("walrelay");
         let m = Metrics {
@@ -131,6 +145,7 @@ impl Metrics {
             slot_retained_wal_bytes: Gauge::default(),
             slot_safe_wal_bytes: Family::default(),
             slot_wal_keep_size_bytes: Family::default(),
+            broker_connected: Family::default(),
             transactions_in_progress: Gauge::default(),
             reconnects: Family::default(),
             errors: Family::default(),
@@ -237,6 +252,11 @@ impl Metrics {
             "slot_wal_keep_size_bytes",
             "The server's max_slot_wal_keep_size (absent when unlimited)",
             m.slot_wal_keep_size_bytes.clone(),
+        );
+        r.register(
+            "broker_connected",
+            "1 for the RabbitMQ node (host:port of rabbitmq.url) walrelay publishes through, 0 for the others",
+            m.broker_connected.clone(),
         );
         r.register(
             "transactions_in_progress",

@@ -174,6 +174,10 @@ pub(crate) async fn run(
         let started = Instant::now();
         let result = session::run(settings, &obs, &shutdown, &mut memory).await;
         obs.session_ended();
+        if settings.sink.stream.is_none() {
+            obs.metrics
+                .broker_node(&session::node_names(&settings.sink), None);
+        }
         let Err(e) = result else {
             return Ok(());
         };

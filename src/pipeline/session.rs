@@ -42,6 +42,14 @@ pub(super) async fn run(
     finish(settings, memory, running, outcome).await
 }
 
+/// The nodes of `rabbitmq.url` as metrics name them.
+pub(super) fn node_names(sink: &crate::sink::SinkSettings) -> Vec<String> {
+    sink.nodes
+        .iter()
+        .map(crate::sink::amqp::publisher::node_name)
+        .collect()
+}
+
 /// Both sides connected and set up; nothing streams yet.
 struct Prepared {
     publisher: Outlet,
@@ -82,6 +90,12 @@ async fn prepare(
         (false, _) => info!(exchange = %sink.exchange, "connected to RabbitMQ"),
     }
     crate::health::Health::set(&obs.health.broker_connected, true);
+    if publisher.kind() == "exchange" {
+        obs.metrics.broker_node(
+            &node_names(sink),
+            Some(sink.node_in_use.load(std::sync::atomic::Ordering::Relaxed)),
+        );
+    }
     let broker_watch = AbortOnDrop(tokio::spawn(watch_broker(publisher.state(), obs.clone())));
     let mut conn = Connection::connect(&source.conn, true).await?;
     let system = setup::identify_system(&mut conn).await?;

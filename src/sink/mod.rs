@@ -221,7 +221,14 @@ pub enum SinkError {
 /// Where and how to publish.
 #[derive(Clone, Debug)]
 pub struct SinkSettings {
+    /// The first node: what the management API, `doctor` and messages default to.
     pub url: AmqpUrl,
+    /// Every node walrelay may publish through (`rabbitmq.url` as a list), `url` first. On a
+    /// lost connection walrelay tries them in turn from the one it used last.
+    pub nodes: Vec<AmqpUrl>,
+    /// The index in `nodes` of the node connected last (shared by the sessions of a process:
+    /// a reconnect starts there, and moves on at once when it is gone).
+    pub node_in_use: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub exchange: String,
     /// Exchanges named by table rules and the flood reroute; declared like the default one.
     pub extra_exchanges: Vec<String>,

@@ -201,14 +201,15 @@ async fn consume(
     progress: &mut Progress,
 ) -> Ended {
     let lost = |error, subscribed| Ended::Lost { error, subscribed };
-    let link = match Link::open(
-        &settings.sink.url,
+    let link = match Link::open_any(
+        &settings.sink.nodes,
+        0,
         "walrelay tail",
         settings.sink.confirm_timeout,
     )
     .await
     {
-        Ok((link, _signals)) => link,
+        Ok((link, _signals, _node)) => link,
         Err(e) => return lost(e, false),
     };
     let (ch, queue, ack) = match setup(&link, settings, opts).await {

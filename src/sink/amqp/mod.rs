@@ -3,6 +3,7 @@
 //! ([`topic`]) and the wait for a binding after an unroutable message ([`routable`]).
 
 pub mod link;
+mod nodes;
 pub mod publisher;
 pub mod routable;
 pub mod topic;

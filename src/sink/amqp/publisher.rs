@@ -7,6 +7,7 @@
 //! broker, and the window of unconfirmed messages is bounded by the publish loop alone.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use amqprs::channel::{BasicPublishArguments, Channel, ExchangeDeclareArguments};
 use amqprs::{BasicProperties, FieldTable, FieldValue, LongStr};
@@ -36,17 +37,19 @@ impl Publisher {
     /// `confirm_timeout` (the caller bounds the whole of it too).
     pub async fn connect(settings: &SinkSettings) -> Result<Publisher, SinkError> {
         let amqp = |context| move |source| SinkError::Amqp { context, source };
-        let (link, signals) = Link::open(&settings.url, "walrelay", settings.confirm_timeout)
-            .await
-            .map_err(|e| match e.timed_out {
-                true => SinkError::ConnectTimeout {
-                    waited: settings.confirm_timeout,
-                },
-                false => SinkError::Amqp {
-                    context: "connecting",
-                    source: e,
-                },
-            })?;
+        let start = settings.node_in_use.load(Ordering::Relaxed);
+        let (link, signals, node) =
+            Link::open_any(&settings.nodes, start, "walrelay", settings.confirm_timeout)
+                .await
+                .map_err(|e| match e.timed_out {
+                    true => SinkError::ConnectTimeout {
+                        waited: settings.confirm_timeout,
+                    },
+                    false => SinkError::Amqp {
+                        context: "connecting",
+                        source: e,
+                    },
+                })?;
         let channel = link
             .confirm_channel()
             .await
@@ -63,6 +66,12 @@ impl Publisher {
                     .map_err(amqp("declaring an exchange"))?;
             }
         }
+        if node != start && settings.nodes.len() > 1 {
+            tracing::warn!(node = %node_name(&settings.nodes[node]),
+                  previous = %node_name(&settings.nodes[start % settings.nodes.len()]),
+                  "publishing through another RabbitMQ node");
+        }
+        settings.node_in_use.store(node, Ordering::Relaxed);
         Ok(Publisher {
             link,
             channel,
@@ -199,6 +208,11 @@ impl Publisher {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.channel.close()).await;
         self.link.close().await;
     }
+}
+
+/// A node as metrics and logs name it: `host:port`.
+pub fn node_name(url: &crate::sink::AmqpUrl) -> String {
+    format!("{}:{}", url.host, url.port)
 }
 
 /// A header name; walrelay's are short literals.
