@@ -302,6 +302,42 @@ async fn a_stream_walrelay_creates_has_the_configured_retention() {
     let _ = env().await.delete_stream(stream).await;
 }
 
+/// A stream someone declared before walrelay, with other arguments (another leader locator
+/// and retention): with `stream.create = true` walrelay uses it as it is and says so, instead
+/// of retrying its own declaration forever (issue 31); changes arrive; its arguments stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_existing_stream_with_other_arguments_is_used_as_it_is() {
+    let s = Scene::stream("CREATE TABLE a (id int PRIMARY KEY)", &["public.a"], "").await;
+    let (client, stream, cfg) = (&s.client, s.stream_name(), &s.config);
+    env()
+        .await
+        .stream_creator()
+        .leader_locator(rabbitmq_stream_client::types::LeaderLocator::ClientLocal)
+        .max_age(std::time::Duration::from_secs(7200))
+        .create(stream)
+        .await
+        .unwrap();
+    let relay = Relay::start(cfg);
+    relay.wait_log("streaming", T).await;
+    assert!(
+        relay
+            .log()
+            .contains("exists with other arguments than walrelay would create it with"),
+        "{}",
+        relay.log()
+    );
+    client
+        .batch_execute("INSERT INTO a VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(ids_settled(stream, 1).await, [1]);
+    let args = stream_arguments(stream);
+    assert_eq!(args["x-queue-leader-locator"], "client-local", "{args}");
+    assert_eq!(args["x-max-age"], "7200s", "{args}");
+    drop(relay);
+    let _ = env().await.delete_stream(stream).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_stream_loses_nothing_and_the_consumer_sees_no_duplicate() {
     // The chaos bed's cluster, schema and second database.

@@ -1,8 +1,8 @@
 //! Creating what the stream sink publishes to at start: a stream, or a super stream and its
 //! partitions, with the configured retention (`max-length-bytes`, `max-age`, segment size)
-//! when it is missing and `stream.create` is on. An existing stream keeps its own settings
-//! (`walrelay doctor` reports them); an existing super stream must have the configured
-//! partition count.
+//! when it is missing and `stream.create` is on. An existing stream keeps its own settings,
+//! even when declared with other arguments (`walrelay doctor` reports them); an existing
+//! super stream must have the configured partition count.
 
 use std::collections::HashMap;
 
@@ -21,13 +21,7 @@ pub(super) async fn ensure_stream(
     s: &StreamSettings,
 ) -> Result<(), SinkError> {
     if !s.create {
-        let exists = admin
-            .metadata(vec![name.to_owned()])
-            .await
-            .map_err(|e| failed("reading stream metadata", e))?
-            .get(name)
-            .is_some_and(|m| m.response_code == ResponseCode::Ok);
-        if exists {
+        if exists(admin, name).await? {
             return Ok(());
         }
         return Err(failed(
@@ -39,6 +33,15 @@ pub(super) async fn ensure_stream(
         .create_stream(name, create_arguments(s))
         .await
         .map_err(|e| failed("creating the stream", e))?;
+    // A stream someone declared with other arguments (another leader locator, retention): the
+    // broker refuses walrelay's declaration as a precondition failure. It is used as it is.
+    if *answer.code() == ResponseCode::PreconditionFailed && exists(admin, name).await? {
+        info!(
+            stream = name,
+            "the stream exists with other arguments than walrelay would create it with: used as it is (walrelay doctor shows its retention)"
+        );
+        return Ok(());
+    }
     if created(answer.code(), "stream", name)? {
         info!(stream = name, "created the stream");
     }
@@ -123,6 +126,16 @@ fn create_arguments(s: &StreamSettings) -> HashMap<String, String> {
 
 /// What the broker answered to a create command for `what` `name`: true when it created it,
 /// false when it existed already, an error naming the code otherwise.
+/// True when the stream exists (its metadata answers Ok).
+async fn exists(admin: &Client, name: &str) -> Result<bool, SinkError> {
+    Ok(admin
+        .metadata(vec![name.to_owned()])
+        .await
+        .map_err(|e| failed("reading stream metadata", e))?
+        .get(name)
+        .is_some_and(|m| m.response_code == ResponseCode::Ok))
+}
+
 fn created(code: &ResponseCode, what: &str, name: &str) -> Result<bool, SinkError> {
     match code {
         ResponseCode::Ok => Ok(true),
