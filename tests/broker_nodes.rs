@@ -1,5 +1,5 @@
 //! `rabbitmq.url` as a list of a cluster's nodes: walrelay starts when the first node is
-//! unreachable, and when the node it publishes through goes away it moves to the next one at
+//! unreachable (and `walrelay doctor` names it), and when the node it publishes through goes away it moves to the next one at
 //! once instead of retrying the lost one, losing nothing. Two proxies in front of one broker
 //! stand for two nodes (scripts/rabbitmq-cluster.sh is the real cluster, issue 31).
 
@@ -22,11 +22,24 @@ fn node_list(urls: &[String]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_first_node_is_passed_over_and_named() {
     let s = Scene::new("CREATE TABLE t (id int PRIMARY KEY);", &["public.t"]).await;
-    let dead = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
+    let dead_port = free_port();
+    let dead = format!("amqp://guest:guest@127.0.0.1:{dead_port}/%2f");
     s.set(
         "rabbitmq",
         "url",
         &node_list(&[dead, amqp_url().to_owned()]),
+    );
+    let doctor = s.command(&["doctor"]);
+    let text = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "node 127.0.0.1:{dead_port} of rabbitmq.url is unreachable"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("node {}: cluster ", amqp_addr())) && text.contains("RabbitMQ 3."),
+        "{text}"
     );
     let relay = s.start_streaming().await;
     s.sql("INSERT INTO t VALUES (1)").await;

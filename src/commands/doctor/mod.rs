@@ -7,9 +7,11 @@
 //! - `postgres`: logical decoding, privileges, slot and sender headroom, WAL retention limits,
 //!   the publication and each table's replica identity.
 //! - `rabbitmq`: credentials, exchanges, bindings for every routing key the config can
-//!   produce, queue durability and type (through the management API).
+//!   produce, queue durability and type (through the management API); on a cluster, every
+//!   listed node, a list of one node, classic queues.
 //! - `stream`: with `[stream]`, the stream port and each stream instead.
 
+mod cluster;
 mod local;
 mod permissions;
 mod postgres;

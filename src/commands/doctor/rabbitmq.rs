@@ -78,6 +78,7 @@ fn produced(settings: &Settings, t: &Streamed) -> (String, Vec<String>) {
 /// Credentials and exchanges over AMQP, then bindings and queues over the management API.
 pub(super) async fn check(settings: &Settings, tables: &[Streamed], out: &mut Vec<Finding>) {
     let uri = &settings.sink.url;
+    super::cluster::nodes(settings, out).await;
     let mut exchanges: Vec<String> = vec![settings.sink.exchange.clone()];
     exchanges.extend(settings.sink.extra_exchanges.iter().cloned());
     let Some(missing) = exchange_checks(settings, uri, &exchanges, out).await else {
@@ -90,6 +91,11 @@ pub(super) async fn check(settings: &Settings, tables: &[Streamed], out: &mut Ve
         ));
     };
     super::permissions::check(settings, &api, &exchanges, out).await;
+    let cluster = super::cluster::size(&api).await;
+    out.extend(super::cluster::one_of_many(
+        settings.sink.nodes.len(),
+        cluster,
+    ));
     let vhost = segment(&uri.vhost);
     let mut bindings: Vec<(String, Vec<Value>)> = Vec::new();
     for x in &exchanges {
@@ -117,7 +123,7 @@ pub(super) async fn check(settings: &Settings, tables: &[Streamed], out: &mut Ve
     }
     let queues = binding_checks(settings, tables, &bindings, out);
     backfill_checks(settings, tables, &bindings, out);
-    queue_checks(&api, &vhost, queues, out).await;
+    queue_checks(&api, &vhost, queues, cluster.unwrap_or(1), out).await;
 }
 
 /// Connects with the configured credentials and probes each exchange passively (nothing is
@@ -362,7 +368,13 @@ fn backfill_checks(
 }
 
 /// Durability of each queue behind a binding.
-async fn queue_checks(api: &Api, vhost: &str, queues: Vec<String>, out: &mut Vec<Finding>) {
+async fn queue_checks(
+    api: &Api,
+    vhost: &str,
+    queues: Vec<String>,
+    cluster: usize,
+    out: &mut Vec<Finding>,
+) {
     for q in queues {
         match api
             .get(&format!("/api/queues/{vhost}/{}", segment(&q)))
@@ -372,6 +384,8 @@ async fn queue_checks(api: &Api, vhost: &str, queues: Vec<String>, out: &mut Vec
                 let kind = v["type"].as_str().unwrap_or("classic").to_owned();
                 if v["durable"] != Value::Bool(true) {
                     out.push(f(Level::Warn, format!("queue {q:?} is not durable: its messages are lost when the broker restarts")));
+                } else if kind == "classic" && cluster > 1 {
+                    out.push(f(Level::Warn, format!("queue {q:?} is a classic queue on a {cluster}-node cluster: it lives on one node, so while that node is down its messages are unreachable (and gone with its disk); use a quorum queue")));
                 } else if kind == "quorum" {
                     out.push(f(Level::Ok, format!("queue {q:?}: durable quorum queue (replicated, fsynced before confirming)")));
                 } else {
