@@ -40,6 +40,7 @@ mod odd_data;
 mod operate;
 mod pipeline;
 mod publications;
+mod rabbitmq_cluster;
 mod refusals;
 mod resync;
 mod stream_broker_restart;

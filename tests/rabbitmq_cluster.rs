@@ -1,0 +1,168 @@
+//! A three-node RabbitMQ 4 cluster (`scripts/rabbitmq-cluster.sh`): walrelay with all three
+//! URLs, a quorum queue, 4 writers, and a rolling restart of every node one at a time (each
+//! stopped for 5 s, as an upgrade does). Required: 0 lost, every duplicate with its original
+//! id, and no stretch longer than 5 s in which the broker confirmed nothing while rows were
+//! being committed. Needs the cluster running: `scripts/rabbitmq-cluster-tests.sh` starts it
+//! and runs these (they are ignored otherwise).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common;
+
+use common::scene::{Scene, Setup};
+use common::*;
+
+const NODES: [&str; 3] = [
+    "amqp://guest:guest@127.0.0.1:5681/%2f",
+    "amqp://guest:guest@127.0.0.1:5682/%2f",
+    "amqp://guest:guest@127.0.0.1:5683/%2f",
+];
+
+fn cluster(args: &[&str]) {
+    let out = std::process::Command::new("bash")
+        .arg("scripts/rabbitmq-cluster.sh")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rabbitmq-cluster.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs scripts/rabbitmq-cluster.sh start; run by scripts/rabbitmq-cluster-tests.sh"]
+async fn a_rolling_restart_of_a_three_node_cluster_loses_nothing() {
+    let s = Scene::with(
+        "CREATE TABLE t (id bigint PRIMARY KEY, w int);",
+        &["public.t"],
+        Setup {
+            amqp_url: NODES[0],
+            queue_on: NODES[1],
+            queue_args: queue_args(&[("x-queue-type", text("quorum"))]),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let list: Vec<String> = NODES.iter().map(|u| format!("{u:?}")).collect();
+    s.set("rabbitmq", "url", &format!("[{}]", list.join(", ")));
+    s.set("service", "reconnect_min_ms", "200");
+    let relay = s.start_streaming().await;
+
+    // 4 writers, ids by writer; the slot's confirmed position is sampled every 50 ms: a
+    // stretch in which it does not move while rows are committed is a delivery gap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicI64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..4i64 {
+        let (client, stop, committed) = (
+            connect(&s.url()).await,
+            Arc::clone(&stop),
+            Arc::clone(&committed),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut i = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                client
+                    .batch_execute(&format!(
+                        "INSERT INTO t VALUES ({}, {w})",
+                        w * 1_000_000 + i
+                    ))
+                    .await
+                    .unwrap();
+                committed.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    let down: Arc<std::sync::Mutex<Option<usize>>> = Default::default();
+    let gaps: Arc<std::sync::Mutex<BTreeMap<usize, Duration>>> = Default::default();
+    let sampler = {
+        let (client, slot, stop, down, gaps) = (
+            connect(&s.url()).await,
+            s.slot.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&down),
+            Arc::clone(&gaps),
+        );
+        tokio::spawn(async move {
+            let (mut last, mut since) = (slot_confirmed(&client, &slot).await, Instant::now());
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let now = slot_confirmed(&client, &slot).await;
+                if now != last {
+                    last = now;
+                    since = Instant::now();
+                } else if let Some(n) = *down.lock().unwrap() {
+                    let mut g = gaps.lock().unwrap();
+                    let e = g.entry(n).or_default();
+                    *e = (*e).max(since.elapsed());
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in 1..=3usize {
+        *down.lock().unwrap() = Some(n);
+        cluster(&["stop-node", &n.to_string()]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        cluster(&["start-node", &n.to_string()]);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    *down.lock().unwrap() = None;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    sampler.await.unwrap();
+    let total = committed.load(Ordering::Relaxed);
+    let end = s.lsn().await;
+    wait_for(
+        "the slot past the last row",
+        Duration::from_secs(60),
+        || async { (s.confirmed().await >= end).then_some(()) },
+    )
+    .await;
+
+    // The test's own connection went down with its node: read through a new one.
+    let q = TestQueue::named(
+        NODES[2],
+        &s.exchange,
+        &s.queue().queue,
+        None,
+        queue_args(&[("x-queue-type", text("quorum"))]),
+    )
+    .await;
+    let got = q.drain_all(Duration::from_secs(2)).await;
+    let mut ids: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for m in &got {
+        ids.entry(m.body["key"]["id"].as_i64().unwrap())
+            .or_default()
+            .insert(m.message_id.clone());
+    }
+    let dupes = got.len() - ids.len();
+    assert_eq!(ids.len() as i64, total, "rows lost");
+    assert!(
+        ids.values().all(|m| m.len() == 1),
+        "a replay carried another id"
+    );
+    let gaps = gaps.lock().unwrap().clone();
+    let longest = gaps.values().max().copied().unwrap_or_default();
+    eprintln!(
+        "rabbitmq cluster: rolling restart, {total} rows committed and delivered, {dupes} duplicates (same ids), \
+         longest confirm gap per stopped node: {gaps:?}"
+    );
+    assert!(longest <= Duration::from_secs(5), "gaps {gaps:?}");
+    assert!(
+        relay
+            .log()
+            .contains("publishing through another RabbitMQ node")
+    );
+    drop(relay);
+    q.delete_queue().await;
+}
