@@ -51,11 +51,16 @@ CONF
   as_root chroot "$ROOT" chown -R rabbitmq:rabbitmq /var/lib/rabbitmq/cluster /var/log/rabbitmq/cluster
 }
 
-start_node() {
+launch() {
   local n=$1
   configure "$n"
   for m in proc dev; do mountpoint -q "$ROOT/$m" || as_root mount --bind "/$m" "$ROOT/$m"; done
   up "$n" || in_node "$n" rabbitmq-server -detached
+}
+
+start_node() {
+  local n=$1
+  launch "$n"
   for _ in $(seq 1 120); do
     if up "$n" && ctl "$n" await_startup >/dev/null 2>&1; then return 0; fi
     sleep 1
@@ -71,6 +76,8 @@ running() { ctl "$1" cluster_status --formatter json 2>/dev/null |
 start() {
   # The root (and the single node, which the test suite uses anyway).
   [ -x "$ROOT/usr/sbin/rabbitmq-server" ] || bash "$HERE/rabbitmq4.sh" start
+  # All three at once: after a full stop each node waits for the others' tables.
+  for n in 1 2 3; do launch "$n"; done
   for n in 1 2 3; do start_node "$n"; done
   for n in 2 3; do
     if ! ctl "$n" cluster_status --formatter json 2>/dev/null | grep -q "$(node 1)"; then

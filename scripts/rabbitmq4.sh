@@ -125,11 +125,14 @@ start() {
   return 1
 }
 
-# Processes running inside the root (the node, epmd, their helpers).
+# Processes running inside the root (the node, epmd, their helpers), except those of the
+# cluster scripts/rabbitmq-cluster.sh runs from the same root (its own epmd port and nodes).
 inside() {
   local p
   for p in /proc/[0-9]*; do
-    [ "$(as_root readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && echo "${p#/proc/}"
+    [ "$(as_root readlink "$p/root" 2>/dev/null)" = "$ROOT" ] || continue
+    as_root tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -q '^ERL_EPMD_PORT=4371$' && continue
+    echo "${p#/proc/}"
   done
   return 0
 }

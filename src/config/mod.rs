@@ -116,7 +116,7 @@ pub struct RawRabbitmq {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStream {
-    pub url: Option<crate::secret::Secret>,
+    pub url: Option<nodes::UrlList>,
     pub stream: Option<String>,
     pub create: Option<bool>,
     pub max_length_bytes: Option<u64>,

@@ -25,9 +25,32 @@ impl UrlList {
     }
 }
 
-/// The nodes, in the order given (walrelay tries them in that order at first).
+/// The nodes of `rabbitmq.url`, in the order given (walrelay tries them in that order at first).
 pub(super) fn parse(list: &UrlList) -> Result<Vec<AmqpUrl>, ConfigError> {
-    let key = "rabbitmq.url";
+    parse_as(
+        list,
+        "rabbitmq.url",
+        AmqpUrl::parse,
+        "amqp://user:password@host:5672/vhost or amqps://…",
+    )
+}
+
+/// The nodes of `stream.url`.
+pub(super) fn parse_stream(list: &UrlList) -> Result<Vec<AmqpUrl>, ConfigError> {
+    parse_as(
+        list,
+        "stream.url",
+        AmqpUrl::parse_stream,
+        "rabbitmq-stream://user:password@host:5552/vhost",
+    )
+}
+
+fn parse_as(
+    list: &UrlList,
+    key: &str,
+    parse_one: fn(&str) -> Result<AmqpUrl, crate::sink::url::UrlError>,
+    expected: &str,
+) -> Result<Vec<AmqpUrl>, ConfigError> {
     let entries = list.entries();
     if entries.iter().all(String::is_empty) {
         return Err(ConfigError::new(
@@ -42,20 +65,14 @@ pub(super) fn parse(list: &UrlList) -> Result<Vec<AmqpUrl>, ConfigError> {
         } else {
             String::new()
         };
-        let url = AmqpUrl::parse(e).map_err(|err| {
-            ConfigError::new(
-                key,
-                format!(
-                    "{which}{err} (expected amqp://user:password@host:5672/vhost or amqps://…)"
-                ),
-            )
-        })?;
+        let url = parse_one(e)
+            .map_err(|err| ConfigError::new(key, format!("{which}{err} (expected {expected})")))?;
         nodes.push(url);
     }
     let first = &nodes[0];
     for (i, n) in nodes.iter().enumerate().skip(1) {
         let differs = if n.tls != first.tls {
-            Some("mixes amqp:// and amqps://")
+            Some("mixes plain and TLS schemes")
         } else if n.vhost != first.vhost {
             Some("names another vhost")
         } else if n.user != first.user || n.password != first.password {
@@ -112,8 +129,13 @@ mod tests {
         assert!(
             one("amqp://a,amqps://b")
                 .unwrap_err()
-                .contains("mixes amqp:// and amqps://")
+                .contains("mixes plain and TLS schemes")
         );
+        let streams = parse_stream(&UrlList::One(Secret::new(
+            "rabbitmq-stream://a:5561,rabbitmq-stream://b:5562",
+        )))
+        .unwrap();
+        assert_eq!(streams[1].port, 5562);
         assert!(
             one("amqp://a/x,amqp://b/y")
                 .unwrap_err()

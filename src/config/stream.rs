@@ -41,13 +41,9 @@ pub(super) fn sink(
     let url = raw
         .url
         .ok_or_else(|| ConfigError::new("stream.url", "missing".into()))?;
-    let url = crate::sink::AmqpUrl::parse_stream(url.expose()).map_err(|e| {
-        ConfigError::new(
-            "stream.url",
-            format!("{e} (expected rabbitmq-stream://user:password@host:5552/vhost)"),
-        )
-    })?;
-    if url.tls && url.ca_file.is_none() {
+    let nodes = super::nodes::parse_stream(&url)?;
+    let url = nodes[0].clone();
+    if nodes.iter().any(|n| n.tls && n.ca_file.is_none()) {
         return Err(ConfigError::new(
             "stream.url",
             "rabbitmq-stream+tls:// needs ?cacertfile=<PEM bundle>: the stream client cannot check a certificate against the system's roots, and walrelay never connects unchecked"
@@ -67,6 +63,7 @@ pub(super) fn sink(
     };
     let settings = StreamSettings {
         url: url.clone(),
+        nodes,
         create: raw.create.unwrap_or(true),
         max_length_bytes: positive("stream.max_length_bytes", raw.max_length_bytes)?,
         max_age: positive("stream.max_age_secs", raw.max_age_secs)?

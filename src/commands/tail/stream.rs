@@ -88,8 +88,12 @@ pub async fn read(
 ) -> Result<u64, AmqpError> {
     let broker = |e: crate::sink::SinkError| AmqpError::new(e.to_string());
     let name = settings.sink.exchange.as_str();
+    // The first node of stream.url that answers (a stopped node of a cluster is passed over).
+    let (_, node) = crate::sink::stream::connect::admin_any(&stream.nodes, 0, "walrelay tail")
+        .await
+        .map_err(broker)?;
     let (env, admin) = crate::sink::stream::connect::environment(
-        &stream.url,
+        &stream.nodes[node],
         "walrelay tail",
         stream.load_balancer,
     )

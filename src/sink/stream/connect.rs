@@ -38,6 +38,37 @@ pub async fn environment(
     Ok((env, admin))
 }
 
+/// [`admin`] to the first of `nodes` that answers, trying them in turn from `start` (the node
+/// used last); returns its index too. The error names every node's failure.
+pub async fn admin_any(
+    nodes: &[AmqpUrl],
+    start: usize,
+    name: &str,
+) -> Result<(Client, usize), SinkError> {
+    let n = nodes.len().max(1);
+    let mut failures = Vec::new();
+    for k in 0..nodes.len() {
+        let i = (start + k) % n;
+        // Bounded: a node that accepts TCP and never answers must not hold the others back.
+        match tokio::time::timeout(NODE_CONNECT_TIMEOUT, admin(&nodes[i], name)).await {
+            Ok(Ok(client)) => return Ok((client, i)),
+            Ok(Err(e)) if nodes.len() == 1 => return Err(e),
+            Ok(Err(e)) => failures.push(format!("{}:{}: {e}", nodes[i].host, nodes[i].port)),
+            Err(_) => failures.push(format!(
+                "{}:{}: no answer within {NODE_CONNECT_TIMEOUT:?}",
+                nodes[i].host, nodes[i].port
+            )),
+        }
+    }
+    Err(failed(
+        "connecting",
+        format!("no node of stream.url answered ({})", failures.join("; ")),
+    ))
+}
+
+/// How long one node of `stream.url` may take to answer before the next is tried.
+const NODE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A plain client to the URL's node for queries and stream creation, named `<name> (queries)`.
 /// The publisher needs no `Environment`: each stream it creates through one would open (and
 /// close) a connection of its own, and every connection costs tens of milliseconds at start.

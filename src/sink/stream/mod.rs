@@ -28,8 +28,12 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 /// (`SinkSettings::exchange`), so table rules and the flood reroute name other streams.
 #[derive(Clone, Debug)]
 pub struct StreamSettings {
-    /// `rabbitmq-stream://` or `rabbitmq-stream+tls://`.
+    /// `rabbitmq-stream://` or `rabbitmq-stream+tls://` (the first node).
     pub url: AmqpUrl,
+    /// Every node of `stream.url` (a list), `url` first: the query connection tries them in
+    /// turn, from the one used last; publishing connections go to each stream's leader as
+    /// the broker's metadata names it.
+    pub nodes: Vec<AmqpUrl>,
     /// Create missing streams at start (else a missing stream is an error).
     pub create: bool,
     /// Retention of streams walrelay creates: `max-length-bytes`, `max-age`.

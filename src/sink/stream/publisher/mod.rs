@@ -95,7 +95,17 @@ impl StreamPublisher {
         settings: &crate::sink::SinkSettings,
         stream: &StreamSettings,
     ) -> Result<StreamPublisher, SinkError> {
-        let admin = super::connect::admin(&stream.url, "walrelay").await?;
+        let start = settings
+            .node_in_use
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (admin, node) = super::connect::admin_any(&stream.nodes, start, "walrelay").await?;
+        if node != start && stream.nodes.len() > 1 {
+            tracing::warn!(node = %format!("{}:{}", stream.nodes[node].host, stream.nodes[node].port),
+                "querying the stream metadata through another RabbitMQ node");
+        }
+        settings
+            .node_in_use
+            .store(node, std::sync::atomic::Ordering::Relaxed);
         if let Some(version) = admin.server_properties().await.get("version") {
             info!(rabbitmq = %version, "connected to RabbitMQ over the stream protocol");
         }
@@ -114,7 +124,11 @@ impl StreamPublisher {
             ensure_stream(&admin, name, stream).await?;
         }
         let destinations = Destinations::new(&settings.exchange, partitions);
-        Ok(Self::with(admin, stream, destinations))
+        let mut publisher = Self::with(admin, stream, destinations);
+        // Credentials and TLS are the same on every node; through a load balancer, publishing
+        // connections go to the node that answered.
+        publisher.url = stream.nodes[node].clone();
+        Ok(publisher)
     }
 
     fn with(admin: Client, stream: &StreamSettings, destinations: Destinations) -> Self {
