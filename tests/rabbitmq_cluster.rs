@@ -180,6 +180,18 @@ const STREAM_NODES: [&str; 3] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs scripts/rabbitmq-cluster.sh start; run by scripts/rabbitmq-cluster-tests.sh"]
 async fn a_rolling_restart_under_the_stream_sink_loses_and_duplicates_nothing() {
+    stream_rolling_restart(None).await;
+}
+
+/// The same with a super stream of 3 partitions, whose leaders the broker spreads over the
+/// nodes (least-leaders): each partition's producer follows its own leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs scripts/rabbitmq-cluster.sh start; run by scripts/rabbitmq-cluster-tests.sh"]
+async fn a_rolling_restart_under_a_super_stream_loses_and_duplicates_nothing() {
+    stream_rolling_restart(Some(3)).await;
+}
+
+async fn stream_rolling_restart(partitions: Option<u32>) {
     let s = Scene::with(
         "CREATE TABLE t (id bigint PRIMARY KEY, w int);",
         &["public.t"],
@@ -195,14 +207,15 @@ async fn a_rolling_restart_under_the_stream_sink_loses_and_duplicates_nothing() 
         &s.config,
         format!(
             "[postgres]\nurl = {:?}\nslot = {:?}\npublication = {:?}\nstatus_interval_ms = 200\n\
-             [stream]\nurl = [{}]\nstream = {stream:?}\nmax_age_secs = 3600\n\
+             [stream]\nurl = [{}]\nstream = {stream:?}\nmax_age_secs = 3600\n{}\n\
              [rabbitmq]\nconfirm_timeout_ms = 5000\n\
              [service]\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\n\
              [http]\nlisten = \"127.0.0.1:0\"\n[filter]\ninclude = [\"public.t\"]\n",
             s.url(),
             s.slot,
             s.slot,
-            nodes.join(", ")
+            nodes.join(", "),
+            partitions.map_or(String::new(), |n| format!("partitions = {n}"))
         ),
     )
     .unwrap();
@@ -292,12 +305,21 @@ async fn a_rolling_restart_under_the_stream_sink_loses_and_duplicates_nothing() 
         Arc::new(std::sync::Mutex::new(Vec::new())),
         Arc::new(AtomicBool::new(false)),
     );
-    let reader = tokio::spawn(common::stream::consume(
-        env,
-        stream.clone(),
-        Arc::clone(&out),
-        Arc::clone(&reading),
-    ));
+    let streams: Vec<String> = match partitions {
+        Some(n) => (0..n).map(|i| format!("{stream}-{i}")).collect(),
+        None => vec![stream.clone()],
+    };
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|name| {
+            tokio::spawn(common::stream::consume(
+                env.clone(),
+                name,
+                Arc::clone(&out),
+                Arc::clone(&reading),
+            ))
+        })
+        .collect();
     wait_for("every row read back", Duration::from_secs(120), || {
         let got = out.lock().unwrap().len() as i64;
         async move { (got >= total).then_some(()) }
@@ -305,7 +327,9 @@ async fn a_rolling_restart_under_the_stream_sink_loses_and_duplicates_nothing() 
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     reading.store(true, Ordering::Relaxed);
-    reader.await.unwrap();
+    for r in readers {
+        r.await.unwrap();
+    }
     let read = std::mem::take(&mut *out.lock().unwrap());
     let ids: BTreeSet<i64> = read
         .iter()
@@ -314,8 +338,9 @@ async fn a_rolling_restart_under_the_stream_sink_loses_and_duplicates_nothing() 
     let dupes = read.len() - ids.len();
     let gaps = gaps.lock().unwrap().clone();
     eprintln!(
-        "rabbitmq cluster, stream sink: rolling restart, {total} rows committed, {} read, {dupes} duplicates, \
+        "rabbitmq cluster, stream sink ({}): rolling restart, {total} rows committed, {} read, {dupes} duplicates, \
          longest confirm gap per stopped node: {gaps:?}",
+        partitions.map_or("one stream".to_owned(), |n| format!("super stream of {n}")),
         read.len()
     );
     assert_eq!(ids.len() as i64, total, "rows lost");
