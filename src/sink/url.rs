@@ -28,6 +28,9 @@ pub struct AmqpUrl {
     pub heartbeat_secs: u16,
     /// `amqps` only: trust this PEM bundle instead of the system's and webpki's roots.
     pub ca_file: Option<PathBuf>,
+    /// The name the URL gave when `host` is one of the addresses it resolves to: what TLS
+    /// checks the certificate against, and what messages name.
+    pub server_name: Option<String>,
 }
 
 /// Why a URL is not usable; the text never contains the URL (it may hold a password).
@@ -132,6 +135,7 @@ impl AmqpUrl {
             vhost,
             heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
             ca_file: None,
+            server_name: None,
         };
         for (k, v) in url.query_pairs() {
             match k.as_ref() {

@@ -232,7 +232,7 @@ fn tls_adaptor(url: &AmqpUrl) -> Result<TlsAdaptor, AmqpError> {
         .map_err(|e| AmqpError::new(format!("amqps: {e}")))?;
     Ok(TlsAdaptor::new(
         tokio_rustls::TlsConnector::from(config),
-        url.host.clone(),
+        url.server_name.clone().unwrap_or_else(|| url.host.clone()),
     ))
 }
 
