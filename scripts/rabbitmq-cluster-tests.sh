@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/rabbitmq-cluster.sh start
-cargo test --locked --test main -- rabbitmq_cluster:: --include-ignored --nocapture "$@"
+cargo test --locked --test main -- rabbitmq_cluster:: --include-ignored --nocapture --test-threads=1 "$@"

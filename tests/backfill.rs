@@ -218,13 +218,17 @@ async fn a_backfill_under_concurrent_writes_rebuilds_the_table_and_is_never_stal
     );
     let m = scrape_metrics(&relay).await;
     // Chunks hold at most chunk_rows (5000) rows; how many the table needs depends on how
-    // many seeded rows the writers deleted before the backfill read them.
+    // many seeded rows the writers deleted before the backfill read them. A session that
+    // restarts (a confirm stall under load) drops its one unconfirmed chunk, which is read
+    // again: at most one chunk more per restart.
     let (chunks, read) = (
         metric(&m, "walrelay_backfill_chunks_total"),
         metric(&m, "walrelay_backfill_rows_total"),
     );
+    let restarts = metric(&m, "walrelay_reconnects_total{side=\"rabbitmq\"}")
+        + metric(&m, "walrelay_reconnects_total{side=\"postgres\"}");
     assert!(read >= f64::from(rows * 3 / 4), "{m}");
-    assert!(chunks * 5000.0 >= read, "{m}");
+    assert!((chunks + restarts) * 5000.0 >= read, "{m}");
     s.finish().await;
 }
 

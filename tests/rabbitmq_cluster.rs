@@ -53,81 +53,7 @@ async fn a_rolling_restart_of_a_three_node_cluster_loses_nothing() {
     s.set("service", "reconnect_min_ms", "200");
     let relay = s.start_streaming().await;
 
-    // 4 writers, ids by writer; the slot's confirmed position is sampled every 50 ms: a
-    // stretch in which it does not move while rows are committed is a delivery gap.
-    let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicI64::new(0));
-    let mut writers = Vec::new();
-    for w in 0..4i64 {
-        let (client, stop, committed) = (
-            connect(&s.url()).await,
-            Arc::clone(&stop),
-            Arc::clone(&committed),
-        );
-        writers.push(tokio::spawn(async move {
-            let mut i = 0i64;
-            while !stop.load(Ordering::Relaxed) {
-                client
-                    .batch_execute(&format!(
-                        "INSERT INTO t VALUES ({}, {w})",
-                        w * 1_000_000 + i
-                    ))
-                    .await
-                    .unwrap();
-                committed.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }));
-    }
-    let down: Arc<std::sync::Mutex<Option<usize>>> = Default::default();
-    let gaps: Arc<std::sync::Mutex<BTreeMap<usize, Duration>>> = Default::default();
-    let sampler = {
-        let (client, slot, stop, down, gaps) = (
-            connect(&s.url()).await,
-            s.slot.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&down),
-            Arc::clone(&gaps),
-        );
-        tokio::spawn(async move {
-            let (mut last, mut since) = (slot_confirmed(&client, &slot).await, Instant::now());
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let now = slot_confirmed(&client, &slot).await;
-                if now != last {
-                    last = now;
-                    since = Instant::now();
-                } else if let Some(n) = *down.lock().unwrap() {
-                    let mut g = gaps.lock().unwrap();
-                    let e = g.entry(n).or_default();
-                    *e = (*e).max(since.elapsed());
-                }
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for n in 1..=3usize {
-        *down.lock().unwrap() = Some(n);
-        cluster(&["stop-node", &n.to_string()]);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        cluster(&["start-node", &n.to_string()]);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    }
-    *down.lock().unwrap() = None;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    sampler.await.unwrap();
-    let total = committed.load(Ordering::Relaxed);
-    let end = s.lsn().await;
-    wait_for(
-        "the slot past the last row",
-        Duration::from_secs(60),
-        || async { (s.confirmed().await >= end).then_some(()) },
-    )
-    .await;
+    let (total, gaps) = rolling_restart(&s).await;
 
     // The test's own connection went down with its node: read through a new one.
     let q = TestQueue::named(
@@ -151,7 +77,6 @@ async fn a_rolling_restart_of_a_three_node_cluster_loses_nothing() {
         ids.values().all(|m| m.len() == 1),
         "a replay carried another id"
     );
-    let gaps = gaps.lock().unwrap().clone();
     let longest = gaps.values().max().copied().unwrap_or_default();
     eprintln!(
         "rabbitmq cluster: rolling restart, {total} rows committed and delivered, {dupes} duplicates (same ids), \
@@ -220,6 +145,68 @@ async fn stream_rolling_restart(partitions: Option<u32>) {
     )
     .unwrap();
     let relay = s.start_streaming().await;
+    let (total, gaps) = rolling_restart(&s).await;
+
+    // Read from `first` through node 3 (running: the last one restarted long enough ago).
+    let env = rabbitmq_stream_client::Environment::builder()
+        .host("127.0.0.1")
+        .port(5563)
+        .build()
+        .await
+        .unwrap();
+    let (out, reading) = (
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let streams: Vec<String> = match partitions {
+        Some(n) => (0..n).map(|i| format!("{stream}-{i}")).collect(),
+        None => vec![stream.clone()],
+    };
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|name| {
+            tokio::spawn(common::stream::consume(
+                env.clone(),
+                name,
+                Arc::clone(&out),
+                Arc::clone(&reading),
+            ))
+        })
+        .collect();
+    wait_for("every row read back", Duration::from_secs(120), || {
+        let got = out.lock().unwrap().len() as i64;
+        async move { (got >= total).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    reading.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await.unwrap();
+    }
+    let read = std::mem::take(&mut *out.lock().unwrap());
+    let ids: BTreeSet<i64> = read
+        .iter()
+        .map(|(_, m)| common::stream::body(m)["new"]["id"].as_i64().unwrap())
+        .collect();
+    let dupes = read.len() - ids.len();
+    eprintln!(
+        "rabbitmq cluster, stream sink ({}): rolling restart, {total} rows committed, {} read, {dupes} duplicates, \
+         longest confirm gap per stopped node: {gaps:?}",
+        partitions.map_or("one stream".to_owned(), |n| format!("super stream of {n}")),
+        read.len()
+    );
+    assert_eq!(ids.len() as i64, total, "rows lost");
+    assert_eq!(dupes, 0, "duplicates read from first");
+    let longest = gaps.values().max().copied().unwrap_or_default();
+    assert!(longest <= Duration::from_secs(10), "gaps {gaps:?}");
+    drop(relay);
+}
+
+/// 4 writers insert (ids by writer) while every node is stopped for 5 s and started again in
+/// turn; the slot's confirmed position is sampled every 50 ms, and a stretch in which it does
+/// not move while a node is down is a delivery gap. Returns the rows committed and the
+/// longest gap per stopped node, once the slot is past the last row.
+async fn rolling_restart(s: &Scene) -> (i64, BTreeMap<usize, Duration>) {
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicI64::new(0));
     let mut writers = Vec::new();
@@ -293,59 +280,6 @@ async fn stream_rolling_restart(partitions: Option<u32>) {
         || async { (s.confirmed().await >= end).then_some(()) },
     )
     .await;
-
-    // Read from `first` through node 3 (running: the last one restarted long enough ago).
-    let env = rabbitmq_stream_client::Environment::builder()
-        .host("127.0.0.1")
-        .port(5563)
-        .build()
-        .await
-        .unwrap();
-    let (out, reading) = (
-        Arc::new(std::sync::Mutex::new(Vec::new())),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let streams: Vec<String> = match partitions {
-        Some(n) => (0..n).map(|i| format!("{stream}-{i}")).collect(),
-        None => vec![stream.clone()],
-    };
-    let readers: Vec<_> = streams
-        .into_iter()
-        .map(|name| {
-            tokio::spawn(common::stream::consume(
-                env.clone(),
-                name,
-                Arc::clone(&out),
-                Arc::clone(&reading),
-            ))
-        })
-        .collect();
-    wait_for("every row read back", Duration::from_secs(120), || {
-        let got = out.lock().unwrap().len() as i64;
-        async move { (got >= total).then_some(()) }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    reading.store(true, Ordering::Relaxed);
-    for r in readers {
-        r.await.unwrap();
-    }
-    let read = std::mem::take(&mut *out.lock().unwrap());
-    let ids: BTreeSet<i64> = read
-        .iter()
-        .map(|(_, m)| common::stream::body(m)["new"]["id"].as_i64().unwrap())
-        .collect();
-    let dupes = read.len() - ids.len();
     let gaps = gaps.lock().unwrap().clone();
-    eprintln!(
-        "rabbitmq cluster, stream sink ({}): rolling restart, {total} rows committed, {} read, {dupes} duplicates, \
-         longest confirm gap per stopped node: {gaps:?}",
-        partitions.map_or("one stream".to_owned(), |n| format!("super stream of {n}")),
-        read.len()
-    );
-    assert_eq!(ids.len() as i64, total, "rows lost");
-    assert_eq!(dupes, 0, "duplicates read from first");
-    let longest = gaps.values().max().copied().unwrap_or_default();
-    assert!(longest <= Duration::from_secs(10), "gaps {gaps:?}");
-    drop(relay);
+    (total, gaps)
 }
