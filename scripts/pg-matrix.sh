@@ -31,7 +31,7 @@ TESTS+=(stream_sink:: super_stream:: stream_filters:: stream_slot_hold::)
 TESTS+=(grants:: doctor::)
 # Every stop has a way back: refusals that heal, the WAL budget, resyncs (a publication gap
 # is an error up to 17 and a WARNING on 18: both must be caught).
-TESTS+=(heal:: resync::)
+TESTS+=(heal:: resync:: dead_letters:: flood_then::)
 SKIP=(--skip broker_faults:: --skip stream_refusals::)
 # Column lists, row filters and FOR TABLES IN SCHEMA exist since 15.
 TESTS_15=(publications::)
