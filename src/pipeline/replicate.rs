@@ -261,7 +261,14 @@ impl Replicator {
                     "flood",
                 )
                 .await?;
-                tracing::info!(table = %f.table, condition = f.where_clause.as_deref().unwrap_or("the whole table"),
+                // The condition holds key values: the log names only its kind (it is in the
+                // bulk event and in `walrelay backfill --status`).
+                let scope = if f.where_clause.is_some() {
+                    "the key range it changed"
+                } else {
+                    "the whole table"
+                };
+                tracing::info!(table = %f.table, scope,
                     "flood committed: backfilling the rows it touched (flood.then = \"backfill\")");
             }
             Ok::<(), SourceError>(())
